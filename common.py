@@ -1,0 +1,633 @@
+"""Shared pieces of the five tasks, and only those that two or more tasks use.
+
+    errors      UserError (one line, exit 2), Diverged (NaN/inf: stop this run only)
+    cli         make_parser (the flags every task has), parse_args (smoke overrides)
+    device      pick_device, autocast, seed_everything
+    data        load_split: torchvision datasets on full runs, offline smoke sets
+    outputs     Results (metrics.json, summary.md, experiment loop), cache files
+    plots       save_figure, image_grid, line_plot, scatter_by_class, embed_2d,
+                plot_confusion
+    probes      linear_probe (standardised logistic regression, C on a val split)
+
+The contract these implement is ../shared/CONVENTIONS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; nothing is shown on screen
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = Path(__file__).resolve().parent
+
+# ----------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """Something the user can fix: a bad flag value, a dataset or weights that could
+    not be fetched, a corrupt cache file. `user_errors` turns it into one line on
+    stderr and exit status 2, with no traceback."""
+
+
+class Diverged(Exception):
+    """A training run produced NaN/inf. The run stops; the other experiments go on."""
+
+
+@contextlib.contextmanager
+def user_errors(prog: str):
+    """Wrap a task's main: a UserError becomes `prog: error: ...` and exit 2."""
+    try:
+        yield
+    except UserError as e:
+        msg = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def check_finite(loss: torch.Tensor, what: str) -> None:
+    """Raise Diverged if a loss went NaN/inf (call once per step; costs one sync)."""
+    if not torch.isfinite(loss).all():
+        raise Diverged(f"{what} became {loss.detach().float().cpu().flatten()[0].item()}")
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (argparse prints usage + error)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def unit_float(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return v
+
+
+def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
+    """The flags every task has. `task` is e.g. "task5"; `doc` the module docstring
+    (its first paragraph becomes the description, the rest the epilog)."""
+    head, _, tail = doc.strip().partition("\n\n")
+    p = Parser(prog=f"{task.capitalize()}.py", description=head, epilog=tail or None,
+               formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32))
+
+    def experiment_list(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        unknown = [n for n in names if n not in experiments]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown experiment {','.join(unknown) or repr(text)}; choose from {','.join(experiments)}")
+        return [e for e in experiments if e in names]  # canonical order: later ones reuse earlier caches
+
+    g = p.add_argument_group("common flags (the same in every task)")
+    g.add_argument("--smoke", action="store_true",
+                   help="offline and tiny: smoke data, small randomly initialised models, a few steps")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="auto picks cuda, then mps, then cpu (default: auto)")
+    g.add_argument("--data-root", default="data", metavar="DIR",
+                   help="datasets in torchvision's layout; downloaded here if missing (default: data)")
+    g.add_argument("--out", default=f"outputs/{task}", metavar="DIR",
+                   help=f"figures, metrics.json, summary.md and cache/ go here (default: outputs/{task})")
+    g.add_argument("--seed", type=int, default=0, help="seeds python, numpy and torch (default: 0)")
+    g.add_argument("--experiments", default=experiments, type=experiment_list, metavar="A,B",
+                   help=f"comma-separated subset of: {','.join(experiments)} (default: all)")
+    g.add_argument("--fresh", action="store_true", help="ignore cached weights/features and recompute")
+    return p
+
+
+def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None) -> argparse.Namespace:
+    """Parse argv; with --smoke, every knob in `smoke` that the user left at its
+    default takes the smoke value instead (an explicit flag always wins)."""
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for k, v in (smoke or {}).items():
+            if getattr(args, k) == parser.get_default(k):
+                setattr(args, k, v)
+    return args
+
+
+# ----------------------------------------------------------------------------
+# Device, precision, seeding
+# ----------------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda > mps > cpu for "auto"; an explicit choice that is unavailable is a UserError."""
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but this torch sees no CUDA GPU; use --device auto or cpu")
+    elif name == "mps" and not mps_ok:
+        raise UserError("--device mps was asked for but MPS is not available; use --device auto or cpu")
+    device = torch.device(name)
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device: {device} ({what})", flush=True)
+    return device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA only; CPU and MPS results stay full precision."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+MNIST_CLASSES = [str(i) for i in range(10)]
+
+# name -> (torchvision dataset class, image size: the smoke sets are made at this size)
+DATASETS = {
+    "mnist": ("MNIST", 28),
+    "fashion-mnist": ("FashionMNIST", 28),
+    "cifar10": ("CIFAR10", 32),
+    "cifar100": ("CIFAR100", 32),
+    "stl10": ("STL10", 96),
+}
+
+
+def load_split(name: str, root: str | Path, train: bool, smoke: bool = False, seed: int = 0,
+               smoke_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One split of a dataset as (images uint8 [N, C, H, W], labels int64 [N], class names).
+
+    Full runs use torchvision with download=True under `root` (torchvision's own
+    layout, so data a user already has is reused). STL-10's train split is its
+    5,000 labelled images. Smoke runs never touch the network: MNIST-like sets come
+    from scikit-learn's 8x8 digits, the colour sets from `make_shapes`, with the
+    real dataset's class names (CIFAR-100: "class00".."class99") and image size.
+    """
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    tv_name, size = DATASETS[name]
+    if smoke:
+        if name in ("mnist", "fashion-mnist"):
+            x, y = smoke_digits(train, seed)
+            classes = MNIST_CLASSES if name == "mnist" else FASHION_CLASSES
+            return x, y, classes
+        n_classes = 100 if name == "cifar100" else 10
+        n = smoke_size or {("cifar10", True): 1000, ("cifar10", False): 500, ("cifar100", True): 2000,
+                           ("cifar100", False): 500, ("stl10", True): 500, ("stl10", False): 300}[(name, train)]
+        x, y = make_shapes(n, n_classes, size, seed=seed * 2 + (0 if train else 1))
+        classes = {"cifar10": CIFAR10_CLASSES, "stl10": STL10_CLASSES}.get(
+            name, [f"class{i:02d}" for i in range(n_classes)])
+        return x, y, classes
+
+    import torchvision
+
+    cls = getattr(torchvision.datasets, tv_name)
+    kwargs = {"split": "train" if train else "test"} if name == "stl10" else {"train": train}
+    try:
+        ds = cls(root=str(root), download=True, **kwargs)
+    except Exception as e:  # URLError, OSError (disk full), RuntimeError (corrupt archive) ...
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"could not get {tv_name} ({'train' if train else 'test'} split) under "
+                        f"{Path(root).resolve()} ({reason}); put the dataset there (torchvision layout) "
+                        f"or pass --data-root, or run with --smoke") from None
+    data = ds.data
+    x = torch.as_tensor(np.asarray(data))
+    if x.ndim == 3:  # MNIST-like [N, 28, 28]
+        x = x.unsqueeze(1)
+    elif x.shape[-1] == 3:  # CIFAR stores HWC
+        x = x.permute(0, 3, 1, 2)
+    labels = getattr(ds, "targets", None)
+    if labels is None:
+        labels = ds.labels  # STL-10
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    classes = list(ds.classes)
+    return x.contiguous(), y, classes
+
+
+def smoke_digits(train: bool, seed: int = 0, n_test: int = 360) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 1,797 8x8 handwritten digits laid out like MNIST: each
+    digit is upsampled to 20x20 and centred on a 28x28 canvas (MNIST's 20x20 box in
+    a 4-pixel border), uint8 0-255, white on black. A seeded split gives `n_test`
+    test images and the rest for training."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    img = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [1797, 1, 8, 8] in [0, 1]
+    img = F.interpolate(img, size=(20, 20), mode="bilinear", align_corners=False)
+    img = F.pad(img, (4, 4, 4, 4))
+    x = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    y = torch.tensor(d.target, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234 + seed))
+    idx = order[n_test:] if train else order[:n_test]
+    return x[idx].contiguous(), y[idx].contiguous()
+
+
+# Ten distinct colours (matplotlib's tab10), as RGB in [0, 1].
+_PALETTE = np.array([matplotlib.colors.to_rgb(c) for c in plt.get_cmap("tab10").colors])
+
+
+def make_shapes(n: int, n_classes: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A generated colour-image set a small model can learn: class c = 10a + b has
+    colour b (one of 10), shape (a + b) mod 5 (circle, square, triangle, ring, cross)
+    and texture (a // 5 + b) mod 2 (solid or striped), so all 100 combinations differ;
+    with 10 classes colour alone separates them and shape/texture help. Position,
+    scale, brightness and background vary at random. Returns uint8 [n, 3, size, size]
+    and int64 labels, balanced over classes."""
+    assert n_classes <= 100, "at most 100 distinct (colour, shape, texture) classes"
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    rng.shuffle(y)
+    a, b = y // 10, y % 10
+    shape, texture = (a + b) % 5, (a // 5 + b) % 2
+    grid = (np.arange(size) + 0.5) / size
+    gy, gx = grid[None, :, None], grid[None, None, :]
+    cx, cy = rng.uniform(0.3, 0.7, (2, n, 1, 1))
+    r = rng.uniform(0.16, 0.3, (n, 1, 1))
+    dx, dy = gx - cx, gy - cy
+    d = np.sqrt(dx**2 + dy**2)
+    masks = np.stack([
+        d < r,                                                                  # circle
+        np.maximum(abs(dx), abs(dy)) < r * 0.85,                                # square
+        (dy < r * 0.7) & (dy > -r) & (abs(dx) < (dy + r) * 0.6),                # triangle (apex up)
+        (d < r) & (d > r * 0.55),                                               # ring
+        ((abs(dx) < r / 3) & (abs(dy) < r)) | ((abs(dy) < r / 3) & (abs(dx) < r)),  # cross
+    ])  # [5, n, size, size]
+    mask = masks[shape, np.arange(n)]
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+    stripes = np.where(np.sin(2 * np.pi * 4 * (gx + gy) / (2 * r) + phase) > 0, 1.0, 0.45)
+    shade = np.where(texture[:, None, None] == 1, stripes, 1.0)
+    colour = _PALETTE[b] * rng.uniform(0.75, 1.0, (n, 1))                      # [n, 3]
+    background = rng.uniform(0.0, 0.35, (n, 1, 1, 1)) + rng.normal(0, 0.04, (n, 3, size, size))
+    img = np.where(mask[:, None], colour[:, :, None, None] * shade[:, None], background)
+    img = img + rng.normal(0, 0.03, img.shape)
+    x = torch.from_numpy((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
+    return x, torch.from_numpy(y.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------
+# Outputs: metrics.json, summary.md, the experiment loop, caches
+# ----------------------------------------------------------------------------
+
+
+def _jsonable(v):
+    """Python scalars for numpy/torch values; NaN/inf become None (JSON has neither)."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, torch.Tensor):
+        return _jsonable(v.tolist())
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a/b": 1}; lists are kept as values."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+# Flags that change what runs, not what a result means: a rerun with other values
+# keeps the earlier experiments' metrics.
+_RUN_ONLY = {"experiments", "fresh", "device", "out"}
+
+
+class Results:
+    """metrics.json and summary.md for one task's run, rewritten atomically after
+    every experiment so an interrupted run keeps what finished. Nothing is written
+    until the first experiment ends, so an early error leaves `--out` untouched.
+    A rerun with the same settings keeps the entries of experiments it does not
+    rerun; a rerun with other settings first moves the old metrics.json aside to
+    metrics.previous.json."""
+
+    def __init__(self, task: str, args, device: torch.device):
+        self.task, self.args, self.out = task, args, Path(args.out)
+        self.config = _jsonable({k: v for k, v in vars(args).items()})
+        self.env = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+                    "data": "smoke" if args.smoke else "real", "git_commit": git_commit()}
+        self.experiments: dict[str, dict] = {}
+        self._previous: Path | None = None
+        path = self.out / "metrics.json"
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+                same = {k: v for k, v in old.get("config", {}).items() if k not in _RUN_ONLY} == \
+                       {k: v for k, v in self.config.items() if k not in _RUN_ONLY}
+            except (json.JSONDecodeError, AttributeError):
+                old, same = {}, False
+            if same:
+                self.experiments = dict(old.get("experiments", {}))
+            else:
+                self._previous = path
+
+    def record(self, name: str, metrics: dict) -> None:
+        if self._previous is not None:  # keep the other settings' results, once
+            os.replace(self._previous, self.out / "metrics.previous.json")
+            self._previous = None
+        self.experiments[name] = _jsonable(metrics)
+        doc = {"task": self.task, "config": self.config, "env": self.env, "experiments": self.experiments}
+        write_atomic(self.out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        write_atomic(self.out / "summary.md", self._summary())
+
+    def _summary(self) -> str:
+        names = sorted(self.experiments, key=len, reverse=True)
+        pngs = sorted(p.name for p in self.out.glob("*.png"))
+
+        def owner(png):  # longest experiment name that prefixes the file ("gap_shift_x" -> gap_shift)
+            return next((n for n in names if png.startswith(n + "_")), None)
+
+        lines = [f"# {self.task}: summary", "",
+                 f"data: {self.env['data']}, device: {self.env['device']}, torch {self.env['torch']}, "
+                 f"commit {self.env['git_commit']}", "",
+                 "config: " + ", ".join(f"`{k}={v}`" for k, v in self.config.items()), ""]
+        for name, m in self.experiments.items():
+            lines += [f"## {name}", "", "| metric | value |", "|---|---|"]
+            for k, v in flatten(m).items():
+                lines.append(f"| {k} | {_fmt(v)} |")
+            figs = [p for p in pngs if owner(p) == name]
+            lines += [""] + [f"![{p}]({p})" for p in figs] + [""]
+        return "\n".join(lines)
+
+    def run(self, experiments: dict[str, Callable[[], dict]]) -> dict:
+        """Run the chosen experiments in order; each returns its metrics dict. A
+        Diverged run is recorded with its reason and the next experiment runs."""
+        for name in self.args.experiments:
+            print(f"\n=== {self.task}: {name} ===", flush=True)
+            t0 = time.perf_counter()
+            try:
+                metrics = experiments[name]()
+            except Diverged as e:
+                print(f"{name}: training diverged ({e}); continuing with the next experiment", flush=True)
+                metrics = {"error": f"diverged: {e}"}
+            metrics["seconds"] = round(time.perf_counter() - t0, 3)
+            self.record(name, metrics)
+        self.print_headline()
+        print(f"\nwrote {self.out / 'metrics.json'} and {self.out / 'summary.md'}")
+        return self.experiments
+
+    def print_headline(self) -> None:
+        """Final console table: every scalar metric of this run's experiments."""
+        rows = [(n, k, _fmt(v)) for n in self.args.experiments if n in self.experiments
+                for k, v in flatten(self.experiments[n]).items() if isinstance(v, (int, float, str)) or v is None]
+        if not rows:
+            return
+        w0, w1 = max(len(r[0]) for r in rows), min(48, max(len(r[1]) for r in rows))
+        print(f"\n{'experiment':<{w0}}  {'metric':<{w1}}  value")
+        for n, k, v in rows:
+            print(f"{n:<{w0}}  {k:<{w1}}  {v}")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v[:12]) + (", ..." if len(v) > 12 else "") + "]"
+    return str(v)
+
+
+def cache_path(out: str | Path, kind: str, settings: dict, ext: str = "pt") -> Path:
+    """out/cache/<kind>-<hash of settings>.<ext>: a change of any setting is a new file."""
+    key = hashlib.sha1(json.dumps(_jsonable(settings), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(out) / "cache" / f"{kind}-{key}.{ext}"
+
+
+def load_cache(path: Path, fresh: bool = False):
+    """The cached object at `path`, or None when absent or --fresh. Loaded with
+    weights_only=True (tensors, dicts, lists, numbers, strings: never arbitrary
+    pickles). An unreadable file is a UserError naming the way out."""
+    if fresh or not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cache file {path} is unreadable ({type(e).__name__}); delete it or rerun with --fresh") \
+            from None
+
+
+def save_cache(path: Path, obj) -> None:
+    """torch.save to a temp file, then rename. Store the settings inside `obj` too
+    (checkpoints carry their config)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def to_display(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] uint8 or float in [0, 1] -> [N, H, W, C] floats in [0, 1] for imshow."""
+    x = images.detach().cpu()
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(images: torch.Tensor, path: str | Path, title: str, nrow: int = 8,
+               row_labels: list[str] | None = None, cell_size: float = 1.0) -> Path:
+    """Save a grid of images ([N, C, H, W], uint8 or float in [0, 1]), `nrow` per row;
+    `row_labels` names each row at its left."""
+    x = to_display(images)
+    n, ncol = len(x), nrow
+    rows = max(1, math.ceil(n / ncol))
+    fig, axes = plt.subplots(rows, ncol, figsize=(ncol * cell_size, rows * cell_size + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+        if i < n:
+            img = x[i]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+    if row_labels:
+        for r, label in enumerate(row_labels[:rows]):
+            axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def line_plot(ax, series: dict[str, tuple], title: str, xlabel: str, ylabel: str, logy: bool = False):
+    """Draw {label: (x, y)} curves on `ax` with title, axis labels and legend."""
+    for label, (x, y) in series.items():
+        ax.plot(x, y, label=label, marker="o" if len(x) <= 30 else None, markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if len(series) > 1 or any(series):
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def scatter_by_class(ax, xy: np.ndarray, labels: np.ndarray, class_names: list[str], title: str,
+                     marker: str = "o", size: float = 6, legend: bool = True):
+    """2-D points coloured by class (tab10, or a continuous map for more classes)."""
+    labels = np.asarray(labels)
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "nipy_spectral")
+    for c in np.unique(labels):
+        sel = labels == c
+        colour = cmap(int(c) % 10) if len(class_names) <= 10 else cmap(int(c) / max(1, len(class_names) - 1))
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, marker=marker, color=colour, alpha=0.75,
+                   label=class_names[int(c)] if legend else None)
+    ax.set_title(title)
+    ax.set_xticks([]), ax.set_yticks([])
+    if legend and len(class_names) <= 20:
+        ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2)
+    return ax
+
+
+def embed_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """[N, D] -> [N, 2] by t-SNE (PCA init, perplexity capped for small N) or UMAP.
+    UMAP is imported lazily: numba compiles it for ~20 s in every new process."""
+    x = np.asarray(x, dtype=np.float32)
+    n = len(x)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    if method == "umap":
+        import umap
+
+        return umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed).fit_transform(x)
+    raise ValueError(f"unknown embedding {method!r}")
+
+
+def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, title: str) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    cm = np.asarray(cm, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * k + 2), max(4, 0.45 * k + 1.5)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------
+# Linear probe
+# ----------------------------------------------------------------------------
+
+
+def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                 Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0), val_fraction: float = 0.2,
+                 seed: int = 0, max_iter: int = 1000) -> dict:
+    """Logistic regression on standardised features, its inverse regularisation C
+    chosen on a held-out part of the training set, then refitted on all of it.
+    Returns {"test_acc", "val_acc", "C", "model", "scaler"}."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    counts = np.bincount(y_train)
+    stratify = y_train if counts[counts > 0].min() >= 2 else None
+    xa, xv, ya, yv = train_test_split(x_train, y_train, test_size=val_fraction, random_state=seed, stratify=stratify)
+    best = (-1.0, Cs[0])
+    for C in Cs:
+        sc = StandardScaler().fit(xa)
+        clf = LogisticRegression(C=C, max_iter=max_iter).fit(sc.transform(xa), ya)
+        acc = float((clf.predict(sc.transform(xv)) == yv).mean())
+        if acc > best[0]:
+            best = (acc, C)
+    scaler = StandardScaler().fit(x_train)
+    clf = LogisticRegression(C=best[1], max_iter=max_iter).fit(scaler.transform(x_train), y_train)
+    test_acc = float((clf.predict(scaler.transform(x_test)) == y_test).mean())
+    return {"test_acc": test_acc, "val_acc": best[0], "C": best[1], "model": clf, "scaler": scaler}

@@ -1,0 +1,86 @@
+"""Shared test helpers: run a task's CLI, check PNGs and metrics, check bad input.
+
+Every test runs offline on CPU. Task tests import these as plain functions
+(`from conftest import ...`) or use the fixtures below.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Offline everywhere: a test must never wait on a network that is not there.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "MPLBACKEND": "Agg", "PYTHONWARNINGS": "ignore"}
+os.environ.update(OFFLINE_ENV)
+
+
+def run_cli(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python <script> args...` from the repo root, as a user would."""
+    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def assert_png_ok(path: Path) -> None:
+    """A real, non-blank PNG: it opens, is not tiny, and its pixels vary."""
+    from PIL import Image
+
+    assert path.exists(), f"missing figure {path.name}"
+    with Image.open(path) as im:
+        assert im.format == "PNG", path.name
+        assert im.width >= 100 and im.height >= 100, f"{path.name} is only {im.size}"
+        px = np.asarray(im.convert("L"), dtype=np.float32)
+    assert px.std() > 2.0, f"{path.name} looks blank (pixel std {px.std():.2f})"
+
+
+def load_metrics(out: Path) -> dict:
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc) >= {"task", "config", "env", "experiments"}
+    assert doc["env"]["data"] in ("real", "smoke")
+    return doc
+
+
+def assert_in_range(metrics: dict, key: str, lo: float, hi: float) -> None:
+    """metrics["a/b/c"] (a path into nested dicts) exists and lies in [lo, hi]."""
+    node = metrics
+    for part in key.split("/"):
+        assert isinstance(node, dict) and part in node, f"missing metric {key}"
+        node = node[part]
+    assert isinstance(node, (int, float)) and not isinstance(node, bool), f"{key} = {node!r} is not a number"
+    assert lo <= node <= hi, f"{key} = {node} not in [{lo}, {hi}]"
+
+
+def assert_bad_input(script: str, args: list[str], out: Path, expect: str = "", env: dict | None = None) -> str:
+    """The run exits 2 with exactly one line on stderr (no traceback) containing
+    `expect`, and whatever was in `out` before is still there, unchanged."""
+    out.mkdir(parents=True, exist_ok=True)
+    sentinel = out / "metrics.json"
+    if not sentinel.exists():
+        sentinel.write_text('{"task": "earlier run", "experiments": {"kept": {"x": 1}}}\n')
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = run_cli(script, *args, "--out", str(out), env=env)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, f"exit {r.returncode}, stderr:\n{r.stderr[-2000:]}"
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{r.stderr[-2000:]}"
+    assert "Traceback" not in r.stderr and "error" in lines[0], lines[0]
+    assert expect.lower() in lines[0].lower(), f"{expect!r} not in {lines[0]!r}"
+    for p, content in before.items():
+        assert p.exists() and p.read_bytes() == content, f"{p} was lost or changed"
+    return lines[0]
+
+
+@pytest.fixture
+def empty_data_root(tmp_path) -> Path:
+    """A --data-root with no datasets in it (so a full run must try to download)."""
+    d = tmp_path / "no-data"
+    d.mkdir()
+    return d
