@@ -1,0 +1,165 @@
+"""common.py: flags, smoke data, outputs and caches, probe; against known answers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import common
+
+
+def _parser():
+    p = common.make_parser("task9", "Task 9: a test.\n\nMore text.", ["a", "b", "c"])
+    p.add_argument("--epochs", type=common.positive_int, default=20)
+    p.add_argument("--lr", type=float, default=1e-3)
+    return p
+
+
+def test_smoke_overrides_only_what_the_user_left_alone():
+    p = _parser()
+    smoke = {"epochs": 2, "lr": 0.5}
+    a = common.parse_args(p, ["--smoke"], smoke)
+    assert (a.epochs, a.lr) == (2, 0.5)
+    a = common.parse_args(p, ["--smoke", "--epochs", "20"], smoke)      # explicit, even at the default
+    assert (a.epochs, a.lr) == (20, 0.5)
+    a = common.parse_args(p, ["--epochs", "7"], smoke)                  # no --smoke: nothing overridden
+    assert (a.epochs, a.lr) == (7, 1e-3)
+    assert a.experiments == ["a", "b", "c"] and a.out == "outputs/task9" and a.seed == 0
+
+
+def test_experiments_run_in_canonical_order_and_unknown_ones_are_one_line_errors(capsys):
+    p = _parser()
+    assert common.parse_args(p, ["--experiments", "c,a"]).experiments == ["a", "c"]
+    with pytest.raises(SystemExit) as e:
+        common.parse_args(p, ["--experiments", "a,zzz"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown experiment zzz" in err and "a,b,c" in err
+
+
+def test_user_errors_print_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        with common.user_errors("Task9.py"):
+            raise common.UserError("could not get X\nunder Y")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "Task9.py: error: could not get X under Y\n"
+
+
+def test_pick_device_rejects_an_unavailable_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(common.UserError, match="cuda"):
+        common.pick_device("cuda")
+    assert common.pick_device("cpu").type == "cpu"
+
+
+def test_smoke_digits_look_like_mnist():
+    x, y = common.smoke_digits(train=True)
+    xt, yt = common.smoke_digits(train=False)
+    assert x.dtype == torch.uint8 and x.shape[1:] == (1, 28, 28) and len(x) + len(xt) == 1797
+    assert x.max() > 200 and x[:, :, :4].max() == 0 and x[:, :, -4:].max() == 0  # MNIST's empty border
+    assert set(y.tolist()) == set(range(10)) == set(yt.tolist())
+
+
+def test_shapes_set_is_balanced_distinct_and_learnable():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = common.make_shapes(600, 10, 32, seed=0)
+    xt, yt = common.make_shapes(300, 10, 32, seed=1)
+    assert x.shape == (600, 3, 32, 32) and x.dtype == torch.uint8
+    assert torch.bincount(y).tolist() == [60] * 10
+    feats = lambda t: torch.nn.functional.avg_pool2d(t.float() / 255, 4).flatten(1).numpy()  # noqa: E731
+    acc = LogisticRegression(max_iter=2000).fit(feats(x), y.numpy()).score(feats(xt), yt.numpy())
+    assert acc > 0.8, acc  # chance is 0.1
+    x100, y100 = common.make_shapes(1000, 100, 32)
+    assert len(torch.unique(y100)) == 100
+    # the (colour, shape, texture) code of 100 classes is one-to-one
+    c = np.arange(100)
+    a, b = c // 10, c % 10
+    assert len({(bb, (aa + bb) % 5, (aa // 5 + bb) % 2) for aa, bb in zip(a, b)}) == 100
+
+
+def test_load_split_smoke_uses_real_class_names_and_sizes():
+    x, y, names = common.load_split("stl10", "nowhere", train=False, smoke=True)
+    assert x.shape[1:] == (3, 96, 96) and names == common.STL10_CLASSES
+    x, y, names = common.load_split("cifar100", "nowhere", train=True, smoke=True)
+    assert x.shape[1:] == (3, 32, 32) and len(names) == 100
+    with pytest.raises(common.UserError, match="unknown dataset"):
+        common.load_split("imagenet", "nowhere", True, smoke=True)
+
+
+def test_results_write_atomically_keep_earlier_entries_and_back_up_other_settings(tmp_path):
+    p = _parser()
+    args = common.parse_args(p, ["--out", str(tmp_path), "--experiments", "a,b"])
+    r = common.Results("task9", args, torch.device("cpu"))
+    assert not any(tmp_path.iterdir())                                 # nothing written before a result
+    r.run({"a": lambda: {"acc": np.float32(0.5), "curve": torch.tensor([1.0, 2.0])},
+           "b": lambda: {"nan": float("nan"), "nested": {"x": 1}}})
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["experiments"]["a"]["acc"] == 0.5 and doc["experiments"]["a"]["curve"] == [1.0, 2.0]
+    assert doc["experiments"]["b"]["nan"] is None and doc["experiments"]["b"]["seconds"] >= 0
+    assert "| nested/x | 1 |" in (tmp_path / "summary.md").read_text()
+    # same settings, other experiment: a and b are kept
+    args2 = common.parse_args(p, ["--out", str(tmp_path), "--experiments", "c"])
+    common.Results("task9", args2, torch.device("cpu")).run({"c": lambda: {"v": 3}})
+    assert set(json.loads((tmp_path / "metrics.json").read_text())["experiments"]) == {"a", "b", "c"}
+    # other settings: the old file is moved aside, not lost
+    args3 = common.parse_args(p, ["--out", str(tmp_path), "--experiments", "c", "--epochs", "3"])
+    common.Results("task9", args3, torch.device("cpu")).run({"c": lambda: {"v": 4}})
+    assert set(json.loads((tmp_path / "metrics.previous.json").read_text())["experiments"]) == {"a", "b", "c"}
+    assert set(json.loads((tmp_path / "metrics.json").read_text())["experiments"]) == {"c"}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_diverged_experiment_is_recorded_and_the_next_runs(tmp_path):
+    args = common.parse_args(_parser(), ["--out", str(tmp_path)])
+
+    def bad():
+        common.check_finite(torch.tensor(float("inf")), "loss")
+
+    done = common.Results("task9", args, torch.device("cpu")).run({"a": bad, "b": lambda: {"ok": 1}, "c": dict})
+    assert done["a"]["error"].startswith("diverged: loss became inf") and done["b"]["ok"] == 1
+
+
+def test_cache_roundtrip_keying_and_corruption(tmp_path):
+    p1 = common.cache_path(tmp_path, "feat", {"arch": "resnet18", "size": 224})
+    assert p1 == common.cache_path(tmp_path, "feat", {"size": 224, "arch": "resnet18"})  # order-free
+    assert p1 != common.cache_path(tmp_path, "feat", {"arch": "resnet18", "size": 112})
+    assert common.load_cache(p1) is None
+    common.save_cache(p1, {"x": torch.arange(3), "config": {"arch": "resnet18"}})
+    assert common.load_cache(p1)["x"].tolist() == [0, 1, 2]
+    assert common.load_cache(p1, fresh=True) is None
+    p1.write_bytes(b"garbage")
+    with pytest.raises(common.UserError, match="--fresh"):
+        common.load_cache(p1)
+
+
+def test_linear_probe_separates_separable_features():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 5, (4, 16))
+    y = rng.integers(0, 4, 800)
+    x = centres[y] + rng.normal(0, 1, (800, 16))
+    r = common.linear_probe(x[:600], y[:600], x[600:], y[600:])
+    assert r["test_acc"] > 0.97 and r["C"] in (0.01, 0.1, 1.0, 10.0)
+    r = common.linear_probe(rng.normal(size=(600, 16)), y[:600], rng.normal(size=(200, 16)), y[600:])
+    assert r["test_acc"] < 0.4  # noise features: near chance (0.25)
+
+
+def test_embed_2d_and_plots(tmp_path):
+    from conftest import assert_png_ok
+
+    x = np.concatenate([np.random.default_rng(0).normal(m, 1, (40, 8)) for m in (0, 10)])
+    xy = common.embed_2d(x, "tsne")
+    assert xy.shape == (80, 2)
+    from sklearn.metrics import silhouette_score
+
+    assert silhouette_score(xy, np.repeat([0, 1], 40)) > 0.5  # two far-apart clusters stay apart in 2-D
+    fig, ax = common.plt.subplots()
+    common.scatter_by_class(ax, xy, np.repeat([0, 1], 40), ["a", "b"], "t")
+    common.save_figure(fig, tmp_path / "s.png")
+    common.plot_confusion(np.array([[5, 1], [2, 7]]), ["a", "b"], tmp_path / "c.png", "cm")
+    common.image_grid(torch.rand(10, 3, 8, 8), tmp_path / "g.png", "grid", nrow=5)
+    for f in ["s.png", "c.png", "g.png"]:
+        assert_png_ok(tmp_path / f)
