@@ -1,0 +1,631 @@
+"""Task 4: CLIP ViT-B/32 on STL-10: zero-shot prompting, the modality gap, and
+orthogonal Procrustes alignment fitted without test leakage.
+
+Experiments (each writes `<experiment>_<what>.png` and its metrics):
+  zeroshot    top-1/top-5 on the 8,000 STL-10 test images for five prompt strategies
+              (plain label, "a photo of a {}.", one hand-written description per class,
+              CLIP's own STL-10 templates, the 80-template ImageNet ensemble);
+              per-class accuracy and the confusion matrix of the best strategy
+  gap         the modality gap of Liang et al. 2022 ("Mind the Gap", NeurIPS): distance
+              between image and text centroids, with and without L2 normalisation;
+              cosine-similarity distributions; joint 2-D t-SNE (or UMAP) of images + prompts
+  procrustes  orthogonal map R from image embeddings to their class's text embedding,
+              fitted on the TRAIN split only, applied to the test split: gap and accuracy
+              before/after for every prompt strategy, ||R^T R - I||, the 2-D view after
+  gap_shift   Liang et al.'s shift: move images by -lambda/2 and texts by +lambda/2 along
+              the gap direction, renormalise, plot accuracy against the resulting gap;
+              plus the baseline of centring each modality
+
+Run:
+  python Task4.py                         # open_clip ViT-B-32, pretrained="openai", STL-10
+  python Task4.py --model ViT-B-32 --pretrained laion2b_s34b_b79k
+  python Task4.py --smoke --out /tmp/t4   # offline: small random CLIP, generated images
+
+Writes into --out: zeroshot_accuracy.png, zeroshot_per_class.png, zeroshot_confusion.png,
+gap_cosine_hist.png, gap_joint_<tsne|umap>.png, procrustes_accuracy.png,
+procrustes_joint_<tsne|umap>.png, procrustes_rotations.npz, gap_shift_accuracy.png,
+metrics.json, summary.md, cache/ (image and text embeddings, one file per model,
+split and prompt set).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.linalg import orthogonal_procrustes
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+import common
+import matplotlib.pyplot as plt  # after common, which selects the Agg backend
+
+EXPERIMENTS = ["zeroshot", "gap", "procrustes", "gap_shift"]
+
+# ----------------------------------------------------------------------------
+# Prompts
+# ----------------------------------------------------------------------------
+
+# CLIP's own STL-10 templates: openai/CLIP, data/prompts.md, section "STL10". open_clip 3.3
+# ships only the ImageNet templates (open_clip/zero_shot_metadata.py), so they are written here.
+CLIP_STL10_TEMPLATES = ("a photo of a {}.", "a photo of the {}.")
+
+# One hand-written sentence per STL-10 class describing what it looks like.
+DESCRIPTIONS = {
+    "airplane": "a photo of an airplane, a large metal aircraft with long wings and jet engines, in the sky "
+                "or on a runway.",
+    "bird": "a photo of a bird, a small feathered animal with a beak and wings, perched on a branch or flying.",
+    "car": "a photo of a car, a four-wheeled passenger vehicle with windows and headlights, on a road.",
+    "cat": "a photo of a cat, a small furry pet with pointed ears, whiskers and a long tail.",
+    "deer": "a photo of a deer, a slender brown wild animal with long legs and antlers, in a forest or field.",
+    "dog": "a photo of a dog, a furry four-legged pet with a wet nose, floppy or upright ears and a wagging tail.",
+    "horse": "a photo of a horse, a large hoofed animal with a long mane and tail, in a field or with a rider.",
+    "monkey": "a photo of a monkey, a primate with long arms, grasping hands and a tail, climbing in trees.",
+    "ship": "a photo of a ship, a large vessel with a hull and decks, sailing on the sea or docked in a harbour.",
+    "truck": "a photo of a truck, a big motor vehicle with a cab and a cargo bed or trailer, on a road.",
+}
+
+STRATEGIES = ["label", "photo", "descriptive", "clip_stl10", "ensemble"]
+
+
+def build_prompts(strategy: str, classes: list[str]) -> list[list[str]]:
+    """prompts[k] = the list of sentences for class k (one for most strategies,
+    2 for clip_stl10, 80 for ensemble). Their embeddings are averaged per class."""
+    if strategy == "label":
+        return [[c] for c in classes]
+    if strategy == "photo":
+        return [[f"a photo of a {c}."] for c in classes]
+    if strategy == "descriptive":
+        return [[DESCRIPTIONS[c]] for c in classes]
+    if strategy == "clip_stl10":
+        return [[t.format(c) for t in CLIP_STL10_TEMPLATES] for c in classes]
+    if strategy == "ensemble":  # the CLIP paper's 80 ImageNet templates, as open_clip ships them
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        return [[t(c) for t in OPENAI_IMAGENET_TEMPLATES] for c in classes]
+    raise ValueError(f"unknown prompt strategy {strategy!r}")
+
+
+# ----------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------
+
+SMOKE = {"tsne_large": 150, "batch_size": 64}
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("task 4")
+    g.add_argument("--model", default="ViT-B-32",
+                   help="open_clip model name, one of open_clip.list_models() (default: ViT-B-32)")
+    g.add_argument("--pretrained", default="openai",
+                   help="open_clip pretrained tag (e.g. openai, laion2b_s34b_b79k) or a checkpoint file "
+                        "(default: openai); --smoke ignores it and uses random weights")
+    g.add_argument("--batch-size", type=common.positive_int, default=256,
+                   help="images / prompts per encoder forward pass (default: 256)")
+    g.add_argument("--prompt", default="photo", choices=STRATEGIES,
+                   help="prompt strategy whose class embeddings gap and the 2-D views use (default: photo)")
+    g.add_argument("--embed", default="tsne", choices=["tsne", "umap", "both"],
+                   help="2-D method for the joint views; UMAP costs ~20 s of numba start-up (default: tsne)")
+    g.add_argument("--tsne-small", type=common.positive_int, default=100,
+                   help="test images in the small joint 2-D view, plus their class prompts (default: 100)")
+    g.add_argument("--tsne-large", type=common.positive_int, default=2000,
+                   help="test images in the large joint 2-D view (default: 2000)")
+    g.add_argument("--pairs", type=common.positive_int, default=20000,
+                   help="random pairs per cosine-similarity histogram (default: 20000)")
+    g.add_argument("--shift-min", type=float, default=-1.0,
+                   help="smallest shift lambda along the unit gap direction (default: -1.0)")
+    g.add_argument("--shift-max", type=float, default=2.0,
+                   help="largest shift lambda; lambda = gap closes the centroids before renormalising "
+                        "(default: 2.0)")
+    g.add_argument("--shift-steps", type=common.positive_int, default=31,
+                   help="number of lambdas from --shift-min to --shift-max (default: 31)")
+
+
+# ----------------------------------------------------------------------------
+# Models: open_clip CLIP (pretrained) or a small random CLIP for --smoke
+# ----------------------------------------------------------------------------
+
+# Small CLIP of the same family (ViT image tower, causal text transformer, QuickGELU as in
+# OpenAI's weights) for --smoke: ~3.4M parameters, 64x64 input, 16 patches of 16x16.
+SMOKE_CLIP = dict(embed_dim=64, quick_gelu=True,
+                  vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
+                  text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
+
+
+@contextlib.contextmanager
+def quiet_logging():
+    """open_clip logs its own ERROR line before raising; we print one line of our own."""
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.device):
+    """(model in eval mode on device, tokenizer, preprocessing config dict). Full runs
+    fetch weights through open_clip (Hugging Face hub cache under $HF_HOME, or
+    ~/.cache/clip for URL downloads). The tokenizer is OpenAI's BPE, which ships
+    inside the open_clip package, so --smoke uses the real one offline."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    if smoke:
+        model = open_clip.CLIP(**SMOKE_CLIP)
+        open_clip.set_model_preprocess_cfg(model, asdict(PreprocessCfg(size=SMOKE_CLIP["vision_cfg"]["image_size"])))
+        tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the real CLIP BPE tokenizer, bundled
+    else:
+        try:
+            with quiet_logging():
+                model = open_clip.create_model(model_name, pretrained=pretrained)
+                tokenizer = open_clip.get_tokenizer(model_name)
+        except Exception as e:  # RuntimeError (no network / unknown file), OSError (disk), ...
+            reason = " ".join(str(e).split())[:160] or type(e).__name__
+            hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+            raise common.UserError(
+                f"could not get open_clip weights {model_name} pretrained={pretrained} ({reason}); open_clip caches "
+                f"them under HF_HOME={hf_home} (or ~/.cache/clip): fetch them there on a machine with internet, "
+                f"pass --pretrained /path/to/checkpoint, or run with --smoke") from None
+    pp = dict(open_clip.get_model_preprocess_cfg(model))
+    return model.to(device).eval(), tokenizer, pp
+
+
+# ----------------------------------------------------------------------------
+# Encoding (batched, inference mode, bf16 autocast on CUDA) and the embedding cache
+# ----------------------------------------------------------------------------
+
+
+def preprocess(x: torch.Tensor, pp: dict) -> torch.Tensor:
+    """uint8 [B, 3, H, W] on device -> the model's input: resized to pp["size"] with its
+    interpolation (bicubic for CLIP) and normalised with its mean/std. STL-10 images are
+    square, so CLIP's resize-shortest-side + centre-crop is exactly this resize. Done on
+    the device for the full and the smoke model alike (no PIL round trip)."""
+    size = pp["size"] if isinstance(pp["size"], (tuple, list)) else (pp["size"], pp["size"])
+    assert x.shape[-1] == x.shape[-2], "square images expected (STL-10 is 96x96)"
+    x = x.float() / 255.0
+    if tuple(x.shape[-2:]) != tuple(size):
+        mode = "bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear"
+        x = F.interpolate(x, size=tuple(size), mode=mode, align_corners=False, antialias=True).clamp(0, 1)
+    mean = torch.tensor(pp["mean"], device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pp["std"], device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+@torch.inference_mode()
+def encode_images(model, images: torch.Tensor, pp: dict, device: torch.device, batch_size: int,
+                  desc: str = "images", progress: bool = True) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> raw (unnormalised) image embeddings float32 [N, D] on CPU."""
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=None if progress else True):
+        x = preprocess(images[i:i + batch_size].to(device, non_blocking=True), pp)
+        with common.autocast(device):
+            out.append(model.encode_image(x).float().cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def encode_texts(model, tokenizer, prompts: list[str], device: torch.device, batch_size: int) -> torch.Tensor:
+    """list of M sentences -> raw text embeddings float32 [M, D] on CPU."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[i:i + batch_size]).to(device)  # [B, 77] BPE ids
+        with common.autocast(device):
+            out.append(model.encode_text(tokens).float().cpu())
+    return torch.cat(out)
+
+
+def model_key(args) -> dict:
+    """What determines the weights: the smoke model's random init depends on the seed."""
+    if args.smoke:
+        return {"model": "smoke-clip", "config": SMOKE_CLIP, "seed": args.seed}
+    return {"model": args.model, "pretrained": args.pretrained}
+
+
+def cached_image_embeddings(model, images, pp, device, args, split: str) -> torch.Tensor:
+    settings = {**model_key(args), "split": split, "n": len(images), "smoke_data": args.smoke,
+                "data_seed": args.seed if args.smoke else None, "preprocess": pp}
+    path = common.cache_path(args.out, f"clip-images-{split}", settings)
+    hit = common.load_cache(path, args.fresh)
+    if hit is not None and tuple(hit["emb"].shape[:1]) == (len(images),):
+        return hit["emb"]
+    emb = encode_images(model, images, pp, device, args.batch_size, desc=f"encode {split} images")
+    common.save_cache(path, {"config": settings, "emb": emb})
+    return emb
+
+
+def cached_text_embeddings(model, tokenizer, classes, device, args, strategy: str) -> torch.Tensor:
+    """Raw text embeddings [K classes, T prompts per class, D] of one prompt strategy."""
+    prompts = build_prompts(strategy, classes)
+    settings = {**model_key(args), "strategy": strategy, "prompts": prompts}
+    path = common.cache_path(args.out, f"clip-text-{strategy}", settings)
+    hit = common.load_cache(path, args.fresh)
+    if hit is not None:
+        return hit["emb"]
+    flat = [p for per_class in prompts for p in per_class]
+    emb = encode_texts(model, tokenizer, flat, device, args.batch_size).view(len(classes), len(prompts[0]), -1)
+    common.save_cache(path, {"config": settings, "emb": emb})
+    return emb
+
+
+# ----------------------------------------------------------------------------
+# The algorithms (small, pure functions; tests check each against known answers)
+# ----------------------------------------------------------------------------
+
+
+def l2n(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def class_embeddings(text_raw: torch.Tensor) -> torch.Tensor:
+    """[K, T, D] raw prompt embeddings -> [K, D] unit class embeddings: normalise every
+    prompt, average over the T templates, renormalise (CLIP paper, Sec. 3.1.4 and its
+    prompt-engineering notebook), so no template dominates through its norm."""
+    return l2n(l2n(text_raw).mean(dim=1))
+
+
+def zero_shot_scores(images: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [N, K] of (normalised) images with unit class embeddings."""
+    return l2n(images) @ cls.T
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1).indices
+    return float((top == labels[:, None]).any(dim=1).float().mean())
+
+
+def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, n_classes: int) -> np.ndarray:
+    correct = np.bincount(labels[pred == labels].numpy(), minlength=n_classes)
+    total = np.bincount(labels.numpy(), minlength=n_classes)
+    return correct / np.maximum(total, 1)
+
+
+def modality_gap(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """Gap vector of Liang et al. 2022: centroid(images) - centroid(texts), [D]. Pass
+    normalised embeddings for the paper's gap, raw ones for the unnormalised variant."""
+    return images.float().mean(0) - texts.float().mean(0)
+
+
+def orthogonal_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """R = argmin_{R^T R = I} ||x R - y||_F (Schonemann 1966), via scipy's SVD solution."""
+    r, _ = orthogonal_procrustes(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    return r
+
+
+def fit_procrustes(img_train: torch.Tensor, y_train: torch.Tensor, cls: torch.Tensor) -> np.ndarray:
+    """R [D, D] mapping each normalised TRAIN image embedding onto the text embedding of
+    its class. Takes only training data: the test split can not leak into R."""
+    return orthogonal_map(l2n(img_train).numpy(), cls[y_train].numpy())
+
+
+def shift_along_gap(images: torch.Tensor, texts: torch.Tensor, direction: torch.Tensor, lam: float):
+    """Liang et al.'s embedding shift (their shift_features notebook): images move by
+    -lam/2 and texts by +lam/2 along the unit gap direction, then both are renormalised.
+    lam = ||gap|| closes the centroid distance before renormalisation; lam < 0 widens it."""
+    u = direction / direction.norm()
+    return l2n(images - 0.5 * lam * u), l2n(texts + 0.5 * lam * u)
+
+
+# ----------------------------------------------------------------------------
+# Plot helpers
+# ----------------------------------------------------------------------------
+
+
+def sample_indices(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(k, n), replace=False))
+
+
+def joint_view(ax, images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor, classes: list[str],
+               method: str, seed: int, title: str, threads: int | None = None) -> None:
+    """One 2-D fit on images and class prompts together, so distances between the two
+    modalities are comparable; images are dots, prompts are labelled stars. `threads`
+    caps OpenMP: scikit-learn's Barnes-Hut t-SNE spin-waits badly on an oversubscribed
+    CPU (110 points: 90 s with all threads vs 2 s with one on a busy 2-core machine)."""
+    with threadpool_limits(limits=threads):
+        xy = common.embed_2d(torch.cat([images, cls]).numpy(), method, seed)
+    n = len(images)
+    common.scatter_by_class(ax, xy[:n], labels.numpy(), classes, title, size=8)
+    cmap = plt.get_cmap("tab10")
+    for k, name in enumerate(classes):
+        ax.scatter(*xy[n + k], s=220, marker="*", color=cmap(k % 10), edgecolor="black", linewidth=0.8, zorder=3)
+        ax.annotate(name, xy[n + k], fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(f"{method} 1 (dots: images, stars: class prompts)")
+    ax.set_ylabel(f"{method} 2")
+
+
+def methods(args) -> list[str]:
+    return ["tsne", "umap"] if args.embed == "both" else [args.embed]
+
+
+def embed_threads(args) -> int | None:
+    """One OpenMP thread for the tiny smoke fits (fast, and immune to a busy CPU); all
+    cores for the full run's thousands of points."""
+    return 1 if args.smoke else None
+
+
+# ----------------------------------------------------------------------------
+# Experiment 1: zero-shot accuracy per prompt strategy
+# ----------------------------------------------------------------------------
+
+
+def zeroshot(E: dict, classes: list[str], args) -> dict:
+    K = len(classes)
+    top1, top5, per_class, preds = {}, {}, {}, {}
+    for s in STRATEGIES:
+        scores = zero_shot_scores(E["img_test"], class_embeddings(E["text"][s]))
+        top1[s], top5[s] = topk_accuracy(scores, E["y_test"], 1), topk_accuracy(scores, E["y_test"], 5)
+        preds[s] = scores.argmax(1)
+        per_class[s] = per_class_accuracy(preds[s], E["y_test"], K)
+        n_prompts = E["text"][s].shape[1]
+        print(f"  {s:<12} ({n_prompts:>2} prompt(s)/class)  top-1 {top1[s]:.4f}  top-5 {top5[s]:.4f}")
+    best = max(STRATEGIES, key=lambda s: top1[s])
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    x = np.arange(len(STRATEGIES))
+    ax.bar(x - 0.2, [top1[s] for s in STRATEGIES], 0.4, label="top-1")
+    ax.bar(x + 0.2, [top5[s] for s in STRATEGIES], 0.4, label="top-5")
+    ax.axhline(1 / K, color="grey", ls="--", lw=1, label=f"chance ({1 / K:.2f})")
+    ax.set_xticks(x, STRATEGIES)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("prompt strategy")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Zero-shot accuracy on {len(E['y_test'])} STL-10 test images")
+    ax.legend(fontsize=8)
+    common.save_figure(fig, Path(args.out) / "zeroshot_accuracy.png")
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    w = 0.8 / len(STRATEGIES)
+    for i, s in enumerate(STRATEGIES):
+        ax.bar(np.arange(K) + (i - (len(STRATEGIES) - 1) / 2) * w, per_class[s], w, label=s)
+    ax.set_xticks(np.arange(K), classes)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("true class")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("Zero-shot accuracy per class and prompt strategy")
+    ax.legend(fontsize=7, ncol=len(STRATEGIES))
+    common.save_figure(fig, Path(args.out) / "zeroshot_per_class.png")
+
+    cm = np.zeros((K, K), dtype=np.int64)
+    np.add.at(cm, (E["y_test"].numpy(), preds[best].numpy()), 1)
+    common.plot_confusion(cm, classes, Path(args.out) / "zeroshot_confusion.png",
+                          f"Zero-shot confusion, best strategy: {best} (top-1 {top1[best]:.3f})")
+    return {"top1": top1, "top5": top5, "per_class_top1": {s: per_class[s].tolist() for s in STRATEGIES},
+            "best_strategy": best, "best_top1": top1[best], "n_test": len(E["y_test"])}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 2: the modality gap
+# ----------------------------------------------------------------------------
+
+
+def random_pair_cosines(x: torch.Tensor, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Cosines of up to n_pairs random pairs (i != j) of rows of unit-norm x."""
+    i, j = rng.integers(0, len(x), (2, n_pairs))
+    keep = i != j
+    return (x[i[keep]] * x[j[keep]]).sum(1).numpy()
+
+
+def gap(E: dict, classes: list[str], args) -> dict:
+    img, y = l2n(E["img_test"]), E["y_test"]
+    cls = class_embeddings(E["text"][args.prompt])                    # [K, D] unit
+    text_raw = E["text"][args.prompt].mean(1)                         # [K, D] unnormalised class means
+    g = modality_gap(img, cls)
+    g_raw = modality_gap(E["img_test"], text_raw)
+    rng = np.random.default_rng(args.seed)
+
+    sims = img @ cls.T                                                # [N, K]
+    matched = sims[torch.arange(len(y)), y].numpy()
+    unmatched = sims[F.one_hot(y, len(classes)) == 0].numpy()
+    img_img = random_pair_cosines(img, args.pairs, rng)
+    all_prompts = l2n(E["text"]["ensemble"].flatten(0, 1))            # [K*80, D]: every template
+    txt_txt = random_pair_cosines(all_prompts, args.pairs, rng)
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    bins = np.linspace(-1, 1, 101)
+    for vals, label in [(matched, "image - its class prompt"), (unmatched, "image - other class prompts"),
+                        (img_img, "image - image"), (txt_txt, "text - text (80 templates x classes)")]:
+        ax.hist(vals, bins=bins, density=True, histtype="step", lw=1.5, label=f"{label} (mean {vals.mean():.2f})")
+    ax.set_xlabel("cosine similarity")
+    ax.set_ylabel("density")
+    ax.set_title(f"Cosine similarities (prompt: {args.prompt}); modality gap ||centroid diff|| = {g.norm():.3f}")
+    ax.legend(fontsize=7)
+    common.save_figure(fig, Path(args.out) / "gap_cosine_hist.png")
+
+    small = sample_indices(len(y), args.tsne_small, args.seed)
+    large = sample_indices(len(y), args.tsne_large, args.seed + 1)
+    for m in methods(args):
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+        for ax, idx in zip(axes, [small, large]):
+            joint_view(ax, img[idx], y[idx], cls, classes, m, args.seed,
+                       f"{len(idx)} test images + {len(classes)} class prompts ({args.prompt})", embed_threads(args))
+        fig.suptitle(f"Joint {m} of L2-normalised image and text embeddings (one fit per panel): the modality gap")
+        common.save_figure(fig, Path(args.out) / f"gap_joint_{m}.png")
+
+    print(f"  gap (normalised) {g.norm():.4f}   gap (raw) {g_raw.norm():.4f}   "
+          f"matched cos {matched.mean():.3f}   image-image {img_img.mean():.3f}   text-text {txt_txt.mean():.3f}")
+    return {"prompt": args.prompt, "gap_normalised": float(g.norm()), "gap_raw": float(g_raw.norm()),
+            "image_norm_raw_mean": float(E["img_test"].norm(dim=1).mean()),
+            "text_norm_raw_mean": float(E["text"][args.prompt].norm(dim=-1).mean()),
+            "cos_matched_mean": float(matched.mean()), "cos_unmatched_mean": float(unmatched.mean()),
+            "cos_image_image_mean": float(img_img.mean()), "cos_text_text_mean": float(txt_txt.mean()),
+            "n_small": len(small), "n_large": len(large)}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 3: orthogonal Procrustes, fitted on train, scored on test
+# ----------------------------------------------------------------------------
+
+
+def procrustes(E: dict, classes: list[str], args) -> dict:
+    """Peer repositories fit R on the very test images they then score, which turns the
+    test labels into training targets. Here R sees only the train split's images and
+    labels (fit_procrustes takes nothing else); test images are only rotated and scored."""
+    img_test, y_test = l2n(E["img_test"]), E["y_test"]
+    out, rotations = {}, {}
+    for s in STRATEGIES:
+        cls = class_embeddings(E["text"][s])
+        R = fit_procrustes(E["img_train"], E["y_train"], cls)        # [D, D], train only
+        rotations[s] = R
+        aligned = img_test @ torch.from_numpy(R).float()              # rows stay unit norm
+        out[s] = {"top1_before": topk_accuracy(img_test @ cls.T, y_test),
+                  "top1_after": topk_accuracy(aligned @ cls.T, y_test),
+                  "gap_before": float(modality_gap(img_test, cls).norm()),
+                  "gap_after": float(modality_gap(aligned, cls).norm()),
+                  "orthogonality_error": float(np.linalg.norm(R.T @ R - np.eye(len(R))))}
+        print(f"  {s:<12} top-1 {out[s]['top1_before']:.4f} -> {out[s]['top1_after']:.4f}   "
+              f"gap {out[s]['gap_before']:.3f} -> {out[s]['gap_after']:.3f}   "
+              f"||R^T R - I|| {out[s]['orthogonality_error']:.1e}")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    np.savez(Path(args.out) / "procrustes_rotations.npz", **rotations)
+
+    # Context: a linear probe uses the same train labels with an unconstrained map.
+    probe = common.linear_probe(l2n(E["img_train"]).numpy(), E["y_train"].numpy(), img_test.numpy(),
+                                y_test.numpy(), seed=args.seed)
+    print(f"  linear probe on the same train split: top-1 {probe['test_acc']:.4f}")
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    x = np.arange(len(STRATEGIES))
+    ax.bar(x - 0.2, [out[s]["top1_before"] for s in STRATEGIES], 0.4, label="zero-shot (before)")
+    ax.bar(x + 0.2, [out[s]["top1_after"] for s in STRATEGIES], 0.4, label="after R (fit on train)")
+    ax.axhline(probe["test_acc"], color="black", ls=":", lw=1.2, label=f"linear probe ({probe['test_acc']:.2f})")
+    ax.axhline(1 / len(classes), color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(x, STRATEGIES)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("prompt strategy")
+    ax.set_ylabel("top-1 accuracy on the test split")
+    ax.set_title("Orthogonal Procrustes image -> text map, fitted on STL-10 train only")
+    ax.legend(fontsize=7)
+    common.save_figure(fig, Path(args.out) / "procrustes_accuracy.png")
+
+    cls = class_embeddings(E["text"][args.prompt])
+    aligned = img_test @ torch.from_numpy(rotations[args.prompt]).float()
+    small = sample_indices(len(y_test), args.tsne_small, args.seed)
+    large = sample_indices(len(y_test), args.tsne_large, args.seed + 1)
+    for m in methods(args):
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+        for ax, idx in zip(axes, [small, large]):
+            joint_view(ax, aligned[idx], y_test[idx], cls, classes, m, args.seed,
+                       f"{len(idx)} rotated test images + {len(classes)} class prompts ({args.prompt})",
+                       embed_threads(args))
+        fig.suptitle(f"Joint {m} after the Procrustes rotation (fit on train): images move onto their prompts")
+        common.save_figure(fig, Path(args.out) / f"procrustes_joint_{m}.png")
+
+    return {**out, "linear_probe_top1": probe["test_acc"], "n_train": len(E["y_train"]),
+            "max_orthogonality_error": max(out[s]["orthogonality_error"] for s in STRATEGIES)}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 4: shifting along the gap (Liang et al. 2022, Table 1) and centring
+# ----------------------------------------------------------------------------
+
+
+def gap_shift(E: dict, classes: list[str], args) -> dict:
+    """The gap direction comes from the TRAIN images and the class prompts; lambda is
+    picked on train too, so the 'selected' accuracy is an honest test number (the
+    best-on-test one is the oracle the paper reports)."""
+    lambdas = np.linspace(args.shift_min, args.shift_max, args.shift_steps)
+    img_tr, img_te = l2n(E["img_train"]), l2n(E["img_test"])
+    out, curves = {}, {}
+    for s in STRATEGIES:
+        cls = class_embeddings(E["text"][s])
+        direction = modality_gap(img_tr, cls)                         # [D], train images only
+        acc_te, acc_tr, signed_gap = [], [], []
+        for lam in lambdas:
+            i_te, c = shift_along_gap(img_te, cls, direction, float(lam))
+            i_tr, _ = shift_along_gap(img_tr, cls, direction, float(lam))
+            acc_te.append(topk_accuracy(i_te @ c.T, E["y_test"]))
+            acc_tr.append(topk_accuracy(i_tr @ c.T, E["y_train"]))
+            d = modality_gap(i_te, c)                                 # resulting gap on test
+            signed_gap.append(float(d.norm() * torch.sign(d @ direction)))  # < 0 once it crosses over
+        i0 = int(np.argmin(np.abs(lambdas)))
+        sel = int(np.argmax(acc_tr))
+        best = int(np.argmax(acc_te))
+        # Baseline: subtract each modality's own centroid (images: train centroid), renormalise.
+        centred = topk_accuracy(l2n(img_te - img_tr.mean(0)) @ l2n(cls - cls.mean(0)).T, E["y_test"])
+        out[s] = {"top1_unshifted": topk_accuracy(img_te @ cls.T, E["y_test"]),
+                  "gap_unshifted": float(direction.norm()),
+                  "lambda_selected_on_train": float(lambdas[sel]), "top1_selected": acc_te[sel],
+                  "lambda_best_on_test": float(lambdas[best]), "top1_best_on_test": acc_te[best],
+                  "top1_centred": centred}
+        curves[s] = (acc_te, signed_gap, i0, centred)
+        print(f"  {s:<12} top-1 {out[s]['top1_unshifted']:.4f}  shifted (lambda {lambdas[sel]:+.2f} from train) "
+              f"{acc_te[sel]:.4f}  oracle {acc_te[best]:.4f}  centred {centred:.4f}")
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    cmap = plt.get_cmap("tab10")
+    for i, s in enumerate(STRATEGIES):
+        acc_te, signed_gap, i0, centred = curves[s]
+        axes[0].plot(lambdas, acc_te, marker="o", ms=2.5, color=cmap(i), label=s)
+        axes[0].axhline(centred, color=cmap(i), ls=":", lw=1)
+        axes[1].plot(signed_gap, acc_te, marker="o", ms=2.5, color=cmap(i), label=s)
+        axes[1].scatter([signed_gap[i0]], [acc_te[i0]], s=60, color=cmap(i), edgecolor="black", zorder=3)
+    axes[0].axvline(0, color="grey", lw=1)
+    axes[0].set_xlabel("shift lambda along the unit gap direction")
+    axes[0].set_ylabel("zero-shot top-1 (test)")
+    axes[0].set_title("Accuracy vs shift (dotted: centring each modality)")
+    axes[0].legend(fontsize=7)
+    axes[1].axvline(0, color="grey", lw=1)
+    axes[1].set_xlabel("resulting gap on test (signed: < 0 once the modalities cross)")
+    axes[1].set_ylabel("zero-shot top-1 (test)")
+    axes[1].set_title("Accuracy vs resulting gap (circles: unshifted CLIP)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle("Shifting image and text embeddings along the modality gap (Liang et al. 2022)")
+    common.save_figure(fig, Path(args.out) / "gap_shift_accuracy.png")
+    return {**out, "lambdas": lambdas.tolist()}
+
+
+# ----------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = common.make_parser("task4", __doc__, EXPERIMENTS)
+    add_arguments(parser)
+    args = common.parse_args(parser, argv, smoke=SMOKE)
+    with common.user_errors(parser.prog):
+        import open_clip
+
+        if args.model not in open_clip.list_models():
+            near = [m for m in open_clip.list_models() if m.lower().startswith(args.model.lower()[:4])][:8]
+            raise common.UserError(f"unknown --model {args.model!r}; open_clip knows e.g. "
+                                   f"{', '.join(near or open_clip.list_models()[:8])} (see open_clip.list_models())")
+        tags = open_clip.list_pretrained_tags_by_model(args.model)
+        if not args.smoke and args.pretrained not in tags and not os.path.isfile(args.pretrained):
+            raise common.UserError(f"--pretrained {args.pretrained!r} is neither an open_clip tag for {args.model} "
+                                   f"({', '.join(tags[:6]) or 'none'}) nor a checkpoint file")
+        if not args.shift_min < args.shift_max or args.shift_steps < 2:
+            raise common.UserError("need --shift-min < --shift-max and --shift-steps >= 2")
+        if args.tsne_small < 5:
+            raise common.UserError("--tsne-small must be at least 5 images for a 2-D embedding")
+
+        device = common.pick_device(args.device)
+        common.seed_everything(args.seed)
+        model, tokenizer, pp = load_clip(args.model, args.pretrained, args.smoke, device)
+        x_train, y_train, classes = common.load_split("stl10", args.data_root, train=True, smoke=args.smoke,
+                                                      seed=args.seed)
+        x_test, y_test, _ = common.load_split("stl10", args.data_root, train=False, smoke=args.smoke, seed=args.seed)
+        print(f"model: {'smoke CLIP (random init)' if args.smoke else f'{args.model} / {args.pretrained}'}, "
+              f"input {pp['size']}; STL-10: {len(y_train)} train, {len(y_test)} test images", flush=True)
+
+        E = {"img_train": cached_image_embeddings(model, x_train, pp, device, args, "train"), "y_train": y_train,
+             "img_test": cached_image_embeddings(model, x_test, pp, device, args, "test"), "y_test": y_test,
+             "text": {s: cached_text_embeddings(model, tokenizer, classes, device, args, s) for s in STRATEGIES}}
+
+        results = common.Results("task4", args, device)
+        results.run({
+            "zeroshot": lambda: zeroshot(E, classes, args),
+            "gap": lambda: gap(E, classes, args),
+            "procrustes": lambda: procrustes(E, classes, args),
+            "gap_shift": lambda: gap_shift(E, classes, args),
+        })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Task 4 (CLIP on STL-10): known answers for prompts, the zero-shot classifier, template
+ensembling, the modality gap, the gap shift and Procrustes; no test leakage into R;
+the embedding cache; one --smoke run checked figure by figure and metric by metric;
+bad inputs."""
+from __future__ import annotations
+
+import math
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import Task4
+from conftest import assert_bad_input, assert_in_range, assert_png_ok, load_metrics
+
+# ----------------------------------------------------------------------------
+# Prompt strategies
+# ----------------------------------------------------------------------------
+
+
+def test_prompt_strategies_give_the_expected_strings():
+    classes = ["cat", "ship"]
+    assert Task4.build_prompts("label", classes) == [["cat"], ["ship"]]
+    assert Task4.build_prompts("photo", classes) == [["a photo of a cat."], ["a photo of a ship."]]
+    # CLIP's STL-10 templates (openai/CLIP data/prompts.md)
+    assert Task4.build_prompts("clip_stl10", classes) == [["a photo of a cat.", "a photo of the cat."],
+                                                          ["a photo of a ship.", "a photo of the ship."]]
+    ens = Task4.build_prompts("ensemble", classes)
+    assert [len(p) for p in ens] == [80, 80] and len(set(ens[0])) == 80
+    assert {"a bad photo of a cat.", "itap of a cat.", "a tattoo of the cat."} <= set(ens[0])
+    assert all("ship" in p for p in ens[1])
+    desc = Task4.build_prompts("descriptive", Task4.DESCRIPTIONS.keys())
+    assert all(len(p) == 1 for p in desc) and len({p[0] for p in desc}) == 10
+    assert all(c in p[0] and p[0].count(".") == 1 for c, p in zip(Task4.DESCRIPTIONS, desc))  # one sentence
+    with pytest.raises(ValueError):
+        Task4.build_prompts("nope", classes)
+
+
+def test_descriptions_cover_stl10_classes():
+    import common
+
+    assert sorted(Task4.DESCRIPTIONS) == sorted(common.STL10_CLASSES)
+
+
+# ----------------------------------------------------------------------------
+# Zero-shot classifier and the template ensemble
+# ----------------------------------------------------------------------------
+
+
+def test_zero_shot_classifier_on_constructed_embeddings():
+    cls = torch.eye(3)  # class k is the unit vector e_k
+    images = torch.tensor([[2.0, 0.1, 0.0],   # class 0, right
+                           [0.0, 1.0, 0.2],   # class 1, right
+                           [0.1, 0.0, 3.0],   # class 2, right
+                           [1.0, 0.9, 0.0]])  # labelled 1 but closer to e_0: wrong at top-1, right at top-2
+    labels = torch.tensor([0, 1, 2, 1])
+    scores = Task4.zero_shot_scores(images, cls)
+    assert scores[3, 1].item() == pytest.approx(0.9 / math.sqrt(1.81))  # cosine, by hand
+    assert scores.argmax(1).tolist() == [0, 1, 2, 0]
+    assert Task4.topk_accuracy(scores, labels, 1) == pytest.approx(0.75)
+    assert Task4.topk_accuracy(scores, labels, 2) == pytest.approx(1.0)
+    assert Task4.topk_accuracy(scores, labels, 5) == pytest.approx(1.0)  # k capped at K
+    np.testing.assert_allclose(Task4.per_class_accuracy(scores.argmax(1), labels, 3), [1.0, 0.5, 1.0])
+
+
+def test_ensemble_averages_normalised_embeddings():
+    # two templates for class 0 with very different norms: normalise-then-average gives the
+    # bisector (1, 1)/sqrt(2); averaging raw vectors would be dominated by the long one.
+    text_raw = torch.tensor([[[10.0, 0.0], [0.0, 1.0]],
+                             [[0.0, -3.0], [0.0, -3.0]]])  # [K=2, T=2, D=2]
+    cls = Task4.class_embeddings(text_raw)
+    np.testing.assert_allclose(cls[0].numpy(), [1 / math.sqrt(2), 1 / math.sqrt(2)], atol=1e-6)
+    np.testing.assert_allclose(cls[1].numpy(), [0.0, -1.0], atol=1e-6)
+    np.testing.assert_allclose(cls.norm(dim=1).numpy(), [1.0, 1.0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Modality gap and the gap shift
+# ----------------------------------------------------------------------------
+
+
+def _two_cones(theta: float, phi: float):
+    """Unit images cos(theta) e1 +- sin(theta) e3 and unit texts cos(phi) e2 +- sin(phi) e4:
+    centroids cos(theta) e1 and cos(phi) e2, so the gap is sqrt(cos^2 theta + cos^2 phi)."""
+    e = torch.eye(6)
+    img = torch.stack([math.cos(theta) * e[0] + s * math.sin(theta) * e[2] for s in (1, -1)] * 3)
+    txt = torch.stack([math.cos(phi) * e[1] + s * math.sin(phi) * e[3] for s in (1, -1)])
+    return img, txt
+
+
+def test_modality_gap_on_constructed_embeddings():
+    theta, phi = 0.7, 1.1
+    img, txt = _two_cones(theta, phi)
+    g = Task4.modality_gap(img, txt)
+    assert g.norm().item() == pytest.approx(math.hypot(math.cos(theta), math.cos(phi)), abs=1e-6)
+    np.testing.assert_allclose(g[:2].numpy(), [math.cos(theta), -math.cos(phi)], atol=1e-6)
+    # unnormalised variant: scaling the images by 5 scales their centroid by 5
+    assert Task4.modality_gap(5 * img, txt).norm().item() == pytest.approx(
+        math.hypot(5 * math.cos(theta), math.cos(phi)), abs=1e-5)
+    # ...while the normalised gap does not change
+    assert Task4.modality_gap(Task4.l2n(5 * img), txt).norm().item() == pytest.approx(g.norm().item(), abs=1e-6)
+
+
+def test_shift_by_the_gap_closes_it_exactly_in_a_symmetric_case():
+    # images c e1 +- s e3, texts -c e1 +- s e4: gap 2c along e1. Shifting by lambda = 2c
+    # leaves +-e3 and +-e4 after renormalising, whose centroids are both 0.
+    c, s = 0.6, 0.8
+    e = torch.eye(4)
+    img = torch.stack([c * e[0] + s * e[2], c * e[0] - s * e[2]])
+    txt = torch.stack([-c * e[0] + s * e[3], -c * e[0] - s * e[3]])
+    direction = Task4.modality_gap(img, txt)
+    assert direction.norm().item() == pytest.approx(2 * c)
+    i2, t2 = Task4.shift_along_gap(img, txt, direction, 2 * c)
+    assert Task4.modality_gap(i2, t2).norm().item() == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(i2.abs().numpy(), [[0, 0, 1, 0]] * 2, atol=1e-6)
+    i0, t0 = Task4.shift_along_gap(img, txt, direction, 0.0)  # lambda = 0 is the identity on unit vectors
+    torch.testing.assert_close(i0, img), torch.testing.assert_close(t0, txt)
+    iw, tw = Task4.shift_along_gap(img, txt, direction, -0.5)  # negative lambda widens the gap
+    assert Task4.modality_gap(iw, tw).norm().item() > 2 * c
+
+
+# ----------------------------------------------------------------------------
+# Procrustes
+# ----------------------------------------------------------------------------
+
+
+def _random_rotation(d: int, seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def test_procrustes_recovers_a_known_rotation():
+    rng = np.random.default_rng(0)
+    R_true = _random_rotation(16, 1)
+    x = rng.normal(size=(300, 16))
+    y = x @ R_true + 1e-3 * rng.normal(size=x.shape)
+    R = Task4.orthogonal_map(x, y)
+    np.testing.assert_allclose(R, R_true, atol=1e-3)
+    np.testing.assert_allclose(R.T @ R, np.eye(16), atol=1e-10)
+    # and a map that is not a rotation: R is still orthogonal, the best one in Frobenius norm
+    R2 = Task4.orthogonal_map(x, 3 * x @ R_true)
+    np.testing.assert_allclose(R2, R_true, atol=1e-8)
+
+
+def test_fit_procrustes_maps_train_images_onto_their_class_text():
+    # images of class k = (text of class k) rotated by Q^T, at several norms: R must undo Q^T
+    K = D = 8
+    cls = torch.from_numpy(_random_rotation(D, 2)).float()                 # K orthonormal class embeddings
+    Q = torch.from_numpy(_random_rotation(D, 3)).float()
+    y = torch.arange(40) % K
+    img = cls[y] @ Q.T * torch.linspace(0.5, 4, 40)[:, None]
+    R = Task4.fit_procrustes(img, y, cls)
+    np.testing.assert_allclose(R, Q.numpy(), atol=1e-5)
+
+
+def _procrustes_setup(tmp_path, K=4, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(K, 2, D, generator=g)                                # [K, T, D] raw prompts
+    cls = Task4.class_embeddings(text)
+    Q = torch.from_numpy(_random_rotation(D, seed + 5)).float()
+    y_tr, y_te = torch.arange(60) % K, torch.arange(40) % K
+    img_tr = cls[y_tr] @ Q.T + 0.01 * torch.randn(60, D, generator=g)
+    img_te = cls[y_te] @ Q.T + 0.01 * torch.randn(40, D, generator=g)
+    E = {"img_train": img_tr, "y_train": y_tr, "img_test": img_te, "y_test": y_te,
+         "text": {s: text for s in Task4.STRATEGIES}}
+    args = SimpleNamespace(out=str(tmp_path), prompt="photo", embed="tsne", tsne_small=10, tsne_large=20,
+                           seed=0, smoke=True)
+    return E, [f"c{k}" for k in range(K)], args
+
+
+def test_procrustes_never_uses_test_labels_or_test_images_when_fitting(tmp_path):
+    E, classes, args = _procrustes_setup(tmp_path / "a")
+    m1 = Task4.procrustes(E, classes, args)
+    R1 = dict(np.load(tmp_path / "a" / "procrustes_rotations.npz"))
+    assert m1["photo"]["top1_after"] == pytest.approx(1.0)   # the constructed test set is aligned exactly
+
+    # permute the test labels and replace the test images by noise: R must not change at all
+    E2 = dict(E, y_test=E["y_test"][torch.randperm(40, generator=torch.Generator().manual_seed(1))],
+              img_test=torch.randn_like(E["img_test"]))
+    args.out = str(tmp_path / "b")
+    m2 = Task4.procrustes(E2, classes, args)
+    R2 = dict(np.load(tmp_path / "b" / "procrustes_rotations.npz"))
+    assert R1.keys() == R2.keys() == set(Task4.STRATEGIES)
+    for s in R1:
+        np.testing.assert_array_equal(R1[s], R2[s])
+    assert m2["photo"]["top1_after"] < 0.9                      # the scores did see the new test data
+    assert m1["max_orthogonality_error"] < 1e-6
+
+
+# ----------------------------------------------------------------------------
+# Preprocessing and the embedding cache
+# ----------------------------------------------------------------------------
+
+
+def test_preprocess_resizes_and_normalises():
+    pp = {"size": 64, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.5), "interpolation": "bicubic"}
+    x = torch.full((2, 3, 96, 96), 128, dtype=torch.uint8)
+    out = Task4.preprocess(x, pp)
+    assert out.shape == (2, 3, 64, 64)
+    expect = [(128 / 255 - m) / s for m, s in zip(pp["mean"], pp["std"])]
+    np.testing.assert_allclose(out.mean(dim=(0, 2, 3)).numpy(), expect, atol=1e-5)
+    np.testing.assert_allclose(out.std(dim=(0, 2, 3)).numpy(), [0, 0, 0], atol=1e-5)
+
+
+def test_image_embeddings_are_cached_and_fresh_recomputes(tmp_path):
+    torch.manual_seed(0)
+    model, _, pp = Task4.load_clip("ViT-B-32", "openai", smoke=True, device=torch.device("cpu"))
+    calls = []
+
+    class Counting:  # the real model, counting its forward passes
+        def encode_image(self, x):
+            calls.append(len(x))
+            return model.encode_image(x)
+
+    images = torch.randint(0, 256, (5, 3, 96, 96), dtype=torch.uint8)
+    args = SimpleNamespace(smoke=True, seed=0, out=str(tmp_path), fresh=False, batch_size=2)
+    cpu = torch.device("cpu")
+    emb = Task4.cached_image_embeddings(Counting(), images, pp, cpu, args, "test")
+    assert emb.shape == (5, Task4.SMOKE_CLIP["embed_dim"]) and calls == [2, 2, 1]
+    assert len(list((tmp_path / "cache").glob("clip-images-test-*.pt"))) == 1
+    torch.testing.assert_close(Task4.cached_image_embeddings(Counting(), images, pp, cpu, args, "test"), emb)
+    assert calls == [2, 2, 1]                                   # second call: read from the cache
+    Task4.cached_image_embeddings(Counting(), images, pp, cpu, SimpleNamespace(**{**vars(args), "fresh": True}), "test")
+    assert calls == [2, 2, 1] * 2                               # --fresh: encoded again
+    Task4.cached_image_embeddings(Counting(), images, pp, cpu, args, "train")
+    assert len(list((tmp_path / "cache").glob("clip-images-*.pt"))) == 2  # the split is part of the key
+
+
+# ----------------------------------------------------------------------------
+# The --smoke run: every figure, every metric
+# ----------------------------------------------------------------------------
+
+FIGURES = ["zeroshot_accuracy.png", "zeroshot_per_class.png", "zeroshot_confusion.png", "gap_cosine_hist.png",
+           "gap_joint_tsne.png", "procrustes_accuracy.png", "procrustes_joint_tsne.png", "gap_shift_accuracy.png"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("task4_smoke")
+    Task4.main(["--smoke", "--out", str(out)])
+    return out
+
+
+def test_smoke_writes_every_figure(smoke_run):
+    for name in FIGURES:
+        assert_png_ok(smoke_run / name)
+    R = np.load(smoke_run / "procrustes_rotations.npz")
+    assert set(R.files) == set(Task4.STRATEGIES)
+    caches = sorted(p.name.rsplit("-", 1)[0] for p in (smoke_run / "cache").glob("*.pt"))
+    assert caches == sorted(["clip-images-train", "clip-images-test"] + [f"clip-text-{s}" for s in Task4.STRATEGIES])
+
+
+def test_smoke_writes_every_metric(smoke_run):
+    doc = load_metrics(smoke_run)
+    m = doc["experiments"]
+    assert doc["task"] == "task4" and doc["env"]["data"] == "smoke"
+    assert list(m) == Task4.EXPERIMENTS
+    for s in Task4.STRATEGIES:
+        for k in ("top1", "top5"):
+            assert_in_range(m["zeroshot"], f"{k}/{s}", 0, 1)
+        assert len(m["zeroshot"]["per_class_top1"][s]) == 10
+        for k in ("top1_before", "top1_after"):
+            assert_in_range(m["procrustes"], f"{s}/{k}", 0, 1)
+        for k in ("gap_before", "gap_after"):
+            assert_in_range(m["procrustes"], f"{s}/{k}", 0, 2)
+        assert_in_range(m["procrustes"], f"{s}/orthogonality_error", 0, 1e-6)
+        for k in ("top1_unshifted", "top1_selected", "top1_best_on_test", "top1_centred"):
+            assert_in_range(m["gap_shift"], f"{s}/{k}", 0, 1)
+        for k in ("lambda_selected_on_train", "lambda_best_on_test"):
+            assert_in_range(m["gap_shift"], f"{s}/{k}", -1, 2)
+        assert_in_range(m["gap_shift"], f"{s}/gap_unshifted", 0, 2)
+        assert m["gap_shift"][s]["top1_best_on_test"] >= m["gap_shift"][s]["top1_selected"]
+    assert m["zeroshot"]["best_strategy"] in Task4.STRATEGIES
+    assert_in_range(m["zeroshot"], "best_top1", 0, 1)
+    assert_in_range(m["zeroshot"], "n_test", 300, 300)
+    for k in ("gap_normalised",):
+        assert_in_range(m["gap"], k, 0, 2)
+    for k in ("gap_raw", "image_norm_raw_mean", "text_norm_raw_mean"):
+        assert_in_range(m["gap"], k, 0, 1e4)
+    for k in ("cos_matched_mean", "cos_unmatched_mean", "cos_image_image_mean", "cos_text_text_mean"):
+        assert_in_range(m["gap"], k, -1, 1)
+    assert_in_range(m["gap"], "n_small", 100, 100)
+    assert_in_range(m["procrustes"], "linear_probe_top1", 0, 1)
+    assert_in_range(m["procrustes"], "n_train", 500, 500)
+    assert_in_range(m["procrustes"], "max_orthogonality_error", 0, 1e-6)
+    assert len(m["gap_shift"]["lambdas"]) == 31
+    for name in Task4.EXPERIMENTS:
+        assert_in_range(m[name], "seconds", 0, 600)
+    # a smoke check that the train-only fit carries real signal: the generated classes
+    # differ in colour, so mapping train images onto their class prompts beats chance on test
+    assert max(m["procrustes"][s]["top1_after"] for s in Task4.STRATEGIES) > 0.2
+    assert m["procrustes"]["linear_probe_top1"] > 0.5
+
+
+# ----------------------------------------------------------------------------
+# Bad input: exit 2, one line, earlier outputs kept
+# ----------------------------------------------------------------------------
+
+
+def test_unknown_model_is_rejected(tmp_path):
+    assert_bad_input("Task4.py", ["--smoke", "--model", "ViT-Q-99"], tmp_path / "out", expect="unknown --model")
+
+
+def test_weights_that_cannot_be_fetched_name_the_way_out(tmp_path, empty_data_root):
+    line = assert_bad_input("Task4.py", ["--data-root", str(empty_data_root)], tmp_path / "out",
+                            expect="could not get open_clip weights ViT-B-32")
+    assert "HF_HOME" in line and "--smoke" in line
+
+
+@pytest.mark.parametrize("flags, expect", [(["--shift-min", "1", "--shift-max", "0"], "--shift-min"),
+                                            (["--shift-steps", "1"], "--shift-steps"),
+                                            (["--tsne-small", "3"], "--tsne-small"),
+                                            (["--prompt", "poem"], "invalid choice")])
+def test_bad_knobs_exit_2_before_writing_anything(tmp_path, capsys, flags, expect):
+    # in-process (the subprocess path is covered above): same main, no interpreter start-up
+    with pytest.raises(SystemExit) as e:
+        Task4.main(["--smoke", "--out", str(tmp_path / "out"), *flags])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1 and "error" in err[0] and expect in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_cache_file_exits_2(tmp_path, smoke_run):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run, out)
+    victim = next((out / "cache").glob("clip-images-test-*.pt"))
+    victim.write_bytes(b"not a torch file")
+    assert_bad_input("Task4.py", ["--smoke"], out, expect="unreadable")
