@@ -2,6 +2,14 @@
 
     VAE          Task 5: the assignment's convolutional VAE for 1x28x28 images.
                  Do not change its layers: the assignment fixes them.
+    Generator, Discriminator
+                 Task 3: the assignment's MLP GAN (z 100 -> 256 -> 512 -> 784, ReLU,
+                 tanh; 784 -> 256 -> 256 -> 1, LeakyReLU 0.2), N(0, 0.02) weights
+                 (init_gan_weights); D options: dropout, minibatch standard deviation.
+    ReferenceGenerator, ReferenceDiscriminator
+                 Task 3: PyTorch-GAN's implementations/gan/gan.py, layer for layer
+                 (100 -> 128 -> 256 -> 512 -> 1024 -> 784 with BatchNorm; 784 -> 512
+                 -> 256 -> 1).
 
 Shapes in comments are [batch, channels, height, width].
 """
@@ -59,3 +67,126 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar)
         return self.decode(z), mu, logvar
+
+
+# ----------------------------------------------------------------------------
+# Task 3: GANs (Goodfellow et al. 2014) on 1x28x28 images in [-1, 1]
+# ----------------------------------------------------------------------------
+# The discriminators return LOGITS [B]: D(x) = sigmoid(logit). The sigmoid of the
+# assignment's D is folded into the loss (BCE-with-logits = sigmoid + BCE, computed
+# stably), so log D and log(1 - D) stay finite even when D saturates, which is
+# exactly the regime Task 3's vanishing-gradient experiment drives D into.
+
+
+def init_gan_weights(module: nn.Module, std: float = 0.02) -> None:
+    """DCGAN's initialisation (Radford et al. 2016): Linear weights ~ N(0, std),
+    biases 0; BatchNorm scales ~ N(1, std), shifts 0. Use with `model.apply`."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, std)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm1d):
+        nn.init.normal_(module.weight, 1.0, std)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """The assignment's generator: z [B, z_dim] -> linear 256 -> ReLU -> linear 512
+    -> ReLU -> linear 784 -> tanh -> image [B, 1, 28, 28] in [-1, 1]."""
+
+    def __init__(self, z_dim: int = 100, hidden: tuple[int, ...] = (256, 512), out_shape=(1, 28, 28)):
+        super().__init__()
+        self.z_dim, self.out_shape = z_dim, tuple(out_shape)
+        layers, width = [], z_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        out = 1
+        for d in self.out_shape:
+            out *= d
+        layers += [nn.Linear(width, out), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.out_shape)
+
+
+class MinibatchStdDev(nn.Module):
+    """Minibatch standard deviation (Karras et al. 2018, ProGAN, section 3): append one
+    feature, the batch's feature-wise standard deviation averaged over features, to
+    every sample's feature vector [B, F] -> [B, F + 1]. A collapsed generator makes
+    batches with near-zero spread, which D can then see and punish (a cheap form of
+    minibatch discrimination, Salimans et al. 2016). The batch is one group."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        s = h.float().std(dim=0, unbiased=False).mean()          # scalar
+        return torch.cat([h, s.to(h.dtype).expand(h.shape[0], 1)], dim=1)
+
+
+class Discriminator(nn.Module):
+    """The assignment's discriminator: image [B, 1, 28, 28] -> flatten 784 -> linear
+    256 -> LeakyReLU(0.2) -> linear 256 -> LeakyReLU(0.2) -> linear 1 -> logit [B]
+    (D(x) = sigmoid(logit)). Options: `dropout` after each hidden activation (0.4
+    is Task 3's overfitting cure); `minibatch_std` appends MinibatchStdDev's feature
+    before the last layer. `features(x)` is the last hidden layer [B, 256], used by
+    feature matching (Salimans et al. 2016)."""
+
+    def __init__(self, in_dim: int = 784, hidden: tuple[int, ...] = (256, 256), dropout: float = 0.0,
+                 minibatch_std: bool = False):
+        super().__init__()
+        layers, width = [nn.Flatten()], in_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.mbstd = MinibatchStdDev() if minibatch_std else nn.Identity()
+        self.head = nn.Linear(width + int(minibatch_std), 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)                                        # [B, hidden[-1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mbstd(self.body(x))).squeeze(1)      # logits [B]
+
+
+class ReferenceGenerator(nn.Module):
+    """PyTorch-GAN's gan.py generator (eriklindernoren/PyTorch-GAN,
+    implementations/gan/gan.py), layer for layer: z -> 128 (LeakyReLU 0.2, no norm)
+    -> 256 -> 512 -> 1024 (each Linear -> BatchNorm1d -> LeakyReLU 0.2) -> 784 ->
+    tanh. `BatchNorm1d(out, 0.8)` there passes 0.8 as eps (not momentum); kept,
+    since the point is to train *that* network. PyTorch's default init, as there."""
+
+    def __init__(self, z_dim: int = 100, out_shape=(1, 28, 28)):
+        super().__init__()
+        self.z_dim, self.out_shape = z_dim, tuple(out_shape)
+
+        def block(i, o, normalize=True):
+            return [nn.Linear(i, o)] + ([nn.BatchNorm1d(o, 0.8)] if normalize else []) + [nn.LeakyReLU(0.2)]
+
+        out = 1
+        for d in self.out_shape:
+            out *= d
+        self.net = nn.Sequential(*block(z_dim, 128, normalize=False), *block(128, 256), *block(256, 512),
+                                 *block(512, 1024), nn.Linear(1024, out), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(z.shape[0], *self.out_shape)
+
+
+class ReferenceDiscriminator(nn.Module):
+    """PyTorch-GAN's gan.py discriminator: flatten 784 -> 512 -> LeakyReLU(0.2) ->
+    256 -> LeakyReLU(0.2) -> 1 -> logit [B] (their sigmoid is folded into the loss,
+    as for Discriminator). `features(x)` is the 256-wide last hidden layer."""
+
+    def __init__(self, in_dim: int = 784):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, 512), nn.LeakyReLU(0.2),
+                                  nn.Linear(512, 256), nn.LeakyReLU(0.2))
+        self.head = nn.Linear(256, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x)).squeeze(1)

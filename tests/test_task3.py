@@ -1,0 +1,384 @@
+"""Task 3 (MLP GAN on MNIST): known-answer tests of the losses, metrics and
+augmentation, the networks' shapes, divergence handling, one smoke run, bad input."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import common
+import Task3
+from architecture import (Discriminator, Generator, MinibatchStdDev, ReferenceDiscriminator,
+                          ReferenceGenerator)
+from conftest import assert_bad_input, assert_in_range, assert_png_ok, load_metrics
+
+# ----------------------------------------------------------------------------
+# Losses: closed-form gradients
+# ----------------------------------------------------------------------------
+
+
+def test_generator_loss_gradients_at_rejected_fakes():
+    """D(G(z)) = sigmoid(a) near 0. Minimax log(1 - sigmoid(a)) has d/da = -sigmoid(a)
+    (vanishes with D(G(z))); the non-saturating -log sigmoid(a) has d/da = -(1 - sigmoid(a))
+    (stays near -1). Both for the batch mean, so each element's gradient is / B."""
+    a = torch.tensor([-12.0, -8.0, -5.0, -2.0], dtype=torch.float64)
+    B = len(a)
+    d = 1 / (1 + np.exp(-a.numpy()))                                     # D(G(z)), by hand
+    for kind, expect in [("saturating", -d / B), ("non_saturating", -(1 - d) / B)]:
+        x = a.clone().requires_grad_(True)
+        Task3.g_loss_fn(x, kind).backward()
+        np.testing.assert_allclose(x.grad.numpy(), expect, rtol=1e-5, atol=0)
+    # the ratio of gradients is D / (1 - D): at D(G(z)) = 6e-6 the minimax gradient is ~1e5x smaller
+    assert d[0] / (1 - d[0]) < 1e-5
+    # and the loss values are the textbook ones
+    x = torch.tensor([-3.0, 1.0])
+    s = torch.sigmoid(x)
+    assert torch.allclose(Task3.g_loss_fn(x, "saturating"), torch.log(1 - s).mean(), atol=1e-6)
+    assert torch.allclose(Task3.g_loss_fn(x, "non_saturating"), -torch.log(s).mean(), atol=1e-6)
+    with pytest.raises(ValueError):
+        Task3.g_loss_fn(x, "wasserstein")
+
+
+def test_label_smoothing_touches_only_real_labels():
+    real = torch.tensor([2.0, -1.0, 0.5])
+    fake = torch.tensor([-3.0, 0.3])
+    sr, sf = torch.sigmoid(real), torch.sigmoid(fake)
+    by_hand = (-(0.9 * torch.log(sr) + 0.1 * torch.log(1 - sr)).mean()   # real targets 0.9
+               - torch.log(1 - sf).mean())                                # fake targets stay 0
+    assert torch.allclose(Task3.d_loss_fn(real, fake, 0.9), by_hand, atol=1e-6)
+    # the gradient on the fake logits is the same with and without smoothing: sigmoid(f) / n_fake
+    grads = []
+    for label in (1.0, 0.9):
+        f = fake.clone().requires_grad_(True)
+        Task3.d_loss_fn(real, f, label).backward()
+        grads.append(f.grad)
+    assert torch.allclose(grads[0], grads[1]) and torch.allclose(grads[0], sf / len(fake), atol=1e-7)
+    # ... while the real gradient is (sigmoid(r) - target) / n_real
+    r = real.clone().requires_grad_(True)
+    Task3.d_loss_fn(r, fake, 0.9).backward()
+    assert torch.allclose(r.grad, (sr - 0.9) / len(real), atol=1e-7)
+
+
+def test_feature_matching_loss_known_value():
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])          # mean (2, 3)
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0]])          # mean (1, 1)
+    assert Task3.feature_matching_loss(real, fake).item() == pytest.approx(1.0 + 4.0)
+
+
+# ----------------------------------------------------------------------------
+# Measuring generators
+# ----------------------------------------------------------------------------
+
+
+def test_frechet_distance_identical_gaussians_is_zero():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    cov = a @ a.T + 0.1 * np.eye(6)
+    mu = rng.normal(size=6)
+    assert abs(Task3.frechet_distance(mu, cov, mu, cov)) < 1e-8
+
+
+def test_frechet_distance_diagonal_closed_form():
+    """Diagonal covariances commute: FD = ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2."""
+    a, b = np.array([1.0, 4.0, 9.0, 0.25]), np.array([4.0, 1.0, 9.0, 1.0])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0, 3.0])
+    expect = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()   # 5 + (1 + 1 + 0 + 0.25)
+    assert expect == pytest.approx(7.25)
+    assert Task3.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expect, abs=1e-9)
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    """A second implementation: the textbook formula with scipy.linalg.sqrtm of S1 S2."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(8, 8)), rng.normal(size=(8, 8))
+    c1, c2 = a @ a.T + np.eye(8), b @ b.T + 0.5 * np.eye(8)
+    m1, m2 = rng.normal(size=8), rng.normal(size=8)
+    ref = ((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
+    assert Task3.frechet_distance(m1, c1, m2, c2) == pytest.approx(ref, rel=1e-8)
+
+
+def test_mode_coverage_and_kl_on_constructed_histograms():
+    uniform = [100] * 10
+    assert Task3.mode_coverage(uniform) == 10
+    assert Task3.kl_from_uniform(uniform) == pytest.approx(0.0, abs=1e-12)
+    one = [0, 0, 0, 1000, 0, 0, 0, 0, 0, 0]
+    assert Task3.mode_coverage(one) == 1
+    assert Task3.kl_from_uniform(one) == pytest.approx(math.log(10))
+    two = [500, 500] + [0] * 8
+    assert Task3.kl_from_uniform(two) == pytest.approx(math.log(5))     # KL(p || u) = log 10 - H(p)
+    # stray samples do not count as a mode: fair share N/10 = 100, 10% of it = 10
+    stray = [495, 495, 9, 1, 0, 0, 0, 0, 0, 0]
+    assert Task3.mode_coverage(stray, share=0.1) == 2
+    assert Task3.mode_coverage(stray, share=0.0) == 4
+    p = np.array(stray) / 1000
+    assert Task3.kl_from_uniform(stray) == pytest.approx(float((p[p > 0] * np.log(10 * p[p > 0])).sum()))
+    # the histogram of predictions
+    assert Task3.class_histogram(torch.tensor([3, 3, 1])).tolist() == [0, 1, 0, 2, 0, 0, 0, 0, 0, 0]
+
+
+def test_diversity_and_memorisation_distances():
+    s = 2.0   # equilateral triangle of side s: every pairwise distance is s
+    tri = torch.tensor([[0.0, 0.0], [s, 0.0], [s / 2, s * math.sqrt(3) / 2]])
+    assert Task3.mean_pairwise_distance(tri) == pytest.approx(s, rel=1e-5)
+    train = torch.rand(50, 1, 4, 4)
+    copies = train[[3, 7]].clone()
+    copies[1, 0, 2, 2] += 0.25                                               # one pixel moved by 0.25
+    d = Task3.nearest_distance(copies, train, chunk=16)                      # chunks must not matter
+    assert d[0].item() == pytest.approx(0.0, abs=1e-5)
+    assert d[1].item() == pytest.approx(0.25, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------
+# DiffAugment
+# ----------------------------------------------------------------------------
+
+
+def test_diffaugment_same_randomness_same_transform_for_real_and_fake():
+    """With the same random draws, a real batch and a fake batch that hold the same
+    images come out identical: one augmentation, not one for reals and one for fakes."""
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    real, fake = x.clone(), x.clone().requires_grad_(True)
+    out_r = Task3.diff_augment(real, generator=torch.Generator().manual_seed(5))
+    out_f = Task3.diff_augment(fake, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(out_r, out_f.detach())
+    out_f.sum().backward()                                    # differentiable: gradients reach G's pixels
+    assert fake.grad is not None and 0 < fake.grad.sum() < fake.numel()
+
+
+def test_diffaugment_translation_is_an_integer_shift_and_cutout_a_square():
+    x = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28).repeat(8, 1, 1, 1)
+    out = Task3.diff_augment(x, translate=0.125, cutout=0.0, fill=-1.0, generator=torch.Generator().manual_seed(0))
+    for img in out[:, 0]:
+        ys, xs = (img >= 0).nonzero(as_tuple=True)
+        # every kept pixel p sits at (row(p) + dy, col(p) + dx) for one integer shift
+        v = img[ys, xs].long()
+        sy, sx = ys - v // 28, xs - v % 28
+        assert sy.unique().numel() == 1 and sx.unique().numel() == 1
+        assert abs(int(sy[0])) <= 4 and abs(int(sx[0])) <= 4              # round(28 * 0.125) = 4 pixels
+        assert (img < 0).sum() == 28 * 28 - (28 - abs(int(sy[0]))) * (28 - abs(int(sx[0])))
+    ones = torch.ones(16, 1, 28, 28)
+    cut = Task3.diff_augment(ones, translate=0.0, cutout=0.5, fill=-1.0, generator=torch.Generator().manual_seed(1))
+    for img in cut[:, 0]:
+        ys, xs = (img < 0).nonzero(as_tuple=True)
+        h, w = int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        assert h <= 14 and w <= 14 and len(ys) == h * w                  # one axis-aligned box, side 14 or clipped
+
+
+def test_gan_iteration_augments_real_and_fake_in_both_steps():
+    """The D step passes reals and fakes through the same augment, the G step the fakes
+    (and, for feature matching, the reals), so D never sees un-augmented images."""
+    torch.manual_seed(0)
+    G, D = Generator(8), Discriminator()
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    cfg = Task3.base_config(Task3.build_parser().parse_args([]), z_dim=8)
+    for g_loss, expected in [("non_saturating", ["D:real", "D:fake", "G:fake"]),
+                             ("feature_matching", ["D:real", "D:fake", "G:real", "G:fake"])]:
+        calls, phase = [], {"now": "D"}
+        real = torch.rand(5, 1, 28, 28) * 2 - 1
+
+        def spy(t):
+            kind = "real" if not t.requires_grad and t.grad_fn is None and torch.equal(t, real) else "fake"
+            calls.append(f"{phase['now']}:{kind}")
+            return t
+
+        orig = D.requires_grad_
+
+        def switch(flag=True):  # gan_iteration freezes D exactly when the G step starts
+            phase["now"] = "D" if flag else "G"
+            return orig(flag)
+
+        D.requires_grad_ = switch
+        row = Task3.gan_iteration(G, D, opt_g, opt_d, real, lambda: real, {**cfg, "g_loss": g_loss}, 0, 10,
+                                  train_d=True, device=torch.device("cpu"), augment=spy)
+        D.requires_grad_ = orig
+        assert calls == expected, (g_loss, calls)
+        assert row.shape == (5,) and torch.isfinite(row).all()
+
+
+# ----------------------------------------------------------------------------
+# Architecture
+# ----------------------------------------------------------------------------
+
+
+def test_gan_shapes_and_parameter_counts():
+    z = torch.randn(7, 100)
+    G, D = Generator(), Discriminator()
+    x = G(z)
+    assert x.shape == (7, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+    assert D(x).shape == (7,) and D.features(x).shape == (7, 256)
+    lin = lambda i, o: i * o + o  # noqa: E731
+    assert sum(p.numel() for p in G.parameters()) == lin(100, 256) + lin(256, 512) + lin(512, 784)
+    assert sum(p.numel() for p in D.parameters()) == lin(784, 256) + lin(256, 256) + lin(256, 1)
+    # PyTorch-GAN gan.py: 100-128-256-512-1024-784, BatchNorm (2 params per unit) after all but the first
+    RG, RD = ReferenceGenerator(), ReferenceDiscriminator()
+    assert RG(z).shape == (7, 1, 28, 28)
+    assert sum(p.numel() for p in RG.parameters()) == (lin(100, 128) + lin(128, 256) + 2 * 256 + lin(256, 512)
+                                                       + 2 * 512 + lin(512, 1024) + 2 * 1024 + lin(1024, 784))
+    bns = [m for m in RG.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [b.num_features for b in bns] == [256, 512, 1024] and all(b.eps == 0.8 for b in bns)
+    assert RD(x).shape == (7,)
+    assert sum(p.numel() for p in RD.parameters()) == lin(784, 512) + lin(512, 256) + lin(256, 1)
+    # options: dropout layers, the minibatch-std feature widens the head by one input
+    Dd = Discriminator(dropout=0.4, minibatch_std=True)
+    assert sum(isinstance(m, torch.nn.Dropout) and m.p == 0.4 for m in Dd.modules()) == 2
+    assert Dd.head.in_features == 257 and Dd(x).shape == (7,)
+
+
+def test_minibatch_std_feature_is_the_batch_spread():
+    h = torch.tensor([[1.0, 0.0], [3.0, 4.0]])               # per-feature std (biased): 1 and 2 -> mean 1.5
+    out = MinibatchStdDev()(h)
+    assert out.shape == (2, 3) and torch.allclose(out[:, 2], torch.tensor([1.5, 1.5]))
+    assert torch.all(MinibatchStdDev()(torch.ones(4, 3))[:, 3] == 0)    # a collapsed batch has spread 0
+
+
+def test_init_is_normal_002():
+    G = Generator()
+    G.apply(Task3.init_gan_weights)
+    w = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, torch.nn.Linear)])
+    assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
+    assert all((m.bias == 0).all() for m in G.modules() if isinstance(m, torch.nn.Linear))
+
+
+# ----------------------------------------------------------------------------
+# Training: divergence stops one arm only
+# ----------------------------------------------------------------------------
+
+
+def tiny_setup(tmp_path):
+    args = Task3.build_parser().parse_args(["--out", str(tmp_path), "--eval-samples", "40", "--pair-samples", "20",
+                                            "--nn-samples", "10", "--batch-size", "16", "--eval-every", "1"])
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 28, 28) * 2 - 1
+    clf = Task3.DigitClassifier(width=4).eval()
+    ctx = Task3.eval_context(args, clf, x[:48], x[48:], torch.device("cpu"))
+    return args, x[:48], ctx
+
+
+def test_diverging_arm_is_recorded_not_raised(tmp_path):
+    args, x, ctx = tiny_setup(tmp_path)
+    cfg = Task3.base_config(args, epochs=3, init_std=1e30)          # weights of 1e30: inf/NaN at once
+    rec = Task3.train_gan("nan-arm", cfg, x, ctx, args, torch.device("cpu"), "test")
+    assert rec["diverged"] and "iteration" in rec["diverged"]
+    m = Task3.final_metrics(rec)
+    assert m["diverged"] != "no"
+    assert not list((tmp_path / "cache").glob("gan-run-*.pt"))      # a diverged run is not cached
+    ok = Task3.train_gan("ok-arm", Task3.base_config(args, epochs=2), x, ctx, args, torch.device("cpu"), "test")
+    assert ok["diverged"] == "" and ok["iterations"] == 2 * 3 and len(ok["evals"]["epoch"]) == 3
+    assert ok["logs"].shape == (6, len(Task3.LOG_KEYS)) and torch.isfinite(ok["logs"]).all()
+
+
+# ----------------------------------------------------------------------------
+# Smoke run: every figure, every metric
+# ----------------------------------------------------------------------------
+
+FIGURES = ["baseline_dynamics", "baseline_progression", "baseline_samples", "baseline_eval",
+           "reference_dynamics", "reference_progression", "reference_vs_baseline", "reference_eval",
+           "vanishing_curves",
+           "mode_collapse_histograms", "mode_collapse_coverage", "mode_collapse_progression", "mode_collapse_samples",
+           "d_overfit_gap", "d_overfit_memorisation", "d_overfit_samples"]
+
+RANGES = {"coverage": (0, 10), "kl_uniform": (0, math.log(10) + 1e-9), "confidence": (0.1, 1),
+          "fd_mnist_classifier": (0, 1e6), "diversity": (0, 28), "memorisation_distance": (0, 28),
+          "memorisation_ratio": (0, 1e3), "d_train": (0, 1), "d_heldout": (0, 1), "d_gap": (-1, 1),
+          "last_epoch_d_loss": (0, 100), "last_epoch_g_loss": (-100, 100), "last_epoch_d_real": (0, 1),
+          "last_epoch_d_fake": (0, 1), "last_epoch_g_grad_norm": (0, 1e6), "iterations": (1, 1e7)}
+
+
+def check_run(m, prefix):
+    for k, (lo, hi) in RANGES.items():
+        assert_in_range(m, f"{prefix}/{k}", lo, hi)
+    node = m
+    for part in prefix.split("/"):
+        node = node[part]
+    assert node["diverged"] == "no"
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("task3_smoke")
+    Task3.main(["--smoke", "--out", str(out)])
+    return out
+
+
+def test_smoke_figures(smoke_out):
+    for name in FIGURES:
+        assert_png_ok(smoke_out / f"{name}.png")
+
+
+def test_smoke_metrics(smoke_out):
+    doc = load_metrics(smoke_out)
+    assert doc["env"]["data"] == "smoke" and set(doc["experiments"]) == set(Task3.EXPERIMENTS)
+    e = doc["experiments"]
+    for name in Task3.EXPERIMENTS:
+        assert_in_range(e, f"{name}/classifier_test_acc", 0, 1)
+        assert_in_range(e, f"{name}/seconds", 0, 1e5)
+    check_run(e, "baseline/final")
+    for k in ("coverage", "kl_uniform", "confidence", "fd_mnist_classifier", "diversity", "memorisation_distance"):
+        assert_in_range(e, f"baseline/real_images/{k}", *RANGES[k])
+        assert len(e["baseline"]["over_training"][k]) == len(e["baseline"]["over_training"]["epoch"]) == 3
+    check_run(e, "reference/baseline")
+    check_run(e, "reference/reference")
+    assert e["reference"]["parameters"]["reference_G"] > e["reference"]["parameters"]["baseline_G"]
+    for arm in ("saturating", "non_saturating", "label_smoothing", "both"):
+        check_run(e, f"vanishing/arms/{arm}")
+        assert_in_range(e, f"vanishing/arms/{arm}/grad_log10_drop", -20, 300)
+        assert_in_range(e, f"vanishing/arms/{arm}/grad_start", 0, 1e6)
+        assert_in_range(e, f"vanishing/arms/{arm}/g_loss_std_end", 0, 100)
+    for arm in ("collapse", "more_d_steps", "noise", "minibatch_std", "feature_matching"):
+        check_run(e, f"mode_collapse/arms/{arm}")
+        assert sum(e["mode_collapse"]["final_histograms"][arm]) == doc["config"]["eval_samples"]
+    for arm in ("no_cure", "dropout", "d_early_stop", "diffaugment"):
+        check_run(e, f"d_overfit/arms/{arm}")
+        assert_in_range(e, f"d_overfit/arms/{arm}/max_d_gap", -1, 1)
+    assert_in_range(e, "d_overfit/n_train", 300, 300)
+    for name in ("vanishing", "mode_collapse", "d_overfit"):
+        assert_in_range(e, f"{name}/diverged_arms", 0, 0)
+    summary = (smoke_out / "summary.md").read_text()
+    assert "![vanishing_curves.png](vanishing_curves.png)" in summary
+
+
+def test_smoke_rerun_uses_cached_runs(smoke_out, capsys):
+    Task3.main(["--smoke", "--out", str(smoke_out), "--experiments", "reference"])
+    text = capsys.readouterr().out
+    assert "[baseline] cached run" in text and "[reference] cached run" in text and "classifier: cached" in text
+
+
+# ----------------------------------------------------------------------------
+# Bad input: exit 2, one line, earlier outputs kept
+# ----------------------------------------------------------------------------
+
+
+def test_bad_flag_values(tmp_path):
+    assert_bad_input("Task3.py", ["--smoke", "--epochs", "0"], tmp_path / "a", expect="positive integer")
+    assert_bad_input("Task3.py", ["--smoke", "--overfit-class", "12"], tmp_path / "b", expect="overfit-class")
+
+
+@pytest.mark.parametrize("argv, expect", [(["--nn-samples", "9999"], "nn-samples"),
+                                          (["--d-stop-frac", "0"], "d-stop-frac"),
+                                          (["--max-iters-per-epoch", "-1"], "max-iters-per-epoch"),
+                                          (["--noise-on", "w"], "invalid choice")])
+def test_bad_values_in_process(tmp_path, capsys, argv, expect):
+    """The same contract without a subprocess: exit 2, one stderr line, nothing written."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        Task3.main(["--smoke", "--out", str(out), *argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1 and expect in err[0], err
+    assert not out.exists()
+
+
+def test_missing_dataset_offline(tmp_path, empty_data_root):
+    assert_bad_input("Task3.py", ["--data-root", str(empty_data_root), "--device", "cpu"], tmp_path / "out",
+                     expect="MNIST")
+
+
+def test_corrupt_cache_file(tmp_path):
+    out = tmp_path / "out"
+    args = common.parse_args(Task3.build_parser(), ["--smoke", "--out", str(out)], smoke=Task3.SMOKE)
+    path = Task3.classifier_cache_path(args)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a torch file")
+    assert_bad_input("Task3.py", ["--smoke"], out, expect="unreadable")
