@@ -1,0 +1,959 @@
+"""Task 2: what a pretrained Vision Transformer (ViT-B/16) looks at, how much it needs
+each patch, and where its class information lives (CLS token vs mean of patch tokens).
+
+Model: Hugging Face google/vit-base-patch16-224 (Dosovitskiy et al. 2021; ImageNet-21k
+pretrained, ImageNet-1k fine-tuned): 12 layers x 12 heads, 16x16 patches, so a 224x224
+image is a 14x14 grid of 196 patch tokens plus one CLS token (197 tokens). Images are
+resized and normalised on the device with the settings of the model's own
+ViTImageProcessor (bilinear, antialiased, mean/std 0.5).
+
+Experiments (--experiments, default all):
+  classify   top-1 and top-5 ImageNet labels with probabilities for each image
+  attention  last layer's CLS->patch attention (mean over heads, and each head) as red
+             overlays, and attention rollout (Abnar & Zuidema 2020) with mean/max/min
+             head fusion
+  heads      per layer and head: entropy of the CLS attention and mean attention
+             distance in pixels (ViT paper, Fig. 7); head similarity in the last layer
+  masking    CIFAR-10 accuracy (linear probe on unmasked CLS features) when a fraction of
+             patches is masked: random (several seeds), centre block, border, most- and
+             least-attended by rollout; pixel masking (patch := dataset mean) and token
+             dropping (patch token removed, the kept tokens keep their position embeddings)
+  probe      linear probes on the CLS token vs the mean of patch tokens, final layer and
+             every layer; cosine similarity between the two
+
+Images: --images PATH... (your own pictures); by default scikit-learn's two sample photos
+(china.jpg, flower.jpg) plus --cifar-images CIFAR-10 test images. CIFAR-10 (downloaded
+under --data-root) is used for heads, masking and probe.
+
+Run:
+  python Task2.py                                   # everything; a GPU is recommended
+  python Task2.py --images cat.jpg dog.jpg --experiments classify,attention
+  python Task2.py --smoke --out /tmp/t2             # offline: tiny random ViT, seconds
+
+Writes into --out: classify_top5.png, attention_map_<image>.png (one per image),
+attention_heads.png, heads_entropy.png, heads_distance.png, heads_similarity.png,
+masking_accuracy.png, masking_agreement.png, masking_examples.png, probe_layers.png,
+probe_cosine.png, metrics.json, summary.md, and cache/ (features and rollout maps).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common  # first: it selects matplotlib's file-only Agg backend
+import matplotlib.pyplot as plt
+import transformers
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+# A user's mistake must print one line: silence transformers' and the hub's warnings.
+transformers.logging.set_verbosity_error()
+with contextlib.suppress(Exception):
+    import huggingface_hub
+
+    huggingface_hub.utils.logging.set_verbosity_error()
+
+EXPERIMENTS = ["classify", "attention", "heads", "masking", "probe"]
+STRATEGIES = ["random", "centre", "border", "most-attended", "least-attended"]
+FUSIONS = ["mean", "max", "min"]
+
+# ----------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------
+
+
+def fraction_list(text: str) -> list[float]:
+    try:
+        values = sorted({float(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"fractions must lie in [0, 1], got {text!r}")
+    return values
+
+
+def discard_ratio(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return v
+
+
+def build_parser() -> common.Parser:
+    parser = common.make_parser("task2", __doc__, EXPERIMENTS)
+    g = parser.add_argument_group("task 2")
+    g.add_argument("--model", default="google/vit-base-patch16-224",
+                   help="Hugging Face ViT image classifier and its image processor (default: %(default)s)")
+    g.add_argument("--images", nargs="+", metavar="PATH", default=None,
+                   help="your own images for classify/attention/heads (default: scikit-learn's sample photos "
+                        "plus --cifar-images CIFAR-10 test images)")
+    g.add_argument("--cifar-images", type=int, default=3, metavar="N",
+                   help="CIFAR-10 test images (one per class) added to the default images (default: 3)")
+    g.add_argument("--batch-size", type=common.positive_int, default=64, metavar="N",
+                   help="images per forward pass (default: 64)")
+    g.add_argument("--train-images", type=common.positive_int, default=5000, metavar="N",
+                   help="CIFAR-10 training subset the linear probes are fitted on (default: 5000)")
+    g.add_argument("--test-images", type=common.positive_int, default=2000, metavar="N",
+                   help="CIFAR-10 test subset for probe accuracy and the masking evaluation (default: 2000)")
+    g.add_argument("--heads-images", type=int, default=64, metavar="N",
+                   help="CIFAR-10 test images added to the images for the head statistics (default: 64)")
+    g.add_argument("--probe-max-iter", type=common.positive_int, default=1000, metavar="N",
+                   help="L-BFGS iterations per logistic-regression fit of the linear probes (default: 1000)")
+    g.add_argument("--rollout-fusion", default="mean", choices=FUSIONS,
+                   help="how rollout fuses heads for the masking experiment (default: mean)")
+    g.add_argument("--discard-ratio", type=discard_ratio, default=0.0, metavar="R",
+                   help="rollout: zero this fraction of the lowest attention weights per layer (default: 0)")
+    g.add_argument("--mask-fractions", type=fraction_list, default=[round(0.1 * i, 1) for i in range(10)],
+                   metavar="F,F", help="fractions of patches to mask (default: 0,0.1,...,0.9)")
+    g.add_argument("--mask-seeds", type=common.positive_int, default=3, metavar="N",
+                   help="seeds for random masking; the figure shows mean and spread (default: 3)")
+    return parser
+
+
+# --smoke: values for knobs left at their defaults (an explicit flag wins).
+SMOKE = {"train_images": 300, "test_images": 150, "heads_images": 8, "batch_size": 150, "mask_seeds": 2,
+         "mask_fractions": [0.0, 0.25, 0.5, 0.75], "probe_max_iter": 100}
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+
+def read_images(paths: list[str]) -> list[tuple[str, torch.Tensor]]:
+    """The user's pictures as (name, uint8 [3, H, W]); an unreadable one is a UserError."""
+    from PIL import Image, UnidentifiedImageError
+
+    out, seen = [], set()
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, UnidentifiedImageError) as e:
+            reason = type(e).__name__ if isinstance(e, UnidentifiedImageError) else (str(e) or type(e).__name__)
+            raise common.UserError(f"cannot read image {p} ({reason.splitlines()[0][:120]}); "
+                                   f"pass readable image files to --images") from None
+        name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(p).stem) or "image"
+        while name in seen:  # two files called cat.jpg in different folders
+            name += "_"
+        seen.add(name)
+        out.append((name, torch.from_numpy(arr.copy()).permute(2, 0, 1)))
+    return out
+
+
+def sample_photos() -> list[tuple[str, torch.Tensor]]:
+    """scikit-learn's two bundled photos (427x640): a Chinese temple and a flower."""
+    from sklearn.datasets import load_sample_images
+
+    d = load_sample_images()
+    return [(Path(f).stem, torch.from_numpy(np.array(img)).permute(2, 0, 1))
+            for f, img in zip(d.filenames, d.images)]
+
+
+def one_per_class(x: torch.Tensor, y: torch.Tensor, classes: list[str], n: int) -> list[tuple[str, torch.Tensor]]:
+    """The first test image of each of the first n classes, named cifar<index>_<class>."""
+    out = []
+    for c in range(min(n, len(classes))):
+        i = int((y == c).nonzero()[0])
+        out.append((f"cifar{i}_{classes[c]}", x[i]))
+    return out
+
+
+def subset(n_total: int, n: int, seed: int) -> torch.Tensor:
+    """n indices of a seeded random permutation of range(n_total)."""
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def processor_settings(processor) -> dict:
+    """What the image processor does, as numbers we can apply on the device: resize to
+    (H, W), scale to [0, 1], subtract mean, divide by std (per channel)."""
+    mode = {2: "bilinear", 3: "bicubic"}.get(int(processor.resample), "bilinear")
+    if not (processor.size.get("height") and processor.size.get("width")):
+        raise common.UserError(f"the image processor resizes to {processor.size}, not to a fixed height and "
+                               f"width; Task2.py supports fixed-size ViT processors only")
+    return {"size": (int(processor.size["height"]), int(processor.size["width"])), "mode": mode,
+            "mean": torch.tensor(processor.image_mean, dtype=torch.float32),
+            "std": torch.tensor(processor.image_std, dtype=torch.float32)}
+
+
+def preprocess(images: torch.Tensor, pre: dict, device: torch.device) -> torch.Tensor:
+    """uint8 [B, 3, h, w] -> model input float [B, 3, H, W], as ViTImageProcessor does
+    (antialiased resize like torchvision/PIL; agrees with it to about 0.01 on the [-1, 1]
+    scale, tested). Done on the device, so upsampling 2,000 CIFAR images to 224 costs nothing."""
+    x = images.to(device, non_blocking=True).float() / 255.0
+    x = F.interpolate(x, size=pre["size"], mode=pre["mode"], antialias=True, align_corners=False)
+    return (x - pre["mean"].to(device)[:, None, None]) / pre["std"].to(device)[:, None, None]
+
+
+def preprocess_each(named: list[tuple[str, torch.Tensor]], pre: dict, device: torch.device) -> torch.Tensor:
+    """Images of different sizes -> one model-input batch [n, 3, H, W] (on CPU)."""
+    return torch.cat([preprocess(img[None], pre, device).cpu() for _, img in named])
+
+
+def to_unit(pixels: torch.Tensor, pre: dict) -> torch.Tensor:
+    """Model input -> RGB in [0, 1] for display (undo the normalisation)."""
+    return (pixels.cpu() * pre["std"][:, None, None] + pre["mean"][:, None, None]).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------
+
+# Smoke labels: the first ten ImageNet classes, so smoke figures read like the real ones.
+SMOKE_LABELS = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead", "electric ray",
+                "stingray", "cock", "hen", "ostrich"]
+
+
+def smoke_vit_config() -> ViTConfig:
+    """A tiny ViT of the same family: 32x32 input, 8x8 patches (4x4 grid = 16 tokens + CLS),
+    3 layers x 4 heads, width 64. Random weights; nothing is downloaded. The weights are
+    drawn 10x wider than transformers' default (std 0.2, not 0.02) so that attention is not
+    uniform and the smoke maps exercise the overlays, rollout and masking orders."""
+    return ViTConfig(image_size=32, patch_size=8, num_hidden_layers=3, num_attention_heads=4, hidden_size=64,
+                     intermediate_size=128, num_labels=len(SMOKE_LABELS), initializer_range=0.2,
+                     id2label=dict(enumerate(SMOKE_LABELS)), label2id={n: i for i, n in enumerate(SMOKE_LABELS)})
+
+
+def load_vit(args, device: torch.device) -> tuple[ViTForImageClassification, dict]:
+    """The classifier (SDPA attention; switched to eager only where attention weights are
+    read) and its preprocessing settings. A failed fetch is a UserError."""
+    if args.smoke:
+        config = smoke_vit_config()
+        model = ViTForImageClassification(config)  # seeded by seed_everything
+        processor = ViTImageProcessor(size={"height": config.image_size, "width": config.image_size},
+                                      image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    else:
+        try:
+            model = ViTForImageClassification.from_pretrained(args.model, attn_implementation="sdpa")
+            processor = ViTImageProcessor.from_pretrained(args.model)
+        except Exception as e:  # OSError (offline, unknown id), ValueError (not a ViT), disk full ...
+            from huggingface_hub import constants
+
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+            raise common.UserError(
+                f"could not load {args.model} from the Hugging Face hub or its cache {constants.HF_HUB_CACHE} "
+                f"({reason}); check the model id, connect to the internet or set HF_HOME to a cache that has it, "
+                f"or run with --smoke") from None
+    if not hasattr(model.vit, "layers"):
+        raise common.UserError(f"Task2.py needs transformers >= 5 (found {transformers.__version__}); "
+                               f"pip install -U transformers")
+    model.set_attn_implementation("sdpa")
+    return model.to(device).eval(), processor_settings(processor)
+
+
+@contextlib.contextmanager
+def eager_attention(model):
+    """transformers 5 returns attention weights only from its eager implementation; SDPA
+    (fused kernels: faster, no T x T matrix kept) is used everywhere else."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def weights_fingerprint(model) -> str:
+    """A short digest of the weights (sum and sum of squares of all parameters), so a
+    cache made by other weights (another checkpoint, another smoke init) is never reused."""
+    with torch.no_grad():
+        s = sum(p.double().sum().item() for p in model.parameters())
+        s2 = sum(p.double().square().sum().item() for p in model.parameters())
+    return f"{s:.8e}/{s2:.8e}"
+
+
+def grid_shape(model) -> tuple[int, int]:
+    """(rows, cols) of the patch grid: 14x14 for ViT-B/16 at 224."""
+    h, w = model.vit.embeddings.patch_embeddings.image_size
+    ph, pw = model.vit.embeddings.patch_embeddings.patch_size
+    return h // ph, w // pw
+
+
+def embed_tokens(model, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Patch embedding + position embedding + CLS, optionally keeping only some patches.
+
+    pixels [B, 3, H, W] -> tokens [B, 1 + K, D]. keep: [B, K] patch indices in 0..N-1
+    (row-major over the grid), or None for all N. The position embedding is added before
+    the selection, so every kept token carries its own position: dropping a patch removes
+    it from the sequence without shifting the others (a shorter sequence, not a mask)."""
+    emb = model.vit.embeddings
+    pos = emb.position_embeddings                                   # [1, 1 + N, D]
+    patches = emb.patch_embeddings(pixels) + pos[:, 1:]             # [B, N, D]
+    if keep is not None:
+        patches = patches.gather(1, keep[..., None].expand(-1, -1, patches.shape[-1]))
+    cls = (emb.cls_token + pos[:, :1]).expand(len(pixels), -1, -1)  # [B, 1, D]
+    return torch.cat([cls, patches], dim=1)                         # dropout: identity in eval
+
+
+def vit_forward(model, pixels: torch.Tensor, keep: torch.Tensor | None = None, attentions: bool = False) -> dict:
+    """The classifier's forward pass, run layer by layer so tokens can be dropped and every
+    block's output read. Returns hidden: L tensors [B, T, D] (residual stream after each
+    block), last: [B, T, D] after the final LayerNorm, logits: [B, classes], and with
+    attentions=True (inside eager_attention) attentions: L tensors [B, heads, T, T]."""
+    captured = []
+    hooks = [layer.attention.register_forward_hook(lambda m, inp, out: captured.append(out[1]))
+             for layer in model.vit.layers] if attentions else []
+    try:
+        x = embed_tokens(model, pixels, keep)
+        hidden = []
+        for layer in model.vit.layers:
+            x = layer(x)
+            hidden.append(x)
+        last = model.vit.layernorm(x)
+        logits = model.classifier(last[:, 0])
+    finally:
+        for h in hooks:
+            h.remove()
+    if attentions and any(a is None for a in captured):
+        raise RuntimeError("attention weights are only returned inside eager_attention(model)")
+    return {"hidden": hidden, "last": last, "logits": logits, "attentions": captured}
+
+
+# ----------------------------------------------------------------------------
+# Attention analysis (pure functions; tested against constructed cases)
+# ----------------------------------------------------------------------------
+
+
+def cls_attention_map(attn: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, heads, T, T] -> [B, heads, rows, cols]: how much the CLS query attends to each
+    patch (row 0, keys 1..N), laid out on the patch grid (token 1 + r*cols + c is patch (r, c))."""
+    return attn[:, :, 0, 1:].reshape(*attn.shape[:2], *grid)
+
+
+def attention_rollout(attentions: list[torch.Tensor], fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers").
+
+    attentions: L tensors [B, heads, T, T] (rows: queries, sum to 1). Per layer: fuse heads
+    (mean/max/min), optionally zero the lowest `discard_ratio` of the weights (jacobgil's
+    vit-explain; the CLS->CLS weight is never discarded), add the residual as
+    A' = 0.5*A + 0.5*I, renormalise rows, and multiply: R = A'_L ... A'_1. Returns [B, T, T];
+    R[:, 0, 1:] is how much each patch flowed into the CLS token."""
+    rollout = None
+    for attn in attentions:
+        a = {"mean": attn.mean(1), "max": attn.amax(1), "min": attn.amin(1)}[fusion].float()  # [B, T, T]
+        b, t, _ = a.shape
+        if discard_ratio > 0:
+            flat = a.reshape(b, t * t).clone()
+            low = flat.topk(int(t * t * discard_ratio), dim=1, largest=False).indices
+            flat.scatter_(1, low, 0.0)
+            flat[:, 0] = a[:, 0, 0]                                 # CLS->CLS is never discarded
+            a = flat.reshape(b, t, t)
+        a = 0.5 * a + 0.5 * torch.eye(t, device=a.device)
+        a = a / a.sum(-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    return rollout
+
+
+def entropy_bits(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy in bits of distributions along `dim` (0 log 0 = 0)."""
+    p = p.float()
+    return -(p * torch.log2(p.clamp_min(1e-30))).sum(dim)
+
+
+def patch_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """[N, N] Euclidean distance in pixels between patch centres."""
+    r, c = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    xy = torch.stack([r.flatten(), c.flatten()], 1).float() * patch_size
+    return torch.cdist(xy, xy)
+
+
+def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """Mean attention distance (ViT paper, Fig. 7 / App. D.7): for every patch query, the
+    distance in pixels to each patch key weighted by the attention weight, averaged over
+    queries. CLS is left out and each query's patch weights are renormalised to sum to 1,
+    so the value is a true weighted mean. [B, heads, T, T] -> [B, heads] in pixels."""
+    a = attn[:, :, 1:, 1:].float()
+    a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+    d = patch_distances(grid, patch_size).to(a.device)
+    return (a * d).sum(-1).mean(-1)
+
+
+def head_similarity(attn: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity between heads' full attention patterns, averaged over images.
+    [B, heads, T, T] -> [heads, heads]."""
+    v = F.normalize(attn.flatten(2).float(), dim=-1)  # [B, heads, T*T]
+    return (v @ v.transpose(1, 2)).mean(0)
+
+
+def upsample_map(amap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[rows, cols] map -> [H, W], bilinear, scaled to [0, 1] (min -> 0, max -> 1)."""
+    up = F.interpolate(amap[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
+
+
+def draw_overlay(ax, image: torch.Tensor, amap: torch.Tensor | None, title: str) -> None:
+    """image [3, H, W] in [0, 1]; amap [rows, cols] drawn as red, opacity 0.75 at its max."""
+    img = image.permute(1, 2, 0).numpy()
+    ax.imshow(img)
+    if amap is not None:
+        up = upsample_map(amap.cpu(), img.shape[:2]).numpy()
+        rgba = np.zeros((*img.shape[:2], 4))
+        rgba[..., 0], rgba[..., 3] = 1.0, 0.75 * up
+        ax.imshow(rgba)
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+# ----------------------------------------------------------------------------
+# Masking (pure functions; tested)
+# ----------------------------------------------------------------------------
+
+
+def n_masked(fraction: float, n_patches: int) -> int:
+    """Exactly round(f * N) patches are masked (no .5 ties for N = 196 or 16 at f = k/10)."""
+    return int(round(fraction * n_patches))
+
+
+def spatial_order(strategy: str, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch indices [N] in masking order for the fixed strategies. "centre": square rings
+    from the middle outwards (Chebyshev distance to the image centre, then Euclidean, then
+    index), so round(f*N) = 4, 16, 36 ... on an even grid is an exact centred square;
+    "border": the same order reversed, outermost ring first (corners first within a ring)."""
+    rows, cols = grid
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    dy, dx = (r.flatten() + 0.5 - rows / 2).abs(), (c.flatten() + 0.5 - cols / 2).abs()
+    cheb, eucl = torch.maximum(dy, dx), torch.sqrt(dy**2 + dx**2)
+    idx = torch.arange(rows * cols)
+    keys = sorted(idx.tolist(), key=lambda i: (cheb[i].item(), eucl[i].item(), i))
+    if strategy == "border":
+        keys = sorted(idx.tolist(), key=lambda i: (-cheb[i].item(), -eucl[i].item(), i))
+    return torch.tensor(keys)
+
+
+def mask_orders(strategy: str, n_images: int, grid: tuple[int, int], rollout: torch.Tensor | None = None,
+                seed: int = 0) -> torch.Tensor:
+    """[n_images, N] patch indices in the order they get masked; the first round(f*N) of
+    each row are masked at fraction f, so masks are nested across fractions. random: a
+    seeded permutation per image; most/least-attended: by the image's rollout [n_images, N]."""
+    n = grid[0] * grid[1]
+    if strategy == "random":
+        return torch.rand(n_images, n, generator=torch.Generator().manual_seed(seed)).argsort(1)
+    if strategy in ("centre", "border"):
+        return spatial_order(strategy, grid).expand(n_images, -1)
+    if strategy in ("most-attended", "least-attended"):
+        return rollout.argsort(dim=1, descending=strategy == "most-attended", stable=True)
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def mask_from_order(order: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, N] order -> bool [B, N], True for the first k patches of each row."""
+    mask = torch.zeros(order.shape, dtype=torch.bool, device=order.device)
+    return mask.scatter_(1, order[:, :k], True)
+
+
+def pixel_mask(pixels: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int], fill: torch.Tensor) -> torch.Tensor:
+    """Set the pixels of masked patches to `fill` [3] (the dataset mean, normalised).
+    pixels [B, 3, H, W], mask bool [B, N] over the row-major patch grid."""
+    ph, pw = pixels.shape[2] // grid[0], pixels.shape[3] // grid[1]
+    m = mask.reshape(-1, 1, *grid).repeat_interleave(ph, 2).repeat_interleave(pw, 3)  # [B, 1, H, W]
+    return torch.where(m, fill.to(pixels)[None, :, None, None], pixels)
+
+
+def kept_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """bool [B, N] with the same count per row -> [B, N - k] indices of the unmasked
+    patches, ascending (nonzero lists them row by row)."""
+    return (~mask).nonzero()[:, 1].reshape(len(mask), -1)
+
+
+# ----------------------------------------------------------------------------
+# Features (extracted once, cached)
+# ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def extract_features(model, images: torch.Tensor, pre: dict, device, batch_size: int, desc: str) -> dict:
+    """CIFAR uint8 [N, 3, 32, 32] -> {"cls", "mean": [N, L, D] float16 per block (residual
+    stream; CLS token and mean of patch tokens), "cls_final", "mean_final": [N, D] float32
+    after the final LayerNorm (what the classifier head reads)}. SDPA attention."""
+    out = {"cls": [], "mean": [], "cls_final": [], "mean_final": []}
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=None, leave=False):
+        with common.autocast(device):
+            r = vit_forward(model, preprocess(images[i:i + batch_size], pre, device))
+        h = torch.stack(r["hidden"], 1).float()                    # [B, L, T, D]
+        out["cls"].append(h[:, :, 0].half().cpu())
+        out["mean"].append(h[:, :, 1:].mean(2).half().cpu())
+        out["cls_final"].append(r["last"][:, 0].float().cpu())
+        out["mean_final"].append(r["last"][:, 1:].float().mean(1).cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def cached_features(model, images, pre, device, args, split: str) -> dict:
+    settings = {"model": args.model, "weights": weights_fingerprint(model), "smoke": args.smoke, "split": split,
+                "n": len(images), "seed": args.seed, "size": pre["size"], "bf16": device.type == "cuda"}
+    path = common.cache_path(args.out, "features", settings)
+    feats = common.load_cache(path, args.fresh)
+    if feats is None:
+        feats = extract_features(model, images, pre, device, args.batch_size, f"features ({split})")
+        common.save_cache(path, {**feats, "settings": settings})
+    return feats
+
+
+@torch.inference_mode()
+def rollout_maps(model, images, pre, device, args) -> torch.Tensor:
+    """Per-image rollout of CLS onto the patches, [N, patches] float32 (cached; eager attention)."""
+    settings = {"model": args.model, "weights": weights_fingerprint(model), "smoke": args.smoke, "n": len(images),
+                "seed": args.seed, "fusion": args.rollout_fusion, "discard": args.discard_ratio,
+                "bf16": device.type == "cuda"}
+    path = common.cache_path(args.out, "rollout", settings)
+    cached = common.load_cache(path, args.fresh)
+    if cached is not None:
+        return cached["maps"]
+    maps = []
+    with eager_attention(model):
+        for i in tqdm(range(0, len(images), args.batch_size), desc="rollout", disable=None, leave=False):
+            with common.autocast(device):
+                r = vit_forward(model, preprocess(images[i:i + args.batch_size], pre, device), attentions=True)
+            maps.append(attention_rollout(r["attentions"], args.rollout_fusion, args.discard_ratio)[:, 0, 1:].cpu())
+    maps = torch.cat(maps)
+    common.save_cache(path, {"maps": maps, "settings": settings})
+    return maps
+
+
+def fit_probe(train_x, y_train, test_x, y_test, seed: int, max_iter: int = 1000) -> dict:
+    """common.linear_probe (standardised logistic regression, C chosen on a validation
+    split, refitted on all training features); returns test_acc, val_acc, C, model, scaler."""
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():  # an unconverged fit is still a valid probe; say nothing
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return common.linear_probe(np.asarray(train_x, np.float32), np.asarray(y_train),
+                                   np.asarray(test_x, np.float32), np.asarray(y_test), seed=seed, max_iter=max_iter)
+
+
+def probe_per_layer(train: torch.Tensor, y_train, test: torch.Tensor, y_test, seed: int, max_iter: int) -> list[float]:
+    """Test accuracy of a linear probe on each layer's features: train/test [N, L, D]."""
+    return [fit_probe(train[:, l].float(), y_train, test[:, l].float(), y_test, seed, max_iter)["test_acc"]
+            for l in tqdm(range(train.shape[1]), desc="per-layer probes", disable=None, leave=False)]
+
+
+# ----------------------------------------------------------------------------
+# Experiment 1: classify
+# ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def classify(model, named, pixels, pre, device, out: Path) -> dict:
+    """Top-1/top-5 ImageNet labels with softmax probabilities for each image."""
+    with common.autocast(device):
+        logits = vit_forward(model, pixels.to(device))["logits"].float()
+    probs = logits.softmax(-1).cpu()
+    top_p, top_i = probs.topk(5, dim=-1)
+    label = lambda i: model.config.id2label[int(i)].split(",")[0]  # "tabby, tabby cat" -> "tabby"
+    per_image = {}
+    fig, axes = plt.subplots(len(named), 2, figsize=(8, 2.0 * len(named)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.6]})
+    for n, (name, _) in enumerate(named):
+        labels = [label(i) for i in top_i[n]]
+        per_image[name] = {"top1": labels[0], "top1_prob": float(top_p[n, 0]), "top5_prob_mass": float(top_p[n].sum()),
+                           "top5": [[l, float(p)] for l, p in zip(labels, top_p[n])]}  # [label, probability]
+        print(f"  {name:<28} top-1 {labels[0]} ({top_p[n, 0]:.3f}); top-5 {', '.join(labels[1:])}")
+        draw_overlay(axes[n, 0], to_unit(pixels[n], pre), None, name)
+        ax = axes[n, 1]
+        ax.barh(range(5)[::-1], top_p[n].numpy(), color="tab:blue")
+        ax.set_yticks(range(5)[::-1], labels, fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("softmax probability")
+        ax.set_title(f"top-1: {labels[0]} ({top_p[n, 0]:.2f})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("ViT top-5 ImageNet predictions")
+    fig.tight_layout()
+    common.save_figure(fig, out / "classify_top5.png")
+    return {"mean_top1_prob": float(top_p[:, 0].mean()), "mean_top5_prob_mass": float(top_p.sum(1).mean()),
+            "images": per_image}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 2: attention maps and rollout
+# ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def attention_maps(model, named, pixels, pre, device, args, out: Path) -> dict:
+    """Last layer's CLS->patch attention (mean over heads, and each head) and attention
+    rollout with mean/max/min head fusion, as red overlays. Per image: the entropy of the
+    maps (how spread the attention is) and their Spearman rank correlation."""
+    from scipy.stats import spearmanr
+
+    grid = grid_shape(model)
+    with eager_attention(model), common.autocast(device):
+        attns = [a.float().cpu() for a in vit_forward(model, pixels.to(device), attentions=True)["attentions"]]
+    last = cls_attention_map(attns[-1], grid)                          # [n, heads, rows, cols]
+    last_mean = last.mean(1)                                           # [n, rows, cols]
+    rollouts = {f: attention_rollout(attns, f, args.discard_ratio)[:, 0, 1:].reshape(-1, *grid) for f in FUSIONS}
+    images = to_unit(pixels, pre)
+    per_image, n_patches = {}, grid[0] * grid[1]
+    for n, (name, _) in enumerate(named):
+        fig, axes = plt.subplots(1, 5, figsize=(13, 3))
+        draw_overlay(axes[0], images[n], None, name)
+        draw_overlay(axes[1], images[n], last_mean[n], f"last layer CLS attention\n(mean of {last.shape[1]} heads)")
+        for ax, f in zip(axes[2:], FUSIONS):
+            draw_overlay(ax, images[n], rollouts[f][n], f"rollout, {f} fusion\n(discard {args.discard_ratio:g})")
+        fig.suptitle(f"Where the CLS token looks ({name}); red = more attention")
+        common.save_figure(fig, out / f"attention_map_{name}.png")
+        p_last = last_mean[n].flatten() / last_mean[n].sum()
+        p_roll = rollouts["mean"][n].flatten() / rollouts["mean"][n].sum()
+        per_image[name] = {"last_layer_entropy_bits": float(entropy_bits(p_last)),
+                           "rollout_entropy_bits": float(entropy_bits(p_roll)),
+                           "spearman_last_vs_rollout": float(spearmanr(p_last.numpy(), p_roll.numpy())[0]),
+                           "cls_self_attention_last_layer": float(attns[-1][n, :, 0, 0].mean())}
+    # Per-head grid: rows = images, columns = the mean map and every head of the last layer.
+    heads = last.shape[1]
+    fig, axes = plt.subplots(len(named), heads + 1, figsize=(1.3 * (heads + 1), 1.3 * len(named) + 0.8),
+                             squeeze=False)
+    for n, (name, _) in enumerate(named):
+        draw_overlay(axes[n, 0], images[n], last_mean[n], "mean" if n == 0 else "")
+        axes[n, 0].set_ylabel(name, fontsize=7)
+        for h in range(heads):
+            draw_overlay(axes[n, h + 1], images[n], last[n, h], f"head {h}" if n == 0 else "")
+    fig.suptitle("Last layer CLS->patch attention per head (red = more attention; each map scaled to its max)")
+    common.save_figure(fig, out / "attention_heads.png")
+    avg = lambda k: float(np.mean([v[k] for v in per_image.values()]))
+    print(f"  entropy of CLS attention: last layer {avg('last_layer_entropy_bits'):.2f} bits, rollout "
+          f"{avg('rollout_entropy_bits'):.2f} bits (uniform: {math.log2(n_patches):.2f})")
+    return {"uniform_entropy_bits": math.log2(n_patches),
+            "mean_last_layer_entropy_bits": avg("last_layer_entropy_bits"),
+            "mean_rollout_entropy_bits": avg("rollout_entropy_bits"),
+            "mean_spearman_last_vs_rollout": avg("spearman_last_vs_rollout"), "images": per_image}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 3: do heads specialise?
+# ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def head_statistics(model, pixels, device, batch_size: int, out: Path) -> dict:
+    """Per layer and head, over the given images: entropy (bits) of the CLS attention over
+    all tokens, and mean attention distance in input pixels (ViT paper Fig. 7: early layers
+    mix local and global heads, later layers are global). Last layer: head similarity."""
+    grid = grid_shape(model)
+    patch = model.config.patch_size
+    ent, dist, sim, n = 0.0, 0.0, 0.0, 0
+    with eager_attention(model):
+        for i in tqdm(range(0, len(pixels), batch_size), desc="head statistics", disable=None, leave=False):
+            with common.autocast(device):
+                attns = vit_forward(model, pixels[i:i + batch_size].to(device), attentions=True)["attentions"]
+            a = torch.stack(attns, 1).float()                              # [B, L, heads, T, T]
+            b = len(a)
+            ent = ent + entropy_bits(a[:, :, :, 0, :]).sum(0).cpu()         # [L, heads]
+            dist = dist + torch.stack([mean_attention_distance(a[:, l], grid, patch) for l in range(a.shape[1])],
+                                      1).sum(0).cpu()
+            sim = sim + head_similarity(a[:, -1]).cpu() * b
+            n += b
+    ent, dist, sim = ent / n, dist / n, sim / n
+    layers, heads = ent.shape
+    uniform_dist = float(patch_distances(grid, patch).mean())
+    tokens = grid[0] * grid[1] + 1
+    for values, what, ref, ref_label, fname in [
+            (ent, "entropy of CLS attention (bits)", math.log2(tokens), f"uniform over {tokens} tokens", "entropy"),
+            (dist, "mean attention distance (pixels)", uniform_dist, "uniform attention over patches", "distance")]:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        colours = plt.get_cmap("tab20")(np.arange(heads) % 20)
+        for h in range(heads):
+            ax.scatter(np.arange(1, layers + 1), values[:, h].numpy(), s=14, color=colours[h],
+                       label=f"head {h}" if heads <= 12 else None)
+        ax.plot(np.arange(1, layers + 1), values.mean(1).numpy(), color="black", lw=1, label="mean over heads")
+        ax.axhline(ref, color="grey", ls="--", lw=1, label=ref_label)
+        ax.set_xlabel("layer (network depth)")
+        ax.set_xticks(range(1, layers + 1))
+        ax.set_ylabel(what)
+        ax.set_title(f"{what[0].upper() + what[1:]} per head, {n} images")
+        ax.legend(fontsize=6, ncol=2, loc="best")
+        ax.grid(alpha=0.3)
+        common.save_figure(fig, out / f"heads_{fname}.png")
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    im = ax.imshow(sim.numpy(), cmap="viridis", vmin=0, vmax=1)
+    for r in range(heads):
+        for c in range(heads):
+            ax.text(c, r, f"{sim[r, c]:.2f}", ha="center", va="center", fontsize=5 if heads > 8 else 7,
+                    color="white" if sim[r, c] < 0.6 else "black")
+    ax.set_xticks(range(heads)), ax.set_yticks(range(heads))
+    ax.set_xlabel("head"), ax.set_ylabel("head")
+    ax.set_title(f"Last layer: cosine similarity of heads' attention\npatterns (T x T), mean over {n} images")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
+    common.save_figure(fig, out / "heads_similarity.png")
+    off = sim[~torch.eye(heads, dtype=torch.bool)]
+    print(f"  mean attention distance: layer 1 {dist[0].min():.1f}-{dist[0].max():.1f} px, "
+          f"layer {layers} {dist[-1].min():.1f}-{dist[-1].max():.1f} px (uniform {uniform_dist:.1f} px)")
+    return {"images": n, "entropy_bits": ent, "distance_px": dist, "uniform_distance_px": uniform_dist,
+            "first_layer_distance_min_px": float(dist[0].min()), "first_layer_distance_max_px": float(dist[0].max()),
+            "last_layer_distance_mean_px": float(dist[-1].mean()),
+            "first_layer_entropy_mean_bits": float(ent[0].mean()),
+            "last_layer_entropy_mean_bits": float(ent[-1].mean()), "last_layer_head_similarity": sim,
+            "last_layer_mean_offdiag_similarity": float(off.mean())}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 4: masking patches
+# ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def masked_cls(model, images, orders, k: int, how: str, pre, fill, device, batch_size: int) -> torch.Tensor:
+    """Final CLS features [N, D] with the first k patches of each order row masked."""
+    grid = grid_shape(model)
+    feats = []
+    for i in range(0, len(images), batch_size):
+        pixels = preprocess(images[i:i + batch_size], pre, device)
+        mask = mask_from_order(orders[i:i + batch_size].to(device), k)
+        with common.autocast(device):
+            if how == "pixel":
+                r = vit_forward(model, pixel_mask(pixels, mask, grid, fill))
+            else:
+                r = vit_forward(model, pixels, keep=kept_tokens(mask))
+        feats.append(r["last"][:, 0].float().cpu())
+    return torch.cat(feats)
+
+
+def masking(model, images, labels, probe, unmasked_cls, rollout, fill, pre, device, args, out: Path) -> dict:
+    """CIFAR-10 accuracy of the linear probe (fitted on unmasked training features) when
+    round(f*N) patches are masked, and agreement with the unmasked prediction; per
+    strategy, for pixel masking and token dropping."""
+    grid, n_img = grid_shape(model), len(images)
+    n_patches = grid[0] * grid[1]
+    predict = lambda feats: probe["model"].predict(probe["scaler"].transform(feats.numpy().astype(np.float64)))
+    y = labels.numpy()
+    base_pred = predict(unmasked_cls)
+    base_acc = float((base_pred == y).mean())
+    orders = {s: [mask_orders(s, n_img, grid, rollout, seed=args.seed * 1000 + j)
+                  for j in range(args.mask_seeds if s == "random" else 1)] for s in STRATEGIES}
+    fractions = args.mask_fractions
+    results = {how: {s: {"acc": np.zeros((len(o), len(fractions))), "agree": np.zeros((len(o), len(fractions)))}
+                     for s, o in orders.items()} for how in ("pixel", "token")}
+    jobs = [(how, s, j, fi) for how in results for s in STRATEGIES for j in range(len(orders[s]))
+            for fi in range(len(fractions))]
+    for how, s, j, fi in tqdm(jobs, desc="masking", disable=None):
+        k = n_masked(fractions[fi], n_patches)
+        pred = base_pred if k == 0 else predict(masked_cls(model, images, orders[s][j], k, how, pre, fill, device,
+                                                           args.batch_size))
+        results[how][s]["acc"][j, fi] = (pred == y).mean()
+        results[how][s]["agree"][j, fi] = (pred == base_pred).mean()
+    metrics = {"unmasked_acc": base_acc, "probe_C": probe["C"], "eval_images": n_img, "patches": n_patches,
+               "fractions": fractions, "masked_patches": [n_masked(f, n_patches) for f in fractions]}
+    for how, per in results.items():
+        metrics[how] = {}
+        for s, r in per.items():
+            m = {"acc": r["acc"].mean(0), "agree": r["agree"].mean(0),
+                 "mean_acc_over_fractions": float(r["acc"].mean()),
+                 "mean_agree_over_fractions": float(r["agree"].mean())}
+            if s == "random":
+                m["acc_std"], m["agree_std"] = r["acc"].std(0), r["agree"].std(0)
+            metrics[how][s] = m
+        print(f"  {how:<5} mean accuracy over fractions: " +
+              ", ".join(f"{s} {metrics[how][s]['mean_acc_over_fractions']:.3f}" for s in STRATEGIES))
+    titles = {"pixel": "pixel masking (patch := dataset mean)", "token": "token dropping (patch token removed)"}
+    for key, ylabel, fname in [("acc", "CIFAR-10 accuracy (linear probe)", "accuracy"),
+                               ("agree", "agreement with unmasked prediction", "agreement")]:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for ax, how in zip(axes, ("pixel", "token")):
+            for s in STRATEGIES:
+                m = metrics[how][s]
+                ax.plot(fractions, m[key], marker="o", markersize=3, label=s)
+                if s == "random":
+                    ax.fill_between(fractions, m[key] - m[key + "_std"], m[key] + m[key + "_std"], alpha=0.25,
+                                    label=f"random: ±1 std over {args.mask_seeds} seeds")
+            if key == "acc":
+                ax.axhline(1 / len(np.unique(y)), color="grey", ls=":", lw=1, label="chance")
+            ax.set_title(titles[how], fontsize=10)
+            ax.set_xlabel("fraction of patches masked")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{ylabel[0].upper() + ylabel[1:]} vs fraction of patches masked ({n_img} test images)")
+        fig.tight_layout()
+        common.save_figure(fig, out / f"masking_{fname}.png")
+    # Examples: what the model sees under pixel masking (token dropping removes the same patches).
+    nonzero = [f for f in fractions if f > 0] or fractions
+    show = [nonzero[i] for i in np.unique(np.linspace(0, len(nonzero) - 1, min(5, len(nonzero))).round().astype(int))]
+    pixels = preprocess(images[:1], pre, device)
+    tiles = []
+    for s in STRATEGIES:
+        for f in show:
+            mask = mask_from_order(orders[s][0][:1].to(device), n_masked(f, n_patches))
+            tiles.append(to_unit(pixel_mask(pixels, mask, grid, fill)[0], pre))
+    fig, axes = plt.subplots(len(STRATEGIES), len(show), figsize=(1.6 * len(show) + 1.2, 1.6 * len(STRATEGIES) + 0.6),
+                             squeeze=False)
+    for t, ax in enumerate(axes.flat):
+        ax.imshow(tiles[t].permute(1, 2, 0).numpy())
+        ax.set_xticks([]), ax.set_yticks([])
+        if t < len(show):
+            ax.set_title(f"f = {show[t]:g}", fontsize=9)
+        if t % len(show) == 0:
+            ax.set_ylabel(STRATEGIES[t // len(show)], fontsize=8)
+    fig.suptitle("Masked patches (pixel masking; token dropping removes the same patches)", fontsize=10)
+    common.save_figure(fig, out / "masking_examples.png")
+    return metrics
+
+
+# ----------------------------------------------------------------------------
+# Experiment 5: CLS token vs mean of patch tokens
+# ----------------------------------------------------------------------------
+
+
+def probe(train, y_train, test, y_test, cls_probe: dict, seed: int, max_iter: int, out: Path) -> dict:
+    """Linear probes on the final (LayerNorm'd) CLS token (`cls_probe`, shared with the
+    masking experiment) vs the mean of patch tokens, the same for every block's output,
+    and the cosine similarity between the two feature kinds."""
+    final = {"cls": cls_probe,
+             "mean": fit_probe(train["mean_final"], y_train, test["mean_final"], y_test, seed, max_iter)}
+    layers = {kind: probe_per_layer(train[kind], y_train, test[kind], y_test, seed, max_iter)
+              for kind in ("cls", "mean")}
+    cos_layers = F.cosine_similarity(test["cls"].float(), test["mean"].float(), dim=-1)  # [N, L]
+    cos_final = F.cosine_similarity(test["cls_final"], test["mean_final"], dim=-1)        # [N]
+    n_layers = train["cls"].shape[1]
+    x = np.arange(1, n_layers + 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    common.line_plot(ax, {"CLS token": (x, layers["cls"]), "mean of patch tokens": (x, layers["mean"])},
+                     f"Linear probe test accuracy per layer ({len(y_train)} train / {len(y_test)} test)",
+                     "layer (block output)", "CIFAR-10 test accuracy")
+    ax.scatter([n_layers], [final["cls"]["test_acc"]], marker="*", s=120, color="tab:blue", zorder=3,
+               label="CLS after final LayerNorm")
+    ax.scatter([n_layers], [final["mean"]["test_acc"]], marker="*", s=120, color="tab:orange", zorder=3,
+               label="mean after final LayerNorm")
+    ax.axhline(1 / len(np.unique(y_test.numpy())), color="grey", ls=":", lw=1, label="chance")
+    ax.set_xticks(x)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    common.save_figure(fig, out / "probe_layers.png")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    mu, sd = cos_layers.mean(0).numpy(), cos_layers.std(0).numpy()
+    ax.plot(x, mu, marker="o", label="mean over test images")
+    ax.fill_between(x, mu - sd, mu + sd, alpha=0.25, label="±1 std")
+    ax.scatter([n_layers], [cos_final.mean().item()], marker="*", s=120, color="tab:red", zorder=3,
+               label="after final LayerNorm")
+    ax.set_xlabel("layer (block output)")
+    ax.set_xticks(x)
+    ax.set_ylabel("cosine similarity")
+    ax.set_title("Cosine similarity of CLS token and mean patch token")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    common.save_figure(fig, out / "probe_cosine.png")
+    print(f"  test accuracy: CLS {final['cls']['test_acc']:.3f} (C={final['cls']['C']}), "
+          f"mean of patches {final['mean']['test_acc']:.3f} (C={final['mean']['C']}); "
+          f"cosine(CLS, mean) {cos_final.mean():.3f}")
+    return {"cls_test_acc": final["cls"]["test_acc"], "mean_test_acc": final["mean"]["test_acc"],
+            "cls_val_acc": final["cls"]["val_acc"], "mean_val_acc": final["mean"]["val_acc"],
+            "cls_C": final["cls"]["C"], "mean_C": final["mean"]["C"],
+            "cls_layer_acc": layers["cls"], "mean_layer_acc": layers["mean"],
+            "cosine_final_mean": float(cos_final.mean()), "cosine_final_std": float(cos_final.std()),
+            "cosine_layer_mean": mu, "train_images": len(y_train), "test_images": len(y_test)}
+
+
+# ----------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def smoke_threads(active: bool):
+    """Smoke runs use one CPU thread (torch and the BLAS under scikit-learn): the smoke
+    matrices are tiny, and on a busy machine a second thread waiting for a core made them
+    ~20x slower (measured). Thread counts are restored afterwards for in-process callers."""
+    if not active:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = common.parse_args(parser, argv, smoke=SMOKE)
+    with common.user_errors(parser.prog):
+        # Validate everything the user gave before anything is loaded or written.
+        user_images = read_images(args.images) if args.images else None
+        if args.cifar_images < 0 or args.heads_images < 0:
+            raise common.UserError("--cifar-images and --heads-images must be >= 0")
+        exps = set(args.experiments)
+        device = common.pick_device(args.device)
+        common.seed_everything(args.seed)
+        out = Path(args.out)
+
+        model, pre = load_vit(args, device)
+        grid = grid_shape(model)
+        print(f"model: {'smoke ViT (random weights)' if args.smoke else args.model}, "
+              f"{model.config.num_hidden_layers} layers x {model.config.num_attention_heads} heads, "
+              f"{pre['size'][0]}x{pre['size'][1]} input, {grid[0]}x{grid[1]} patches")
+
+        # CIFAR-10: the test split gives default images, head statistics and the evaluation
+        # set; the training split the probes. Loaded only when an experiment needs it.
+        need_test = bool(exps & {"masking", "probe"}) or ("heads" in exps and args.heads_images > 0) or \
+            (user_images is None and bool(exps & {"classify", "attention", "heads"}))
+        need_train = bool(exps & {"masking", "probe"})
+        if need_test:
+            n_test = max(args.test_images, args.heads_images)
+            x_test, y_test, classes = common.load_split("cifar10", args.data_root, train=False, smoke=args.smoke,
+                                                        seed=args.seed, smoke_size=max(n_test, 500))
+            if n_test > len(x_test):
+                raise common.UserError(f"--test-images/--heads-images {n_test} exceed the {len(x_test)} "
+                                       f"CIFAR-10 test images")
+            test_idx = subset(len(x_test), args.test_images, args.seed)
+        if need_train:
+            x_train, y_train, _ = common.load_split("cifar10", args.data_root, train=True, smoke=args.smoke,
+                                                    seed=args.seed, smoke_size=max(args.train_images, 1000))
+            if args.train_images > len(x_train):
+                raise common.UserError(f"--train-images {args.train_images} exceeds the {len(x_train)} "
+                                       f"CIFAR-10 training images")
+            train_idx = subset(len(x_train), args.train_images, args.seed + 1)
+
+        named = user_images
+        if named is None and exps & {"classify", "attention", "heads"}:
+            named = sample_photos() + one_per_class(x_test, y_test, classes, args.cifar_images)
+        pixels = preprocess_each(named, pre, device) if named else None
+
+        # Features and the CLS probe are computed once and shared by masking and probe.
+        memo = {}
+
+        def features(split):
+            if split not in memo:
+                x = x_train[train_idx] if split == "train" else x_test[test_idx]
+                memo[split] = cached_features(model, x, pre, device, args, split)
+            return memo[split]
+
+        def cls_probe():
+            if "probe" not in memo:
+                memo["probe"] = fit_probe(features("train")["cls_final"], y_train[train_idx],
+                                          features("test")["cls_final"], y_test[test_idx], args.seed,
+                                          args.probe_max_iter)
+            return memo["probe"]
+
+        def heads_pixels():
+            extra = preprocess(x_test[test_idx[:args.heads_images]], pre, device).cpu() if args.heads_images else None
+            return torch.cat([p for p in (pixels, extra) if p is not None])
+
+        def run_masking():
+            # Masked patches are filled with the training images' mean colour, in model-input units.
+            fill = (x_train[train_idx].float().mean((0, 2, 3)) / 255.0 - pre["mean"]) / pre["std"]
+            rollout = rollout_maps(model, x_test[test_idx], pre, device, args)
+            return masking(model, x_test[test_idx], y_test[test_idx], cls_probe(), features("test")["cls_final"],
+                           rollout, fill.to(device), pre, device, args, out)
+
+        results = common.Results("task2", args, device)
+        with smoke_threads(args.smoke and device.type == "cpu"):
+            return results.run({
+                "classify": lambda: classify(model, named, pixels, pre, device, out),
+                "attention": lambda: attention_maps(model, named, pixels, pre, device, args, out),
+                "heads": lambda: head_statistics(model, heads_pixels(), device, args.batch_size, out),
+                "masking": run_masking,
+                "probe": lambda: probe(features("train"), y_train[train_idx], features("test"), y_test[test_idx],
+                                       cls_probe(), args.seed, args.probe_max_iter, out),
+            })
+
+
+if __name__ == "__main__":
+    main()
