@@ -1,0 +1,1080 @@
+"""Task 1: what an ImageNet-pretrained ResNet-152 knows about CIFAR-10, and why its shortcuts matter.
+
+Five experiments on torchvision's ResNet-152 (He et al. 2016, "Deep Residual
+Learning for Image Recognition"); --arch takes any torchvision ResNet, so ResNet-18
+runs with the same code.
+  baseline   frozen ImageNet backbone + a new linear head trained for --epochs on
+             CIFAR-10 (pooled features extracted once and cached, so the head trains
+             in seconds); loss/accuracy curves, test accuracy, confusion matrix
+  residual   cut the shortcut of chosen blocks (block returns relu(F(x))), retrain the
+             head, compare with the baseline; per-block gradient norms at random
+             initialisation with and without shortcuts
+  features   forward hooks at the stem and the four stages: t-SNE (or UMAP) panels,
+             linear-probe accuracy and silhouette per depth, the most-confused class
+             pairs and how far apart they sit in feature space
+  transfer   CIFAR-100: ImageNet weights vs random init, each fine-tuned as head only,
+             layer4 + head, and the full network; curves, accuracy, trainable
+             parameters and seconds per arm
+  depth      ResNet-18 vs ResNet-152: probe and head accuracy, extraction speed
+
+Run:
+  python Task1.py                          # everything (a GPU is strongly advised)
+  python Task1.py --smoke --out /tmp/t1    # offline check: generated images, small random ResNets, ~20 s on CPU
+  python Task1.py --experiments residual --arch resnet18
+  python Task1.py --augment                # baseline head trained through the backbone, with flips and crops
+
+Writes into --out (default outputs/task1): baseline_curves.png, baseline_confusion.png,
+residual_curves.png, residual_gradnorms.png, features_tsne.png (features_umap.png with
+--embed umap|both), features_separability.png, features_confused_pairs.png,
+transfer_curves.png, transfer_compute.png, depth_comparison.png, metrics.json,
+summary.md and cache/ (pooled features, stage features, embeddings and trained heads,
+keyed by every setting that produced them).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib.util
+import json
+import math
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.resnet import Bottleneck
+from tqdm import tqdm
+
+import common
+import matplotlib.pyplot as plt  # after common, which selects the Agg backend
+from matplotlib.ticker import MaxNLocator
+
+# ----------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------
+
+EXPERIMENTS = ["baseline", "residual", "features", "transfer", "depth"]
+
+# Every ResNet torchvision ships (ResNet, ResNeXt and wide ResNet share the ResNet class).
+RESNETS = sorted(n for n in torchvision.models.list_models(module=torchvision.models)
+                 if n.startswith(("resnet", "resnext", "wide_resnet")))
+
+# The stem (conv1-bn1-relu-maxpool) and the four stages, named by the module whose
+# output the hooks of the `features` experiment read.
+STAGES = {"stem": "maxpool", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4"}
+TRANSFER_INITS = ("pretrained", "scratch")
+TRANSFER_STRATEGIES = ("head", "layer4", "full")
+
+# --smoke: ResNet-18 sized random models at CIFAR's own 32 px on a few hundred
+# generated images; every experiment, figure and metric of the full run still happens.
+SMOKE = {"arch": "resnet18", "weights": "none", "img_size": 32, "train_size": 300, "test_size": 150,
+         "val_size": 60, "batch_size": 32, "eval_batch_size": 150, "grad_batch": 16, "n_vis": 150,
+         "probe_train_size": 200, "transfer_train_size": 100, "transfer_val_size": 20,
+         "transfer_test_size": 100, "transfer_epochs": 2, "transfer_batch_size": 40,
+         "depth_archs": ["resnet18", "resnet34"], "throughput_batches": 1}
+
+
+def resnet_arch(text: str) -> str:
+    if text not in RESNETS:
+        raise argparse.ArgumentTypeError(f"unknown ResNet {text!r}; choose from {', '.join(RESNETS)}")
+    return text
+
+
+def resnet_list(text: str) -> list[str]:
+    return [resnet_arch(t.strip()) for t in text.split(",") if t.strip()]
+
+
+def non_negative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text}")
+    return v
+
+
+def build_parser():
+    parser = common.make_parser("task1", __doc__, EXPERIMENTS)
+    pint, pfloat = common.positive_int, common.positive_float
+    g = parser.add_argument_group("model and data")
+    g.add_argument("--arch", type=resnet_arch, default="resnet152",
+                   help="torchvision ResNet to study (default: resnet152; smoke: resnet18)")
+    g.add_argument("--weights", choices=["imagenet", "none"], default="imagenet",
+                   help="imagenet: torchvision's IMAGENET1K_V2 weights (V1 where there is no V2); "
+                        "none: random init (default: imagenet; smoke: none)")
+    g.add_argument("--img-size", type=pint, default=224,
+                   help="CIFAR's 32 px images are resized to this on the device, bilinear with antialias "
+                        "(default: 224)")
+    g.add_argument("--train-size", type=non_negative_int, default=0,
+                   help="CIFAR-10 training images to use, 0 = all 50,000 (default: 0)")
+    g.add_argument("--test-size", type=non_negative_int, default=0,
+                   help="CIFAR-10 test images to use, 0 = all 10,000 (default: 0)")
+    g.add_argument("--val-size", type=pint, default=5000,
+                   help="training images held out for the validation curves (default: 5000)")
+    g.add_argument("--eval-batch-size", type=pint, default=512,
+                   help="batch size for feature extraction and evaluation (default: 512)")
+    g = parser.add_argument_group("baseline (also the head training of residual and depth)")
+    g.add_argument("--epochs", type=pint, default=5, help="epochs of linear-head training (default: 5)")
+    g.add_argument("--batch-size", type=pint, default=256, help="head-training minibatch (default: 256)")
+    g.add_argument("--lr", type=pfloat, default=1e-3,
+                   help="AdamW learning rate of the head, cosine-decayed (default: 1e-3)")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay of the head (default: 1e-4)")
+    g.add_argument("--augment", action="store_true",
+                   help="train the baseline head through the frozen backbone every epoch with random crops and "
+                        "flips, instead of on cached features (slower: one backbone pass per epoch)")
+    g = parser.add_argument_group("residual")
+    g.add_argument("--ablate-blocks", default="auto", metavar="B1,B2",
+                   help="blocks whose shortcut is cut, e.g. layer1.1,layer3.5; auto = the middle block of every "
+                        "stage (default: auto). The sweep over whole stages and all blocks always runs too")
+    g.add_argument("--grad-batch", type=pint, default=32,
+                   help="training images for the gradient norms at initialisation (default: 32)")
+    g = parser.add_argument_group("features")
+    g.add_argument("--n-vis", type=pint, default=2000, help="test images embedded and scored per depth (default: 2000)")
+    g.add_argument("--probe-train-size", type=pint, default=5000,
+                   help="training images for the logistic-regression probes (default: 5000)")
+    g.add_argument("--embed", choices=["tsne", "umap", "both"], default="tsne",
+                   help="2-D embedding: UMAP costs ~20 s of numba compilation per process, so it is opt-in "
+                        "(default: tsne)")
+    g.add_argument("--n-pairs", type=pint, default=5, help="most-confused class pairs to analyse (default: 5)")
+    g = parser.add_argument_group("transfer")
+    g.add_argument("--transfer-dataset", choices=["cifar100", "cifar10", "stl10"], default="cifar100",
+                   help="dataset to fine-tune on (default: cifar100)")
+    g.add_argument("--transfer-train-size", type=non_negative_int, default=10000,
+                   help="its training images, 0 = all (default: 10000, which keeps six arms of ResNet-152 at 224 px "
+                        "to minutes on one GPU)")
+    g.add_argument("--transfer-val-size", type=pint, default=1000,
+                   help="of those, held out for validation curves (default: 1000)")
+    g.add_argument("--transfer-test-size", type=non_negative_int, default=0,
+                   help="its test images, 0 = all (default: 0)")
+    g.add_argument("--transfer-epochs", type=pint, default=3, help="epochs for every arm (default: 3)")
+    g.add_argument("--transfer-batch-size", type=pint, default=128, help="fine-tuning minibatch (default: 128)")
+    g.add_argument("--transfer-lr", type=pfloat, default=1e-3,
+                   help="AdamW learning rate of the new head, cosine-decayed per step (default: 1e-3)")
+    g.add_argument("--backbone-lr-mult", type=pfloat, default=0.1,
+                   help="backbone learning rate = this x --transfer-lr (default: 0.1)")
+    g = parser.add_argument_group("depth")
+    g.add_argument("--depth-archs", type=resnet_list, default=["resnet18", "resnet152"], metavar="A,B",
+                   help="ResNets to compare (default: resnet18,resnet152; smoke: resnet18,resnet34)")
+    g.add_argument("--throughput-batches", type=pint, default=10,
+                   help="timed batches of --eval-batch-size for images/s (default: 10)")
+    return parser
+
+
+# ----------------------------------------------------------------------------
+# Data: uint8 CIFAR on the device, resized and normalised per batch
+# ----------------------------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_data(name: str, args, train: bool, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """One split as uint8 [N, 3, h, w] and int64 [N] on the device (CIFAR-10 train is
+    150 MB as uint8; resized to 224 px in float it would be 30 GB, so resizing happens
+    per batch). `size` > 0 keeps a seeded random subset of that many images."""
+    x, y, classes = common.load_split(name, args.data_root, train, smoke=args.smoke, seed=args.seed,
+                                      smoke_size=size or None)
+    if 0 < size < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed))[:size]
+        x, y = x[keep], y[keep]
+    return x.to(device), y.to(device), classes
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a seeded train/validation split of n training images."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    return perm[val_size:], perm[:val_size]
+
+
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The standard CIFAR augmentation on a float batch [B, 3, H, W]: reflect-pad 4 px,
+    crop back to H x W at a random offset, flip half the images left-right."""
+    b, _, h, w = x.shape
+    pad = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    oy, ox = (torch.randint(0, 9, (2, b), generator=gen)).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B, 1, H, 1]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B, 1, 1, W]
+    out = pad[torch.arange(b, device=x.device)[:, None, None, None],
+              torch.arange(3, device=x.device)[None, :, None, None], rows, cols]
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, out.flip(-1), out)
+
+
+def preprocess(x: torch.Tensor, img_size: int, augment: bool = False, gen: torch.Generator | None = None):
+    """uint8 [B, 3, h, w] -> float [B, 3, S, S]: optional crop/flip at the native size,
+    bilinear resize with antialias (it only matters when shrinking, e.g. STL-10's 96 px
+    to 64), ImageNet normalisation; channels_last on CUDA, where cuDNN's convolutions
+    are fastest in NHWC."""
+    x = x.float().div_(255.0)
+    if augment:
+        x = random_crop_flip(x, gen)
+    if x.shape[-1] != img_size or x.shape[-2] != img_size:
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+    x = (x - x.new_tensor(IMAGENET_MEAN)[:, None, None]) / x.new_tensor(IMAGENET_STD)[:, None, None]
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+# ----------------------------------------------------------------------------
+# Models: torchvision ResNets, pooled features, shortcut ablation
+# ----------------------------------------------------------------------------
+
+
+def build_resnet(arch: str, weights: str, n_classes: int | None = None) -> nn.Module:
+    """torchvision `arch` with ImageNet weights (the weights enum's IMAGENET1K_V2, or V1
+    where there is no V2) or random init; `n_classes` replaces the 1000-way fc."""
+    if weights == "imagenet":
+        enum = torchvision.models.get_model_weights(arch)
+        w = getattr(enum, "IMAGENET1K_V2", None) or enum.IMAGENET1K_V1
+        try:  # torch.hub reports the download on stderr; it is progress, not an error
+            with contextlib.redirect_stderr(sys.stdout):
+                model = torchvision.models.get_model(arch, weights=w)
+        except Exception as e:  # URLError offline, OSError (disk), RuntimeError (corrupt or wrong hash)
+            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise common.UserError(
+                f"could not get the {arch} ImageNet weights ({w}) into {Path(torch.hub.get_dir()) / 'checkpoints'} "
+                f"({reason}); put the .pth file there or set TORCH_HOME to a folder that has it, "
+                f"or run with --weights none or --smoke") from None
+    else:
+        model = torchvision.models.get_model(arch, weights=None)
+    if n_classes is not None:
+        model.fc = nn.Linear(model.fc.in_features, n_classes)
+    return model
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, S, S] -> pooled features [B, C] (C = 2048 for ResNet-50/101/152, 512 for
+    ResNet-18/34): the network up to and including global average pooling, no fc."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return torch.flatten(model.avgpool(x), 1)
+
+
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Names of all residual blocks, input to output: layer1.0, layer1.1, ..., layer4.2."""
+    return [f"layer{s}.{i}" for s in range(1, 5) for i in range(len(getattr(model, f"layer{s}")))]
+
+
+def residual_branch_only(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision BasicBlock/Bottleneck with its shortcut cut: relu(F(x)) instead of
+    relu(F(x) + x) (or relu(F(x) + downsample(x))). Installed as the block's forward."""
+    out = block.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, Bottleneck):  # 1x1 -> 3x3 -> 1x1
+        out = block.relu(block.bn2(block.conv2(out)))
+        out = block.bn3(block.conv3(out))
+    else:  # BasicBlock: 3x3 -> 3x3
+        out = block.bn2(block.conv2(out))
+    return block.relu(out)
+
+
+def cut_shortcuts(model: nn.Module, names: list[str]) -> None:
+    """Replace each named block's forward (an instance attribute shadows the class's
+    method, so restore_shortcuts undoes it exactly; no weights change)."""
+    for name in names:
+        block = model.get_submodule(name)
+        block.forward = types.MethodType(residual_branch_only, block)
+
+
+def restore_shortcuts(model: nn.Module, names: list[str]) -> None:
+    for name in names:
+        model.get_submodule(name).__dict__.pop("forward", None)
+
+
+@contextlib.contextmanager
+def shortcuts_cut(model: nn.Module, names: list[str]):
+    cut_shortcuts(model, names)
+    try:
+        yield model
+    finally:
+        restore_shortcuts(model, names)
+
+
+def resolve_blocks(arch: str, spec: str) -> list[str]:
+    """--ablate-blocks -> block names, checked against the architecture (built on the
+    meta device: no memory, no weights). auto = the middle block of every stage."""
+    with torch.device("meta"):
+        model = torchvision.models.get_model(arch, weights=None)
+    if spec == "auto":
+        return [f"layer{s}.{len(getattr(model, f'layer{s}')) // 2}" for s in range(1, 5)]
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    valid = residual_blocks(model)
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        ranges = ", ".join(f"layer{s}.0-{len(getattr(model, f'layer{s}')) - 1}" for s in range(1, 5))
+        raise common.UserError(f"--ablate-blocks: unknown block {','.join(bad) or repr(spec)} for {arch}; "
+                               f"its blocks are {ranges}")
+    return [n for n in valid if n in names]
+
+
+# ----------------------------------------------------------------------------
+# Feature extraction (cached) and head training
+# ----------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=not sys.stderr.isatty())
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, images: torch.Tensor, img_size: int, batch_size: int,
+                     device: torch.device, desc: str = "features") -> torch.Tensor:
+    """uint8 [N, 3, h, w] -> pooled features float32 [N, C], one eval-mode pass in
+    large batches (bf16 autocast on CUDA)."""
+    model.eval()
+    out = []
+    for i in progress(range(0, len(images), batch_size), desc, math.ceil(len(images) / batch_size)):
+        with common.autocast(device):
+            out.append(backbone_features(model, preprocess(images[i:i + batch_size], img_size)).float())
+    return torch.cat(out)
+
+
+def feature_settings(args, arch: str, dataset: str, split: str, n: int, ablated: list[str] = ()) -> dict:
+    """Everything that determines a set of pooled features (the cache key)."""
+    return {"arch": arch, "weights": args.weights, "img_size": args.img_size, "dataset": dataset, "split": split,
+            "n": n, "data": f"smoke-seed{args.seed}" if args.smoke else f"real-seed{args.seed}",
+            "ablated": list(ablated)}
+
+
+def cached_features(model: nn.Module, images: torch.Tensor, settings: dict, args, device: torch.device,
+                    memo: dict | None = None) -> tuple[torch.Tensor, float | None]:
+    """Pooled features [N, C] on the device, from memo, then cache/, else extracted and
+    saved (as float16, which halves ResNet-152's 60k x 2048 floats to 245 MB; fresh
+    features are rounded the same way so a cached rerun gives the same numbers).
+    Returns (features, extraction seconds or None when they came from a cache)."""
+    key = json.dumps(settings, sort_keys=True)
+    if memo is not None and key in memo:
+        return memo[key], None
+    path = common.cache_path(args.out, "features", settings)
+    blob, seconds = common.load_cache(path, args.fresh), None
+    if blob is not None:
+        feats = blob.get("features") if isinstance(blob, dict) else None
+        if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or len(feats) != len(images):
+            raise common.UserError(f"cache file {path} does not hold {len(images)} feature rows; "
+                                   f"delete it or rerun with --fresh")
+        feats = feats.to(device).float()
+    else:
+        sync(device)
+        t0 = time.perf_counter()
+        feats = extract_features(model, images, args.img_size, args.eval_batch_size, device,
+                                 f"{settings['arch']} {settings['split']}")
+        sync(device)
+        seconds = time.perf_counter() - t0
+        print(f"extracted {settings['arch']} features of {len(images)} {settings['dataset']} {settings['split']} "
+              f"images in {seconds:.1f} s ({len(images) / seconds:.0f} images/s)", flush=True)
+        feats = feats.half()
+        common.save_cache(path, {"features": feats.cpu(), "config": settings})
+        feats = feats.float()
+    if memo is not None:
+        memo[key] = feats
+    return feats, seconds
+
+
+def cached_batches(feats: torch.Tensor, labels: torch.Tensor, batch_size: int, gen: torch.Generator):
+    """One epoch of shuffled (features [B, C], labels [B]) from cached features."""
+    perm = torch.randperm(len(labels), generator=gen).to(labels.device)
+    for i in range(0, len(perm) - 1, batch_size):  # "- 1": never a last batch of one (BatchNorm needs two)
+        idx = perm[i:i + batch_size]
+        yield feats[idx], labels[idx]
+
+
+def backbone_batches(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                     img_size: int, device: torch.device, gen: torch.Generator, augment: bool):
+    """One epoch of the same minibatches, the features recomputed by the frozen backbone
+    (eval mode, no gradients) from optionally augmented images: what training a head
+    without a cache costs, and the only way to train it on augmented images."""
+    model.eval()
+    perm = torch.randperm(len(labels), generator=gen).to(labels.device)
+    for i in range(0, len(perm) - 1, batch_size):  # "- 1": never a last batch of one (BatchNorm needs two)
+        idx = perm[i:i + batch_size]
+        with torch.no_grad(), common.autocast(device):
+            feats = backbone_features(model, preprocess(images[idx], img_size, augment, gen)).float()
+        yield feats, labels[idx]
+
+
+@torch.no_grad()
+def evaluate_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """(mean cross-entropy, accuracy, predictions) of a head on features."""
+    head.eval()
+    logits = head(feats)
+    pred = logits.argmax(1)
+    return F.cross_entropy(logits, labels).item(), (pred == labels).float().mean().item(), pred
+
+
+def make_head(dim: int, n_classes: int) -> nn.Module:
+    """The linear head: BatchNorm without affine parameters, then Linear [C -> K], as in
+    MAE's linear probing (He et al. 2022, "Masked Autoencoders Are Scalable Vision
+    Learners", sec. A.2). Normalised features let one learning rate serve every
+    backbone, depth and ablation, whose feature scales differ a lot."""
+    return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, n_classes))
+
+
+def train_head(epoch_batches, dim: int, n_classes: int, val_feats: torch.Tensor, val_labels: torch.Tensor,
+               epochs: int, lr: float, weight_decay: float, seed: int, desc: str) -> tuple[nn.Module, dict]:
+    """A linear head (make_head) trained with AdamW (lr cosine-decayed per epoch) on the
+    minibatches `epoch_batches()` yields each epoch. Returns (head, history of per-epoch
+    train loss/accuracy (running means over the epoch) and validation loss/accuracy)."""
+    torch.manual_seed(seed)
+    head = make_head(dim, n_classes).to(val_feats.device)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    hist = {"train_loss": [], "train_acc": [], "val_loss": [], "val_acc": []}
+    for epoch in range(epochs):
+        head.train()
+        loss_sum = correct = torch.zeros((), device=val_feats.device)
+        n = 0
+        for f, y in epoch_batches():
+            logits = head(f)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum = loss_sum + loss.detach() * len(y)
+            correct = correct + (logits.argmax(1) == y).sum()
+            n += len(y)
+        common.check_finite(loss_sum, f"{desc} training loss")  # one sync per epoch
+        sched.step()
+        val_loss, val_acc, _ = evaluate_head(head, val_feats, val_labels)
+        for k, v in zip(hist, (loss_sum.item() / n, correct.item() / n, val_loss, val_acc)):
+            hist[k].append(v)
+        print(f"{desc} epoch {epoch + 1}/{epochs}: train loss {hist['train_loss'][-1]:.4f} "
+              f"acc {hist['train_acc'][-1]:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f}", flush=True)
+    return head, hist
+
+
+def confusion_matrix(labels, preds, n_classes: int) -> np.ndarray:
+    """[K, K] counts, rows = true class, columns = predicted class."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    return np.bincount(labels * n_classes + preds, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+
+
+def fit_baseline(model: nn.Module, data: dict, args, device: torch.device, memo: dict) -> dict:
+    """The head-only baseline every other experiment compares with: pooled features of
+    train and test (cached), a linear head trained for --epochs on them (also cached),
+    its test accuracy and confusion matrix. With --augment the head instead trains
+    through the backbone on augmented images each epoch (evaluation features are the
+    same either way: the backbone is frozen)."""
+    k = len(data["classes"])
+    ftr, t_train = cached_features(model, data["x_train"], feature_settings(
+        args, args.arch, "cifar10", "train", len(data["y_train"])), args, device, memo)
+    fte, t_test = cached_features(model, data["x_test"], feature_settings(
+        args, args.arch, "cifar10", "test", len(data["y_test"])), args, device, memo)
+    tr, va = data["train_idx"].to(device), data["val_idx"].to(device)
+    y = data["y_train"]
+    settings = {**feature_settings(args, args.arch, "cifar10", "head", len(y)), "epochs": args.epochs,
+                "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
+                "val_size": args.val_size, "augment": args.augment, "seed": args.seed}
+    path = common.cache_path(args.out, "head", settings)
+    blob = common.load_cache(path, args.fresh)
+    head = make_head(ftr.shape[1], k).to(device)
+    t0 = time.perf_counter()
+    if blob is not None:
+        try:
+            head.load_state_dict(blob["state"])
+            hist = {key: list(blob["history"][key]) for key in ("train_loss", "train_acc", "val_loss", "val_acc")}
+        except (KeyError, TypeError, RuntimeError):
+            raise common.UserError(f"cache file {path} is not a head for these features; delete it or rerun "
+                                   f"with --fresh") from None
+        print(f"baseline head loaded from {path}", flush=True)
+    else:
+        gen = torch.Generator().manual_seed(args.seed)
+
+        def batches():  # one epoch of minibatches
+            if args.augment:
+                return backbone_batches(model, data["x_train"][tr], y[tr], args.batch_size, args.img_size, device,
+                                        gen, augment=True)
+            return cached_batches(ftr[tr], y[tr], args.batch_size, gen)
+
+        head, hist = train_head(batches, ftr.shape[1], k, ftr[va], y[va], args.epochs, args.lr,
+                                args.weight_decay, args.seed, "baseline head")
+        common.save_cache(path, {"state": head.state_dict(), "history": hist, "config": settings})
+    head_seconds = time.perf_counter() - t0
+    test_loss, test_acc, pred = evaluate_head(head, fte, data["y_test"])
+    cm = confusion_matrix(data["y_test"].cpu().numpy(), pred.cpu().numpy(), k)
+    extract = None if t_train is None or t_test is None else t_train + t_test
+    return {"head": head, "history": hist, "test_loss": test_loss, "test_acc": test_acc, "confusion": cm,
+            "extract_seconds": extract, "head_seconds": head_seconds, "train_feats": ftr, "test_feats": fte}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 1: baseline
+# ----------------------------------------------------------------------------
+
+
+def baseline(fit, classes: list[str], args) -> dict:
+    r = fit()
+    h, out = r["history"], Path(args.out)
+    epochs = list(range(1, len(h["train_loss"]) + 1))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    common.line_plot(a1, {"train": (epochs, h["train_loss"]), "validation": (epochs, h["val_loss"])},
+                     "cross-entropy", "epoch", "loss")
+    common.line_plot(a2, {"train": (epochs, h["train_acc"]), "validation": (epochs, h["val_acc"])},
+                     "accuracy", "epoch", "accuracy")
+    a2.axhline(r["test_acc"], color="k", ls="--", lw=1, label=f"test {r['test_acc']:.3f}")
+    a2.legend(fontsize=8)
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    mode = "augmented, through the backbone" if args.augment else "cached features"
+    fig.suptitle(f"Baseline: linear head on frozen {args.arch} (weights: {args.weights}, {args.img_size} px, {mode})")
+    common.save_figure(fig, out / "baseline_curves.png")
+    common.plot_confusion(r["confusion"], classes, out / "baseline_confusion.png",
+                          f"Baseline confusion on CIFAR-10 test (accuracy {r['test_acc']:.3f})")
+    n_img = len(r["train_feats"]) + len(r["test_feats"])
+    return {"test_acc": r["test_acc"], "test_loss": r["test_loss"],
+            "final_train_acc": h["train_acc"][-1], "final_val_acc": h["val_acc"][-1],
+            "final_train_loss": h["train_loss"][-1], "final_val_loss": h["val_loss"][-1],
+            "history": h, "feature_dim": r["train_feats"].shape[1],
+            "extract_seconds": r["extract_seconds"],
+            "extract_images_per_s": None if not r["extract_seconds"] else n_img / r["extract_seconds"],
+            "head_seconds": r["head_seconds"], "confusion": r["confusion"]}
+
+
+# ----------------------------------------------------------------------------
+# Experiment 2: residual connections
+# ----------------------------------------------------------------------------
+
+
+def gradient_norms(arch: str, images: torch.Tensor, labels: torch.Tensor, n_classes: int, img_size: int,
+                   device: torch.device, seed: int, cut: bool) -> tuple[dict, float]:
+    """One forward/backward of a randomly initialised `arch` (train mode, full
+    precision) on a batch; returns the L2 norm of the gradient of each block's
+    parameters ({"stem": ..., "layer1.0": ..., ...}) and the loss. With `cut`, every
+    block's shortcut is cut: a plain 50-/152-layer network, whose early-layer
+    gradients are what shortcuts preserve (He et al. 2016, sec. 4.1)."""
+    torch.manual_seed(seed)
+    model = to_device(torchvision.models.get_model(arch, weights=None, num_classes=n_classes), device).train()
+    if cut:
+        cut_shortcuts(model, residual_blocks(model))
+    loss = F.cross_entropy(model(preprocess(images, img_size)), labels)
+    loss.backward()
+
+    def norm(module):
+        return math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in module.parameters() if p.grad is not None))
+
+    norms = {"stem": math.sqrt(norm(model.conv1) ** 2 + norm(model.bn1) ** 2)}
+    norms.update({name: norm(model.get_submodule(name)) for name in residual_blocks(model)})
+    return norms, loss.item()
+
+
+def residual(model: nn.Module, data: dict, fit, selected: list[str], args, device: torch.device) -> dict:
+    """Cut shortcuts in the pretrained backbone, re-extract features and retrain the
+    head exactly as in the baseline; also score the baseline head on the ablated
+    features without retraining. Then gradient norms at init with and without."""
+    base = fit()
+    k, out = len(data["classes"]), Path(args.out)
+    blocks = residual_blocks(model)
+    configs = {"selected": selected}
+    configs.update({f"layer{s}": [b for b in blocks if b.startswith(f"layer{s}.")] for s in range(1, 5)})
+    configs["all"] = blocks
+    tr, va = data["train_idx"].to(device), data["val_idx"].to(device)
+    y = data["y_train"]
+    metrics = {"baseline_test_acc": base["test_acc"], "selected_blocks": ",".join(selected)}
+    curves = {"baseline (no cut)": base["history"]}
+    for name, cut in configs.items():
+        with shortcuts_cut(model, cut):  # no memo: each ablated set is used once
+            ftr, _ = cached_features(model, data["x_train"], feature_settings(
+                args, args.arch, "cifar10", "train", len(y), cut), args, device)
+            fte, _ = cached_features(model, data["x_test"], feature_settings(
+                args, args.arch, "cifar10", "test", len(data["y_test"]), cut), args, device)
+        gen = torch.Generator().manual_seed(args.seed)
+        head, hist = train_head(lambda: cached_batches(ftr[tr], y[tr], args.batch_size, gen), ftr.shape[1], k,
+                                ftr[va], y[va], args.epochs, args.lr, args.weight_decay, args.seed,
+                                f"cut {name} ({len(cut)} blocks)")
+        _, acc, _ = evaluate_head(head, fte, data["y_test"])
+        _, acc_frozen_head, _ = evaluate_head(base["head"], fte, data["y_test"])
+        curves[f"cut {name} ({len(cut)})"] = hist
+        metrics[name] = {"blocks_cut": len(cut), "test_acc_retrained": acc, "test_acc_no_retrain": acc_frozen_head,
+                         "final_val_acc": hist["val_acc"][-1], "final_train_loss": hist["train_loss"][-1]}
+        print(f"cut {name}: test acc {acc:.4f} retrained, {acc_frozen_head:.4f} with the baseline head", flush=True)
+
+    # Figure 1: curves of every configuration against the baseline, and the accuracies.
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    ep = list(range(1, args.epochs + 1))
+    common.line_plot(axes[0], {n: (ep, h["train_loss"]) for n, h in curves.items()},
+                     "head training loss", "epoch", "cross-entropy")
+    common.line_plot(axes[1], {n: (ep, h["val_acc"]) for n, h in curves.items()},
+                     "validation accuracy", "epoch", "accuracy")
+    names = list(configs)
+    xs = np.arange(len(names))
+    axes[2].bar(xs - 0.2, [metrics[n]["test_acc_retrained"] for n in names], 0.4, label="head retrained")
+    axes[2].bar(xs + 0.2, [metrics[n]["test_acc_no_retrain"] for n in names], 0.4, label="baseline head, no retrain")
+    axes[2].axhline(base["test_acc"], color="k", ls="--", lw=1, label=f"baseline {base['test_acc']:.3f}")
+    axes[2].axhline(1 / k, color="grey", ls=":", lw=1, label="chance")
+    axes[2].set_xticks(xs, [f"{n}\n({len(configs[n])} blocks)" for n in names], fontsize=8)
+    axes[2].set(title="test accuracy with shortcuts cut", ylabel="accuracy", ylim=(0, 1))
+    axes[2].legend(fontsize=7)
+    for ax in axes[:2]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Residual ablation in {args.arch} (weights: {args.weights}): shortcuts cut, "
+                 f"each cut block returns relu(F(x)); head retrained as in the baseline")
+    common.save_figure(fig, out / "residual_curves.png")
+
+    # Figure 2: gradient norms at random initialisation, with and without shortcuts.
+    idx = data["train_idx"][:args.grad_batch].to(device)
+    grads, losses = {}, {}
+    for label, cut in (("with_shortcuts", False), ("without_shortcuts", True)):
+        grads[label], losses[label] = gradient_norms(args.arch, data["x_train"][idx], y[idx], k, args.img_size,
+                                                     device, args.seed, cut)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    names = list(grads["with_shortcuts"])
+    for label, style in (("with_shortcuts", "-o"), ("without_shortcuts", "-s")):
+        ax.plot(range(len(names)), [max(grads[label][n], 1e-30) for n in names], style, ms=3,
+                label=label.replace("_", " "))
+    starts = [i for i, n in enumerate(names) if n.endswith(".0")]
+    for i in starts:
+        ax.axvline(i - 0.5, color="grey", lw=0.6, ls=":")
+        ax.text(i - 0.3, 1.0, names[i].split(".")[0], transform=ax.get_xaxis_transform(), fontsize=8, va="top")
+    ax.set(yscale="log", xlabel="block (input -> output; 0 = stem)", ylabel="||dL/dθ|| of the block",
+           title=f"Gradient norm per block at random initialisation, {args.arch}, batch of {len(idx)}\n"
+                 f"(initial loss {losses['with_shortcuts']:.2f} with shortcuts, "
+                 f"{losses['without_shortcuts']:.2f} without)")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    common.save_figure(fig, out / "residual_gradnorms.png")
+
+    def per_stage(g):  # sqrt of the summed squares over a stage's blocks
+        stages = {f"layer{s}": math.sqrt(sum(v ** 2 for n, v in g.items() if n.startswith(f"layer{s}.")))
+                  for s in range(1, 5)}
+        return {"stem": g["stem"], **stages}
+
+    metrics["gradnorm"] = {label: per_stage(g) for label, g in grads.items()}
+    metrics["gradnorm_stem_over_layer4"] = {label: per_stage(g)["stem"] / max(per_stage(g)["layer4"], 1e-30)
+                                            for label, g in grads.items()}
+    metrics["init_loss"] = losses
+    return metrics
+
+
+# ----------------------------------------------------------------------------
+# Experiment 3: the feature hierarchy
+# ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def stage_features(model: nn.Module, images: torch.Tensor, img_size: int, batch_size: int,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """Forward hooks on the stem and the four stages collect each output, global-average
+    pooled over space ([B, C, H, W] -> [B, C]); returns {stage: float32 [N, C] on CPU}.
+    The hooks are removed afterwards, even on error."""
+    store = {name: [] for name in STAGES}
+
+    def hook(name):
+        return lambda module, inputs, output: store[name].append(output.float().mean((2, 3)).cpu())
+
+    handles = [model.get_submodule(mod).register_forward_hook(hook(name)) for name, mod in STAGES.items()]
+    try:
+        model.eval()
+        for i in progress(range(0, len(images), batch_size), "stage features", math.ceil(len(images) / batch_size)):
+            with common.autocast(device):
+                model(preprocess(images[i:i + batch_size], img_size))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.cat(v) for name, v in store.items()}
+
+
+def most_confused_pairs(cm: np.ndarray, k: int) -> list[tuple[int, int, int]]:
+    """The k unordered class pairs (i < j) with the most confusions cm[i, j] + cm[j, i],
+    as (i, j, count), most confused first."""
+    cm = np.asarray(cm)
+    pairs = [(i, j, int(cm[i, j] + cm[j, i])) for i in range(len(cm)) for j in range(i + 1, len(cm))]
+    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))[:k]
+
+
+def class_separation(feats: np.ndarray, labels: np.ndarray, pairs: list[tuple[int, int]]) -> list[float]:
+    """For each class pair, the distance between the class centroids in units of the
+    classes' spread: ||mu_i - mu_j|| / sqrt((s_i^2 + s_j^2) / 2), s_c = RMS distance of
+    class c's points to mu_c. Above ~2 the classes barely overlap; near 0 they coincide."""
+    feats, labels = np.asarray(feats, np.float64), np.asarray(labels)
+    mu, s2 = {}, {}
+    for c in {c for p in pairs for c in p}:
+        x = feats[labels == c]
+        mu[c] = x.mean(0)
+        s2[c] = ((x - mu[c]) ** 2).sum(1).mean()
+    return [float(np.linalg.norm(mu[i] - mu[j]) / math.sqrt(max((s2[i] + s2[j]) / 2, 1e-12))) for i, j in pairs]
+
+
+def few_threads(n_rows: int):
+    """One BLAS/OpenMP thread for scikit-learn on fewer than 1,000 rows (the smoke run's
+    probes and t-SNE): there the threads cost more in synchronisation than they save,
+    and on a busy machine far more (measured on the shared 2-core box: a 240 x 512
+    probe took 14.6 s of CPU with 2 threads, 0.4 s with one). Larger problems keep
+    every thread."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1) if n_rows < 1000 else contextlib.nullcontext()
+
+
+def features(model: nn.Module, data: dict, confusion, args, device: torch.device) -> dict:
+    """Hooked stage features of --n-vis test images (embedded, silhouette, probe test
+    set) and --probe-train-size training images (probe training set)."""
+    from sklearn.metrics import silhouette_score
+
+    out, classes = Path(args.out), data["classes"]
+    g = torch.Generator().manual_seed(args.seed + 2)
+    vis = torch.randperm(len(data["y_test"]), generator=g)[:args.n_vis].to(device)
+    probe = data["train_idx"][:args.probe_train_size].to(device)
+    settings = {**feature_settings(args, args.arch, "cifar10", "stages", len(vis)), "probe_n": len(probe)}
+    path = common.cache_path(args.out, "stagefeats", settings)
+    blob = common.load_cache(path, args.fresh)
+    if blob is None:
+        blob = {"test": stage_features(model, data["x_test"][vis], args.img_size, args.eval_batch_size, device),
+                "train": stage_features(model, data["x_train"][probe], args.img_size, args.eval_batch_size, device),
+                "config": settings}
+        common.save_cache(path, blob)
+    elif not isinstance(blob, dict) or set(blob.get("test", {})) != set(STAGES):
+        raise common.UserError(f"cache file {path} does not hold stage features; delete it or rerun with --fresh")
+    y_te, y_tr = data["y_test"][vis].cpu().numpy(), data["y_train"][probe].cpu().numpy()
+
+    metrics = {"probe_acc": {}, "silhouette": {}, "dim": {}}
+    z = {}  # standardised test features per stage, so a few high-variance channels do not dominate distances
+    for stage in STAGES:
+        te, trn = blob["test"][stage].numpy(), blob["train"][stage].numpy()
+        z[stage] = (te - te.mean(0)) / (te.std(0) + 1e-6)
+        with few_threads(max(len(trn), len(te))):
+            metrics["probe_acc"][stage] = common.linear_probe(trn, y_tr, te, y_te, seed=args.seed)["test_acc"]
+            metrics["silhouette"][stage] = float(silhouette_score(z[stage], y_te)) if len(set(y_te)) > 1 else 0.0
+        metrics["dim"][stage] = te.shape[1]
+        print(f"{stage}: {te.shape[1]} channels, probe acc {metrics['probe_acc'][stage]:.4f}, "
+              f"silhouette {metrics['silhouette'][stage]:.4f}", flush=True)
+
+    # 2-D embeddings per depth, cached (t-SNE of 2,000 points x 5 depths takes a minute).
+    for method in (["tsne", "umap"] if args.embed == "both" else [args.embed]):
+        epath = common.cache_path(args.out, "embed", {**settings, "method": method})
+        emb = common.load_cache(epath, args.fresh)
+        if emb is None or set(emb.get("xy", {})) != set(STAGES):
+            with few_threads(len(y_te)):
+                xy = {s: torch.from_numpy(common.embed_2d(z[s], method, args.seed)) for s in STAGES}
+            emb = {"xy": xy, "config": {**settings, "method": method}}
+            common.save_cache(epath, emb)
+        fig, axes = plt.subplots(1, len(STAGES), figsize=(4 * len(STAGES), 4.4))
+        for ax, s in zip(axes, STAGES):
+            common.scatter_by_class(ax, emb["xy"][s].numpy(), y_te, classes,
+                                    f"{s} ({metrics['dim'][s]} ch), probe {metrics['probe_acc'][s]:.2f}",
+                                    size=5, legend=s == "layer4")
+        name = {"tsne": "t-SNE", "umap": "UMAP"}[method]
+        fig.suptitle(f"{name} of pooled features by depth, {args.arch} (weights: {args.weights}), "
+                     f"{len(y_te)} test images")
+        common.save_figure(fig, out / f"features_{method}.png")
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    xs = list(range(len(STAGES)))
+    common.line_plot(a1, {"linear probe": (xs, [metrics["probe_acc"][s] for s in STAGES])},
+                     "linear-probe test accuracy", "depth", "accuracy")
+    a1.axhline(1 / len(classes), color="grey", ls=":", lw=1, label="chance")
+    a1.legend(fontsize=8)
+    common.line_plot(a2, {"silhouette": (xs, [metrics["silhouette"][s] for s in STAGES])},
+                     "silhouette score (standardised features)", "depth", "silhouette")
+    for ax in (a1, a2):
+        ax.set_xticks(xs, list(STAGES))
+    fig.suptitle(f"Class separability by depth, {args.arch} (weights: {args.weights})")
+    common.save_figure(fig, out / "features_separability.png")
+
+    # The baseline's most-confused pairs, and how far apart they sit at each depth.
+    pairs = most_confused_pairs(confusion(), args.n_pairs)
+    all_pairs = [(i, j) for i in range(len(classes)) for j in range(i + 1, len(classes))
+                 if (y_te == i).any() and (y_te == j).any()]
+    sep = {s: class_separation(z[s], y_te, [(i, j) for i, j, _ in pairs]) for s in STAGES}
+    mean_sep = {s: float(np.mean(class_separation(z[s], y_te, all_pairs))) for s in STAGES}
+    metrics["mean_pair_separation"] = mean_sep
+    metrics["confused_pairs"] = {}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for n, (i, j, count) in enumerate(pairs):
+        label = f"{classes[i]}_vs_{classes[j]}"
+        metrics["confused_pairs"][label] = {"confusions": count, "separation": {s: sep[s][n] for s in STAGES}}
+        ax.plot(xs, [sep[s][n] for s in STAGES], "-o", ms=3, label=f"{classes[i]} / {classes[j]} ({count} confused)")
+    ax.plot(xs, [mean_sep[s] for s in STAGES], "k--", lw=2, label="mean over all class pairs")
+    ax.set_xticks(xs, list(STAGES))
+    ax.set(xlabel="depth", ylabel="centroid distance / class spread",
+           title="Most-confused class pairs (baseline head) in feature space")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    common.save_figure(fig, out / "features_confused_pairs.png")
+    return metrics
+
+
+# ----------------------------------------------------------------------------
+# Experiment 4: transfer strategies
+# ----------------------------------------------------------------------------
+
+
+def freeze_for_transfer(model: nn.Module, strategy: str) -> int:
+    """Make trainable only what `strategy` fine-tunes: head = fc; layer4 = layer4 + fc;
+    full = everything. Returns the number of trainable parameters."""
+    model.requires_grad_(strategy == "full")
+    if strategy == "layer4":
+        model.layer4.requires_grad_(True)
+    model.fc.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def transfer_train_mode(model: nn.Module, strategy: str) -> None:
+    """Train mode only where weights train: frozen BatchNorm layers stay in eval mode,
+    so their running statistics stay the pretrained ones."""
+    model.train(strategy == "full")
+    if strategy == "layer4":
+        model.layer4.train()
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, img_size: int,
+                   batch_size: int, device: torch.device) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(labels), batch_size):
+        with common.autocast(device):
+            logits = model(preprocess(images[i:i + batch_size], img_size)).float()
+        loss_sum += F.cross_entropy(logits, labels[i:i + batch_size], reduction="sum").item()
+        correct += (logits.argmax(1) == labels[i:i + batch_size]).sum().item()
+    return loss_sum / len(labels), correct / len(labels)
+
+
+def transfer(backbone: nn.Module, tdata: dict, args, device: torch.device) -> dict:
+    """Six arms, {pretrained, scratch} x {head, layer4, full}, each trained for the same
+    --transfer-epochs with the same AdamW schedule (backbone lr = --backbone-lr-mult x
+    head lr, cosine-decayed per step)."""
+    out, k = Path(args.out), len(tdata["classes"])
+    x, y = tdata["x_train"], tdata["y_train"]
+    tr, va = tdata["train_idx"].to(device), tdata["val_idx"].to(device)
+    steps = args.transfer_epochs * math.ceil(len(tr) / args.transfer_batch_size)
+    metrics, curves = {}, {}
+    for init in TRANSFER_INITS:
+        for strategy in TRANSFER_STRATEGIES:
+            arm = f"{init}_{strategy}"
+            common.seed_everything(args.seed)
+            if init == "pretrained":  # --weights (ImageNet on full runs; random in smoke, there are none offline)
+                model = copy.deepcopy(backbone)
+                model.fc = nn.Linear(model.fc.in_features, k)
+            else:
+                model = torchvision.models.get_model(args.arch, weights=None, num_classes=k)
+            model = to_device(model, device)
+            n_trainable = freeze_for_transfer(model, strategy)
+            body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("fc.")]
+            groups = [{"params": list(model.fc.parameters()), "lr": args.transfer_lr}]
+            if body:
+                groups.append({"params": body, "lr": args.transfer_lr * args.backbone_lr_mult})
+            opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+            gen = torch.Generator().manual_seed(args.seed)
+            hist = {"train_loss": [], "val_loss": [], "val_acc": []}
+            train_seconds = 0.0
+            for epoch in range(args.transfer_epochs):
+                transfer_train_mode(model, strategy)
+                sync(device)
+                t0 = time.perf_counter()
+                perm = tr[torch.randperm(len(tr), generator=gen).to(device)]
+                loss_sum, seen = torch.zeros((), device=device), 0
+                for i in progress(range(0, len(perm) - 1, args.transfer_batch_size), arm,  # no batch of one
+                                  math.ceil((len(perm) - 1) / args.transfer_batch_size)):
+                    idx = perm[i:i + args.transfer_batch_size]
+                    with common.autocast(device):
+                        logits = model(preprocess(x[idx], args.img_size)).float()
+                    loss = F.cross_entropy(logits, y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    loss_sum += loss.detach() * len(idx)
+                    seen += len(idx)
+                common.check_finite(loss_sum, f"{arm} training loss")
+                sync(device)
+                train_seconds += time.perf_counter() - t0
+                val_loss, val_acc = evaluate_model(model, x[va], y[va], args.img_size, args.eval_batch_size, device)
+                hist["train_loss"].append(loss_sum.item() / seen)
+                hist["val_loss"].append(val_loss)
+                hist["val_acc"].append(val_acc)
+                print(f"transfer {arm} epoch {epoch + 1}/{args.transfer_epochs}: train loss "
+                      f"{hist['train_loss'][-1]:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} "
+                      f"({train_seconds:.1f} s)", flush=True)
+            _, test_acc = evaluate_model(model, tdata["x_test"], tdata["y_test"], args.img_size,
+                                         args.eval_batch_size, device)
+            curves[arm] = hist
+            metrics[arm] = {"test_acc": test_acc, "final_val_acc": hist["val_acc"][-1],
+                            "final_train_loss": hist["train_loss"][-1], "trainable_params": n_trainable,
+                            "train_seconds": train_seconds}
+            del model, opt
+    metrics["pretrained_weights"] = args.weights
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ep = list(range(1, args.transfer_epochs + 1))
+    common.line_plot(a1, {a: (ep, h["train_loss"]) for a, h in curves.items()}, "training loss", "epoch",
+                     "cross-entropy")
+    common.line_plot(a2, {a: (ep, h["val_acc"]) for a, h in curves.items()}, "validation accuracy", "epoch",
+                     "accuracy")
+    a2.set_ylim(0, 1)
+    for ax in (a1, a2):  # pretrained solid, scratch dashed
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for line in ax.get_lines():
+            line.set_linestyle("--" if line.get_label().startswith("scratch") else "-")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Transfer to {args.transfer_dataset}: {args.arch}, pretrained (weights: {args.weights}) vs scratch, "
+                 f"{len(tr)} training images")
+    common.save_figure(fig, out / "transfer_curves.png")
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for arm in curves:
+        m = metrics[arm]
+        ax.scatter(m["train_seconds"], m["test_acc"], s=30 + 170 * m["trainable_params"] / max(
+            metrics[a]["trainable_params"] for a in curves), marker="o" if arm.startswith("pretrained") else "s",
+            label=f"{arm} ({m['trainable_params'] / 1e6:.2f} M trainable)")
+    ax.axhline(1 / k, color="grey", ls=":", lw=1, label="chance")
+    ax.set(xscale="log", xlabel="training wall-clock seconds (log)", ylabel="test accuracy",
+           title=f"Accuracy vs compute, {args.transfer_dataset} (marker size ~ trainable parameters)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    common.save_figure(fig, out / "transfer_compute.png")
+    return metrics
+
+
+# ----------------------------------------------------------------------------
+# Experiment 5: depth (ResNet-18 vs ResNet-152)
+# ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def measure_throughput(model: nn.Module, images: torch.Tensor, img_size: int, batch_size: int,
+                       device: torch.device, n_batches: int) -> float:
+    """Feature-extraction images/s, resize included: one warm-up batch, then the
+    median over n_batches timed batches."""
+    model.eval()
+    batch = images[:batch_size]
+    times = []
+    for i in range(n_batches + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        with common.autocast(device):
+            backbone_features(model, preprocess(batch, img_size))
+        sync(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return len(batch) / float(np.median(times))
+
+
+def depth(backbone: nn.Module, data: dict, args, device: torch.device, memo: dict) -> dict:
+    """Same pipeline for each of --depth-archs: cached pooled features, a linear head
+    trained as in the baseline, a logistic-regression probe, and extraction speed."""
+    k, tr, va = len(data["classes"]), data["train_idx"].to(device), data["val_idx"].to(device)
+    y = data["y_train"]
+    metrics = {}
+    for arch in args.depth_archs:
+        model = backbone if arch == args.arch else to_device(build_resnet(arch, args.weights), device).eval()
+        ftr, _ = cached_features(model, data["x_train"], feature_settings(args, arch, "cifar10", "train", len(y)),
+                                 args, device, memo if arch == args.arch else None)
+        fte, _ = cached_features(model, data["x_test"], feature_settings(
+            args, arch, "cifar10", "test", len(data["y_test"])), args, device, memo if arch == args.arch else None)
+        gen = torch.Generator().manual_seed(args.seed)
+        head, _ = train_head(lambda: cached_batches(ftr[tr], y[tr], args.batch_size, gen), ftr.shape[1], k,
+                             ftr[va], y[va], args.epochs, args.lr, args.weight_decay, args.seed, f"{arch} head")
+        _, head_acc, _ = evaluate_head(head, fte, data["y_test"])
+        p = tr[:args.probe_train_size]
+        with few_threads(max(len(p), len(fte))):
+            probe_acc = common.linear_probe(ftr[p].cpu().numpy(), y[p].cpu().numpy(), fte.cpu().numpy(),
+                                            data["y_test"].cpu().numpy(), seed=args.seed)["test_acc"]
+        ips = measure_throughput(model, data["x_test"], args.img_size, args.eval_batch_size, device,
+                                 args.throughput_batches)
+        n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("fc."))
+        metrics[arch] = {"head_acc": head_acc, "probe_acc": probe_acc, "images_per_s": ips,
+                         "backbone_params_millions": n_params / 1e6, "feature_dim": ftr.shape[1]}
+        print(f"{arch}: head acc {head_acc:.4f}, probe acc {probe_acc:.4f}, {ips:.0f} images/s", flush=True)
+        if model is not backbone:
+            del model
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    names = list(metrics)
+    for ax, key, title in zip(axes, ("head_acc", "probe_acc", "images_per_s"),
+                              ("linear head (baseline recipe), test acc", "logistic probe, test acc",
+                               "feature extraction, images/s")):
+        bars = ax.bar(names, [metrics[n][key] for n in names], color=plt.get_cmap("tab10").colors[:len(names)])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set(title=title, ylabel=key.replace("_", " "))
+        if key != "images_per_s":
+            ax.set_ylim(0, 1)
+    fig.suptitle(f"Depth: feature quality vs cost (weights: {args.weights}, {args.img_size} px, "
+                 f"batch {args.eval_batch_size}, {device.type})")
+    common.save_figure(fig, Path(args.out) / "depth_comparison.png")
+    return metrics
+
+
+# ----------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------
+
+
+def once(fn):
+    """fn() the first time, its result afterwards (the baseline that several experiments share)."""
+    box = []
+
+    def get():
+        if not box:
+            box.append(fn())
+        return box[0]
+    return get
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = common.parse_args(parser, argv, smoke=SMOKE)
+    with common.user_errors(parser.prog):
+        # Check everything a user can get wrong before anything is loaded or written.
+        selected = resolve_blocks(args.arch, args.ablate_blocks)
+        if args.embed != "tsne" and importlib.util.find_spec("umap") is None:
+            raise common.UserError("--embed umap needs umap-learn (pip install umap-learn); or use --embed tsne")
+        n_train = args.train_size or (1000 if args.smoke else 50000)  # 0 = the whole training split
+        if args.val_size >= n_train:
+            raise common.UserError(f"--val-size {args.val_size} leaves no training images out of {n_train}")
+        if "transfer" in args.experiments and args.transfer_train_size and \
+                args.transfer_val_size >= args.transfer_train_size:
+            raise common.UserError(f"--transfer-val-size {args.transfer_val_size} leaves no training images out "
+                                   f"of --transfer-train-size {args.transfer_train_size}")
+
+        device = common.pick_device(args.device)
+        torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick the fastest kernels
+        common.seed_everything(args.seed)
+        x_train, y_train, classes = load_data("cifar10", args, True, args.train_size, device)
+        x_test, y_test, _ = load_data("cifar10", args, False, args.test_size, device)
+        if args.val_size >= len(y_train):
+            raise common.UserError(f"--val-size {args.val_size} leaves no training images out of {len(y_train)}")
+        train_idx, val_idx = split_train_val(len(y_train), args.val_size, args.seed)
+        data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "classes": classes,
+                "train_idx": train_idx, "val_idx": val_idx}
+        print(f"CIFAR-10 ({'smoke' if args.smoke else 'real'}): {len(train_idx)} train, {len(val_idx)} val, "
+              f"{len(y_test)} test images, resized to {args.img_size} px", flush=True)
+        tdata = None
+        if "transfer" in args.experiments:
+            xt, yt, tclasses = load_data(args.transfer_dataset, args, True, args.transfer_train_size, device)
+            if args.transfer_val_size >= len(yt):
+                raise common.UserError(f"--transfer-val-size {args.transfer_val_size} leaves no training images "
+                                       f"out of {len(yt)}")
+            xte, yte, _ = load_data(args.transfer_dataset, args, False, args.transfer_test_size, device)
+            ttr, tva = split_train_val(len(yt), args.transfer_val_size, args.seed)
+            tdata = {"x_train": xt, "y_train": yt, "x_test": xte, "y_test": yte, "classes": tclasses,
+                     "train_idx": ttr, "val_idx": tva}
+        backbone = to_device(build_resnet(args.arch, args.weights), device).eval()
+        print(f"{args.arch} (weights: {args.weights}): "
+              f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters", flush=True)
+
+        results = common.Results("task1", args, device)
+        memo: dict = {}
+        fit = once(lambda: fit_baseline(backbone, data, args, device, memo))
+        return results.run({
+            "baseline": lambda: baseline(fit, classes, args),
+            "residual": lambda: residual(backbone, data, fit, selected, args, device),
+            "features": lambda: features(backbone, data, lambda: fit()["confusion"], args, device),
+            "transfer": lambda: transfer(backbone, tdata, args, device),
+            "depth": lambda: depth(backbone, data, args, device, memo),
+        })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Benchmark Task 1's performance claims on synthetic CIFAR-sized images, both sides in one process.
+
+1. Feature extraction: images/s of the frozen backbone at --img-size (resize on the
+   device included, bf16 autocast and channels_last on CUDA), median of --repeats
+   passes over the --n-train images.
+2. The whole head-only baseline for --epochs epochs, two ways on the same images:
+   cached   one backbone pass over train + test, then the linear head trains on the
+            stored features (what Task1.py does);
+   through  the head trains on features recomputed by the frozen backbone every
+            epoch (test features extracted once, for the per-epoch validation).
+   Prints both medians and the ratio through/cached.
+
+CPU, small (the default; 2 minutes measured on a busy shared 2-core box, well under one idle):
+    python benchmarks/bench_resnet.py
+GPU, full size (ResNet-152, 224 px, bf16, CIFAR-10's 50,000 + 10,000 images):
+    python benchmarks/bench_resnet.py --full
+Weights are random (speed does not depend on their values), so nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+import Task1  # noqa: E402
+
+FULL = {"arch": "resnet152", "img_size": 224, "batch_size": 512, "n_train": 50000, "n_test": 10000, "epochs": 5,
+        "repeats": 3}
+
+
+def timed(fn, device):
+    Task1.sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    Task1.sync(device)
+    return time.perf_counter() - t0, out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--arch", default="resnet18", choices=Task1.RESNETS, help="backbone (default: resnet18)")
+    p.add_argument("--img-size", type=int, default=64, help="resize 32 px images to this (default: 64)")
+    p.add_argument("--batch-size", type=int, default=128, help="extraction batch (default: 128)")
+    p.add_argument("--head-batch", type=int, default=256, help="head-training minibatch, as Task1 (default: 256)")
+    p.add_argument("--n-train", type=int, default=384, help="synthetic training images (default: 384)")
+    p.add_argument("--n-test", type=int, default=128, help="synthetic test images (default: 128)")
+    p.add_argument("--epochs", type=int, default=3, help="head-training epochs (default: 3)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions of each side; medians quoted (default: 3)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--full", action="store_true",
+                   help="GPU sizes: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FULL.items()))
+    args = p.parse_args(argv)
+    if args.full:
+        for k, v in FULL.items():
+            setattr(args, k, v)
+
+    device = common.pick_device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    common.seed_everything(0)
+    g = torch.Generator().manual_seed(0)
+    x_train = torch.randint(0, 256, (args.n_train, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    x_test = torch.randint(0, 256, (args.n_test, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    y_train = torch.randint(0, 10, (args.n_train,), generator=g).to(device)
+    y_test = torch.randint(0, 10, (args.n_test,), generator=g).to(device)
+    model = Task1.to_device(Task1.build_resnet(args.arch, "none"), device).eval()
+    precision = "bf16 autocast, channels_last" if device.type == "cuda" else "fp32"
+    print(f"{args.arch} at {args.img_size} px, {precision}, extraction batch {args.batch_size}, "
+          f"{args.n_train} train + {args.n_test} test synthetic images, {args.epochs} epochs, "
+          f"{args.repeats} repeats", flush=True)
+
+    def extract(x):
+        return Task1.extract_features(model, x, args.img_size, args.batch_size, device)
+
+    extract(x_train[:args.batch_size])  # warm-up: cuDNN autotuning, allocator, lazy init
+
+    # (1) extraction throughput
+    ips = [args.n_train / timed(lambda: extract(x_train), device)[0] for _ in range(args.repeats)]
+    print(f"feature extraction: median {statistics.median(ips):.0f} images/s "
+          f"(runs: {', '.join(f'{v:.0f}' for v in ips)})", flush=True)
+
+    # (2) the head-only baseline, cached vs through the backbone every epoch
+    def cached():
+        ftr, fte = extract(x_train), extract(x_test)
+        gen = torch.Generator().manual_seed(0)
+        head, _ = Task1.train_head(lambda: Task1.cached_batches(ftr, y_train, args.head_batch, gen), ftr.shape[1],
+                                   10, fte, y_test, args.epochs, 1e-3, 1e-4, 0, "cached")
+        return Task1.evaluate_head(head, fte, y_test)[1]
+
+    def through():
+        fte = extract(x_test)
+        gen = torch.Generator().manual_seed(0)
+        head, _ = Task1.train_head(lambda: Task1.backbone_batches(model, x_train, y_train, args.head_batch,
+                                                                  args.img_size, device, gen, augment=False),
+                                   fte.shape[1], 10, fte, y_test, args.epochs, 1e-3, 1e-4, 0, "through")
+        return Task1.evaluate_head(head, fte, y_test)[1]
+
+    t_cached, t_through = [], []
+    for _ in range(args.repeats):  # interleaved, so drifting load on a shared machine hits both sides alike
+        t_cached.append(timed(cached, device)[0])
+        t_through.append(timed(through, device)[0])
+    mc, mt = statistics.median(t_cached), statistics.median(t_through)
+    print(f"\nhead-only baseline, {args.epochs} epochs, {args.arch} at {args.img_size} px on {device.type}:")
+    print(f"  cached features (1 backbone pass):        median {mc:8.2f} s  (runs: "
+          f"{', '.join(f'{v:.2f}' for v in t_cached)})")
+    print(f"  through the backbone ({args.epochs} passes + test):  median {mt:8.2f} s  (runs: "
+          f"{', '.join(f'{v:.2f}' for v in t_through)})")
+    print(f"  ratio through / cached: {mt / mc:.2f}x")
+    print(f"feature extraction: {statistics.median(ips):.0f} images/s")
+    return {"images_per_s": statistics.median(ips), "cached_s": mc, "through_s": mt, "ratio": mt / mc}
+
+
+if __name__ == "__main__":
+    main()

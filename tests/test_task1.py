@@ -1,0 +1,379 @@
+"""Task 1: shortcut ablation, feature hooks, head training, transfer freezing,
+confused pairs, preprocessing, the --smoke run and bad input. Offline, CPU."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+import Task1
+from conftest import assert_bad_input, assert_in_range, assert_png_ok, load_metrics
+
+# ----------------------------------------------------------------------------
+# Shortcut ablation
+# ----------------------------------------------------------------------------
+
+
+def randomise_bn(module: nn.Module, gen: torch.Generator) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are 0/1)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+
+
+def conv_bn(x, conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """conv then eval-mode BatchNorm, written out with the functional ops."""
+    y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return (y - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps) \
+        * bn.weight[:, None, None] + bn.bias[:, None, None]
+
+
+def hand_branch(block, x):
+    """F(x), the residual branch before the final ReLU, for a BasicBlock (3x3, 3x3) or a
+    Bottleneck (1x1, 3x3, 1x1), written out by hand."""
+    h = torch.relu(conv_bn(x, block.conv1, block.bn1))
+    if isinstance(block, Bottleneck):
+        h = torch.relu(conv_bn(h, block.conv2, block.bn2))
+        return conv_bn(h, block.conv3, block.bn3)
+    return conv_bn(h, block.conv2, block.bn2)
+
+
+def two_blocks(kind: str) -> nn.Sequential:
+    """Two torchvision blocks in a row, the first with a strided downsample shortcut."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if kind == "bottleneck":  # 32 -> 64 channels (planes 16 x expansion 4)
+        down = nn.Sequential(nn.Conv2d(32, 64, 1, stride=2, bias=False), nn.BatchNorm2d(64))
+        blocks = nn.Sequential(Bottleneck(32, 16, stride=2, downsample=down), Bottleneck(64, 16))
+    else:
+        down = nn.Sequential(nn.Conv2d(32, 64, 1, stride=2, bias=False), nn.BatchNorm2d(64))
+        blocks = nn.Sequential(BasicBlock(32, 64, stride=2, downsample=down), BasicBlock(64, 64))
+    randomise_bn(blocks, gen)
+    return blocks.eval()
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "basic"])
+def test_cut_block_returns_relu_of_residual_branch_and_undo_restores(kind):
+    blocks = two_blocks(kind)
+    x = torch.randn(3, 32, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fx = hand_branch(blocks[0], x)
+        shortcut = conv_bn(x, blocks[0].downsample[0], blocks[0].downsample[1])
+        h_orig = blocks[0](x)
+        out_orig = blocks[1](h_orig)
+        # the intact block is relu(F(x) + downsample(x)): this checks the hand-written F
+        assert torch.allclose(h_orig, torch.relu(fx + shortcut), atol=1e-5)
+        Task1.cut_shortcuts(blocks, ["0"])
+        h_cut = blocks[0](x)
+        out_untouched = blocks[1](h_orig)  # block 1 was not cut: same input, same output
+    assert torch.allclose(h_cut, torch.relu(fx), atol=1e-5), "cut block is not relu(F(x))"
+    assert not torch.allclose(h_cut, h_orig, atol=1e-3), "cutting the shortcut changed nothing"
+    assert torch.equal(out_untouched, out_orig)
+    assert "forward" not in blocks[1].__dict__
+    Task1.restore_shortcuts(blocks, ["0"])
+    assert "forward" not in blocks[0].__dict__
+    with torch.no_grad():
+        assert torch.equal(blocks[0](x), h_orig)
+        assert torch.equal(blocks(x), out_orig)
+
+
+def test_shortcuts_cut_context_restores_on_error_and_changes_whole_model():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    blocks = Task1.residual_blocks(model)
+    assert blocks == [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]
+    with torch.no_grad():
+        before = model(x)
+        with pytest.raises(RuntimeError):
+            with Task1.shortcuts_cut(model, blocks):
+                cut = model(x)
+                raise RuntimeError("boom")
+        after = model(x)
+    assert not torch.allclose(cut, before)
+    assert torch.equal(after, before)
+    assert not any("forward" in model.get_submodule(b).__dict__ for b in blocks)
+
+
+def test_resolve_blocks_auto_and_errors():
+    assert Task1.resolve_blocks("resnet152", "auto") == ["layer1.1", "layer2.4", "layer3.18", "layer4.1"]
+    assert Task1.resolve_blocks("resnet18", "layer3.1,layer1.0") == ["layer1.0", "layer3.1"]
+    with pytest.raises(Task1.common.UserError, match="layer3.0-35"):
+        Task1.resolve_blocks("resnet152", "layer3.36")
+
+
+# ----------------------------------------------------------------------------
+# Feature hooks
+# ----------------------------------------------------------------------------
+
+
+def test_stage_features_shapes_names_and_values():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    feats = Task1.stage_features(model, images, 32, 2, torch.device("cpu"))
+    assert list(feats) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "stem": (5, 64), "layer1": (5, 64), "layer2": (5, 128), "layer3": (5, 256), "layer4": (5, 512)}
+    # second computation: the stem and the network's own pooled output, without hooks
+    with torch.no_grad():
+        x = Task1.preprocess(images, 32)
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        pooled = torch.flatten(model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(stem))))), 1)
+    assert torch.allclose(feats["stem"], stem.mean((2, 3)), atol=1e-5)
+    assert torch.allclose(feats["layer4"], pooled, atol=1e-5)
+    assert torch.allclose(Task1.backbone_features(model, x), pooled)
+    assert all(not m._forward_hooks for m in model.modules()), "hooks were left behind"
+
+
+# ----------------------------------------------------------------------------
+# Data preprocessing
+# ----------------------------------------------------------------------------
+
+
+def test_preprocess_resizes_and_normalises_with_imagenet_statistics():
+    img = torch.empty(2, 3, 32, 32, dtype=torch.uint8)
+    img[:, 0], img[:, 1], img[:, 2] = 255, 0, 128
+    x = Task1.preprocess(img, 64)
+    assert x.shape == (2, 3, 64, 64) and x.dtype == torch.float32
+    expect = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    for c in range(3):
+        assert torch.allclose(x[:, c], torch.full((2, 64, 64), expect[c]), atol=1e-4)
+
+
+def test_random_crop_flip_is_a_crop_of_the_reflect_padded_image():
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = Task1.random_crop_flip(x, torch.Generator().manual_seed(3))
+    pad = np.pad(x.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)), mode="reflect")
+    for b in range(4):
+        found = any(np.allclose(out[b].numpy(), (c[..., ::-1] if flip else c))
+                    for oy in range(9) for ox in range(9) for flip in (False, True)
+                    for c in [pad[b, :, oy:oy + 8, ox:ox + 8]])
+        assert found, f"image {b} is no crop/flip of its padded original"
+
+
+# ----------------------------------------------------------------------------
+# Head training on cached features, confusion, confused pairs
+# ----------------------------------------------------------------------------
+
+
+def test_head_on_cached_features_learns_a_separable_set():
+    """Five Gaussian blobs in 64-D: centres drawn from N(0, I), so about sqrt(2 * 64) = 11
+    apart, unit noise: the classes overlap by far less than 1%, a linear head must reach ~1."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 64, generator=g)
+    y = torch.arange(600) % 5
+    x = centres[y] + torch.randn(600, 64, generator=g) + 3.0  # offset: the head must cope with a mean
+    gen = torch.Generator().manual_seed(0)
+    head, hist = Task1.train_head(lambda: Task1.cached_batches(x[:400], y[:400], 32, gen), 64, 5, x[400:500],
+                                  y[400:500], epochs=6, lr=1e-2, weight_decay=1e-4, seed=0, desc="blobs")
+    assert len(hist["val_acc"]) == 6 and hist["train_loss"][-1] < hist["train_loss"][0]
+    _, acc, pred = Task1.evaluate_head(head, x[500:], y[500:])
+    assert acc >= 0.97
+    # confusion matrix agrees with scikit-learn's
+    from sklearn.metrics import confusion_matrix
+
+    assert np.array_equal(Task1.confusion_matrix(y[500:].numpy(), pred.numpy(), 5),
+                          confusion_matrix(y[500:].numpy(), pred.numpy(), labels=range(5)))
+
+
+def test_backbone_batches_give_the_cached_features_without_augmentation():
+    """The uncached path (features recomputed per minibatch) must see exactly the
+    features the cache holds, in the same shuffled order; augmentation changes them."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(10)
+    cpu = torch.device("cpu")
+    cached = Task1.extract_features(model, images, 32, 4, cpu)
+    via_backbone = list(Task1.backbone_batches(model, images, labels, 4, 32, cpu, torch.Generator().manual_seed(5),
+                                               augment=False))
+    via_cache = list(Task1.cached_batches(cached, labels, 4, torch.Generator().manual_seed(5)))
+    assert [len(y) for _, y in via_backbone] == [4, 4, 2]
+    for (fb, yb), (fc, yc) in zip(via_backbone, via_cache):
+        assert torch.equal(yb, yc) and torch.allclose(fb, fc, atol=1e-4)
+    augmented = torch.cat([f for f, _ in Task1.backbone_batches(
+        model, images, labels, 10, 32, cpu, torch.Generator().manual_seed(5), augment=True)])
+    assert augmented.shape == (10, 512) and not torch.allclose(augmented, cached[torch.randperm(
+        10, generator=torch.Generator().manual_seed(5))], atol=1e-3)
+
+
+def test_cached_batches_cover_every_sample_once_per_epoch():
+    x, y = torch.arange(70.0)[:, None], torch.arange(70)
+    seen = torch.cat([b for _, b in Task1.cached_batches(x, y, 32, torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(70))
+
+
+def test_most_confused_pairs_and_class_separation():
+    cm = np.array([[50, 3, 9],
+                   [4, 40, 1],
+                   [2, 0, 45]])
+    # symmetric confusions: (0,1) = 7, (0,2) = 11, (1,2) = 1
+    assert Task1.most_confused_pairs(cm, 2) == [(0, 2, 11), (0, 1, 7)]
+    # class 0 at (+-1, 0), class 1 at (10 +- 1, 0): centroids 10 apart, RMS spread 1 each -> 10
+    feats = np.array([[-1, 0], [1, 0], [9, 0], [11, 0], [10, 3], [10, -3]], float)
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    sep = Task1.class_separation(feats, labels, [(0, 1), (1, 2)])
+    assert sep[0] == pytest.approx(10.0)
+    # class 2: centroid (10, 0), spread 3; vs class 1 spread 1: distance 0 -> 0
+    assert sep[1] == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------------------
+# Transfer arms
+# ----------------------------------------------------------------------------
+
+
+def test_transfer_arms_freeze_exactly_what_they_claim():
+    """ResNet-18 with a 100-way head, trainable parameters counted by hand:
+    fc 512*100 + 100 = 51,300; layer4 = block 0 (3x3 256->512, 3x3 512->512, 1x1
+    downsample 256->512, three BNs of 2*512) + block 1 (two 3x3 512->512, two BNs)
+    = 3,673,088 + 4,720,640 = 8,393,728; the whole network: 11,689,512 (the
+    published 1000-class count) - 513,000 + 51,300 = 11,227,812."""
+    torch.manual_seed(0)
+    expected = {"head": 51_300, "layer4": 8_393_728 + 51_300, "full": 11_227_812}
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    for strategy, n in expected.items():
+        model = torchvision.models.resnet18(num_classes=100)
+        assert Task1.freeze_for_transfer(model, strategy) == n
+        Task1.transfer_train_mode(model, strategy)
+        assert model.layer3[0].bn1.training == (strategy == "full")
+        assert model.layer4[0].bn1.training == (strategy != "head")
+        F.cross_entropy(model(x), y).backward()
+        with_grad = sum(p.numel() for p in model.parameters() if p.grad is not None)
+        assert with_grad == n, f"{strategy}: {with_grad} parameters got gradients, expected {n}"
+
+
+# ----------------------------------------------------------------------------
+# The --smoke run: every figure and metric
+# ----------------------------------------------------------------------------
+
+FIGURES = ["baseline_curves", "baseline_confusion", "residual_curves", "residual_gradnorms", "features_tsne",
+           "features_separability", "features_confused_pairs", "transfer_curves", "transfer_compute",
+           "depth_comparison"]
+STAGES = ["stem", "layer1", "layer2", "layer3", "layer4"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("task1_smoke")
+    Task1.main(["--smoke", "--out", str(out)])
+    return out
+
+
+def test_smoke_run_writes_every_figure_and_metric(smoke_run):
+    for name in FIGURES:
+        assert_png_ok(smoke_run / f"{name}.png")
+    doc = load_metrics(smoke_run)
+    assert doc["env"]["data"] == "smoke" and doc["config"]["arch"] == "resnet18"
+    m = doc["experiments"]
+    assert list(m) == ["baseline", "residual", "features", "transfer", "depth"]
+    for k in ("test_acc", "final_train_acc", "final_val_acc"):
+        assert_in_range(m, f"baseline/{k}", 0, 1)
+    for k in ("test_loss", "final_train_loss", "final_val_loss", "extract_seconds", "head_seconds", "seconds"):
+        assert_in_range(m, f"baseline/{k}", 0, 1e4)
+    assert_in_range(m, "baseline/extract_images_per_s", 1, 1e7)
+    assert_in_range(m, "baseline/feature_dim", 512, 512)
+    assert len(m["baseline"]["history"]["val_acc"]) == doc["config"]["epochs"]
+    assert np.asarray(m["baseline"]["confusion"]).sum() == 150
+    # the generated classes differ by colour: random ResNet-18 features already separate them
+    assert_in_range(m, "baseline/test_acc", 0.3, 1)
+    for cfg in ("selected", "layer1", "layer2", "layer3", "layer4", "all"):
+        for k in ("test_acc_retrained", "test_acc_no_retrain", "final_val_acc"):
+            assert_in_range(m, f"residual/{cfg}/{k}", 0, 1)
+        assert_in_range(m, f"residual/{cfg}/blocks_cut", 1, 8)
+    assert_in_range(m, "residual/all/blocks_cut", 8, 8)
+    for label in ("with_shortcuts", "without_shortcuts"):
+        for s in STAGES:
+            assert_in_range(m, f"residual/gradnorm/{label}/{s}", 1e-12, 1e6)
+        assert_in_range(m, f"residual/gradnorm_stem_over_layer4/{label}", 0, 1e9)
+        assert_in_range(m, f"residual/init_loss/{label}", 0, 100)
+    for s in STAGES:
+        assert_in_range(m, f"features/probe_acc/{s}", 0, 1)
+        assert_in_range(m, f"features/silhouette/{s}", -1, 1)
+        assert_in_range(m, f"features/mean_pair_separation/{s}", 0, 1e3)
+    pairs = m["features"]["confused_pairs"]
+    assert len(pairs) == 5 and all("_vs_" in p for p in pairs)
+    for p in pairs:
+        assert_in_range(pairs, f"{p}/confusions", 0, 150)
+        for s in STAGES:
+            assert_in_range(pairs, f"{p}/separation/{s}", 0, 1e3)
+    for init in ("pretrained", "scratch"):
+        for strategy in ("head", "layer4", "full"):
+            arm = f"transfer/{init}_{strategy}"
+            for k in ("test_acc", "final_val_acc"):
+                assert_in_range(m, f"{arm}/{k}", 0, 1)
+            assert_in_range(m, f"{arm}/train_seconds", 0, 1e4)
+            assert_in_range(m, f"{arm}/final_train_loss", 0, 100)
+    assert m["transfer"]["pretrained_head"]["trainable_params"] == 51_300
+    assert m["transfer"]["scratch_full"]["trainable_params"] == 11_227_812
+    for arch, dim in (("resnet18", 512), ("resnet34", 512)):
+        for k in ("head_acc", "probe_acc"):
+            assert_in_range(m, f"depth/{arch}/{k}", 0, 1)
+        assert_in_range(m, f"depth/{arch}/images_per_s", 1, 1e7)
+        assert_in_range(m, f"depth/{arch}/feature_dim", dim, dim)
+    assert_in_range(m, "depth/resnet34/backbone_params_millions", 21, 22)  # 21.28 M without fc
+    assert (smoke_run / "summary.md").exists()
+
+
+@pytest.mark.filterwarnings("ignore:n_jobs value")  # umap: a fixed random_state means one thread
+def test_umap_embedding_reuses_cached_features(smoke_run, tmp_path):
+    """--embed umap on the smoke run's caches (features and head reused, so this costs
+    mostly UMAP's numba compilation)."""
+    shutil.copytree(smoke_run / "cache", tmp_path / "cache")
+    Task1.main(["--smoke", "--out", str(tmp_path), "--experiments", "features", "--embed", "umap",
+                "--n-vis", "60", "--probe-train-size", "100"])
+    assert_png_ok(tmp_path / "features_umap.png")
+    assert not (tmp_path / "features_tsne.png").exists()
+    assert_in_range(load_metrics(tmp_path)["experiments"], "features/probe_acc/layer4", 0, 1)
+
+
+# ----------------------------------------------------------------------------
+# Bad input: exit 2, one line on stderr, earlier outputs kept
+# ----------------------------------------------------------------------------
+
+
+def test_unknown_arch(tmp_path):
+    assert_bad_input("Task1.py", ["--smoke", "--arch", "resnet99"], tmp_path / "out", expect="unknown ResNet")
+
+
+def test_missing_cifar_offline(tmp_path, empty_data_root):
+    args = ["--weights", "none", "--arch", "resnet18", "--experiments", "baseline", "--data-root", str(empty_data_root)]
+    assert_bad_input("Task1.py", args, tmp_path / "out", expect="could not get CIFAR10")
+
+
+def test_corrupt_feature_cache(smoke_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run / "cache", out / "cache")
+    for p in (out / "cache").glob("features-*.pt"):
+        p.write_bytes(b"not a torch file")
+    assert_bad_input("Task1.py", ["--smoke", "--experiments", "baseline"], out, expect="--fresh")
+
+
+def exits_2(argv, capsys, expect):
+    with pytest.raises(SystemExit) as e:
+        Task1.main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1 and expect.lower() in err[0].lower(), err
+
+
+def test_weights_unavailable_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    exits_2(["--smoke", "--weights", "imagenet", "--experiments", "baseline", "--out", str(tmp_path / "o")],
+            capsys, "TORCH_HOME")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_ablate_blocks_and_val_size(tmp_path, capsys):
+    exits_2(["--smoke", "--ablate-blocks", "layer9.0", "--out", str(tmp_path)], capsys, "unknown block")
+    exits_2(["--smoke", "--val-size", "300", "--out", str(tmp_path)], capsys, "--val-size")
+    assert not any(tmp_path.iterdir())
