@@ -705,17 +705,6 @@ def class_separation(feats: np.ndarray, labels: np.ndarray, pairs: list[tuple[in
     return [float(np.linalg.norm(mu[i] - mu[j]) / math.sqrt(max((s2[i] + s2[j]) / 2, 1e-12))) for i, j in pairs]
 
 
-def few_threads(n_rows: int):
-    """One BLAS/OpenMP thread for scikit-learn on fewer than 1,000 rows (the smoke run's
-    probes and t-SNE): there the threads cost more in synchronisation than they save,
-    and on a busy machine far more (measured on the shared 2-core box: a 240 x 512
-    probe took 14.6 s of CPU with 2 threads, 0.4 s with one). Larger problems keep
-    every thread."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1) if n_rows < 1000 else contextlib.nullcontext()
-
-
 def features(model: nn.Module, data: dict, confusion, args, device: torch.device) -> dict:
     """Hooked stage features of --n-vis test images (embedded, silhouette, probe test
     set) and --probe-train-size training images (probe training set)."""
@@ -742,7 +731,7 @@ def features(model: nn.Module, data: dict, confusion, args, device: torch.device
     for stage in STAGES:
         te, trn = blob["test"][stage].numpy(), blob["train"][stage].numpy()
         z[stage] = (te - te.mean(0)) / (te.std(0) + 1e-6)
-        with few_threads(max(len(trn), len(te))):
+        with common.few_threads(max(len(trn), len(te))):
             metrics["probe_acc"][stage] = common.linear_probe(trn, y_tr, te, y_te, seed=args.seed)["test_acc"]
             metrics["silhouette"][stage] = float(silhouette_score(z[stage], y_te)) if len(set(y_te)) > 1 else 0.0
         metrics["dim"][stage] = te.shape[1]
@@ -754,7 +743,7 @@ def features(model: nn.Module, data: dict, confusion, args, device: torch.device
         epath = common.cache_path(args.out, "embed", {**settings, "method": method})
         emb = common.load_cache(epath, args.fresh)
         if emb is None or set(emb.get("xy", {})) != set(STAGES):
-            with few_threads(len(y_te)):
+            with common.few_threads(len(y_te)):
                 xy = {s: torch.from_numpy(common.embed_2d(z[s], method, args.seed)) for s in STAGES}
             emb = {"xy": xy, "config": {**settings, "method": method}}
             common.save_cache(epath, emb)
@@ -978,7 +967,7 @@ def depth(backbone: nn.Module, data: dict, args, device: torch.device, memo: dic
                              ftr[va], y[va], args.epochs, args.lr, args.weight_decay, args.seed, f"{arch} head")
         _, head_acc, _ = evaluate_head(head, fte, data["y_test"])
         p = tr[:args.probe_train_size]
-        with few_threads(max(len(p), len(fte))):
+        with common.few_threads(max(len(p), len(fte))):
             probe_acc = common.linear_probe(ftr[p].cpu().numpy(), y[p].cpu().numpy(), fte.cpu().numpy(),
                                             data["y_test"].cpu().numpy(), seed=args.seed)["test_acc"]
         ips = measure_throughput(model, data["x_test"], args.img_size, args.eval_batch_size, device,

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.linalg import orthogonal_procrustes
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 import common
@@ -321,13 +320,10 @@ def sample_indices(n: int, k: int, seed: int) -> np.ndarray:
 
 
 def joint_view(ax, images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor, classes: list[str],
-               method: str, seed: int, title: str, threads: int | None = None) -> None:
+               method: str, seed: int, title: str) -> None:
     """One 2-D fit on images and class prompts together, so distances between the two
-    modalities are comparable; images are dots, prompts are labelled stars. `threads`
-    caps OpenMP: scikit-learn's Barnes-Hut t-SNE spin-waits badly on an oversubscribed
-    CPU (110 points: 90 s with all threads vs 2 s with one on a busy 2-core machine)."""
-    with threadpool_limits(limits=threads):
-        xy = common.embed_2d(torch.cat([images, cls]).numpy(), method, seed)
+    modalities are comparable; images are dots, prompts are labelled stars."""
+    xy = common.embed_2d(torch.cat([images, cls]).numpy(), method, seed)
     n = len(images)
     common.scatter_by_class(ax, xy[:n], labels.numpy(), classes, title, size=8)
     cmap = plt.get_cmap("tab10")
@@ -340,12 +336,6 @@ def joint_view(ax, images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor
 
 def methods(args) -> list[str]:
     return ["tsne", "umap"] if args.embed == "both" else [args.embed]
-
-
-def embed_threads(args) -> int | None:
-    """One OpenMP thread for the tiny smoke fits (fast, and immune to a busy CPU); all
-    cores for the full run's thousands of points."""
-    return 1 if args.smoke else None
 
 
 # ----------------------------------------------------------------------------
@@ -442,7 +432,7 @@ def gap(E: dict, classes: list[str], args) -> dict:
         fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
         for ax, idx in zip(axes, [small, large]):
             joint_view(ax, img[idx], y[idx], cls, classes, m, args.seed,
-                       f"{len(idx)} test images + {len(classes)} class prompts ({args.prompt})", embed_threads(args))
+                       f"{len(idx)} test images + {len(classes)} class prompts ({args.prompt})")
         fig.suptitle(f"Joint {m} of L2-normalised image and text embeddings (one fit per panel): the modality gap")
         common.save_figure(fig, Path(args.out) / f"gap_joint_{m}.png")
 
@@ -510,8 +500,7 @@ def procrustes(E: dict, classes: list[str], args) -> dict:
         fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
         for ax, idx in zip(axes, [small, large]):
             joint_view(ax, aligned[idx], y_test[idx], cls, classes, m, args.seed,
-                       f"{len(idx)} rotated test images + {len(classes)} class prompts ({args.prompt})",
-                       embed_threads(args))
+                       f"{len(idx)} rotated test images + {len(classes)} class prompts ({args.prompt})")
         fig.suptitle(f"Joint {m} after the Procrustes rotation (fit on train): images move onto their prompts")
         common.save_figure(fig, Path(args.out) / f"procrustes_joint_{m}.png")
 

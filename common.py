@@ -583,6 +583,17 @@ def scatter_by_class(ax, xy: np.ndarray, labels: np.ndarray, class_names: list[s
     return ax
 
 
+def few_threads(n_rows: int, limit: int = 1000):
+    """One BLAS/OpenMP thread for scikit-learn on fewer than `limit` rows (smoke-sized
+    probes and t-SNE): there threads cost more in synchronisation than they save, and
+    on a busy machine far more (measured on a shared 2-core box: a 240 x 512 probe took
+    14.6 s of CPU with 2 threads and 0.4 s with one; a 110-point t-SNE 90 s vs 2 s).
+    Larger problems keep every thread."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1) if n_rows < limit else contextlib.nullcontext()
+
+
 def embed_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
     """[N, D] -> [N, 2] by t-SNE (PCA init, perplexity capped for small N) or UMAP.
     UMAP is imported lazily: numba compiles it for ~20 s in every new process."""
@@ -592,11 +603,13 @@ def embed_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        with few_threads(n):
+            return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
     if method == "umap":
         import umap
 
-        return umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed).fit_transform(x)
+        with few_threads(n):
+            return umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed).fit_transform(x)
     raise ValueError(f"unknown embedding {method!r}")
 
 
@@ -632,12 +645,18 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
     """Logistic regression on standardised features, its inverse regularisation C
     chosen on a held-out part of the training set, then refitted on all of it.
     Returns {"test_acc", "val_acc", "C", "model", "scaler"}."""
+
+    x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    with few_threads(len(x_train)):
+        return _fit_probe(x_train, y_train, x_test, y_test, Cs, val_fraction, seed, max_iter)
+
+
+def _fit_probe(x_train, y_train, x_test, y_test, Cs, val_fraction, seed, max_iter) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
-    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     counts = np.bincount(y_train)
     stratify = y_train if counts[counts > 0].min() >= 2 else None
     xa, xv, ya, yv = train_test_split(x_train, y_train, test_size=val_fraction, random_state=seed, stratify=stratify)

@@ -8,6 +8,8 @@
 
 Same model (architecture.VAE), optimiser, loss and batch size on the same synthetic
 MNIST-shaped images; each side runs `--repeats` epochs and the median is compared.
+A second comparison times the input pipelines alone (no model): on a CPU the model's
+compute hides the pipeline, on a GPU the pipeline is what limits the epoch.
 Run:  python benchmarks/bench_vae.py                      (CPU, 10,000 images)
       python benchmarks/bench_vae.py --n 60000 --device cuda --workers 4
 """
@@ -56,11 +58,14 @@ def sync(device):
 
 
 def epoch_device_tensor(model, opt, x_dev, batch, device):
+    """model=None times the batching alone: the ceiling the input pipeline sets."""
     sync(device)
     t0 = time.perf_counter()
     perm = torch.randperm(len(x_dev), device=device)
     for i in range(0, len(x_dev), batch):
-        step(model, opt, x_dev[perm[i:i + batch]])
+        x = x_dev[perm[i:i + batch]]
+        if model is not None:
+            step(model, opt, x)
     sync(device)
     return time.perf_counter() - t0
 
@@ -69,7 +74,9 @@ def epoch_dataloader(model, opt, loader, device):
     sync(device)
     t0 = time.perf_counter()
     for x, _ in loader:
-        step(model, opt, x.to(device, non_blocking=True))
+        x = x.to(device, non_blocking=True)
+        if model is not None:
+            step(model, opt, x)
     sync(device)
     return time.perf_counter() - t0
 
@@ -98,12 +105,16 @@ def main():
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both sides alike
         a.append(epoch_device_tensor(model, opt, x_dev, args.batch_size, device))
         b.append(epoch_dataloader(model, opt, loader, device))
-    ma, mb = statistics.median(a), statistics.median(b)
+    da = [epoch_device_tensor(None, None, x_dev, args.batch_size, device) for _ in range(args.repeats)]
+    db = [epoch_dataloader(None, None, loader, device) for _ in range(args.repeats)]
     print(f"{args.n} images, batch {args.batch_size}, {args.repeats} epochs each, device {device}, "
           f"workers {args.workers}")
-    print(f"device tensor : median {ma:.3f} s/epoch  ({args.n / ma:,.0f} images/s)")
-    print(f"DataLoader+PIL: median {mb:.3f} s/epoch  ({args.n / mb:,.0f} images/s)")
-    print(f"ratio (DataLoader / device tensor): {mb / ma:.2f}x")
+    for what, ta, tb in [("training epoch", a, b), ("input pipeline only", da, db)]:
+        ma, mb = statistics.median(ta), statistics.median(tb)
+        print(f"{what}:")
+        print(f"  device tensor : median {ma:.3f} s/epoch  ({args.n / ma:,.0f} images/s)")
+        print(f"  DataLoader+PIL: median {mb:.3f} s/epoch  ({args.n / mb:,.0f} images/s)")
+        print(f"  ratio (DataLoader / device tensor): {mb / ma:.2f}x")
 
 
 if __name__ == "__main__":
