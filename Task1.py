@@ -74,9 +74,9 @@ TRANSFER_STRATEGIES = ("head", "layer4", "full")
 # --smoke: ResNet-18 sized random models at CIFAR's own 32 px on a few hundred
 # generated images; every experiment, figure and metric of the full run still happens.
 SMOKE = {"arch": "resnet18", "weights": "none", "img_size": 32, "train_size": 300, "test_size": 150,
-         "val_size": 60, "batch_size": 32, "eval_batch_size": 150, "grad_batch": 16, "n_vis": 150,
-         "probe_train_size": 200, "transfer_train_size": 100, "transfer_val_size": 20,
-         "transfer_test_size": 100, "transfer_epochs": 2, "transfer_batch_size": 40,
+         "val_size": 60, "batch_size": 32, "eval_batch_size": 150, "grad_batch": 16, "n_vis": 100,
+         "probe_train_size": 150, "transfer_train_size": 64, "transfer_val_size": 20,
+         "transfer_test_size": 64, "transfer_epochs": 2, "transfer_batch_size": 32,
          "depth_archs": ["resnet18", "resnet34"], "throughput_batches": 1}
 
 

@@ -138,7 +138,7 @@ def build_parser() -> common.Parser:
 
 
 # Smoke: the digits set, 5 iterations per epoch, two epochs per run, small probes.
-SMOKE = {"epochs": 2, "max_iters_per_epoch": 5, "eval_every": 1, "eval_samples": 200, "pair_samples": 100,
+SMOKE = {"epochs": 2, "max_iters_per_epoch": 5, "eval_every": 1, "eval_samples": 150, "pair_samples": 100,
          "nn_samples": 50, "clf_epochs": 2, "clf_width": 8, "vanish_epochs": 2, "vanish_warmup_iters": 5,
          "collapse_epochs": 2, "arm_eval_every": 1, "overfit_epochs": 2, "overfit_eval_every": 1, "overfit_n": 300,
          "overfit_class_n": 100}
