@@ -59,6 +59,19 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def iterations_per_second(step, iters, device) -> float:
+    """5 warm-up iterations, then `iters` timed ones; the last log row is read back so
+    the clock stops only when the device has finished."""
+    for it in range(5):
+        step(it)
+    sync(device)
+    t0 = time.perf_counter()
+    for it in range(iters):
+        row = step(it)
+    row.sum().item()
+    return iters / (time.perf_counter() - t0)
+
+
 def time_device_tensor(images, iters, batch, device) -> float:
     """Task 3's loop: one normalised device tensor, batches are index slices of a
     device permutation; iterations/s over `iters` iterations (after a warm-up)."""
@@ -76,14 +89,7 @@ def time_device_tensor(images, iters, batch, device) -> float:
         state["i"] += 1
         return Task3.gan_iteration(G, D, opt_g, opt_d, real, sample, cfg, it, iters, True, device)
 
-    for it in range(5):
-        step(it)
-    sync(device)
-    t0 = time.perf_counter()
-    for it in range(iters):
-        row = step(it)
-    row.sum().item()                                                         # wait for the device
-    return iters / (time.perf_counter() - t0)
+    return iterations_per_second(step, iters, device)
 
 
 def time_dataloader(images, iters, batch, device, workers) -> float:
@@ -110,14 +116,7 @@ def time_dataloader(images, iters, batch, device, workers) -> float:
     def step(it):
         return Task3.gan_iteration(G, D, opt_g, opt_d, next_batch(), next_batch, cfg, it, iters, True, device)
 
-    for it in range(5):
-        step(it)
-    sync(device)
-    t0 = time.perf_counter()
-    for it in range(iters):
-        row = step(it)
-    row.sum().item()
-    return iters / (time.perf_counter() - t0)
+    return iterations_per_second(step, iters, device)
 
 
 def main(argv=None):
