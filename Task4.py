@@ -334,6 +334,21 @@ def joint_view(ax, images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor
     ax.set_ylabel(f"{method} 2")
 
 
+def joint_figures(images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor, classes: list[str], args,
+                  what: str, name: str, caption: str) -> None:
+    """<name>_<method>.png per embedding method: two joint views, the small sample the
+    assignment asks for (--tsne-small) and a larger one (--tsne-large)."""
+    small = sample_indices(len(labels), args.tsne_small, args.seed)
+    large = sample_indices(len(labels), args.tsne_large, args.seed + 1)
+    for m in methods(args):
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+        for ax, idx in zip(axes, [small, large]):
+            joint_view(ax, images[idx], labels[idx], cls, classes, m, args.seed,
+                       f"{len(idx)} {what} + {len(classes)} class prompts ({args.prompt})")
+        fig.suptitle(f"Joint {m} {caption}")
+        common.save_figure(fig, Path(args.out) / f"{name}_{m}.png")
+
+
 def methods(args) -> list[str]:
     return ["tsne", "umap"] if args.embed == "both" else [args.embed]
 
@@ -426,15 +441,8 @@ def gap(E: dict, classes: list[str], args) -> dict:
     ax.legend(fontsize=7)
     common.save_figure(fig, Path(args.out) / "gap_cosine_hist.png")
 
-    small = sample_indices(len(y), args.tsne_small, args.seed)
-    large = sample_indices(len(y), args.tsne_large, args.seed + 1)
-    for m in methods(args):
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-        for ax, idx in zip(axes, [small, large]):
-            joint_view(ax, img[idx], y[idx], cls, classes, m, args.seed,
-                       f"{len(idx)} test images + {len(classes)} class prompts ({args.prompt})")
-        fig.suptitle(f"Joint {m} of L2-normalised image and text embeddings (one fit per panel): the modality gap")
-        common.save_figure(fig, Path(args.out) / f"gap_joint_{m}.png")
+    joint_figures(img, y, cls, classes, args, "test images", "gap_joint",
+                  "of L2-normalised image and text embeddings (one fit per panel): the modality gap")
 
     print(f"  gap (normalised) {g.norm():.4f}   gap (raw) {g_raw.norm():.4f}   "
           f"matched cos {matched.mean():.3f}   image-image {img_img.mean():.3f}   text-text {txt_txt.mean():.3f}")
@@ -443,7 +451,7 @@ def gap(E: dict, classes: list[str], args) -> dict:
             "text_norm_raw_mean": float(E["text"][args.prompt].norm(dim=-1).mean()),
             "cos_matched_mean": float(matched.mean()), "cos_unmatched_mean": float(unmatched.mean()),
             "cos_image_image_mean": float(img_img.mean()), "cos_text_text_mean": float(txt_txt.mean()),
-            "n_small": len(small), "n_large": len(large)}
+            "n_small": min(args.tsne_small, len(y)), "n_large": min(args.tsne_large, len(y))}
 
 
 # ----------------------------------------------------------------------------
@@ -494,15 +502,8 @@ def procrustes(E: dict, classes: list[str], args) -> dict:
 
     cls = class_embeddings(E["text"][args.prompt])
     aligned = img_test @ torch.from_numpy(rotations[args.prompt]).float()
-    small = sample_indices(len(y_test), args.tsne_small, args.seed)
-    large = sample_indices(len(y_test), args.tsne_large, args.seed + 1)
-    for m in methods(args):
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-        for ax, idx in zip(axes, [small, large]):
-            joint_view(ax, aligned[idx], y_test[idx], cls, classes, m, args.seed,
-                       f"{len(idx)} rotated test images + {len(classes)} class prompts ({args.prompt})")
-        fig.suptitle(f"Joint {m} after the Procrustes rotation (fit on train): images move onto their prompts")
-        common.save_figure(fig, Path(args.out) / f"procrustes_joint_{m}.png")
+    joint_figures(aligned, y_test, cls, classes, args, "rotated test images", "procrustes_joint",
+                  "after the Procrustes rotation (fit on train): images move onto their prompts")
 
     return {**out, "linear_probe_top1": probe["test_acc"], "n_train": len(E["y_train"]),
             "max_orthogonality_error": max(out[s]["orthogonality_error"] for s in STRATEGIES)}
