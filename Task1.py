@@ -77,7 +77,7 @@ SMOKE = {"arch": "resnet18", "weights": "none", "img_size": 32, "train_size": 30
          "val_size": 60, "batch_size": 32, "eval_batch_size": 150, "grad_batch": 16, "n_vis": 100,
          "probe_train_size": 150, "transfer_train_size": 64, "transfer_val_size": 20,
          "transfer_test_size": 64, "transfer_epochs": 2, "transfer_batch_size": 32,
-         "depth_archs": ["resnet18", "resnet34"], "throughput_batches": 1}
+         "depth_archs": ["resnet18", "resnet34"], "throughput_batches": 1, "epochs": 3}
 
 
 def resnet_arch(text: str) -> str:
