@@ -59,23 +59,51 @@ def assert_in_range(metrics: dict, key: str, lo: float, hi: float) -> None:
     assert lo <= node <= hi, f"{key} = {node} not in [{lo}, {hi}]"
 
 
-def assert_bad_input(script: str, args: list[str], out: Path, expect: str = "", env: dict | None = None) -> str:
-    """The run exits 2 with exactly one line on stderr (no traceback) containing
-    `expect`, and whatever was in `out` before is still there, unchanged."""
+def _snapshot(out: Path) -> dict:
+    """Every file in `out` (an earlier run's metrics.json is put there first)."""
     out.mkdir(parents=True, exist_ok=True)
     sentinel = out / "metrics.json"
     if not sentinel.exists():
         sentinel.write_text('{"task": "earlier run", "experiments": {"kept": {"x": 1}}}\n')
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    r = run_cli(script, *args, "--out", str(out), env=env)
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == 2, f"exit {r.returncode}, stderr:\n{r.stderr[-2000:]}"
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{r.stderr[-2000:]}"
-    assert "Traceback" not in r.stderr and "error" in lines[0], lines[0]
-    assert expect.lower() in lines[0].lower(), f"{expect!r} not in {lines[0]!r}"
+    return {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def _assert_kept(before: dict) -> None:
     for p, content in before.items():
         assert p.exists() and p.read_bytes() == content, f"{p} was lost or changed"
+
+
+def _one_error_line(stderr: str, expect: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr[-2000:]}"
+    assert "Traceback" not in stderr and "error" in lines[0], lines[0]
+    assert expect.lower() in lines[0].lower(), f"{expect!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def assert_bad_input(script: str, args: list[str], out: Path, expect: str = "", env: dict | None = None) -> str:
+    """The run exits 2 with exactly one line on stderr (no traceback) containing
+    `expect`, and whatever was in `out` before is still there, unchanged."""
+    before = _snapshot(out)
+    r = run_cli(script, *args, "--out", str(out), env=env)
+    assert r.returncode == 2, f"exit {r.returncode}, stderr:\n{r.stderr[-2000:]}"
+    line = _one_error_line(r.stderr, expect)
+    _assert_kept(before)
+    return line
+
+
+def assert_bad_input_in_process(main, args: list[str], capsys, expect: str = "", out: Path | None = None) -> str:
+    """assert_bad_input without a new interpreter (saves ~5 s of imports): main(args)
+    exits 2 with one stderr line containing `expect`. With `out`, it runs with
+    `--out out` and the files already there must stay unchanged."""
+    before = _snapshot(out) if out is not None else {}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out", str(out)] if out is not None else args)
+    assert e.value.code == 2, f"exit {e.value.code}"
+    line = _one_error_line(capsys.readouterr().err, expect)
+    _assert_kept(before)
+    return line
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import Task1
-from conftest import assert_bad_input, assert_in_range, assert_png_ok, load_metrics
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+                      load_metrics)
 
 # ----------------------------------------------------------------------------
 # Shortcut ablation
@@ -359,21 +360,15 @@ def test_corrupt_feature_cache(smoke_run, tmp_path):
     assert_bad_input("Task1.py", ["--smoke", "--experiments", "baseline"], out, expect="--fresh")
 
 
-def exits_2(argv, capsys, expect):
-    with pytest.raises(SystemExit) as e:
-        Task1.main(argv)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert e.value.code == 2 and len(err) == 1 and expect.lower() in err[0].lower(), err
-
-
 def test_weights_unavailable_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    exits_2(["--smoke", "--weights", "imagenet", "--experiments", "baseline", "--out", str(tmp_path / "o")],
-            capsys, "TORCH_HOME")
+    argv = ["--smoke", "--weights", "imagenet", "--experiments", "baseline", "--out", str(tmp_path / "o")]
+    assert_bad_input_in_process(Task1.main, argv, capsys, "TORCH_HOME")
     assert not (tmp_path / "o").exists()
 
 
 def test_bad_ablate_blocks_and_val_size(tmp_path, capsys):
-    exits_2(["--smoke", "--ablate-blocks", "layer9.0", "--out", str(tmp_path)], capsys, "unknown block")
-    exits_2(["--smoke", "--val-size", "300", "--out", str(tmp_path)], capsys, "--val-size")
+    out = ["--out", str(tmp_path)]
+    assert_bad_input_in_process(Task1.main, ["--smoke", "--ablate-blocks", "layer9.0", *out], capsys, "unknown block")
+    assert_bad_input_in_process(Task1.main, ["--smoke", "--val-size", "300", *out], capsys, "--val-size")
     assert not any(tmp_path.iterdir())

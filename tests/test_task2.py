@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import Task2
-from conftest import assert_bad_input, assert_in_range, assert_png_ok, load_metrics
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+                      load_metrics)
 
 
 @pytest.fixture(scope="module")
@@ -368,29 +369,12 @@ def test_smoke_metrics(smoke_out):
 # ----------------------------------------------------------------------------
 
 
-def assert_bad_input_in_process(args: list[str], out: Path, capsys, expect: str) -> str:
-    """assert_bad_input's checks without a new interpreter (saves ~5 s of imports each):
-    exit 2, one line on stderr naming `expect`, earlier files in `out` untouched."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text('{"task": "earlier run", "experiments": {"kept": {"x": 1}}}\n')
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        Task2.main([*args, "--out", str(out)])
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert e.value.code == 2 and len(lines) == 1, lines
-    assert "error" in lines[0] and expect.lower() in lines[0].lower(), lines[0]
-    for p, content in before.items():
-        assert p.exists() and p.read_bytes() == content, f"{p} was lost or changed"
-    return lines[0]
-
-
 def test_unreadable_image_path(tmp_path, capsys):
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("this is text, not a JPEG")
     assert_bad_input("Task2.py", ["--smoke", "--images", str(not_an_image)], tmp_path / "out", expect="notes.jpg")
-    assert_bad_input_in_process(["--smoke", "--images", str(tmp_path / "missing.png")], tmp_path / "out", capsys,
-                                expect="missing.png")
+    assert_bad_input_in_process(Task2.main, ["--smoke", "--images", str(tmp_path / "missing.png")], capsys,
+                                expect="missing.png", out=tmp_path / "out")
 
 
 def test_unknown_model_offline(tmp_path):
@@ -407,9 +391,11 @@ def test_corrupt_feature_cache(tmp_path, smoke_out, capsys):
     shutil.copytree(smoke_out / "cache", out / "cache")
     for p in (out / "cache").glob("features-*.pt"):
         p.write_bytes(b"not a torch file")
-    assert_bad_input_in_process(["--smoke", "--experiments", "probe"], out, capsys, expect="--fresh")
+    assert_bad_input_in_process(Task2.main, ["--smoke", "--experiments", "probe"], capsys, expect="--fresh", out=out)
 
 
 def test_bad_flag_values(tmp_path, capsys):
-    assert_bad_input_in_process(["--smoke", "--mask-fractions", "0,1.5"], tmp_path / "out", capsys, expect="fractions")
-    assert_bad_input_in_process(["--smoke", "--discard-ratio", "1"], tmp_path / "out", capsys, expect="discard")
+    assert_bad_input_in_process(Task2.main, ["--smoke", "--mask-fractions", "0,1.5"], capsys, expect="fractions",
+                                out=tmp_path / "out")
+    assert_bad_input_in_process(Task2.main, ["--smoke", "--discard-ratio", "1"], capsys, expect="discard",
+                                out=tmp_path / "out")

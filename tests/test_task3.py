@@ -13,7 +13,8 @@ import common
 import Task3
 from architecture import (Discriminator, Generator, MinibatchStdDev, ReferenceDiscriminator,
                           ReferenceGenerator)
-from conftest import assert_bad_input, assert_in_range, assert_png_ok, load_metrics
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+                      load_metrics)
 
 # ----------------------------------------------------------------------------
 # Losses: closed-form gradients
@@ -363,10 +364,7 @@ def test_bad_flag_values(tmp_path):
 def test_bad_values_in_process(tmp_path, capsys, argv, expect):
     """The same contract without a subprocess: exit 2, one stderr line, nothing written."""
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
-        Task3.main(["--smoke", "--out", str(out), *argv])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert e.value.code == 2 and len(err) == 1 and expect in err[0], err
+    assert_bad_input_in_process(Task3.main, ["--smoke", "--out", str(out), *argv], capsys, expect)
     assert not out.exists()
 
 

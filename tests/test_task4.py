@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import Task4
-from conftest import assert_bad_input, assert_in_range, assert_png_ok, load_metrics
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+                      load_metrics)
 
 # ----------------------------------------------------------------------------
 # Prompt strategies
@@ -315,10 +316,7 @@ def test_weights_that_cannot_be_fetched_name_the_way_out(tmp_path, empty_data_ro
                                             (["--prompt", "poem"], "invalid choice")])
 def test_bad_knobs_exit_2_before_writing_anything(tmp_path, capsys, flags, expect):
     # in-process (the subprocess path is covered above): same main, no interpreter start-up
-    with pytest.raises(SystemExit) as e:
-        Task4.main(["--smoke", "--out", str(tmp_path / "out"), *flags])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert e.value.code == 2 and len(err) == 1 and "error" in err[0] and expect in err[0], err
+    assert_bad_input_in_process(Task4.main, ["--smoke", "--out", str(tmp_path / "out"), *flags], capsys, expect)
     assert not (tmp_path / "out").exists()
 
 
