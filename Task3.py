@@ -42,12 +42,11 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import common
-from architecture import (Discriminator, Generator, ReferenceDiscriminator, ReferenceGenerator,
+from architecture import (DigitClassifier, Discriminator, Generator, ReferenceDiscriminator, ReferenceGenerator,
                           init_gan_weights)
 
 import matplotlib.pyplot as plt  # noqa: E402  (common selected the Agg backend)
@@ -235,30 +234,6 @@ def feature_matching_loss(real_feats: torch.Tensor, fake_feats: torch.Tensor) ->
     return (real_feats.float().mean(0) - fake_feats.float().mean(0)).pow(2).sum()
 
 
-class DigitClassifier(nn.Module):
-    """The evaluation CNN (not part of any GAN): x [B, 1, 28, 28] in [-1, 1] ->
-    two conv-conv-pool stages (w, 2w channels; 28 -> 14 -> 7) -> linear 128 (the
-    penultimate features FD-MNIST-classifier uses) -> 10 logits."""
-
-    def __init__(self, width: int = 32, feat_dim: int = 128):
-        super().__init__()
-
-        def conv(i, o):
-            return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-
-        w = width
-        self.body = nn.Sequential(*conv(1, w), *conv(w, w), nn.MaxPool2d(2),             # [B, w, 14, 14]
-                                  *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.MaxPool2d(2),  # [B, 2w, 7, 7]
-                                  nn.Flatten(), nn.Linear(2 * w * 49, feat_dim), nn.ReLU())
-        self.head = nn.Linear(feat_dim, 10)
-
-    def features(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.head(self.body(x))
-
-
 def classifier_settings(args) -> dict:
     return {"data": "smoke" if args.smoke else "mnist", "seed": args.seed, "epochs": args.clf_epochs,
             "lr": args.clf_lr, "width": args.clf_width, "batch": 128, "version": 1}
@@ -364,15 +339,6 @@ def mean_pairwise_distance(x: torch.Tensor) -> float:
     return float(d.sum() / (n * (n - 1)))
 
 
-def nearest_distance(x: torch.Tensor, ref: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """For each x [N, ...] the L2 distance to its nearest row of ref [M, ...] -> [N]."""
-    f = x.flatten(1).float()
-    best = torch.full((len(f),), float("inf"), device=f.device)
-    for i in range(0, len(ref), chunk):
-        best = torch.minimum(best, torch.cdist(f, ref[i:i + chunk].flatten(1).float()).min(1).values)
-    return best
-
-
 @torch.no_grad()
 def generate(G, z: torch.Tensor, batch: int) -> torch.Tensor:
     """G(z) in ~equal chunks of at most `batch` (never a chunk of 1, which BatchNorm
@@ -408,7 +374,7 @@ def eval_context(args, clf, x_train, x_heldout, device) -> dict:
     # and held-out images' distance to their nearest training image (what "not copied" looks like)
     tr_probs, tr_feats = classify(clf, x_train[:n])
     hist = class_histogram(tr_probs.argmax(1))
-    held_nn = nearest_distance(to_unit(x_heldout[:args.nn_samples]), ctx["train01"]).mean().item()
+    held_nn = common.nearest_distance(to_unit(x_heldout[:args.nn_samples]), ctx["train01"]).mean().item()
     ctx["real"] = {"coverage": mode_coverage(hist, args.coverage_share), "kl_uniform": kl_from_uniform(hist),
                    "confidence": tr_probs.max(1).values.mean().item(),
                    "fd_mnist_classifier": frechet_distance(*gaussian_stats(tr_feats), mu, cov),
@@ -426,7 +392,7 @@ def evaluate(G, D, ctx, args) -> tuple[dict, list]:
     probs, feats = classify(ctx["clf"], x)
     hist = class_histogram(probs.argmax(1))
     u = to_unit(x)
-    mem = nearest_distance(u[:args.nn_samples], ctx["train01"]).mean().item()
+    mem = common.nearest_distance(u[:args.nn_samples], ctx["train01"]).mean().item()
     D.eval()
     d_train = torch.cat([torch.sigmoid(D(b).float()) for b in ctx["probe_train"].split(args.batch_size)]).mean()
     d_held = torch.cat([torch.sigmoid(D(b).float()) for b in ctx["probe_heldout"].split(args.batch_size)]).mean()

@@ -35,12 +35,11 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import common
-from architecture import VAE
+from architecture import VAE, DigitClassifier
 
 # ----------------------------------------------------------------------------
 # Arguments
@@ -49,7 +48,7 @@ from architecture import VAE
 EXPERIMENTS = ["train", "reconstruct", "generate", "collapse", "mitigate", "latent", "likelihood"]
 
 # --smoke: every knob left at its default takes these values (a few seconds on CPU).
-SMOKE = dict(epochs=1, val_size=200, n_samples=64, clf_epochs=1, n_vis=200, iwae_k=32, iwae_n=32,
+SMOKE = dict(epochs=1, val_size=200, n_samples=64, clf_epochs=2, n_vis=200, iwae_k=32, iwae_n=32,
              warmup_epochs=1, aggressive_epochs=1, aggressive_steps=1, batch_size=64)
 
 
@@ -276,26 +275,13 @@ def fit_or_load(name: str, data, args, device, **arm) -> tuple[VAE, dict]:
 # ----------------------------------------------------------------------------
 
 
-class SmallCNN(nn.Module):
-    """Scores samples: 1x28x28 -> 10 classes (~99% on MNIST, ~90% on FashionMNIST)."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # [B, 32, 14, 14]
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # [B, 64, 7, 7]
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def classifier(data, args, device) -> tuple[SmallCNN, float]:
-    """Train (or load) the scoring CNN; returns it and its test accuracy."""
-    settings = {"dataset": args.dataset, "smoke": args.smoke, "epochs": args.clf_epochs, "seed": args.seed,
-                "val_size": args.val_size}
+def classifier(data, args, device) -> tuple[DigitClassifier, float]:
+    """Train (or load) the scoring CNN (architecture.DigitClassifier, shared with Task 3)
+    on this task's training images in [0, 1]; returns it in eval mode and its test accuracy."""
+    settings = {"net": "DigitClassifier", "dataset": args.dataset, "smoke": args.smoke, "epochs": args.clf_epochs,
+                "seed": args.seed, "val_size": args.val_size}
     path = common.cache_path(args.out, "classifier", settings)
-    clf = SmallCNN().to(device)
+    clf = DigitClassifier().to(device)
     ckpt = common.load_cache(path, args.fresh)
     if ckpt is not None:
         clf.load_state_dict(ckpt["state_dict"])
@@ -321,22 +307,13 @@ def classifier(data, args, device) -> tuple[SmallCNN, float]:
     return clf, acc
 
 
-@torch.no_grad()
 def nearest_train_rmse(samples: torch.Tensor, x_train: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Per sample [S]: root-mean-square pixel distance to its nearest training image.
-    ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2, one matmul per chunk of training images."""
-    a = samples.flatten(1).float()
-    a2 = a.pow(2).sum(1, keepdim=True)
-    best = torch.full((len(a),), float("inf"), device=a.device)
-    for i in range(0, len(x_train), chunk):
-        b = x_train[i:i + chunk].flatten(1).float()
-        d2 = (a2 - 2 * a @ b.T + b.pow(2).sum(1)[None]).clamp(min=0)
-        best = torch.minimum(best, d2.min(1).values)
-    return (best / a.shape[1]).sqrt()
+    """Per sample [S]: root-mean-square pixel distance to its nearest training image."""
+    return common.nearest_distance(samples, x_train, chunk) / math.sqrt(samples[0].numel())
 
 
 @torch.no_grad()
-def sample_quality(images: torch.Tensor, clf: SmallCNN, x_train: torch.Tensor) -> dict:
+def sample_quality(images: torch.Tensor, clf: DigitClassifier, x_train: torch.Tensor) -> dict:
     """Two proxies that fail differently: the scoring CNN's mean max-probability (high
     when a sample looks like some class; a blurry average scores low) and the RMSE to
     the nearest training image (low when samples resemble real data; 0 would be

@@ -10,6 +10,10 @@
                  Task 3: PyTorch-GAN's implementations/gan/gan.py, layer for layer
                  (100 -> 128 -> 256 -> 512 -> 1024 -> 784 with BatchNorm; 784 -> 512
                  -> 256 -> 1).
+    DigitClassifier
+                 Tasks 3 and 5: a small CNN that scores generated 1x28x28 images
+                 (class, confidence, penultimate features). Not part of any model
+                 studied; >= 99% on MNIST after a few epochs.
 
 Shapes in comments are [batch, channels, height, width].
 """
@@ -190,3 +194,32 @@ class ReferenceDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x)).squeeze(1)
+
+
+# ----------------------------------------------------------------------------
+# Tasks 3 and 5: a small CNN that scores generated digits and clothes
+# ----------------------------------------------------------------------------
+
+
+class DigitClassifier(nn.Module):
+    """The evaluation CNN of Tasks 3 and 5: x [B, 1, 28, 28] (in the range it was trained on) ->
+    two conv-conv-pool stages (w, 2w channels; 28 -> 14 -> 7) -> linear 128 (the
+    penultimate features FD-MNIST-classifier uses) -> 10 logits."""
+
+    def __init__(self, width: int = 32, feat_dim: int = 128):
+        super().__init__()
+
+        def conv(i, o):
+            return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+
+        w = width
+        self.body = nn.Sequential(*conv(1, w), *conv(w, w), nn.MaxPool2d(2),             # [B, w, 14, 14]
+                                  *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.MaxPool2d(2),  # [B, 2w, 7, 7]
+                                  nn.Flatten(), nn.Linear(2 * w * 49, feat_dim), nn.ReLU())
+        self.head = nn.Linear(feat_dim, 10)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))

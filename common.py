@@ -7,7 +7,9 @@
     outputs     Results (metrics.json, summary.md, experiment loop), cache files
     plots       save_figure, image_grid, line_plot, scatter_by_class, embed_2d,
                 plot_confusion
-    probes      linear_probe (standardised logistic regression, C on a val split)
+    neighbours  nearest_distance (sample to nearest training image)
+    probes      linear_probe (standardised logistic regression, C on a val split),
+                few_threads
 
 The contract these implement is ../shared/CONVENTIONS.md.
 """
@@ -632,6 +634,22 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, tit
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------
+# Nearest neighbours
+# ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def nearest_distance(x: torch.Tensor, ref: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """For each x [N, ...] the L2 distance to its nearest row of ref [M, ...] -> [N];
+    ref is scanned in chunks, so a whole training set fits."""
+    f = x.flatten(1).float()
+    best = torch.full((len(f),), float("inf"), device=f.device)
+    for i in range(0, len(ref), chunk):
+        best = torch.minimum(best, torch.cdist(f, ref[i:i + chunk].flatten(1).float()).min(1).values)
+    return best
 
 
 # ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 
 import common
 import Task3
-from architecture import (Discriminator, Generator, MinibatchStdDev, ReferenceDiscriminator,
+from architecture import (DigitClassifier, Discriminator, Generator, MinibatchStdDev, ReferenceDiscriminator,
                           ReferenceGenerator)
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       load_metrics)
@@ -127,7 +127,7 @@ def test_diversity_and_memorisation_distances():
     train = torch.rand(50, 1, 4, 4)
     copies = train[[3, 7]].clone()
     copies[1, 0, 2, 2] += 0.25                                               # one pixel moved by 0.25
-    d = Task3.nearest_distance(copies, train, chunk=16)                      # chunks must not matter
+    d = common.nearest_distance(copies, train, chunk=16)                      # chunks must not matter
     assert d[0].item() == pytest.approx(0.0, abs=1e-5)
     assert d[1].item() == pytest.approx(0.25, abs=1e-4)
 
@@ -253,7 +253,7 @@ def tiny_setup(tmp_path):
                                             "--nn-samples", "10", "--batch-size", "16", "--eval-every", "1"])
     torch.manual_seed(0)
     x = torch.rand(64, 1, 28, 28) * 2 - 1
-    clf = Task3.DigitClassifier(width=4).eval()
+    clf = DigitClassifier(width=4).eval()
     ctx = Task3.eval_context(args, clf, x[:48], x[48:], torch.device("cpu"))
     return args, x[:48], ctx
 
