@@ -48,7 +48,7 @@ from architecture import VAE, DigitClassifier
 EXPERIMENTS = ["train", "reconstruct", "generate", "collapse", "mitigate", "latent", "likelihood"]
 
 # --smoke: every knob left at its default takes these values (a few seconds on CPU).
-SMOKE = dict(epochs=1, val_size=200, n_samples=64, clf_epochs=2, n_vis=200, iwae_k=32, iwae_n=32,
+SMOKE = dict(epochs=1, val_size=200, n_samples=64, clf_epochs=2, clf_width=16, n_vis=200, iwae_k=32, iwae_n=32,
              warmup_epochs=1, aggressive_epochs=1, aggressive_steps=1, batch_size=64)
 
 
@@ -70,6 +70,8 @@ def build_parser():
                    help="samples per prior for the sample-quality proxies (default: 1000)")
     g.add_argument("--clf-epochs", type=common.positive_int, default=3,
                    help="epochs of the small CNN that scores sample quality (default: 3)")
+    g.add_argument("--clf-width", type=common.positive_int, default=32,
+                   help="channels of the scoring CNN's first stage (default: 32)")
     g.add_argument("--collapse-beta", type=common.positive_float, default=30.0,
                    help="KL weight of the run that provokes posterior collapse (default: 30)")
     g.add_argument("--warmup-epochs", type=common.positive_int, default=10,
@@ -278,10 +280,10 @@ def fit_or_load(name: str, data, args, device, **arm) -> tuple[VAE, dict]:
 def classifier(data, args, device) -> tuple[DigitClassifier, float]:
     """Train (or load) the scoring CNN (architecture.DigitClassifier, shared with Task 3)
     on this task's training images in [0, 1]; returns it in eval mode and its test accuracy."""
-    settings = {"net": "DigitClassifier", "dataset": args.dataset, "smoke": args.smoke, "epochs": args.clf_epochs,
-                "seed": args.seed, "val_size": args.val_size}
+    settings = {"net": "DigitClassifier", "width": args.clf_width, "dataset": args.dataset, "smoke": args.smoke,
+                "epochs": args.clf_epochs, "seed": args.seed, "val_size": args.val_size}
     path = common.cache_path(args.out, "classifier", settings)
-    clf = DigitClassifier().to(device)
+    clf = DigitClassifier(args.clf_width).to(device)
     ckpt = common.load_cache(path, args.fresh)
     if ckpt is not None:
         clf.load_state_dict(ckpt["state_dict"])
