@@ -1,8 +1,11 @@
 """Shared pieces of the five tasks, and only those that two or more tasks use.
 
-    errors      UserError (one line, exit 2), Diverged (NaN/inf: stop this run only)
+    errors      UserError (one line, exit 2; also GPU out-of-memory), Diverged (NaN/inf:
+                stop this run only)
+    console     progress (tqdm on a terminal, periodic plain lines in a log)
     cli         make_parser (the flags every task has), parse_args (smoke overrides)
-    device      pick_device, autocast, seed_everything
+    device      pick_device, amp_dtype/autocast/grad_scaler (bf16 on compute capability
+                >= 8, fp16 + loss scaling below, fp32 on CPU/MPS), seed_everything
     data        load_split: torchvision datasets on full runs, offline smoke sets
     outputs     Results (metrics.json, summary.md, experiment loop), cache files
     plots       save_figure, image_grid, line_plot, scatter_by_class, embed_2d,
@@ -33,6 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import matplotlib
 
@@ -57,20 +61,71 @@ class Diverged(Exception):
 
 
 @contextlib.contextmanager
-def user_errors(prog: str):
-    """Wrap a task's main: a UserError becomes `prog: error: ...` and exit 2."""
+def user_errors(prog: str, batch_flag: str = "--batch-size"):
+    """Wrap a task's main: a UserError becomes `prog: error: ...` and exit 2. Running
+    out of GPU memory is a user's fix too (a smaller batch): one line naming
+    `batch_flag`, exit 2; experiments that finished are already in metrics.json."""
     try:
         yield
     except UserError as e:
-        msg = " ".join(str(e).split())  # one line, whatever the message held
-        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        _one_line_exit(prog, str(e))
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in str(e):
+            raise
+        _one_line_exit(prog, f"out of GPU memory ({str(e).splitlines()[0][:120]}); lower {batch_flag} "
+                             "(finished experiments are kept in metrics.json)")
+
+
+def _one_line_exit(prog: str, message: str):
+    msg = " ".join(message.split())  # one line, whatever the message held
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 
 def check_finite(loss: torch.Tensor, what: str) -> None:
     """Raise Diverged if a loss went NaN/inf (call once per step; costs one sync)."""
     if not torch.isfinite(loss).all():
         raise Diverged(f"{what} became {loss.detach().float().cpu().flatten()[0].item()}")
+
+
+PROGRESS_EVERY_S = 30.0  # off a terminal, one plain progress line this often
+
+
+class _PlainProgress(tqdm):
+    """tqdm for logs: output to a file or CI gets one plain line every
+    PROGRESS_EVERY_S seconds (and a last one at the end) instead of a redrawn bar;
+    loops shorter than that print nothing."""
+
+    def display(self, msg=None, pos=None):
+        if msg is None:  # a refresh; msg='' is tqdm clearing the bar, which a log does not need
+            self._last_line = self.__str__()
+            print(self._last_line, file=self.fp, flush=True)
+        return True
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)  # shown with the next timed line
+
+    def set_description(self, desc=None, refresh=True):
+        super().set_description(desc, refresh=False)
+
+    def close(self):
+        if self.disable:
+            return
+        shown = getattr(self, "_last_line", None)
+        if shown is not None and shown != self.__str__():  # the final state, once
+            self.display()
+        self.disable = True
+        self._decr_instances(self)
+
+
+def progress(iterable=None, desc: str = "", total: int | None = None, **kwargs) -> tqdm:
+    """The progress bar of every long loop: tqdm on a terminal, plain periodic lines
+    elsewhere (a 90 s feature extraction redirected to a file still shows progress).
+    Same interface as tqdm (iterate it, or `update`/`set_postfix` with `total`)."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kwargs)
+    return _PlainProgress(iterable, desc=desc, total=total, file=sys.stdout, ascii=True, ncols=100,
+                          delay=PROGRESS_EVERY_S, mininterval=PROGRESS_EVERY_S, **kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -178,15 +233,47 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UserError("--device mps was asked for but MPS is not available; use --device auto or cpu")
     device = torch.device(name)
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device: {device} ({what})", flush=True)
+    print(f"device: {device} ({what}), precision: {precision_name(device)}", flush=True)
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA only; CPU and MPS results stay full precision."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `device`, or None for full precision.
+
+    bf16 on CUDA GPUs of compute capability >= 8 (A100, RTX 30xx and later, H100):
+    their tensor cores run bf16 natively, and bf16 has fp32's exponent range, so no
+    loss scaling. Below 8 (T4, V100, the free notebook GPUs) bf16 is emulated and
+    cuDNN has no bf16 convolutions: fp16 there, and only where a model trains (with
+    `grad_scaler`), since fp16's 65,504 ceiling is reached by random full-size
+    networks' activations. CPU and MPS stay in fp32."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
+def autocast(device: torch.device, train: bool = False):
+    """Mixed precision for a forward pass: bf16 on capable GPUs (`amp_dtype`); fp16
+    on older GPUs only when `train` (the step then uses `grad_scaler`); otherwise
+    full precision."""
+    dtype = amp_dtype(device)
+    if dtype is None or (dtype == torch.float16 and not train):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 training (`autocast(device, train=True)` on GPUs below
+    compute capability 8): small gradients would underflow fp16's 6e-8 floor. A
+    disabled scaler elsewhere, so a training loop is written once:
+    `scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`."""
+    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+
+
+def precision_name(device: torch.device) -> str:
+    dtype = amp_dtype(device)
+    if dtype is None:
+        return "fp32"
+    return "bf16 autocast" if dtype == torch.bfloat16 else "fp16 autocast with loss scaling for training, fp32 inference"
 
 
 def seed_everything(seed: int) -> None:

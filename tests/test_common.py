@@ -47,6 +47,70 @@ def test_user_errors_print_one_line_and_exit_2(capsys):
     assert capsys.readouterr().err == "Task9.py: error: could not get X under Y\n"
 
 
+def test_gpu_out_of_memory_is_one_line_naming_the_batch_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        with common.user_errors("Task9.py", batch_flag="--extract-batch"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of GPU memory" in err and "--extract-batch" in err
+    with pytest.raises(SystemExit):  # MPS reports it as a RuntimeError
+        with common.user_errors("Task9.py"):
+            raise RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)")
+    assert "--batch-size" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="shape"):  # any other RuntimeError is a bug: traceback
+        with common.user_errors("Task9.py"):
+            raise RuntimeError("shape mismatch")
+
+
+@pytest.mark.parametrize("capability, expect_dtype, train_autocast, inference_autocast, scaled", [
+    ((9, 0), torch.bfloat16, True, True, False),    # H100: bf16 everywhere, no scaling
+    ((8, 0), torch.bfloat16, True, True, False),    # A100
+    ((7, 5), torch.float16, True, False, True),     # T4: fp16 + loss scaling to train, fp32 inference
+    ((7, 0), torch.float16, True, False, True),     # V100
+])
+def test_precision_follows_compute_capability(monkeypatch, capability, expect_dtype, train_autocast,
+                                              inference_autocast, scaled):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    assert common.amp_dtype(cuda) == expect_dtype
+    assert isinstance(common.autocast(cuda, train=True), torch.autocast) == train_autocast
+    assert isinstance(common.autocast(cuda), torch.autocast) == inference_autocast
+    if train_autocast:
+        assert common.autocast(cuda, train=True).fast_dtype == expect_dtype
+    assert common.grad_scaler(cuda).is_enabled() == (scaled and torch.cuda.is_available())
+    assert ("bf16" in common.precision_name(cuda)) == (expect_dtype == torch.bfloat16)
+
+
+def test_cpu_and_mps_stay_full_precision():
+    for name in ("cpu", "mps"):
+        d = torch.device(name)
+        assert common.amp_dtype(d) is None and common.precision_name(d) == "fp32"
+        assert not isinstance(common.autocast(d, train=True), torch.autocast)
+        assert not common.grad_scaler(d).is_enabled()
+
+
+def test_progress_prints_plain_lines_off_a_terminal():
+    """Output to a file: a long loop prints a line every PROGRESS_EVERY_S seconds and a
+    last one at 100%; a short loop prints nothing (run in a child so stderr is a pipe)."""
+    import subprocess
+    import sys
+    code = ("import time, common\ncommon.PROGRESS_EVERY_S = 0.2\n"
+            "for i in common.progress(range(12), desc='long'): time.sleep(0.05)\n"
+            "for i in common.progress(range(3), desc='short'): pass\n"
+            "bar = common.progress(total=8, desc='manual')\n"
+            "for i in range(8):\n    time.sleep(0.05); bar.update(1); bar.set_postfix(loss=i)\nbar.close()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=common.REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    long_lines = [ln for ln in lines if ln.startswith("long:")]
+    assert 2 <= len(long_lines) <= 4 and "12/12" in long_lines[-1], lines
+    assert not any(ln.startswith("short") for ln in lines)
+    manual = [ln for ln in lines if ln.startswith("manual:")]
+    assert 1 <= len(manual) <= 3 and "8/8" in manual[-1] and "loss=7" in manual[-1], lines
+    assert "\r" not in r.stdout
+
+
 def test_pick_device_rejects_an_unavailable_cuda():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
