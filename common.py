@@ -64,11 +64,17 @@ class Diverged(Exception):
 def user_errors(prog: str, batch_flag: str = "--batch-size"):
     """Wrap a task's main: a UserError becomes `prog: error: ...` and exit 2. Running
     out of GPU memory is a user's fix too (a smaller batch): one line naming
-    `batch_flag`, exit 2; experiments that finished are already in metrics.json."""
+    `batch_flag`, exit 2. Ctrl-C: one line, exit 130. In every case the experiments
+    that finished are already in metrics.json."""
     try:
         yield
     except UserError as e:
         _one_line_exit(prog, str(e))
+    except KeyboardInterrupt:
+        # Ctrl-C: every finished experiment is already in metrics.json (written after
+        # each) and every cache/figure write is atomic, so nothing half-written stays.
+        print(f"{prog}: interrupted; finished experiments are kept in metrics.json", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in str(e):
             raise
@@ -140,25 +146,65 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return v
+class Bounded:
+    """A numeric flag's type together with its valid range, stated once next to
+    `add_argument` (`type=common.Bounded(int, lo=1)`): argparse refuses anything else
+    before the run starts, with one line naming the flag and the range. The generated
+    flag test (tests/test_flags.py) reads `kind`, `lo` and `hi` from here, so every
+    numeric flag of every task must use one of these.
+
+    kind: int or float; lo/hi: inclusive bounds (None: unbounded); lo_open/hi_open:
+    exclude that bound. Floats must be finite."""
+
+    def __init__(self, kind: type, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False):
+        assert kind in (int, float)
+        self.kind, self.lo, self.hi, self.lo_open, self.hi_open = kind, lo, hi, lo_open, hi_open
+        self.__name__ = self.describe()  # what argparse names in messages
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        lo, hi = self.lo, self.hi
+        if lo is not None and hi is not None:
+            return f"{what} in {'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
+        if lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {lo:g}"
+        if hi is not None:
+            return f"{what} {'<' if self.hi_open else '<='} {hi:g}"
+        return what
+
+    def contains(self, v: float) -> bool:
+        lo_ok = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        hi_ok = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return lo_ok and hi_ok
+
+    def __call__(self, text: str):
+        try:
+            v = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}") from None
+        if (self.kind is float and not math.isfinite(v)) or not self.contains(v):
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text}")
+        return v
+
+    def __repr__(self):
+        return f"Bounded({self.describe()})"
 
 
-def positive_float(text: str) -> float:
-    v = float(text)
-    if not v > 0 or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
+# The ranges most flags need.
+positive_int = Bounded(int, lo=1)                 # counts, epochs, batch sizes
+non_negative_int = Bounded(int, lo=0)             # counts where 0 means "all" or "off"
+positive_float = Bounded(float, lo=0, lo_open=True)  # learning rates, scales
+non_negative_float = Bounded(float, lo=0)         # weight decay, penalties that may be off
+unit_float = Bounded(float, lo=0, hi=1)           # probabilities and fractions in [0, 1]
+any_int = Bounded(int)                            # seeds
 
 
-def unit_float(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return v
+def require(ok: bool, message: str) -> None:
+    """A check of flags that only make sense together (run by parse_args right after
+    parsing, before anything else): a UserError when `ok` is false."""
+    if not ok:
+        raise UserError(message)
 
 
 def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
@@ -185,23 +231,45 @@ def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
                    help="datasets in torchvision's layout; downloaded here if missing (default: data)")
     g.add_argument("--out", default=f"outputs/{task}", metavar="DIR",
                    help=f"figures, metrics.json, summary.md and cache/ go here (default: outputs/{task})")
-    g.add_argument("--seed", type=int, default=0, help="seeds python, numpy and torch (default: 0)")
+    g.add_argument("--seed", type=any_int, default=0, help="seeds python, numpy and torch (default: 0)")
     g.add_argument("--experiments", default=experiments, type=experiment_list, metavar="A,B",
                    help=f"comma-separated subset of: {','.join(experiments)} (default: all)")
     g.add_argument("--fresh", action="store_true", help="ignore cached weights/features and recompute")
     return p
 
 
-def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None) -> argparse.Namespace:
+def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None,
+               check: Callable[[argparse.Namespace], None] | None = None) -> argparse.Namespace:
     """Parse argv; with --smoke, every knob in `smoke` that the user left at its
-    default takes the smoke value instead (an explicit flag always wins)."""
+    default takes the smoke value instead (an explicit flag always wins). Then
+    `check(args)` tests the flags that only make sense together (with `require`),
+    and `--out` must be a place we can write to: a failure is one line, exit 2,
+    before anything runs."""
     args = parser.parse_args(argv)
     if args.smoke:
         given = _explicit_flags(parser, argv)
         for k, v in (smoke or {}).items():
             if k not in given:
                 setattr(args, k, v)
+    try:
+        if check is not None:
+            check(args)
+        check_writable(args.out)
+    except UserError as e:
+        parser.error(str(e))
     return args
+
+
+def check_writable(out: str | Path) -> None:
+    """--out must be a directory we can create and write in. Checked without creating
+    anything: the nearest existing ancestor must be a writable directory."""
+    p = Path(out).absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"--out {out}: {p} is a file, not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {p} is not writable; choose another --out")
 
 
 def _explicit_flags(parser: Parser, argv: list[str] | None) -> set[str]:
@@ -441,12 +509,30 @@ def _jsonable(v):
     return v
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temp path beside `path` to write to; on success rename it over `path`
+    (readers never see half a file, an interrupted write leaves the old file). On any
+    failure the temp file is removed; a failed write (disk full, read-only, a
+    directory where a file should be) is a UserError that names the way out."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e.strerror or e}); free some disk space or choose another "
+                        "--out (finished experiments are kept)") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to `path` atomically (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def git_commit() -> str | None:
@@ -588,12 +674,13 @@ def load_cache(path: Path, fresh: bool = False):
 
 
 def save_cache(path: Path, obj) -> None:
-    """torch.save to a temp file, then rename. Store the settings inside `obj` too
+    """torch.save atomically (see atomic_path). Store the settings inside `obj` too
     (checkpoints carry their config)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's file writer reports a failed write (disk full) this way
+            raise OSError(f"torch.save failed: {str(e).splitlines()[0][:120]}") from None
 
 
 # ----------------------------------------------------------------------------
@@ -602,10 +689,13 @@ def save_cache(path: Path, obj) -> None:
 
 
 def save_figure(fig, path: str | Path) -> Path:
+    """Save at 150 dpi, atomically (an interrupted run leaves no half PNG), and close."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -227,3 +227,114 @@ def test_embed_2d_and_plots(tmp_path):
     common.image_grid(torch.rand(10, 3, 8, 8), tmp_path / "g.png", "grid", nrow=5)
     for f in ["s.png", "c.png", "g.png"]:
         assert_png_ok(tmp_path / f)
+
+
+# ----------------------------------------------------------------------------
+# Flag ranges, interrupts, failed writes (issue 12)
+# ----------------------------------------------------------------------------
+
+
+def test_bounded_types_state_and_enforce_their_range():
+    B = common.Bounded
+    assert B(int, lo=1).describe() == "an integer >= 1"
+    assert B(float, 0, 1, hi_open=True).describe() == "a number in [0, 1)"
+    assert B(float, lo=0, lo_open=True).describe() == "a number > 0"
+    frac = B(float, 0, 1, hi_open=True)
+    assert frac("0") == 0.0 and frac("0.99") == 0.99
+    for bad in ("1", "-0.1", "nan", "inf", "x"):
+        with pytest.raises(Exception, match=r"expected a number in \[0, 1\)"):
+            frac(bad)
+    with pytest.raises(Exception, match="expected an integer >= 1"):
+        common.positive_int("2.5")
+    assert common.non_negative_int("0") == 0 and common.any_int("-3") == -3
+
+
+def test_a_bad_flag_value_is_one_line_naming_the_flag_and_its_range(capsys):
+    p = common.make_parser("task9", "Task 9.", ["a"])
+    p.add_argument("--weight-decay", type=common.non_negative_float, default=1e-4)
+    with pytest.raises(SystemExit) as e:
+        common.parse_args(p, ["--weight-decay", "-1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--weight-decay" in err and "a number >= 0" in err and "-1" in err
+
+
+def test_combination_checks_run_right_after_parsing(capsys, tmp_path):
+    p = _parser()
+    p.add_argument("--warmup-epochs", type=common.non_negative_int, default=0)
+
+    def check(args):
+        common.require(args.warmup_epochs < args.epochs, f"--warmup-epochs {args.warmup_epochs} must be below "
+                                                          f"--epochs {args.epochs}")
+    assert common.parse_args(p, ["--warmup-epochs", "3"], check=check).warmup_epochs == 3
+    with pytest.raises(SystemExit) as e:
+        common.parse_args(p, ["--warmup-epochs", "20", "--out", str(tmp_path / "o")], check=check)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--warmup-epochs 20 must be below --epochs 20" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_out_that_cannot_be_a_directory_is_refused_before_anything_runs(capsys, tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        common.parse_args(_parser(), ["--out", str(f / "sub")])
+    assert e.value.code == 2 and "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_interrupt_is_one_line_and_exit_130(capsys):
+    with pytest.raises(SystemExit) as e:
+        with common.user_errors("Task9.py"):
+            raise KeyboardInterrupt
+    assert e.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err
+
+
+def _no_temp_files(d):
+    return [p.name for p in d.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+    path = tmp_path / "metrics.json"
+    common.write_atomic(path, "old\n")
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(common.os, "replace", disk_full)
+    with pytest.raises(common.UserError, match="No space left on device.*another --out"):
+        common.write_atomic(path, "new\n")
+    with pytest.raises(common.UserError, match="No space left"):
+        common.save_cache(tmp_path / "cache" / "c.pt", {"x": torch.zeros(3)})
+    import matplotlib.pyplot as plt
+    with pytest.raises(common.UserError, match="No space left"):
+        common.save_figure(plt.figure(), tmp_path / "fig.png")
+    monkeypatch.undo()
+    assert path.read_text() == "old\n" and not (tmp_path / "fig.png").exists()
+    assert _no_temp_files(tmp_path) == []
+
+
+def test_torch_save_failing_is_a_user_error(tmp_path, monkeypatch):
+    def broken_writer(obj, f):  # what torch.save raises when the disk fills mid-write
+        open(f, "wb").write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    monkeypatch.setattr(common.torch, "save", broken_writer)
+    with pytest.raises(common.UserError, match="torch.save failed"):
+        common.save_cache(tmp_path / "c.pt", {})
+    assert not (tmp_path / "c.pt").exists() and _no_temp_files(tmp_path) == []
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "summary.md"
+    common.write_atomic(path, "old\n")
+
+    def interrupted(self, text, *a, **k):
+        open(self, "w").write(text[:1])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(common.Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        common.write_atomic(path, "new\n")
+    monkeypatch.undo()
+    assert path.read_text() == "old\n" and _no_temp_files(tmp_path) == []
