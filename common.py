@@ -7,7 +7,9 @@
     device      pick_device, amp_dtype/autocast/grad_scaler (bf16 on compute capability
                 >= 8, fp16 + loss scaling below, fp32 on CPU/MPS), seed_everything
     data        load_split: torchvision datasets on full runs, offline smoke sets
-    outputs     Results (metrics.json, summary.md, experiment loop), cache files
+    outputs     Results (metrics.json, summary.md, experiment loop), cache files,
+                Question/answer_questions (the assignment's questions answered from
+                the metrics), write_report (outputs/index.html)
     plots       save_figure, image_grid, line_plot, scatter_by_class, embed_2d,
                 plot_confusion
     neighbours  nearest_distance (sample to nearest training image)
@@ -30,6 +32,8 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -167,6 +171,10 @@ class Bounded:
         lo, hi = self.lo, self.hi
         if lo is not None and hi is not None:
             return f"{what} in {'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
+        if lo == 0 and self.lo_open:
+            return "a positive number (> 0)" if self.kind is float else "a positive integer (>= 1)"
+        if lo == 1 and self.kind is int and not self.lo_open:
+            return "a positive integer (>= 1)"
         if lo is not None:
             return f"{what} {'>' if self.lo_open else '>='} {lo:g}"
         if hi is not None:
@@ -556,6 +564,48 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class Question:
+    """One question of the assignment (shared/HANDOUT.md, the items marked Q), and
+    the rule that answers it from this run's metrics. `answer(experiments)` gets
+    metrics.json's "experiments" dict and returns (finding, evidence, figures): one
+    sentence whose direction and size are computed from the numbers (never canned
+    prose), the metric values it used with their split, n and seeds, and the figure
+    files to look at. `needs` names the experiments it reads."""
+    ref: str                      # the assignment's numbering, e.g. "1.2"
+    ask: str                      # the question in a few words
+    needs: tuple[str, ...]
+    answer: Callable[[dict], tuple[str, list[str], list[str]]]
+
+
+def answer_questions(script: str, questions: list[Question], experiments: dict) -> list[dict]:
+    """Each question's entry: {ref, ask, finding, evidence, figures}, or {ref, ask,
+    todo} when an experiment it needs has not run (or did not finish)."""
+    entries = []
+    for q in questions:
+        e = {"ref": q.ref, "ask": q.ask}
+        missing = [n for n in q.needs if n not in experiments]
+        failed = [n for n in q.needs if n in experiments and "error" in experiments[n]]
+        if missing:
+            e["todo"] = f"not run yet: python {script} --experiments {','.join(q.needs)}"
+        elif failed:
+            e["todo"] = f"{failed[0]} did not finish ({experiments[failed[0]]['error']})"
+        else:
+            try:
+                finding, evidence, figures = q.answer(experiments)
+            except KeyError as k:  # metrics written by an older version of the script
+                e["todo"] = f"metric {k} missing: rerun python {script} --experiments {','.join(q.needs)}"
+            else:
+                e.update(finding=finding, evidence=list(evidence), figures=list(figures))
+        entries.append(e)
+    return entries
+
+
+def pct(x: float, digits: int = 1) -> str:
+    """0.8743 -> '87.4%' (findings quote accuracies this way)."""
+    return f"{100 * x:.{digits}f}%"
+
+
 # Flags that change what runs, not what a result means: a rerun with other values
 # keeps the earlier experiments' metrics.
 _RUN_ONLY = {"experiments", "fresh", "device", "out"}
@@ -569,11 +619,13 @@ class Results:
     rerun; a rerun with other settings first moves the old metrics.json aside to
     metrics.previous.json."""
 
-    def __init__(self, task: str, args, device: torch.device):
+    def __init__(self, task: str, args, device: torch.device, questions: list[Question] = ()):
         self.task, self.args, self.out = task, args, Path(args.out)
+        self.script, self.questions = f"{task.capitalize()}.py", list(questions)
         self.config = _jsonable({k: v for k, v in vars(args).items()})
         self.env = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-                    "data": "smoke" if args.smoke else "real", "git_commit": git_commit()}
+                    "data": "smoke" if args.smoke else "real", "git_commit": git_commit(),
+                    "date": datetime.now().isoformat(timespec="seconds")}
         self.experiments: dict[str, dict] = {}
         self._previous: Path | None = None
         path = self.out / "metrics.json"
@@ -591,30 +643,40 @@ class Results:
 
     def record(self, name: str, metrics: dict) -> None:
         if self._previous is not None:  # keep the other settings' results, once
-            os.replace(self._previous, self.out / "metrics.previous.json")
+            try:
+                os.replace(self._previous, self.out / "metrics.previous.json")
+            except OSError as e:
+                raise UserError(f"could not move {self._previous} aside ({e.strerror}); choose another --out") from None
             self._previous = None
         self.experiments[name] = _jsonable(metrics)
-        doc = {"task": self.task, "config": self.config, "env": self.env, "experiments": self.experiments}
+        findings = answer_questions(self.script, self.questions, self.experiments)
+        doc = {"task": self.task, "config": self.config, "env": self.env, "experiments": self.experiments,
+               "findings": findings}
         write_atomic(self.out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
-        write_atomic(self.out / "summary.md", self._summary())
+        write_atomic(self.out / "summary.md", self._summary(findings))
+        write_report(self.out.parent)
 
-    def _summary(self) -> str:
-        names = sorted(self.experiments, key=len, reverse=True)
-        pngs = sorted(p.name for p in self.out.glob("*.png"))
-
-        def owner(png):  # longest experiment name that prefixes the file ("gap_shift_x" -> gap_shift)
-            return next((n for n in names if png.startswith(n + "_")), None)
-
+    def _summary(self, findings: list[dict]) -> str:
+        figures = figures_by_experiment(self.out, list(self.experiments))
         lines = [f"# {self.task}: summary", "",
                  f"data: {self.env['data']}, device: {self.env['device']}, torch {self.env['torch']}, "
-                 f"commit {self.env['git_commit']}", "",
+                 f"commit {self.env['git_commit']}, {self.env['date']}", "",
                  "config: " + ", ".join(f"`{k}={v}`" for k, v in self.config.items()), ""]
+        if findings:
+            lines += ["## Findings: the assignment's questions, answered from this run", ""]
+            for f in findings:
+                lines += [f"### {f['ref']}. {f['ask']}", ""]
+                if "todo" in f:
+                    lines += [f"_{f['todo']}_", ""]
+                    continue
+                lines += [f"**Finding.** {f['finding']}", ""]
+                lines += [f"- {ev}" for ev in f["evidence"]]
+                lines += [f"- figure: [{p}]({p})" for p in f["figures"]] + [""]
         for name, m in self.experiments.items():
             lines += [f"## {name}", "", "| metric | value |", "|---|---|"]
             for k, v in flatten(m).items():
                 lines.append(f"| {k} | {_fmt(v)} |")
-            figs = [p for p in pngs if owner(p) == name]
-            lines += [""] + [f"![{p}]({p})" for p in figs] + [""]
+            lines += [""] + [f"![{p}]({p})" for p in figures.get(name, [])] + [""]
         return "\n".join(lines)
 
     def run(self, experiments: dict[str, Callable[[], dict]]) -> dict:
@@ -644,6 +706,111 @@ class Results:
         print(f"\n{'experiment':<{w0}}  {'metric':<{w1}}  value")
         for n, k, v in rows:
             print(f"{n:<{w0}}  {k:<{w1}}  {v}")
+
+
+def figures_by_experiment(folder: Path, names: list[str]) -> dict[str, list[str]]:
+    """{experiment: its PNG file names}: a figure belongs to the longest experiment
+    name that prefixes it ("gap_shift_x.png" -> gap_shift, not gap)."""
+    by_length = sorted(names, key=len, reverse=True)
+    out: dict[str, list[str]] = {}
+    for png in sorted(p.name for p in Path(folder).glob("*.png")):
+        owner = next((n for n in by_length if png.startswith(n + "_")), None)
+        if owner is not None:
+            out.setdefault(owner, []).append(png)
+    return out
+
+
+# The report page's sections: this repository's script names, and the assignment's
+# own numbering (it calls the VAE part 4 and CLIP part 5).
+TASK_TITLES = {
+    "task1": "Task1.py: ResNet-152 on CIFAR-10 (assignment part 1)",
+    "task2": "Task2.py: Vision Transformer ViT-B/16 (assignment part 2)",
+    "task3": "Task3.py: MLP GAN on MNIST (assignment part 3)",
+    "task5": "Task5.py: convolutional VAE on FashionMNIST (assignment part 4)",
+    "task4": "Task4.py: CLIP ViT-B/32 on STL-10 (assignment part 5)",
+}
+
+_CSS = """
+body{font:15px/1.45 system-ui,sans-serif;max-width:1150px;margin:1.5em auto;padding:0 1em;color:#222}
+nav a{margin-right:1.2em} section{border-top:3px solid #ccd;margin-top:2.2em;padding-top:.3em}
+.meta{color:#555;font-size:.9em} .finding{background:#f5f7fa;border-left:4px solid #3b6fd8;
+padding:.4em 1em;margin:.7em 0} .finding h4{margin:.3em 0} .todo{color:#888;font-style:italic}
+.finding ul{margin:.3em 0;font-size:.9em;color:#333} figure{display:inline-block;vertical-align:top;
+margin:.4em;width:47%} figure img{width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
+code{background:#eef;padding:0 .25em;border-radius:3px} table{border-collapse:collapse;font-size:.85em}
+td{border:1px solid #ddd;padding:1px 6px} details{margin:.4em 0}
+@media (max-width:800px){figure{width:100%}}
+"""
+
+
+def _html_text(text: str) -> str:
+    """Escape, then `code` spans (findings and evidence use backticks as in markdown)."""
+    import html
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
+
+
+def write_report(root: Path) -> Path:
+    """(Re)write root/index.html: one section per task folder under `root` that holds
+    a metrics.json (its findings, every figure inline, the run's settings and date),
+    and for each task not run yet the command that runs it. Plain HTML and CSS with
+    relative links, so it works opened from disk; rewritten after every experiment."""
+    import html
+
+    root = Path(root)
+    runs = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            doc = json.loads((d / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("task") in TASK_TITLES:
+            runs.append((list(TASK_TITLES).index(doc["task"]), d.name, doc))
+    runs.sort(key=lambda r: (r[0], r[1]))
+    done = {doc["task"] for _, _, doc in runs}
+    body = [f"<h1>Experiment report</h1><p class=meta>Written {datetime.now().isoformat(timespec='seconds')} "
+            f"from the task folders in <code>{html.escape(str(root))}</code>. Each section answers the "
+            "assignment's questions from that run's numbers, then shows every figure.</p><nav>"]
+    body += [f'<a href="#{html.escape(name)}">{html.escape(name)}</a>' for _, name, _ in runs] + ["</nav>"]
+    for _, name, doc in runs:
+        env, cfg = doc.get("env", {}), doc.get("config", {})
+        q = html.escape(name)
+        body.append(f'<section id="{q}"><h2>{html.escape(TASK_TITLES[doc["task"]])}'
+                    + (f" <small>({q})</small>" if name != doc["task"] else "") + "</h2>")
+        body.append(f"<p class=meta>run {html.escape(str(env.get('date', '?')))} &middot; data "
+                    f"{html.escape(str(env.get('data')))} &middot; device {html.escape(str(env.get('device')))} "
+                    f"&middot; torch {html.escape(str(env.get('torch')))} &middot; commit "
+                    f"{html.escape(str(env.get('git_commit')))} &middot; <a href=\"{q}/summary.md\">summary.md</a> "
+                    f"&middot; <a href=\"{q}/metrics.json\">metrics.json</a></p>")
+        body.append("<details><summary>settings</summary><table>" + "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in cfg.items())
+            + "</table></details>")
+        for f in doc.get("findings", []):
+            body.append(f"<div class=finding><h4>{_html_text(f['ref'])}. {_html_text(f['ask'])}</h4>")
+            if "todo" in f:
+                body.append(f"<p class=todo>{_html_text(f['todo'])}</p></div>")
+                continue
+            body.append(f"<p><b>Finding.</b> {_html_text(f['finding'])}</p><ul>"
+                        + "".join(f"<li>{_html_text(ev)}</li>" for ev in f["evidence"])
+                        + "".join(f'<li>figure: <a href="#{q}-{html.escape(p)}">{html.escape(p)}</a></li>'
+                                  for p in f["figures"]) + "</ul></div>")
+        for exp, pngs in figures_by_experiment(root / name, list(doc.get("experiments", {}))).items():
+            body.append(f"<h3>{html.escape(exp)}</h3>")
+            body += [f'<figure id="{q}-{html.escape(p)}"><a href="{q}/{html.escape(p)}"><img loading=lazy '
+                     f'src="{q}/{html.escape(p)}" alt="{html.escape(p)}"></a><figcaption>{html.escape(p)}'
+                     "</figcaption></figure>" for p in pngs]
+        body.append("</section>")
+    for task, title in TASK_TITLES.items():
+        if task not in done:
+            body.append(f'<section id="{task}"><h2>{html.escape(title)}</h2><p class=todo>not run yet: '
+                        f"<code>python {task.capitalize()}.py</code> (or <code>--smoke</code> to try it in "
+                        "seconds)</p></section>")
+    page = ("<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>Experiment report</title>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"
+            "<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    write_atomic(root / "index.html", page)
+    return root / "index.html"
 
 
 def _fmt(v) -> str:

@@ -236,15 +236,16 @@ def test_embed_2d_and_plots(tmp_path):
 
 def test_bounded_types_state_and_enforce_their_range():
     B = common.Bounded
-    assert B(int, lo=1).describe() == "an integer >= 1"
+    assert B(int, lo=1).describe() == "a positive integer (>= 1)"
+    assert B(int, lo=0).describe() == "an integer >= 0"
     assert B(float, 0, 1, hi_open=True).describe() == "a number in [0, 1)"
-    assert B(float, lo=0, lo_open=True).describe() == "a number > 0"
+    assert B(float, lo=0, lo_open=True).describe() == "a positive number (> 0)"
     frac = B(float, 0, 1, hi_open=True)
     assert frac("0") == 0.0 and frac("0.99") == 0.99
     for bad in ("1", "-0.1", "nan", "inf", "x"):
         with pytest.raises(Exception, match=r"expected a number in \[0, 1\)"):
             frac(bad)
-    with pytest.raises(Exception, match="expected an integer >= 1"):
+    with pytest.raises(Exception, match=r"expected a positive integer \(>= 1\)"):
         common.positive_int("2.5")
     assert common.non_negative_int("0") == 0 and common.any_int("-3") == -3
 
@@ -338,3 +339,79 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temp_file(tmp_path, mon
         common.write_atomic(path, "new\n")
     monkeypatch.undo()
     assert path.read_text() == "old\n" and _no_temp_files(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------
+# Findings and the report page (issue 11)
+# ----------------------------------------------------------------------------
+
+
+def _question():
+    def answer(m):
+        a, b = m["probe"]["cls_acc"], m["probe"]["mean_acc"]
+        better = "mean pooling" if b > a else "CLS"
+        return (f"{better} wins by {abs(a - b) * 100:.1f} points", [f"`probe/cls_acc` = {a}"], ["probe_curves.png"])
+    return common.Question("2.5", "CLS or mean pooling?", ("probe",), answer)
+
+
+def test_questions_are_answered_only_from_experiments_that_ran():
+    q = [_question()]
+    [e] = common.answer_questions("Task2.py", q, {})
+    assert "finding" not in e and e["todo"] == "not run yet: python Task2.py --experiments probe"
+    [e] = common.answer_questions("Task2.py", q, {"probe": {"error": "diverged: loss nan"}})
+    assert "did not finish" in e["todo"] and "nan" in e["todo"]
+    [e] = common.answer_questions("Task2.py", q, {"probe": {"cls_acc": 0.9}})   # an older metrics.json
+    assert "probe/mean_acc" in e["todo"] or "mean_acc" in e["todo"]
+    [e] = common.answer_questions("Task2.py", q, {"probe": {"cls_acc": 0.9, "mean_acc": 0.95}})
+    assert e["finding"] == "mean pooling wins by 5.0 points" and e["figures"] == ["probe_curves.png"]
+
+
+def _parse_page(path):
+    from html.parser import HTMLParser
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.links, self.ids, self.text = [], [], set(), []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "img":
+                self.imgs.append(a["src"])
+            if tag == "a":
+                self.links.append(a["href"])
+            if "id" in a:
+                self.ids.add(a["id"])
+
+        def handle_data(self, data):
+            self.text.append(data)
+    c = Collect()
+    c.feed(path.read_text())
+    return c
+
+
+def test_the_report_page_shows_each_run_and_says_how_to_run_the_others(tmp_path):
+    import argparse
+    import matplotlib.pyplot as plt
+
+    out = tmp_path / "task2"
+    args = argparse.Namespace(out=str(out), smoke=True, seed=0, experiments=["probe"], lr=0.1)
+    res = common.Results("task2", args, torch.device("cpu"), questions=[_question()])
+    fig = plt.figure()
+    plt.plot([0, 1], [1, 0])
+    common.save_figure(fig, out / "probe_curves.png")
+    res.record("probe", {"cls_acc": 0.91, "mean_acc": 0.87, "seconds": 1.0})
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["findings"][0]["finding"] == "CLS wins by 4.0 points"
+    summary = (out / "summary.md").read_text()
+    assert summary.index("**Finding.** CLS wins by 4.0 points") < summary.index("## probe")
+    page = _parse_page(tmp_path / "index.html")
+    assert page.imgs == ["task2/probe_curves.png"]
+    for src in page.imgs + [h for h in page.links if not h.startswith("#")]:
+        assert (tmp_path / src).exists(), src
+    assert all(h[1:] in page.ids for h in page.links if h.startswith("#"))
+    text = " ".join(page.text)
+    assert "CLS wins by 4.0 points" in text and "assignment part 2" in text
+    for script in ("Task1.py", "Task3.py", "Task4.py", "Task5.py"):
+        assert f"not run yet: python {script}" in " ".join(text.split())
+    assert "not run yet: python Task2.py" not in " ".join(text.split())
