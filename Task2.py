@@ -258,8 +258,9 @@ def vit_b16_processor() -> ViTImageProcessor:
 def load_vit(args, device: torch.device) -> tuple[ViTForImageClassification, dict]:
     """The classifier (SDPA attention; switched to eager only where attention weights are
     read) and its preprocessing settings. A failed fetch is a UserError, and so is a
-    checkpoint without a classification head: transformers would quietly add a randomly
-    initialised one (google/vit-base-patch16-224-in21k gets 2 random labels)."""
+    checkpoint without a classification head when classify is asked for: transformers would
+    quietly add a randomly initialised one (google/vit-base-patch16-224-in21k gets 2 random
+    labels)."""
     if args.smoke:
         config = smoke_vit_config()
         model = ViTForImageClassification(config)  # seeded by seed_everything
@@ -286,11 +287,16 @@ def load_vit(args, device: torch.device) -> tuple[ViTForImageClassification, dic
                 f"could not load {args.model} from the Hugging Face hub or its cache {constants.HF_HUB_CACHE} "
                 f"({reason}); check the model id, connect to the internet or set HF_HOME to a cache that has it, "
                 f"or run with --weights none (random weights) or --smoke") from None
-        if missing:
+        # Only classify reads the head; attention, heads, masking and probe use the backbone
+        # (the probes fit their own linear heads), which such a checkpoint does hold.
+        if missing and "classify" in args.experiments:
             raise common.UserError(
                 f"{args.model} has no image-classification head (its checkpoint lacks {', '.join(missing)}); "
                 f"transformers would add a random {model.config.num_labels}-label head and every prediction would "
-                f"be noise. Pass a checkpoint fine-tuned for classification, e.g. --model {VIT_B16}")
+                f"be noise. Pass a checkpoint fine-tuned for classification, e.g. --model {VIT_B16}, or leave "
+                f"classify out (--experiments attention,heads,masking,probe use the backbone only)")
+        if missing:
+            print(f"note: {args.model} has no classification head; its backbone is used, classify is not run")
     if not hasattr(model.vit, "layers"):
         raise common.UserError(f"Task2.py needs transformers >= 5 (found {transformers.__version__}); "
                                f"pip install -U transformers")

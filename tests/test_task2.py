@@ -392,6 +392,11 @@ def test_checkpoint_without_classification_head_is_refused(hub_cache, tmp_path, 
                                                     "--experiments", "classify"], capsys,
                                        expect="no image-classification head", out=tmp_path / "out")
     assert "classifier.weight" in line and "2-label" in line
+    # Its backbone still serves the experiments that do not read the head.
+    Task2.main(["--model", "google/vit-base-patch16-224-in21k", "--images", photo, "--experiments", "attention",
+                "--device", "cpu", "--out", str(tmp_path / "backbone")])
+    assert "note: google/vit-base-patch16-224-in21k has no classification head" in capsys.readouterr().out
+    assert list(load_metrics(tmp_path / "backbone")["experiments"]) == ["attention"]
     # Control: the same cache with a classifier checkpoint loads and runs.
     write_vit_checkpoint(hub_cache, "someone/tiny-vit-classifier", TINY_VIT, labels=["cat", "dog", "ship"])
     Task2.main(["--model", "someone/tiny-vit-classifier", "--images", photo, "--experiments", "classify",
