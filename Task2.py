@@ -22,12 +22,15 @@ Experiments (--experiments, default all):
              every layer; cosine similarity between the two
 
 Images: --images PATH... (your own pictures); by default scikit-learn's two sample photos
-(china.jpg, flower.jpg) plus --cifar-images CIFAR-10 test images. CIFAR-10 (downloaded
+(china.jpg, flower.jpg), clean 427x640 photographs that ship with scikit-learn
+(--cifar-images N adds N upsampled 32x32 CIFAR-10 test images). CIFAR-10 (downloaded
 under --data-root) is used for heads, masking and probe.
 
 Run:
   python Task2.py                                   # everything; a GPU is recommended
   python Task2.py --images cat.jpg dog.jpg --experiments classify,attention
+  python Task2.py --weights none                    # ViT-B/16's architecture, random weights,
+                                                    # nothing downloaded from the hub (a dry run)
   python Task2.py --smoke --out /tmp/t2             # offline: tiny random ViT, seconds
 
 Writes into --out: classify_top5.png, attention_map_<image>.png (one per image),
@@ -46,21 +49,26 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 import common  # first: it selects matplotlib's file-only Agg backend
 import matplotlib.pyplot as plt
 import transformers
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-# A user's mistake must print one line: silence transformers' and the hub's warnings.
+# A user's mistake must print one line: silence transformers' and the hub's warnings, and
+# transformers 5's "Loading weights" bar (drawn on stderr for every from_pretrained, under a
+# second); the hub's download bars stay.
 transformers.logging.set_verbosity_error()
 with contextlib.suppress(Exception):
     import huggingface_hub
 
     huggingface_hub.utils.logging.set_verbosity_error()
+with contextlib.suppress(AttributeError):
+    transformers.utils.logging.set_tqdm_hook(
+        lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})
+        if kwargs.get("desc") == "Loading weights" else factory(*args, **kwargs))
 
 EXPERIMENTS = ["classify", "attention", "heads", "masking", "probe"]
+VIT_B16 = "google/vit-base-patch16-224"  # the default checkpoint (ImageNet-21k pretrained, 1k fine-tuned)
 STRATEGIES = ["random", "centre", "border", "most-attended", "least-attended"]
 FUSIONS = ["mean", "max", "min"]
 
@@ -89,13 +97,19 @@ def discard_ratio(text: str) -> float:
 def build_parser() -> common.Parser:
     parser = common.make_parser("task2", __doc__, EXPERIMENTS)
     g = parser.add_argument_group("task 2")
-    g.add_argument("--model", default="google/vit-base-patch16-224",
-                   help="Hugging Face ViT image classifier and its image processor (default: %(default)s)")
+    g.add_argument("--model", default=VIT_B16,
+                   help="Hugging Face ViT image classifier (with its ImageNet head) and its image processor "
+                        "(default: %(default)s)")
+    g.add_argument("--weights", default="pretrained", choices=["pretrained", "none"],
+                   help="pretrained: the checkpoint's weights from the hub; none: the same architecture with random "
+                        f"weights (for {VIT_B16} built offline from its config, 1,000 ImageNet labels), a dry run "
+                        "that downloads no weights (default: pretrained)")
     g.add_argument("--images", nargs="+", metavar="PATH", default=None,
-                   help="your own images for classify/attention/heads (default: scikit-learn's sample photos "
-                        "plus --cifar-images CIFAR-10 test images)")
-    g.add_argument("--cifar-images", type=int, default=3, metavar="N",
-                   help="CIFAR-10 test images (one per class) added to the default images (default: 3)")
+                   help="your own images for classify/attention/heads (default: scikit-learn's two sample photos, "
+                        "china.jpg and flower.jpg)")
+    g.add_argument("--cifar-images", type=int, default=0, metavar="N",
+                   help="CIFAR-10 test images (one per class, upsampled from 32x32) added to the default photos "
+                        "(default: 0)")
     g.add_argument("--batch-size", type=common.positive_int, default=64, metavar="N",
                    help="images per forward pass (default: 64)")
     g.add_argument("--train-images", type=common.positive_int, default=5000, metavar="N",
@@ -220,18 +234,51 @@ def smoke_vit_config() -> ViTConfig:
                      id2label=dict(enumerate(SMOKE_LABELS)), label2id={n: i for i, n in enumerate(SMOKE_LABELS)})
 
 
+def vit_b16_config() -> ViTConfig:
+    """google/vit-base-patch16-224's architecture (its config.json): 224x224 input, 16x16
+    patches, 12 layers x 12 heads, width 768, MLP 3072, exact GELU, LayerNorm eps 1e-12,
+    no dropout, and the 1,000 ImageNet-1k labels in their class-index order (torchvision's
+    list, bundled: "tench", "goldfish", ...; the hub's config spells some out, e.g.
+    "tench, Tinca tinca"). Built offline for --weights none."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES as labels
+
+    return ViTConfig(image_size=224, patch_size=16, num_channels=3, hidden_size=768, num_hidden_layers=12,
+                     num_attention_heads=12, intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12, qkv_bias=True, initializer_range=0.02,
+                     id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+
+
+def vit_b16_processor() -> ViTImageProcessor:
+    """google/vit-base-patch16-224's preprocessor_config.json: resize to 224x224 (bilinear),
+    scale to [0, 1], normalise with mean = std = 0.5 per channel."""
+    return ViTImageProcessor(do_resize=True, size={"height": 224, "width": 224}, resample=2, do_rescale=True,
+                             rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
 def load_vit(args, device: torch.device) -> tuple[ViTForImageClassification, dict]:
     """The classifier (SDPA attention; switched to eager only where attention weights are
-    read) and its preprocessing settings. A failed fetch is a UserError."""
+    read) and its preprocessing settings. A failed fetch is a UserError, and so is a
+    checkpoint without a classification head when classify is asked for: transformers would
+    quietly add a randomly initialised one (google/vit-base-patch16-224-in21k gets 2 random
+    labels)."""
     if args.smoke:
         config = smoke_vit_config()
         model = ViTForImageClassification(config)  # seeded by seed_everything
         processor = ViTImageProcessor(size={"height": config.image_size, "width": config.image_size},
                                       image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     else:
+        random_init = args.weights == "none"
         try:
-            model = ViTForImageClassification.from_pretrained(args.model, attn_implementation="sdpa")
-            processor = ViTImageProcessor.from_pretrained(args.model)
+            if random_init and args.model == VIT_B16:  # nothing to fetch: the architecture is written out above
+                model, processor, missing = ViTForImageClassification(vit_b16_config()), vit_b16_processor(), []
+            elif random_init:  # another checkpoint: its config.json and preprocessor_config.json only (kilobytes)
+                model = ViTForImageClassification(ViTConfig.from_pretrained(args.model))
+                processor, missing = ViTImageProcessor.from_pretrained(args.model), []
+            else:
+                model, info = ViTForImageClassification.from_pretrained(args.model, attn_implementation="sdpa",
+                                                                        output_loading_info=True)
+                processor = ViTImageProcessor.from_pretrained(args.model)
+                missing = sorted(k for k in info["missing_keys"] if k.startswith("classifier."))
         except Exception as e:  # OSError (offline, unknown id), ValueError (not a ViT), disk full ...
             from huggingface_hub import constants
 
@@ -239,7 +286,17 @@ def load_vit(args, device: torch.device) -> tuple[ViTForImageClassification, dic
             raise common.UserError(
                 f"could not load {args.model} from the Hugging Face hub or its cache {constants.HF_HUB_CACHE} "
                 f"({reason}); check the model id, connect to the internet or set HF_HOME to a cache that has it, "
-                f"or run with --smoke") from None
+                f"or run with --weights none (random weights) or --smoke") from None
+        # Only classify reads the head; attention, heads, masking and probe use the backbone
+        # (the probes fit their own linear heads), which such a checkpoint does hold.
+        if missing and "classify" in args.experiments:
+            raise common.UserError(
+                f"{args.model} has no image-classification head (its checkpoint lacks {', '.join(missing)}); "
+                f"transformers would add a random {model.config.num_labels}-label head and every prediction would "
+                f"be noise. Pass a checkpoint fine-tuned for classification, e.g. --model {VIT_B16}, or leave "
+                f"classify out (--experiments attention,heads,masking,probe use the backbone only)")
+        if missing:
+            print(f"note: {args.model} has no classification head; its backbone is used, classify is not run")
     if not hasattr(model.vit, "layers"):
         raise common.UserError(f"Task2.py needs transformers >= 5 (found {transformers.__version__}); "
                                f"pip install -U transformers")
@@ -261,10 +318,14 @@ def eager_attention(model):
 
 def weights_fingerprint(model) -> str:
     """A short digest of the weights (sum and sum of squares of all parameters), so a
-    cache made by other weights (another checkpoint, another smoke init) is never reused."""
+    cache made by other weights (another checkpoint, another random init) is never reused.
+    Computed on the CPU in float64, one parameter at a time: Apple's MPS has no float64,
+    and the digest must not depend on the device the model sits on."""
+    s = s2 = 0.0
     with torch.no_grad():
-        s = sum(p.double().sum().item() for p in model.parameters())
-        s2 = sum(p.double().square().sum().item() for p in model.parameters())
+        for p in model.parameters():
+            q = p.detach().cpu().double()
+            s, s2 = s + q.sum().item(), s2 + q.square().sum().item()
     return f"{s:.8e}/{s2:.8e}"
 
 
@@ -472,7 +533,7 @@ def extract_features(model, images: torch.Tensor, pre: dict, device, batch_size:
     stream; CLS token and mean of patch tokens), "cls_final", "mean_final": [N, D] float32
     after the final LayerNorm (what the classifier head reads)}. SDPA attention."""
     out = {"cls": [], "mean": [], "cls_final": [], "mean_final": []}
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=None, leave=False):
+    for i in common.progress(range(0, len(images), batch_size), desc=desc):
         with common.autocast(device):
             r = vit_forward(model, preprocess(images[i:i + batch_size], pre, device))
         h = torch.stack(r["hidden"], 1).float()                    # [B, L, T, D]
@@ -506,7 +567,7 @@ def rollout_maps(model, images, pre, device, args) -> torch.Tensor:
         return cached["maps"]
     maps = []
     with eager_attention(model):
-        for i in tqdm(range(0, len(images), args.batch_size), desc="rollout", disable=None, leave=False):
+        for i in common.progress(range(0, len(images), args.batch_size), desc="rollout"):
             with common.autocast(device):
                 r = vit_forward(model, preprocess(images[i:i + args.batch_size], pre, device), attentions=True)
             maps.append(attention_rollout(r["attentions"], args.rollout_fusion, args.discard_ratio)[:, 0, 1:].cpu())
@@ -530,7 +591,7 @@ def fit_probe(train_x, y_train, test_x, y_test, seed: int, max_iter: int = 1000)
 def probe_per_layer(train: torch.Tensor, y_train, test: torch.Tensor, y_test, seed: int, max_iter: int) -> list[float]:
     """Test accuracy of a linear probe on each layer's features: train/test [N, L, D]."""
     return [fit_probe(train[:, l].float(), y_train, test[:, l].float(), y_test, seed, max_iter)["test_acc"]
-            for l in tqdm(range(train.shape[1]), desc="per-layer probes", disable=None, leave=False)]
+            for l in common.progress(range(train.shape[1]), desc="per-layer probes")]
 
 
 # ----------------------------------------------------------------------------
@@ -539,12 +600,16 @@ def probe_per_layer(train: torch.Tensor, y_train, test: torch.Tensor, y_test, se
 
 
 @torch.inference_mode()
-def classify(model, named, pixels, pre, device, out: Path) -> dict:
-    """Top-1/top-5 ImageNet labels with softmax probabilities for each image."""
-    with common.autocast(device):
-        logits = vit_forward(model, pixels.to(device))["logits"].float()
-    probs = logits.softmax(-1).cpu()
-    top_p, top_i = probs.topk(5, dim=-1)
+def classify(model, named, pixels, pre, device, batch_size: int, out: Path) -> dict:
+    """Top-1/top-5 ImageNet labels with softmax probabilities for each image (pixels
+    [n, 3, H, W] model input on CPU, sent through in batches of batch_size)."""
+    logits = []
+    for i in common.progress(range(0, len(pixels), batch_size), desc="classify"):
+        with common.autocast(device):
+            logits.append(vit_forward(model, pixels[i:i + batch_size].to(device))["logits"].float().cpu())
+    probs = torch.cat(logits).softmax(-1)
+    k = min(5, probs.shape[-1])  # a checkpoint may have fewer than five labels
+    top_p, top_i = probs.topk(k, dim=-1)
     label = lambda i: model.config.id2label[int(i)].split(",")[0]  # "tabby, tabby cat" -> "tabby"
     per_image = {}
     fig, axes = plt.subplots(len(named), 2, figsize=(8, 2.0 * len(named)), squeeze=False,
@@ -556,8 +621,8 @@ def classify(model, named, pixels, pre, device, out: Path) -> dict:
         print(f"  {name:<28} top-1 {labels[0]} ({top_p[n, 0]:.3f}); top-5 {', '.join(labels[1:])}")
         draw_overlay(axes[n, 0], to_unit(pixels[n], pre), None, name)
         ax = axes[n, 1]
-        ax.barh(range(5)[::-1], top_p[n].numpy(), color="tab:blue")
-        ax.set_yticks(range(5)[::-1], labels, fontsize=8)
+        ax.barh(range(k)[::-1], top_p[n].numpy(), color="tab:blue")
+        ax.set_yticks(range(k)[::-1], labels, fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_xlabel("softmax probability")
         ax.set_title(f"top-1: {labels[0]} ({top_p[n, 0]:.2f})", fontsize=9)
@@ -582,11 +647,21 @@ def attention_maps(model, named, pixels, pre, device, args, out: Path) -> dict:
     from scipy.stats import spearmanr
 
     grid = grid_shape(model)
-    with eager_attention(model), common.autocast(device):
-        attns = [a.float().cpu() for a in vit_forward(model, pixels.to(device), attentions=True)["attentions"]]
-    last = cls_attention_map(attns[-1], grid)                          # [n, heads, rows, cols]
-    last_mean = last.mean(1)                                           # [n, rows, cols]
-    rollouts = {f: attention_rollout(attns, f, args.discard_ratio)[:, 0, 1:].reshape(-1, *grid) for f in FUSIONS}
+    # In batches of --batch-size: the weights of all 12 layers of ViT-B/16 take 22 MB per
+    # image (12 x 12 heads x 197 x 197 x 4 bytes); only the CLS rows are kept.
+    last, self_attention, rollouts = [], [], {f: [] for f in FUSIONS}
+    with eager_attention(model):
+        for i in common.progress(range(0, len(pixels), args.batch_size), desc="attention"):
+            with common.autocast(device):
+                attns = [a.float() for a in vit_forward(model, pixels[i:i + args.batch_size].to(device),
+                                                        attentions=True)["attentions"]]
+            last.append(cls_attention_map(attns[-1], grid).cpu())                # [b, heads, rows, cols]
+            self_attention.append(attns[-1][:, :, 0, 0].mean(1).cpu())           # [b]: CLS -> CLS, mean of heads
+            for f in FUSIONS:
+                rollouts[f].append(attention_rollout(attns, f, args.discard_ratio)[:, 0, 1:].reshape(-1, *grid).cpu())
+    last, self_attention = torch.cat(last), torch.cat(self_attention)            # [n, heads, rows, cols], [n]
+    rollouts = {f: torch.cat(r) for f, r in rollouts.items()}                    # [n, rows, cols] each
+    last_mean = last.mean(1)                                                     # [n, rows, cols]
     images = to_unit(pixels, pre)
     per_image, n_patches = {}, grid[0] * grid[1]
     for n, (name, _) in enumerate(named):
@@ -602,7 +677,7 @@ def attention_maps(model, named, pixels, pre, device, args, out: Path) -> dict:
         per_image[name] = {"last_layer_entropy_bits": float(entropy_bits(p_last)),
                            "rollout_entropy_bits": float(entropy_bits(p_roll)),
                            "spearman_last_vs_rollout": float(spearmanr(p_last.numpy(), p_roll.numpy())[0]),
-                           "cls_self_attention_last_layer": float(attns[-1][n, :, 0, 0].mean())}
+                           "cls_self_attention_last_layer": float(self_attention[n])}
     # Per-head grid: rows = images, columns = the mean map and every head of the last layer.
     heads = last.shape[1]
     fig, axes = plt.subplots(len(named), heads + 1, figsize=(1.3 * (heads + 1), 1.3 * len(named) + 0.8),
@@ -637,7 +712,7 @@ def head_statistics(model, pixels, device, batch_size: int, out: Path) -> dict:
     patch = model.config.patch_size
     ent, dist, sim, n = 0.0, 0.0, 0.0, 0
     with eager_attention(model):
-        for i in tqdm(range(0, len(pixels), batch_size), desc="head statistics", disable=None, leave=False):
+        for i in common.progress(range(0, len(pixels), batch_size), desc="head statistics"):
             with common.autocast(device):
                 attns = vit_forward(model, pixels[i:i + batch_size].to(device), attentions=True)["attentions"]
             a = torch.stack(attns, 1).float()                              # [B, L, heads, T, T]
@@ -729,7 +804,7 @@ def masking(model, images, labels, probe, unmasked_cls, rollout, fill, pre, devi
                      for s, o in orders.items()} for how in ("pixel", "token")}
     jobs = [(how, s, j, fi) for how in results for s in STRATEGIES for j in range(len(orders[s]))
             for fi in range(len(fractions))]
-    for how, s, j, fi in tqdm(jobs, desc="masking", disable=None):
+    for how, s, j, fi in common.progress(jobs, desc="masking"):
         k = n_masked(fractions[fi], n_patches)
         pred = base_pred if k == 0 else predict(masked_cls(model, images, orders[s][j], k, how, pre, fill, device,
                                                            args.batch_size))
@@ -874,7 +949,7 @@ def smoke_threads(active: bool):
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = common.parse_args(parser, argv, smoke=SMOKE)
-    with common.user_errors(parser.prog):
+    with common.user_errors(parser.prog, batch_flag="--batch-size"):
         # Validate everything the user gave before anything is loaded or written.
         user_images = read_images(args.images) if args.images else None
         if args.cifar_images < 0 or args.heads_images < 0:
@@ -886,14 +961,16 @@ def main(argv: list[str] | None = None) -> dict:
 
         model, pre = load_vit(args, device)
         grid = grid_shape(model)
-        print(f"model: {'smoke ViT (random weights)' if args.smoke else args.model}, "
+        name = "smoke ViT (random weights)" if args.smoke else \
+            f"{args.model}{' (random weights)' if args.weights == 'none' else ''}"
+        print(f"model: {name}, "
               f"{model.config.num_hidden_layers} layers x {model.config.num_attention_heads} heads, "
               f"{pre['size'][0]}x{pre['size'][1]} input, {grid[0]}x{grid[1]} patches")
 
         # CIFAR-10: the test split gives default images, head statistics and the evaluation
         # set; the training split the probes. Loaded only when an experiment needs it.
         need_test = bool(exps & {"masking", "probe"}) or ("heads" in exps and args.heads_images > 0) or \
-            (user_images is None and bool(exps & {"classify", "attention", "heads"}))
+            (user_images is None and args.cifar_images > 0 and bool(exps & {"classify", "attention", "heads"}))
         need_train = bool(exps & {"masking", "probe"})
         if need_test:
             n_test = max(args.test_images, args.heads_images)
@@ -913,7 +990,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         named = user_images
         if named is None and exps & {"classify", "attention", "heads"}:
-            named = sample_photos() + one_per_class(x_test, y_test, classes, args.cifar_images)
+            named = sample_photos() + (one_per_class(x_test, y_test, classes, args.cifar_images)
+                                       if args.cifar_images else [])
         pixels = preprocess_each(named, pre, device) if named else None
 
         # Features and the CLS probe are computed once and shared by masking and probe.
@@ -946,7 +1024,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = common.Results("task2", args, device)
         with smoke_threads(args.smoke and device.type == "cpu"):
             return results.run({
-                "classify": lambda: classify(model, named, pixels, pre, device, out),
+                "classify": lambda: classify(model, named, pixels, pre, device, args.batch_size, out),
                 "attention": lambda: attention_maps(model, named, pixels, pre, device, args, out),
                 "heads": lambda: head_statistics(model, heads_pixels(), device, args.batch_size, out),
                 "masking": run_masking,

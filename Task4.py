@@ -19,10 +19,15 @@ Experiments (each writes `<experiment>_<what>.png` and its metrics):
 Run:
   python Task4.py                         # open_clip ViT-B-32, pretrained="openai", STL-10
   python Task4.py --model ViT-B-32 --pretrained laion2b_s34b_b79k
+  python Task4.py --pretrained none       # the full ViT-B-32 (QuickGELU, as "openai" needs), random
+                                          # weights: a dry run without the weights download
   python Task4.py --smoke --out /tmp/t4   # offline: small random CLIP, generated images
 
+STL-10 comes through torchvision, which downloads the whole 2.6 GB archive (the 100,000
+unlabelled images included) under --data-root once, and checks it once per run.
+
 Writes into --out: zeroshot_accuracy.png, zeroshot_per_class.png, zeroshot_confusion.png,
-gap_cosine_hist.png, gap_joint_<tsne|umap>.png, procrustes_accuracy.png,
+gap_cosine_hist.png, gap_joint_<tsne|umap>.png, gap_raw_vs_normalised.png, procrustes_accuracy.png,
 procrustes_joint_<tsne|umap>.png, procrustes_rotations.npz, gap_shift_accuracy.png,
 metrics.json, summary.md, cache/ (image and text embeddings, one file per model,
 split and prompt set).
@@ -34,12 +39,12 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.linalg import orthogonal_procrustes
-from tqdm import tqdm
 
 import common
 import matplotlib.pyplot as plt  # after common, which selects the Agg backend
@@ -102,8 +107,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--model", default="ViT-B-32",
                    help="open_clip model name, one of open_clip.list_models() (default: ViT-B-32)")
     g.add_argument("--pretrained", default="openai",
-                   help="open_clip pretrained tag (e.g. openai, laion2b_s34b_b79k) or a checkpoint file "
-                        "(default: openai); --smoke ignores it and uses random weights")
+                   help="open_clip pretrained tag (e.g. openai, laion2b_s34b_b79k), a checkpoint file, or none: "
+                        "the full model with random weights and the activation the openai tag needs, nothing "
+                        "downloaded (default: openai); --smoke ignores it and uses a small random CLIP")
     g.add_argument("--batch-size", type=common.positive_int, default=256,
                    help="images / prompts per encoder forward pass (default: 256)")
     g.add_argument("--prompt", default="photo", choices=STRATEGIES,
@@ -146,11 +152,40 @@ def quiet_logging():
         logging.disable(logging.NOTSET)
 
 
+def clip_quick_gelu(model_name: str, pretrained: str) -> bool:
+    """Whether the weights `pretrained` of `model_name` need QuickGELU, x * sigmoid(1.702 x),
+    the activation OpenAI trained CLIP with (Radford et al. 2021; openai/CLIP clip/model.py),
+    rather than nn.GELU. open_clip 3.x builds the activation of the model config (nn.GELU
+    for `ViT-B-32`) and only warns when the tag was trained with QuickGELU ("QuickGELU
+    mismatch ..."), so OpenAI's weights would run through a different network. The tag's
+    own flag (open_clip.get_pretrained_cfg) decides; a model config that asks for QuickGELU
+    itself (the `*-quickgelu` names, roberta-ViT-B-32) keeps it. `none` (random weights)
+    takes the `openai` tag's activation, so a dry run builds the network the default
+    weights need. A checkpoint file has no tag: the model config decides (use the
+    `<model>-quickgelu` name for a checkpoint trained with QuickGELU)."""
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, "openai" if pretrained == "none" else pretrained)
+    model_cfg = open_clip.factory.get_model_config(model_name) or {}
+    return bool(tag_cfg.get("quick_gelu", False)) or bool(model_cfg.get("quick_gelu", False))
+
+
+def activation_name(model) -> str:
+    """Which activation the built model's MLPs use: "QuickGELU", "GELU" or both."""
+    from open_clip.transformer import QuickGELU
+
+    kinds = {"QuickGELU" if isinstance(m, QuickGELU) else "GELU" for m in model.modules()
+             if isinstance(m, (QuickGELU, torch.nn.GELU))}
+    return "+".join(sorted(kinds)) or "none"
+
+
 def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.device):
     """(model in eval mode on device, tokenizer, preprocessing config dict). Full runs
     fetch weights through open_clip (Hugging Face hub cache under $HF_HOME, or
-    ~/.cache/clip for URL downloads). The tokenizer is OpenAI's BPE, which ships
-    inside the open_clip package, so --smoke uses the real one offline."""
+    ~/.cache/clip for URL downloads), with the activation the weights were trained with
+    (`clip_quick_gelu`); `none` builds the same network with random weights, offline.
+    The tokenizer is OpenAI's BPE, which ships inside the open_clip package, so --smoke
+    uses the real one offline."""
     import open_clip
     from open_clip.transform import PreprocessCfg
 
@@ -159,9 +194,13 @@ def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.devic
         open_clip.set_model_preprocess_cfg(model, asdict(PreprocessCfg(size=SMOKE_CLIP["vision_cfg"]["image_size"])))
         tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the real CLIP BPE tokenizer, bundled
     else:
+        random_init = pretrained == "none"
         try:
             with quiet_logging():
-                model = open_clip.create_model(model_name, pretrained=pretrained)
+                # pretrained_text=False: `none` must not fetch a Hugging Face text tower either.
+                model = open_clip.create_model(model_name, pretrained=None if random_init else pretrained,
+                                               force_quick_gelu=clip_quick_gelu(model_name, pretrained),
+                                               pretrained_text=not random_init)
                 tokenizer = open_clip.get_tokenizer(model_name)
         except Exception as e:  # RuntimeError (no network / unknown file), OSError (disk), ...
             reason = " ".join(str(e).split())[:160] or type(e).__name__
@@ -172,6 +211,28 @@ def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.devic
                 f"pass --pretrained /path/to/checkpoint, or run with --smoke") from None
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     return model.to(device).eval(), tokenizer, pp
+
+
+# ----------------------------------------------------------------------------
+# Data: STL-10's two labelled splits
+# ----------------------------------------------------------------------------
+
+
+def load_stl10(data_root: str, smoke: bool, seed: int):
+    """(x_train, y_train, x_test, y_test, classes): the 5,000 labelled training and 8,000
+    test images, uint8 [N, 3, 96, 96]. torchvision's STL10 checks the MD5 of all five
+    files of the archive (3 GB with the 100,000 unlabelled images) every time a split is
+    opened; the train split downloads and checks them, the test split then reuses that
+    check instead of reading the 3 GB again."""
+    x_train, y_train, classes = common.load_split("stl10", data_root, train=True, smoke=smoke, seed=seed)
+    verified = contextlib.nullcontext()
+    if not smoke:
+        import torchvision
+
+        verified = mock.patch.object(torchvision.datasets.STL10, "_check_integrity", return_value=True)
+    with verified:
+        x_test, y_test, _ = common.load_split("stl10", data_root, train=False, smoke=smoke, seed=seed)
+    return x_train, y_train, x_test, y_test, classes
 
 
 # ----------------------------------------------------------------------------
@@ -200,7 +261,7 @@ def encode_images(model, images: torch.Tensor, pp: dict, device: torch.device, b
                   desc: str = "images", progress: bool = True) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> raw (unnormalised) image embeddings float32 [N, D] on CPU."""
     out = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=None if progress else True):
+    for i in common.progress(range(0, len(images), batch_size), desc=desc, disable=None if progress else True):
         x = preprocess(images[i:i + batch_size].to(device, non_blocking=True), pp)
         with common.autocast(device):
             out.append(model.encode_image(x).float().cpu())
@@ -219,10 +280,13 @@ def encode_texts(model, tokenizer, prompts: list[str], device: torch.device, bat
 
 
 def model_key(args) -> dict:
-    """What determines the weights: the smoke model's random init depends on the seed."""
+    """What determines the embeddings: the weights (the smoke model's and `none`'s random
+    init depend on the seed) and the activation they run through (QuickGELU or GELU)."""
     if args.smoke:
         return {"model": "smoke-clip", "config": SMOKE_CLIP, "seed": args.seed}
-    return {"model": args.model, "pretrained": args.pretrained}
+    key = {"model": args.model, "pretrained": args.pretrained,
+           "quick_gelu": clip_quick_gelu(args.model, args.pretrained)}
+    return {**key, "seed": args.seed} if args.pretrained == "none" else key
 
 
 def cached_image_embeddings(model, images, pp, device, args, split: str) -> torch.Tensor:
@@ -349,6 +413,60 @@ def joint_figures(images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor,
         common.save_figure(fig, Path(args.out) / f"{name}_{m}.png")
 
 
+def pca_view(ax, images: torch.Tensor, labels: torch.Tensor, texts: torch.Tensor, classes: list[str],
+             title: str) -> None:
+    """Images (dots) and class prompts (stars) projected on the first two principal axes
+    of both together, with equal axis scales: a linear map, so the arrow between the two
+    modality centroids shows the gap (its part in this plane) in the embedding's own units."""
+    x = torch.cat([images, texts]).double().numpy()
+    mu = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mu, full_matrices=False)
+    xy = (x - mu) @ vt[:2].T
+    n = len(images)
+    common.scatter_by_class(ax, xy[:n], labels.numpy(), classes, title, size=8, legend=False)
+    cmap = plt.get_cmap("tab10")
+    for k in range(len(texts)):
+        ax.scatter(*xy[n + k], s=160, marker="*", color=cmap(k % 10), edgecolor="black", linewidth=0.8, zorder=3)
+    ci, ct = xy[:n].mean(0), xy[n:].mean(0)
+    ax.annotate("", xy=ct, xytext=ci, arrowprops=dict(arrowstyle="->", color="black", lw=1.5), zorder=4)
+    ax.scatter(*np.stack([ci, ct]).T, s=60, marker="X", color="black", zorder=4, label="modality centroids")
+    ax.scatter([], [], s=8, color="grey", label="test images (colour: class)")
+    ax.scatter([], [], s=120, marker="*", color="grey", edgecolor="black", label="class prompts")
+    var = s**2 / (s**2).sum()
+    ax.xaxis.set_major_locator(plt.AutoLocator()), ax.yaxis.set_major_locator(plt.AutoLocator())  # units matter here
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(f"PC 1 ({100 * var[0]:.0f}% of variance; embedding units)")
+    ax.set_ylabel(f"PC 2 ({100 * var[1]:.0f}%)")
+    ax.legend(fontsize=7, loc="best")
+
+
+def raw_vs_normalised_figure(img_raw: torch.Tensor, labels: torch.Tensor, text_raw: torch.Tensor, cls: torch.Tensor,
+                             classes: list[str], args, numbers: dict) -> None:
+    """gap_raw_vs_normalised.png: the --tsne-small test sample and the class prompts,
+    raw (the encoders' outputs) in the left column and L2-normalised (what CLIP compares)
+    in the right; top row PCA (linear, to scale), then one row per --embed method.
+    `numbers`: {"raw"|"normalised": (||gap||, separation)} on the whole test split."""
+    idx = sample_indices(len(labels), args.tsne_small, args.seed)
+    columns = {"raw": (img_raw[idx], text_raw), "normalised": (l2n(img_raw[idx]), cls)}
+    rows = ["pca"] + methods(args)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 5.2 * len(rows)), squeeze=False)
+    for c, (name, (im, tx)) in enumerate(columns.items()):
+        g, sep = numbers[name]
+        head = (f"{'raw (unnormalised)' if name == 'raw' else 'L2-normalised'} embeddings: ||gap|| {g:.3f}, "
+                f"gap / spread {sep:.2f}")
+        for r, m in enumerate(rows):
+            if m == "pca":
+                pca_view(axes[r, c], im, labels[idx], tx, classes, f"{head}\nPCA of {len(idx)} images + "
+                         f"{len(classes)} prompts")
+            else:
+                joint_view(axes[r, c], im, labels[idx], tx, classes, m, args.seed,
+                           f"{m} of the same points (one fit per panel)")
+    fig.suptitle(f"Does normalisation change the modality gap? Same test sample, raw vs L2-normalised "
+                 f"(prompt: {args.prompt}; gap numbers: all {len(labels)} test images)")
+    fig.tight_layout()
+    common.save_figure(fig, Path(args.out) / "gap_raw_vs_normalised.png")
+
+
 def methods(args) -> list[str]:
     return ["tsne", "umap"] if args.embed == "both" else [args.embed]
 
@@ -415,12 +533,24 @@ def random_pair_cosines(x: torch.Tensor, n_pairs: int, rng: np.random.Generator)
     return (x[i[keep]] * x[j[keep]]).sum(1).numpy()
 
 
+def separation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Scale-free separation of two point sets a [N, D] and b [M, D]: the distance between
+    their centroids over the RMS distance of a point to its own set's centroid (the mean
+    of the two sets' mean squared spreads, so 8,000 images do not drown 10 prompts).
+    Scaling both sets alike leaves it unchanged, so raw and normalised embeddings compare:
+    > 1 means the modalities sit further apart than each one is wide."""
+    a, b = a.float(), b.float()
+    spread = (0.5 * ((a - a.mean(0)).square().sum(1).mean() + (b - b.mean(0)).square().sum(1).mean())).sqrt()
+    return float(modality_gap(a, b).norm() / spread)
+
+
 def gap(E: dict, classes: list[str], args) -> dict:
     img, y = l2n(E["img_test"]), E["y_test"]
     cls = class_embeddings(E["text"][args.prompt])                    # [K, D] unit
     text_raw = E["text"][args.prompt].mean(1)                         # [K, D] unnormalised class means
     g = modality_gap(img, cls)
     g_raw = modality_gap(E["img_test"], text_raw)
+    sep, sep_raw = separation(img, cls), separation(E["img_test"], text_raw)
     rng = np.random.default_rng(args.seed)
 
     sims = img @ cls.T                                                # [N, K]
@@ -443,12 +573,19 @@ def gap(E: dict, classes: list[str], args) -> dict:
 
     joint_figures(img, y, cls, classes, args, "test images", "gap_joint",
                   "of L2-normalised image and text embeddings (one fit per panel): the modality gap")
+    raw_vs_normalised_figure(E["img_test"], y, text_raw, cls, classes, args,
+                             {"raw": (g_raw.norm().item(), sep_raw), "normalised": (g.norm().item(), sep)})
 
-    print(f"  gap (normalised) {g.norm():.4f}   gap (raw) {g_raw.norm():.4f}   "
-          f"matched cos {matched.mean():.3f}   image-image {img_img.mean():.3f}   text-text {txt_txt.mean():.3f}")
+    image_norm = float(E["img_test"].norm(dim=1).mean())
+    text_norm = float(E["text"][args.prompt].norm(dim=-1).mean())
+    gap_raw_relative = float(g_raw.norm()) / (0.5 * (image_norm + text_norm))  # in units of a typical raw norm
+    print(f"  gap (normalised) {g.norm():.4f}   gap (raw) {g_raw.norm():.4f} = {gap_raw_relative:.3f} of the mean "
+          f"raw norm   separation (gap / spread) normalised {sep:.3f}, raw {sep_raw:.3f}")
+    print(f"  matched cos {matched.mean():.3f}   image-image {img_img.mean():.3f}   text-text {txt_txt.mean():.3f}")
     return {"prompt": args.prompt, "gap_normalised": float(g.norm()), "gap_raw": float(g_raw.norm()),
-            "image_norm_raw_mean": float(E["img_test"].norm(dim=1).mean()),
-            "text_norm_raw_mean": float(E["text"][args.prompt].norm(dim=-1).mean()),
+            "gap_raw_relative": gap_raw_relative,
+            "separation_normalised": sep, "separation_raw": sep_raw,
+            "image_norm_raw_mean": image_norm, "text_norm_raw_mean": text_norm,
             "cos_matched_mean": float(matched.mean()), "cos_unmatched_mean": float(unmatched.mean()),
             "cos_image_image_mean": float(img_img.mean()), "cos_text_text_mean": float(txt_txt.mean()),
             "n_small": min(args.tsne_small, len(y)), "n_large": min(args.tsne_large, len(y))}
@@ -579,7 +716,7 @@ def main(argv=None):
     parser = common.make_parser("task4", __doc__, EXPERIMENTS)
     add_arguments(parser)
     args = common.parse_args(parser, argv, smoke=SMOKE)
-    with common.user_errors(parser.prog):
+    with common.user_errors(parser.prog, batch_flag="--batch-size"):
         import open_clip
 
         if args.model not in open_clip.list_models():
@@ -587,9 +724,10 @@ def main(argv=None):
             raise common.UserError(f"unknown --model {args.model!r}; open_clip knows e.g. "
                                    f"{', '.join(near or open_clip.list_models()[:8])} (see open_clip.list_models())")
         tags = open_clip.list_pretrained_tags_by_model(args.model)
-        if not args.smoke and args.pretrained not in tags and not os.path.isfile(args.pretrained):
+        if not args.smoke and args.pretrained not in tags + ["none"] and not os.path.isfile(args.pretrained):
             raise common.UserError(f"--pretrained {args.pretrained!r} is neither an open_clip tag for {args.model} "
-                                   f"({', '.join(tags[:6]) or 'none'}) nor a checkpoint file")
+                                   f"({', '.join(tags[:6]) or 'no tags'}), none (random weights), "
+                                   f"nor a checkpoint file")
         if not args.shift_min < args.shift_max or args.shift_steps < 2:
             raise common.UserError("need --shift-min < --shift-max and --shift-steps >= 2")
         if args.tsne_small < 5:
@@ -598,11 +736,11 @@ def main(argv=None):
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)
         model, tokenizer, pp = load_clip(args.model, args.pretrained, args.smoke, device)
-        x_train, y_train, classes = common.load_split("stl10", args.data_root, train=True, smoke=args.smoke,
-                                                      seed=args.seed)
-        x_test, y_test, _ = common.load_split("stl10", args.data_root, train=False, smoke=args.smoke, seed=args.seed)
-        print(f"model: {'smoke CLIP (random init)' if args.smoke else f'{args.model} / {args.pretrained}'}, "
-              f"input {pp['size']}; STL-10: {len(y_train)} train, {len(y_test)} test images", flush=True)
+        x_train, y_train, x_test, y_test, classes = load_stl10(args.data_root, args.smoke, args.seed)
+        weights = "smoke CLIP (random init)" if args.smoke else \
+            f"{args.model} / {'random weights' if args.pretrained == 'none' else args.pretrained}"
+        print(f"model: {weights}, activation {activation_name(model)}, input {pp['size']}; "
+              f"STL-10: {len(y_train)} train, {len(y_test)} test images", flush=True)
 
         E = {"img_train": cached_image_embeddings(model, x_train, pp, device, args, "train"), "y_train": y_train,
              "img_test": cached_image_embeddings(model, x_test, pp, device, args, "test"), "y_test": y_test,

@@ -11,6 +11,14 @@ rollout passes do).
 
     python benchmarks/bench_vit.py                           # small ViT on CPU, seconds
     python benchmarks/bench_vit.py --full --device cuda      # ViT-B/16 at 224 (random init)
+    python benchmarks/bench_vit.py --flops                   # FLOPs of every Task 2 experiment at its
+                                                             # defaults, and the time they imply at
+                                                             # --gpu-tflops (an estimate, not a timing)
+
+--flops counts with torch.utils.flop_counter.FlopCounterMode on ViT-B/16 built on the
+meta device (shapes only: nothing is computed, it takes a second): one forward pass per
+token count Task 2 uses (197 tokens; 1 + 196 - k when token dropping removes k patches),
+times the passes each experiment makes at Task 2's default flags.
 """
 from __future__ import annotations
 
@@ -43,6 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed passes per side first")
     p.add_argument("--threads", type=common.positive_int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
+    p.add_argument("--flops", action="store_true",
+                   help="count the FLOPs of Task 2's experiments at its defaults instead of timing")
+    p.add_argument("--gpu-tflops", type=common.positive_float, default=100.0,
+                   help="--flops: sustained GPU throughput assumed for the time estimate, in TFLOP/s")
     args = p.parse_args(argv)
     if args.full:
         args.image_size, args.patch_size, args.layers, args.heads, args.hidden = 224, 16, 12, 12, 768
@@ -51,8 +63,63 @@ def parse_args(argv=None):
     return args
 
 
+def forward_flops(model, tokens: int, attentions: bool) -> int:
+    """FLOPs (multiply and add counted separately) of one Task2.vit_forward of one image
+    with `tokens` tokens (CLS included): a 224x224 input with only tokens - 1 patches kept."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n_patches = Task2.grid_shape(model)[0] * Task2.grid_shape(model)[1]
+    x = torch.zeros(1, 3, model.config.image_size, model.config.image_size, device="meta")
+    keep = None if tokens == n_patches + 1 else torch.arange(tokens - 1, device="meta")[None]
+    model.set_attn_implementation("eager" if attentions else "sdpa")
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        Task2.vit_forward(model, x, keep=keep, attentions=attentions)
+    return counter.get_total_flops()
+
+
+def task2_flops(gpu_tflops: float) -> dict:
+    """Per experiment of `python Task2.py` at its defaults: forward passes (images) and FLOPs."""
+    t2 = Task2.build_parser().parse_args([])
+    with torch.device("meta"):
+        model = Task2.ViTForImageClassification(Task2.vit_b16_config()).eval()
+    n_patches = Task2.grid_shape(model)[0] * Task2.grid_shape(model)[1]
+    full, full_eager = forward_flops(model, n_patches + 1, False), forward_flops(model, n_patches + 1, True)
+    n_images = len(Task2.sample_photos()) + t2.cifar_images                # the default photos
+    runs = t2.mask_seeds + len(Task2.STRATEGIES) - 1                       # random x seeds + 4 fixed orders
+    nonzero = [f for f in t2.mask_fractions if f > 0]                      # fraction 0 reuses the features
+    token_flops = sum(forward_flops(model, n_patches + 1 - Task2.n_masked(f, n_patches), False) for f in nonzero)
+    rows = {
+        "classify": (n_images, n_images * full),
+        "attention": (n_images, n_images * full_eager),
+        "heads": (n_images + t2.heads_images, (n_images + t2.heads_images) * full_eager),
+        # features of the train and test subsets (shared with probe), rollout of the test subset,
+        # then every strategy run x non-zero fraction: pixel masking (all tokens), token dropping
+        "masking": (t2.train_images + 2 * t2.test_images + 2 * runs * len(nonzero) * t2.test_images,
+                    (t2.train_images + t2.test_images) * full + t2.test_images * full_eager
+                    + runs * t2.test_images * (len(nonzero) * full + token_flops)),
+        "probe": (0, 0),                                                   # features cached by masking
+    }
+    print(f"ViT-B/16 at 224: {full / 1e9:.2f} GFLOP per image forward ({n_patches + 1} tokens); Task 2 defaults: "
+          f"{n_images} photos, {t2.heads_images} heads images, {t2.train_images} train / {t2.test_images} test "
+          f"images, {len(nonzero)} non-zero fractions x {runs} strategy runs x 2 ways of masking")
+    print(f"estimated GPU time at an assumed sustained {gpu_tflops:g} TFLOP/s (ESTIMATE, not measured):\n")
+    print(f"{'experiment':<10} {'forward passes':>15} {'TFLOP':>10} {'est. GPU s':>11}")
+    for name, (passes, flops) in rows.items():
+        print(f"{name:<10} {passes:>15,} {flops / 1e12:>10.2f} {flops / (gpu_tflops * 1e12):>11.2f}")
+    total = sum(f for _, f in rows.values())
+    print(f"{'total':<10} {sum(n for n, _ in rows.values()):>15,} {total / 1e12:>10.2f} "
+          f"{total / (gpu_tflops * 1e12):>11.2f}")
+    print(f"\nprobe: {2 + 2 * model.config.num_hidden_layers} logistic-regression probes on {t2.train_images} x "
+          f"{model.config.hidden_size} features run on the CPU (scikit-learn), not on the GPU; probe alone (no "
+          f"cached features) also extracts {t2.train_images + t2.test_images:,} images: "
+          f"{(t2.train_images + t2.test_images) * full / (gpu_tflops * 1e12):.1f} s at the same rate")
+    return {name: flops for name, (_, flops) in rows.items()}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.flops:
+        return task2_flops(args.gpu_tflops)
     device = common.pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

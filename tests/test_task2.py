@@ -291,6 +291,121 @@ def test_probe_on_separable_and_on_noise_features():
 
 
 # ----------------------------------------------------------------------------
+# Model loading, weights digest, batching
+# ----------------------------------------------------------------------------
+
+
+def test_random_init_config_is_vit_b16_with_imagenet_labels():
+    """--weights none builds google/vit-base-patch16-224's architecture: the sizes of
+    ViT-B/16 (Dosovitskiy et al. 2021, Table 1) and ImageNet-1k's 1,000 labels in class order."""
+    from test_fullsize_task2_4 import VIT_B16_SIZES
+
+    cfg = Task2.vit_b16_config()
+    assert {k: getattr(cfg, k) for k in VIT_B16_SIZES} == VIT_B16_SIZES
+    assert cfg.num_labels == 1000 and cfg.hidden_act == "gelu" and cfg.layer_norm_eps == 1e-12
+    assert cfg.id2label[0] == "tench" and cfg.id2label[1] == "goldfish" and cfg.id2label[999] == "toilet tissue"
+    proc = Task2.processor_settings(Task2.vit_b16_processor())
+    assert proc["size"] == (224, 224) and proc["mode"] == "bilinear"
+    assert proc["mean"].tolist() == [0.5] * 3 and proc["std"].tolist() == [0.5] * 3
+
+
+class DeviceOnlyTensor(torch.Tensor):
+    """A parameter on a device that supports float32 only (like Apple's MPS): any
+    operation on it raises, except detaching it and copying it to the CPU."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        to_cpu = name == "cpu" or (name == "to" and "cpu" in [str(a) for a in args[1:]] + [str(kwargs.get("device"))]
+                                   and torch.float64 not in list(args[1:]) + [kwargs.get("dtype")])
+        if name in ("detach", "__get__") or to_cpu:
+            with torch._C.DisableTorchFunctionSubclass():
+                out = func(*args, **kwargs)
+            return out if name in ("detach", "__get__") else out.as_subclass(torch.Tensor)
+        raise TypeError(f"{name} on the device: Cannot convert a MPS Tensor to float64 dtype as the MPS framework "
+                        f"doesn't support float64")
+
+
+def test_weights_fingerprint_runs_on_the_cpu_in_float64():
+    """The digest is computed on the CPU (MPS has no float64: `.double()` there raises) and
+    equals sum and sum of squares of all parameters computed independently in numpy float64."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=13).astype(np.float32) * 1e3]
+
+    class OnDevice:
+        def parameters(self):
+            return [torch.from_numpy(a).as_subclass(DeviceOnlyTensor) for a in arrays]
+
+    with pytest.raises(TypeError):
+        OnDevice().parameters()[0].double()  # the fake device refuses what MPS refuses
+    s = sum(a.astype(np.float64).sum() for a in arrays)
+    s2 = sum(np.square(a.astype(np.float64)).sum() for a in arrays)
+    assert Task2.weights_fingerprint(OnDevice()) == f"{s:.8e}/{s2:.8e}"
+
+
+def test_images_go_through_in_batches(tmp_path, monkeypatch):
+    """--images N pictures: classify and attention use batches of --batch-size, not one
+    batch of N (ViT-B/16 keeps 22 MB of attention weights per image)."""
+    from sklearn.datasets import load_sample_images
+
+    photo = load_sample_images().filenames[1]
+    sizes = []
+    forward = Task2.vit_forward
+
+    def counting(model, pixels, *a, **k):
+        sizes.append(len(pixels))
+        return forward(model, pixels, *a, **k)
+
+    monkeypatch.setattr(Task2, "vit_forward", counting)
+    Task2.main(["--smoke", "--images", *[photo] * 5, "--batch-size", "2", "--experiments", "classify,attention",
+                "--out", str(tmp_path / "out")])
+    assert sizes == [2, 2, 1, 2, 2, 1]  # classify, then attention
+    assert len(load_metrics(tmp_path / "out")["experiments"]["classify"]["images"]) == 5
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face hub cache that this process's loaders read (offline)."""
+    import huggingface_hub
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    return hub
+
+
+TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=16,
+                image_size=224, num_channels=3)
+
+
+def test_checkpoint_without_classification_head_is_refused(hub_cache, tmp_path, capsys):
+    """google/vit-base-patch16-224-in21k is a feature extractor (ViTModel, no classifier):
+    from_pretrained would give it a random 2-label head in silence. Refused in one line."""
+    from sklearn.datasets import load_sample_images
+
+    from test_fullsize_task2_4 import write_vit_checkpoint
+
+    photo = load_sample_images().filenames[0]
+    write_vit_checkpoint(hub_cache, "google/vit-base-patch16-224-in21k", TINY_VIT, labels=None, head=False)
+    line = assert_bad_input_in_process(Task2.main, ["--model", "google/vit-base-patch16-224-in21k", "--images", photo,
+                                                    "--experiments", "classify"], capsys,
+                                       expect="no image-classification head", out=tmp_path / "out")
+    assert "classifier.weight" in line and "2-label" in line
+    # Its backbone still serves the experiments that do not read the head.
+    Task2.main(["--model", "google/vit-base-patch16-224-in21k", "--images", photo, "--experiments", "attention",
+                "--device", "cpu", "--out", str(tmp_path / "backbone")])
+    assert "note: google/vit-base-patch16-224-in21k has no classification head" in capsys.readouterr().out
+    assert list(load_metrics(tmp_path / "backbone")["experiments"]) == ["attention"]
+    # Control: the same cache with a classifier checkpoint loads and runs.
+    write_vit_checkpoint(hub_cache, "someone/tiny-vit-classifier", TINY_VIT, labels=["cat", "dog", "ship"])
+    Task2.main(["--model", "someone/tiny-vit-classifier", "--images", photo, "--experiments", "classify",
+                "--device", "cpu", "--out", str(tmp_path / "ok")])
+    (result,) = load_metrics(tmp_path / "ok")["experiments"]["classify"]["images"].values()
+    assert result["top1"] in ("cat", "dog", "ship") and len(result["top5"]) == 3  # three labels: a top-3
+
+
+# ----------------------------------------------------------------------------
 # Smoke run: every figure and metric
 # ----------------------------------------------------------------------------
 
@@ -308,10 +423,9 @@ def test_smoke_writes_every_figure(smoke_out):
              "probe_layers", "probe_cosine"]
     for name in names:
         assert_png_ok(smoke_out / f"{name}.png")
-    cifar_maps = sorted(smoke_out.glob("attention_map_cifar*.png"))
-    assert len(cifar_maps) == 3  # --cifar-images default
-    for p in cifar_maps:
-        assert_png_ok(p)
+    # The default images are the two clean photos; no upsampled 32x32 CIFAR images among them.
+    assert sorted(p.name for p in smoke_out.glob("attention_map_*.png")) == ["attention_map_china.png",
+                                                                             "attention_map_flower.png"]
     assert (smoke_out / "summary.md").exists()
 
 
@@ -325,7 +439,7 @@ def test_smoke_metrics(smoke_out):
     # classify
     assert_in_range(m, "classify/mean_top1_prob", 0, 1)
     assert_in_range(m, "classify/mean_top5_prob_mass", m["classify"]["mean_top1_prob"], 1)
-    assert len(m["classify"]["images"]) == 5
+    assert set(m["classify"]["images"]) == {"china", "flower"}
     for v in m["classify"]["images"].values():
         assert v["top1"] in Task2.SMOKE_LABELS and len(v["top5"]) == 5
     # attention: 16 patches -> at most 4 bits
@@ -333,8 +447,8 @@ def test_smoke_metrics(smoke_out):
     assert_in_range(m, "attention/mean_last_layer_entropy_bits", 0, 4)
     assert_in_range(m, "attention/mean_rollout_entropy_bits", 0, 4)
     assert_in_range(m, "attention/mean_spearman_last_vs_rollout", -1, 1)
-    # heads: 5 images + 8 CIFAR; distances within the 32x32 input
-    assert m["heads"]["images"] == 13
+    # heads: 2 photos + 8 CIFAR; distances within the 32x32 input
+    assert m["heads"]["images"] == 10
     max_dist = 8 * math.sqrt(18)
     for key in ("uniform_distance_px", "first_layer_distance_min_px", "first_layer_distance_max_px",
                 "last_layer_distance_mean_px"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -102,6 +103,20 @@ def test_modality_gap_on_constructed_embeddings():
         math.hypot(5 * math.cos(theta), math.cos(phi)), abs=1e-5)
     # ...while the normalised gap does not change
     assert Task4.modality_gap(Task4.l2n(5 * img), txt).norm().item() == pytest.approx(g.norm().item(), abs=1e-6)
+
+
+def test_separation_on_constructed_embeddings():
+    # images c e1 +- s e3 (spread s around their centroid c e1), texts -c e1 +- s e4:
+    # centroid distance 2c, RMS spread s, so the separation is 2c / s, at any common scale.
+    c, s = 0.6, 0.8
+    e = torch.eye(4)
+    img = torch.stack([c * e[0] + s * e[2], c * e[0] - s * e[2]] * 5)
+    txt = torch.stack([-c * e[0] + s * e[3], -c * e[0] - s * e[3]])
+    assert Task4.separation(img, txt) == pytest.approx(2 * c / s)
+    assert Task4.separation(7 * img, 7 * txt) == pytest.approx(2 * c / s)
+    # images 10x larger than texts (like raw embeddings of different norms): the spread is
+    # the RMS of the two modalities' spreads, sqrt((100 s^2 + s^2) / 2)
+    assert Task4.separation(10 * img, txt) == pytest.approx(11 * c / math.sqrt((100 * s**2 + s**2) / 2))
 
 
 def test_shift_by_the_gap_closes_it_exactly_in_a_symmetric_case():
@@ -230,11 +245,113 @@ def test_image_embeddings_are_cached_and_fresh_recomputes(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# QuickGELU for the weights that need it (open_clip only warns)
+# ----------------------------------------------------------------------------
+
+
+def _tiny_open_clip(monkeypatch):
+    """Make open_clip.create_model build a tiny CLIP for every model name (keeping the real
+    config's quick_gelu flag) and find no weights to load, so every (model, tag) pair goes
+    through load_clip and open_clip's own tag handling in milliseconds."""
+    import open_clip
+    from open_clip import factory
+
+    real_config = factory.get_model_config
+
+    def tiny(name):
+        cfg = real_config(name)
+        if cfg is None:
+            return None
+        return dict(embed_dim=16, quick_gelu=cfg.get("quick_gelu", False),
+                    vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=16),
+                    text_cfg=dict(context_length=8, vocab_size=64, width=16, heads=1, layers=1))
+
+    monkeypatch.setattr(factory, "get_model_config", tiny)
+    monkeypatch.setattr(factory, "download_pretrained", lambda cfg, **kw: "")
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda name, **kw: None)
+    return real_config
+
+
+def test_every_quick_gelu_tag_builds_quick_gelu_modules(monkeypatch):
+    import warnings
+
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    real_config = _tiny_open_clip(monkeypatch)
+    cpu = torch.device("cpu")
+    wrong, mismatch_warnings, n_quick = [], [], 0
+    for model_name, tag in open_clip.list_pretrained():
+        tag_quick = open_clip.get_pretrained_cfg(model_name, tag).get("quick_gelu", False)
+        config_quick = real_config(model_name).get("quick_gelu", False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, _, _ = Task4.load_clip(model_name, tag, smoke=False, device=cpu)
+        kinds = {type(m) for m in model.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}
+        want = QuickGELU if tag_quick or config_quick else torch.nn.GELU
+        n_quick += want is QuickGELU
+        if kinds != {want}:
+            wrong.append((model_name, tag, sorted(k.__name__ for k in kinds)))
+        if any("QuickGELU mismatch" in str(w.message) for w in caught) and not (config_quick and not tag_quick):
+            mismatch_warnings.append((model_name, tag))
+    assert not wrong, f"{len(wrong)} pairs built with the wrong activation, e.g. {wrong[:5]}"
+    assert not mismatch_warnings, mismatch_warnings[:5]
+    assert n_quick >= 50  # open_clip 3.3: 27 tags need it on GELU configs, 27 on *-quickgelu configs
+    # Known pairs, independently of the rule above: OpenAI's weights need QuickGELU, LAION-2B's do not.
+    assert Task4.clip_quick_gelu("ViT-B-32", "openai") and Task4.clip_quick_gelu("RN50", "openai")
+    assert not Task4.clip_quick_gelu("ViT-B-32", "laion2b_s34b_b79k")
+    assert Task4.clip_quick_gelu("ViT-B-32", "none")  # random weights: the network "openai" needs
+
+
+def test_pretrained_none_downloads_nothing(monkeypatch):
+    from open_clip import factory
+
+    _tiny_open_clip(monkeypatch)
+
+    def no_download(*a, **k):
+        raise AssertionError("--pretrained none must not fetch weights")
+
+    monkeypatch.setattr(factory, "download_pretrained", no_download)
+    monkeypatch.setattr(factory, "download_pretrained_from_hf", no_download)
+    model, _, pp = Task4.load_clip("ViT-B-32", "none", smoke=False, device=torch.device("cpu"))
+    assert Task4.activation_name(model) == "QuickGELU" and pp["size"] == (32, 32)
+
+
+def test_activation_is_part_of_the_embedding_cache_key(tmp_path, monkeypatch):
+    args = SimpleNamespace(smoke=False, model="ViT-B-32", pretrained="openai", out=str(tmp_path), seed=0)
+    paths = {}
+    for quick in (True, False):
+        monkeypatch.setattr(Task4, "clip_quick_gelu", lambda m, p, q=quick: q)
+        paths[quick] = Task4.common.cache_path(args.out, "clip-images-test", {**Task4.model_key(args), "split": "test"})
+    assert paths[True] != paths[False]
+
+
+def test_stl10_is_checked_once_per_run(tmp_path, monkeypatch):
+    """torchvision's STL10 checks the MD5 of all five files (3 GB: the 100,000 unlabelled
+    images too) whenever a split is opened; a run opens two splits and checks once. A full
+    (non-smoke) run on a generated STL-10 in torchvision's layout, the small CLIP standing in."""
+    import torchvision.datasets.stl10 as stl10
+
+    from test_fullsize_task2_4 import write_fake_stl10
+
+    write_fake_stl10(tmp_path / "data", n_train=30, n_test=20)
+    checked = []
+    monkeypatch.setattr(stl10, "check_integrity", lambda fpath, md5=None: checked.append(Path(fpath).name) or True)
+    small = Task4.load_clip
+    monkeypatch.setattr(Task4, "load_clip", lambda name, tag, smoke, device: small(name, tag, True, device))
+    Task4.main(["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--experiments", "zeroshot"])
+    assert sorted(checked) == sorted(["train_X.bin", "train_y.bin", "unlabeled_X.bin", "test_X.bin", "test_y.bin"])
+    m = load_metrics(tmp_path / "out")
+    assert m["env"]["data"] == "real" and m["experiments"]["zeroshot"]["n_test"] == 20
+
+
+# ----------------------------------------------------------------------------
 # The --smoke run: every figure, every metric
 # ----------------------------------------------------------------------------
 
 FIGURES = ["zeroshot_accuracy.png", "zeroshot_per_class.png", "zeroshot_confusion.png", "gap_cosine_hist.png",
-           "gap_joint_tsne.png", "procrustes_accuracy.png", "procrustes_joint_tsne.png", "gap_shift_accuracy.png"]
+           "gap_joint_tsne.png", "gap_raw_vs_normalised.png", "procrustes_accuracy.png", "procrustes_joint_tsne.png",
+           "gap_shift_accuracy.png"]
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +395,9 @@ def test_smoke_writes_every_metric(smoke_run):
     assert_in_range(m["zeroshot"], "n_test", 300, 300)
     for k in ("gap_normalised",):
         assert_in_range(m["gap"], k, 0, 2)
-    for k in ("gap_raw", "image_norm_raw_mean", "text_norm_raw_mean"):
+    for k in ("gap_raw", "image_norm_raw_mean", "text_norm_raw_mean", "separation_raw", "separation_normalised"):
         assert_in_range(m["gap"], k, 0, 1e4)
+    assert_in_range(m["gap"], "gap_raw_relative", 0, 2)  # centroids of vectors of about that norm
     for k in ("cos_matched_mean", "cos_unmatched_mean", "cos_image_image_mean", "cos_text_text_mean"):
         assert_in_range(m["gap"], k, -1, 1)
     assert_in_range(m["gap"], "n_small", 100, 100)
