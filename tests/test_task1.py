@@ -440,6 +440,16 @@ def test_cifar_resnet_has_he_et_al_parameter_counts_and_depth(depth, published):
     assert Task1.CifarResNet(depth)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_plain_and_residual_nets_start_from_the_same_weights():
+    """One seed gives both networks the same parameters (option A shortcuts have none),
+    so scratch_shortcuts compares shortcuts and nothing else."""
+    nets = []
+    for shortcuts in (True, False):
+        Task1.common.seed_everything(0)
+        nets.append(Task1.CifarResNet(20, shortcuts=shortcuts).state_dict())
+    assert nets[0].keys() == nets[1].keys() and all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
+
+
 def test_option_a_shortcut_is_subsampled_zero_padded_identity():
     """With the residual branch silenced (last BN scale and shift 0), a block returns
     relu(shortcut(x)): x itself, or for the stride-2 block x[:, :, ::2, ::2] with zero
