@@ -1,34 +1,44 @@
 """Task 1: what an ImageNet-pretrained ResNet-152 knows about CIFAR-10, and why its shortcuts matter.
 
-Five experiments on torchvision's ResNet-152 (He et al. 2016, "Deep Residual
+Six experiments on torchvision's ResNet-152 (He et al. 2016, "Deep Residual
 Learning for Image Recognition"); --arch takes any torchvision ResNet, so ResNet-18
 runs with the same code.
-  baseline   frozen ImageNet backbone + a new linear head trained for --epochs on
-             CIFAR-10 (pooled features extracted once and cached, so the head trains
-             in seconds); loss/accuracy curves, test accuracy, confusion matrix
-  residual   cut the shortcut of chosen blocks (block returns relu(F(x))), retrain the
-             head, compare with the baseline; per-block gradient norms at random
-             initialisation with and without shortcuts
-  features   forward hooks at the stem and the four stages: t-SNE (or UMAP) panels,
-             linear-probe accuracy and silhouette per depth, the most-confused class
-             pairs and how far apart they sit in feature space
-  transfer   CIFAR-100: ImageNet weights vs random init, each fine-tuned as head only,
-             layer4 + head, and the full network; curves, accuracy, trainable
-             parameters and seconds per arm
-  depth      ResNet-18 vs ResNet-152: probe and head accuracy, extraction speed
+  baseline           frozen ImageNet backbone + a new linear head trained for --epochs on
+                     CIFAR-10 (pooled features extracted once and cached, so the head
+                     trains in seconds); loss/accuracy curves, test accuracy, confusion matrix
+  residual           cut the shortcut of chosen blocks (block returns relu(F(x))), retrain
+                     the head, compare with the baseline; per-block gradient norms at random
+                     initialisation with and without shortcuts
+  features           forward hooks at the stem and the four stages: t-SNE and UMAP panels
+                     side by side, linear-probe accuracy and silhouette per depth, the
+                     most-confused class pairs and how far apart they sit in feature space
+  transfer           CIFAR-100: ImageNet weights vs random init, each fine-tuned as head
+                     only, layer4 + head, and the full network; curves, accuracy, trainable
+                     parameters and seconds per arm
+  depth              ResNet-18 vs ResNet-152: probe and head accuracy, extraction speed
+  scratch_shortcuts  convergence without shortcuts: a CIFAR-style ResNet-56 and the same
+                     network with every shortcut removed (plain-56), trained from scratch
+                     at the same budget (He et al. 2016, sec. 4.2, Fig. 6); training loss
+                     and accuracy per step, test accuracy per epoch
+
+Random weights (--weights none, and the scratch arms of transfer) get BatchNorm
+statistics measured on --bn-calib-size training images before the network is frozen,
+as a trained network has; see recalibrate_batchnorm.
 
 Run:
   python Task1.py                          # everything (a GPU is strongly advised)
-  python Task1.py --smoke --out /tmp/t1    # offline check: generated images, small random ResNets, ~20 s on CPU
+  python Task1.py --smoke --out /tmp/t1    # offline check: generated images, small random ResNets, ~15 s on CPU
   python Task1.py --experiments residual --arch resnet18
   python Task1.py --augment                # baseline head trained through the backbone, with flips and crops
+  python Task1.py --experiments scratch_shortcuts --scratch-dataset fashion-mnist --scratch-train-size 5000
 
 Writes into --out (default outputs/task1): baseline_curves.png, baseline_confusion.png,
-residual_curves.png, residual_gradnorms.png, features_tsne.png (features_umap.png with
---embed umap|both), features_separability.png, features_confused_pairs.png,
-transfer_curves.png, transfer_compute.png, depth_comparison.png, metrics.json,
-summary.md and cache/ (pooled features, stage features, embeddings and trained heads,
-keyed by every setting that produced them).
+residual_curves.png, residual_gradnorms.png, features_tsne.png, features_umap.png,
+features_tsne_vs_umap.png (the two only with --embed both, the default; --smoke draws
+t-SNE alone), features_separability.png, features_confused_pairs.png,
+transfer_curves.png, transfer_compute.png, depth_comparison.png,
+scratch_shortcuts_curves.png, metrics.json, summary.md and cache/ (pooled features,
+stage features, embeddings and trained heads, keyed by every setting that produced them).
 """
 from __future__ import annotations
 
@@ -49,7 +59,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import Bottleneck
-from tqdm import tqdm
 
 import common
 import matplotlib.pyplot as plt  # after common, which selects the Agg backend
@@ -59,7 +68,7 @@ from matplotlib.ticker import MaxNLocator
 # Arguments
 # ----------------------------------------------------------------------------
 
-EXPERIMENTS = ["baseline", "residual", "features", "transfer", "depth"]
+EXPERIMENTS = ["baseline", "residual", "features", "transfer", "depth", "scratch_shortcuts"]
 
 # Every ResNet torchvision ships (ResNet, ResNeXt and wide ResNet share the ResNet class).
 RESNETS = sorted(n for n in torchvision.models.list_models(module=torchvision.models)
@@ -77,7 +86,10 @@ SMOKE = {"arch": "resnet18", "weights": "none", "img_size": 32, "train_size": 30
          "val_size": 60, "batch_size": 32, "eval_batch_size": 150, "grad_batch": 16, "n_vis": 100,
          "probe_train_size": 150, "transfer_train_size": 64, "transfer_val_size": 20,
          "transfer_test_size": 64, "transfer_epochs": 2, "transfer_batch_size": 32,
-         "depth_archs": ["resnet18", "resnet34"], "throughput_batches": 1, "epochs": 3}
+         "depth_archs": ["resnet18", "resnet34"], "throughput_batches": 1, "epochs": 3, "bn_calib_size": 128,
+         "embed": "tsne",  # UMAP's ~20 s of numba compilation would double the smoke run
+         "scratch_depth": 8, "scratch_train_size": 256, "scratch_test_size": 128, "scratch_epochs": 2,
+         "scratch_batch_size": 32}
 
 
 def resnet_arch(text: str) -> str:
@@ -94,6 +106,29 @@ def non_negative_int(text: str) -> int:
     v = int(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text}")
+    return v
+
+
+def at_least_two(text: str) -> int:
+    v = int(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (batch statistics need two images), got {text}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = float(text)
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {text}")
+    return v
+
+
+def cifar_resnet_depth(text: str) -> int:
+    """Depth of a CIFAR-style ResNet: 6n + 2 layers (n blocks of two 3x3 convs in each of
+    three stages, plus the first conv and the classifier): 8, 14, 20, 32, 44, 56, 110."""
+    v = int(text)
+    if v < 8 or (v - 2) % 6:
+        raise argparse.ArgumentTypeError(f"expected a depth 6n+2 >= 8 (e.g. 20, 32, 44, 56, 110), got {text}")
     return v
 
 
@@ -117,12 +152,17 @@ def build_parser():
                    help="training images held out for the validation curves (default: 5000)")
     g.add_argument("--eval-batch-size", type=pint, default=512,
                    help="batch size for feature extraction and evaluation (default: 512)")
+    g.add_argument("--bn-calib-size", type=at_least_two, default=2000,
+                   help="training images whose batch statistics become the BatchNorm running mean and variance "
+                        "of a randomly initialised backbone (--weights none, transfer's scratch arms) before it "
+                        "is frozen (default: 2000; smoke: 128)")
     g = parser.add_argument_group("baseline (also the head training of residual and depth)")
     g.add_argument("--epochs", type=pint, default=5, help="epochs of linear-head training (default: 5)")
     g.add_argument("--batch-size", type=pint, default=256, help="head-training minibatch (default: 256)")
     g.add_argument("--lr", type=pfloat, default=1e-3,
                    help="AdamW learning rate of the head, cosine-decayed (default: 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay of the head (default: 1e-4)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=1e-4,
+                   help="AdamW weight decay of the head (default: 1e-4)")
     g.add_argument("--augment", action="store_true",
                    help="train the baseline head through the frozen backbone every epoch with random crops and "
                         "flips, instead of on cached features (slower: one backbone pass per epoch)")
@@ -136,9 +176,9 @@ def build_parser():
     g.add_argument("--n-vis", type=pint, default=2000, help="test images embedded and scored per depth (default: 2000)")
     g.add_argument("--probe-train-size", type=pint, default=5000,
                    help="training images for the logistic-regression probes (default: 5000)")
-    g.add_argument("--embed", choices=["tsne", "umap", "both"], default="tsne",
-                   help="2-D embedding: UMAP costs ~20 s of numba compilation per process, so it is opt-in "
-                        "(default: tsne)")
+    g.add_argument("--embed", choices=["tsne", "umap", "both"], default="both",
+                   help="2-D embedding; both draws t-SNE and UMAP side by side and scores each (default: both; "
+                        "smoke: tsne, since UMAP costs ~20 s of numba compilation per process)")
     g.add_argument("--n-pairs", type=pint, default=5, help="most-confused class pairs to analyse (default: 5)")
     g = parser.add_argument_group("transfer")
     g.add_argument("--transfer-dataset", choices=["cifar100", "cifar10", "stl10"], default="cifar100",
@@ -161,6 +201,32 @@ def build_parser():
                    help="ResNets to compare (default: resnet18,resnet152; smoke: resnet18,resnet34)")
     g.add_argument("--throughput-batches", type=pint, default=10,
                    help="timed batches of --eval-batch-size for images/s (default: 10)")
+    g = parser.add_argument_group("scratch_shortcuts (He et al. 2016 sec. 4.2: CIFAR ResNet vs the plain net)")
+    g.add_argument("--scratch-dataset", choices=["cifar10", "fashion-mnist"], default="cifar10",
+                   help="training set; fashion-mnist is padded to 32x32 and repeated to 3 channels (default: cifar10)")
+    g.add_argument("--scratch-depth", type=cifar_resnet_depth, default=56,
+                   help="layers, 6n+2; He et al. see plain nets degrade from 20 to 56 (default: 56; smoke: 8)")
+    g.add_argument("--scratch-width", type=pint, default=16,
+                   help="channels of the first stage, doubled at each of the two later stages (default: 16)")
+    g.add_argument("--scratch-train-size", type=non_negative_int, default=0,
+                   help="training images, 0 = the whole training split (default: 0; smoke: 256)")
+    g.add_argument("--scratch-test-size", type=non_negative_int, default=0,
+                   help="test images, 0 = the whole test split (default: 0; smoke: 128)")
+    g.add_argument("--scratch-epochs", type=pint, default=15,
+                   help="epochs for both networks; the lr drops 10x at 50%% and 75%% of the steps, He et al.'s "
+                        "schedule compressed from 164 epochs (default: 15; smoke: 2)")
+    g.add_argument("--scratch-batch-size", type=pint, default=128, help="SGD minibatch (default: 128; smoke: 32)")
+    g.add_argument("--scratch-lr", type=pfloat, default=0.1, help="SGD learning rate (default: 0.1)")
+    g.add_argument("--scratch-warmup", type=common.unit_float, default=0.05,
+                   help="fraction of the steps over which the lr ramps linearly up to --scratch-lr (default: 0.05)")
+    g.add_argument("--scratch-momentum", type=common.unit_float, default=0.9, help="SGD momentum (default: 0.9)")
+    g.add_argument("--scratch-weight-decay", type=non_negative_float, default=1e-4,
+                   help="SGD weight decay (default: 1e-4)")
+    g.add_argument("--scratch-augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="4 px reflect-pad random crops and horizontal flips (default: on)")
+    g.add_argument("--scratch-target-acc", type=common.unit_float, default=0.8,
+                   help="convergence speed = training steps until the running training accuracy first reaches "
+                        "this (default: 0.8)")
     return parser
 
 
@@ -250,6 +316,60 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, img_size: int, batch_size: int,
+                          device: torch.device) -> int:
+    """Set every BatchNorm layer's running mean and variance to the average of its batch
+    statistics over `images` (uint8 [N, 3, h, w]), in batches of `batch_size`; returns
+    the number of images used. The same computation as torch.optim.swa_utils.update_bn
+    (running statistics reset, momentum None = a cumulative average, forward passes in
+    train mode), with this task's preprocessing, autocast and progress.
+
+    Why: torchvision initialises every running mean to 0 and variance to 1. A frozen
+    backbone runs in eval mode, so a random one normalises nothing, and the 50
+    bottleneck blocks of ResNet-152 add up: its pooled features reached 2.4e8 at 224 px
+    (mean 3e7; 2.3e5 at 32 px), the scratch transfer arms trained at losses ~1e8, and
+    features cached in float16 overflowed to inf. A trained network's statistics match its activations;
+    recalibrated, a random network is a well-scaled random function, which is what
+    `--weights none` is meant to measure. Recalibrating rather than running the frozen
+    backbone in train mode keeps each image's features independent of the other
+    images in its batch, so cached features, evaluation and embeddings stay
+    deterministic per image, as they are with trained weights."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(images) < 2:
+        return 0
+    momenta, was_training = [m.momentum for m in bns], model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    used, batch_size = 0, max(2, batch_size)  # batch statistics need two images
+    try:
+        for i in common.progress(range(0, len(images), batch_size), "BatchNorm statistics",
+                                 math.ceil(len(images) / batch_size)):
+            batch = images[i:i + batch_size]
+            if len(batch) < 2:  # a batch of one has no variance (and BatchNorm refuses it at 1x1)
+                break
+            with common.autocast(device):
+                model(preprocess(batch, img_size))
+            used += len(batch)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return used
+
+
+def prepare_backbone(arch: str, weights: str, calib_images: torch.Tensor, args, device: torch.device) -> nn.Module:
+    """`arch` with --weights on the device, in eval mode, ready to be frozen. A random
+    init first gets BatchNorm statistics measured on `calib_images` (training images)."""
+    model = to_device(build_resnet(arch, weights), device)
+    if weights == "none":
+        n = recalibrate_batchnorm(model, calib_images, args.img_size, args.eval_batch_size, device)
+        print(f"{arch} (random init): BatchNorm statistics measured on {n} training images", flush=True)
+    return model.eval()
+
+
 def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """[B, 3, S, S] -> pooled features [B, C] (C = 2048 for ResNet-50/101/152, 512 for
     ResNet-18/34): the network up to and including global average pooling, no fc."""
@@ -314,6 +434,59 @@ def resolve_blocks(arch: str, spec: str) -> list[str]:
     return [n for n in valid if n in names]
 
 
+class CifarBlock(nn.Module):
+    """The CIFAR ResNet's basic block (He et al. 2016, sec. 4.2): 3x3 conv-BN-ReLU,
+    3x3 conv-BN, then relu(F(x) + shortcut(x)). Option A shortcut: the identity, or
+    where the block halves the resolution and doubles the channels, x subsampled by 2
+    with the new channels zero-padded, so the shortcut has no parameters and the plain
+    network (shortcut=False: relu(F(x))) has exactly the same ones."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, shortcut: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.extra_channels, self.shortcut = stride, c_out - c_in, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        if self.shortcut:
+            s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+            out = out + (F.pad(s, (0, 0, 0, 0, 0, self.extra_channels)) if self.extra_channels else s)
+        return F.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR-10 network with depth = 6n + 2 weighted layers: a 3x3 conv with
+    `width` filters, three stages of n blocks at 32, 16, 8 px with width, 2 width and
+    4 width filters, global average pooling and a linear classifier. ResNet-20 has
+    0.27 M parameters and ResNet-56 0.85 M (their Table 6). shortcuts=False is their
+    plain net of the same depth. Convolutions start as in He et al. 2015 (Kaiming
+    normal, fan_out), BatchNorm at weight 1, bias 0."""
+
+    def __init__(self, depth: int, width: int = 16, n_classes: int = 10, shortcuts: bool = True):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        blocks, c_in = [], width
+        for stage in range(3):
+            c_out = width * 2 ** stage
+            for i in range(n):
+                blocks.append(CifarBlock(c_in, c_out, 2 if stage > 0 and i == 0 else 1, shortcuts))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c_in, n_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, 32, 32] -> logits [B, K]
+        x = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 # ----------------------------------------------------------------------------
 # Feature extraction (cached) and head training
 # ----------------------------------------------------------------------------
@@ -324,10 +497,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def progress(iterable, desc: str, total: int | None = None):
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=not sys.stderr.isatty())
-
-
 @torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor, img_size: int, batch_size: int,
                      device: torch.device, desc: str = "features") -> torch.Tensor:
@@ -335,7 +504,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, img_size: int, batc
     large batches (bf16 autocast on CUDA)."""
     model.eval()
     out = []
-    for i in progress(range(0, len(images), batch_size), desc, math.ceil(len(images) / batch_size)):
+    for i in common.progress(range(0, len(images), batch_size), desc, math.ceil(len(images) / batch_size)):
         with common.autocast(device):
             out.append(backbone_features(model, preprocess(images[i:i + batch_size], img_size)).float())
     return torch.cat(out)
@@ -345,14 +514,17 @@ def feature_settings(args, arch: str, dataset: str, split: str, n: int, ablated:
     """Everything that determines a set of pooled features (the cache key)."""
     return {"arch": arch, "weights": args.weights, "img_size": args.img_size, "dataset": dataset, "split": split,
             "n": n, "data": f"smoke-seed{args.seed}" if args.smoke else f"real-seed{args.seed}",
-            "ablated": list(ablated)}
+            "ablated": list(ablated), "bn_calib": args.bn_calib_size if args.weights == "none" else None,
+            "dtype": "float32"}
 
 
 def cached_features(model: nn.Module, images: torch.Tensor, settings: dict, args, device: torch.device,
                     memo: dict | None = None) -> tuple[torch.Tensor, float | None]:
     """Pooled features [N, C] on the device, from memo, then cache/, else extracted and
-    saved (as float16, which halves ResNet-152's 60k x 2048 floats to 245 MB; fresh
-    features are rounded the same way so a cached rerun gives the same numbers).
+    saved. Saved as float32 (ResNet-152's 60k x 2048 features take 491 MB): float16
+    would halve that, but its range ends at 65,504, and random or ablated networks'
+    features pass it (a random ResNet-152 with untouched BatchNorm statistics reached
+    2.4e8 at 224 px, which float16 stored as inf and the head turned into NaN).
     Returns (features, extraction seconds or None when they came from a cache)."""
     key = json.dumps(settings, sort_keys=True)
     if memo is not None and key in memo:
@@ -374,9 +546,7 @@ def cached_features(model: nn.Module, images: torch.Tensor, settings: dict, args
         seconds = time.perf_counter() - t0
         print(f"extracted {settings['arch']} features of {len(images)} {settings['dataset']} {settings['split']} "
               f"images in {seconds:.1f} s ({len(images) / seconds:.0f} images/s)", flush=True)
-        feats = feats.half()
         common.save_cache(path, {"features": feats.cpu(), "config": settings})
-        feats = feats.float()
     if memo is not None:
         memo[key] = feats
     return feats, seconds
@@ -675,7 +845,8 @@ def stage_features(model: nn.Module, images: torch.Tensor, img_size: int, batch_
     handles = [model.get_submodule(mod).register_forward_hook(hook(name)) for name, mod in STAGES.items()]
     try:
         model.eval()
-        for i in progress(range(0, len(images), batch_size), "stage features", math.ceil(len(images) / batch_size)):
+        for i in common.progress(range(0, len(images), batch_size), "stage features",
+                                 math.ceil(len(images) / batch_size)):
             with common.autocast(device):
                 model(preprocess(images[i:i + batch_size], img_size))
     finally:
@@ -703,6 +874,53 @@ def class_separation(feats: np.ndarray, labels: np.ndarray, pairs: list[tuple[in
         mu[c] = x.mean(0)
         s2[c] = ((x - mu[c]) ** 2).sum(1).mean()
     return [float(np.linalg.norm(mu[i] - mu[j]) / math.sqrt(max((s2[i] + s2[j]) / 2, 1e-12))) for i, j in pairs]
+
+
+def knn_accuracy(x: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Leave-one-out k-nearest-neighbour accuracy: each point takes the majority label of
+    its k nearest other points (ties go to the smaller label). How well a space keeps
+    classes together, comparable between the features and their 2-D maps."""
+    from sklearn.neighbors import NearestNeighbors
+
+    labels = np.asarray(labels)
+    k = min(k, len(labels) - 1)
+    if k < 1:
+        return float("nan")
+    nbrs = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(return_distance=False)  # [N, k], self excluded
+    votes = np.stack([np.bincount(row, minlength=labels.max() + 1) for row in labels[nbrs]])
+    return float((votes.argmax(1) == labels).mean())
+
+
+def trustworthiness(x: np.ndarray, xy: np.ndarray, k: int = 5) -> float:
+    """scikit-learn's trustworthiness of a 2-D map (Venna & Kaski 2001): 1 when the k
+    nearest neighbours of every point in the map are also among its nearest in the
+    original space, lower the more strangers the map brings close."""
+    from sklearn.manifold import trustworthiness as tw
+
+    k = min(k, (len(x) - 1) // 2)  # scikit-learn needs k < N / 2
+    return float(tw(x, xy, n_neighbors=k)) if k >= 1 else float("nan")
+
+
+EMBED_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
+
+
+def plot_embeddings(xy: dict, labels: np.ndarray, classes: list[str], metrics: dict, title: str, path: Path) -> None:
+    """One row of depth panels per method in `xy` ({method: {stage: [N, 2]}}), points
+    coloured by class; each panel names the probe accuracy and the map's scores."""
+    rows = list(xy)
+    fig, axes = plt.subplots(len(rows), len(STAGES), figsize=(4 * len(STAGES), 4.4 * len(rows)), squeeze=False,
+                             layout="constrained")
+    for r, method in enumerate(rows):
+        m = metrics["embedding"][method]
+        for ax, s in zip(axes[r], STAGES):
+            common.scatter_by_class(ax, xy[method][s], labels, classes,
+                                    f"{s} ({metrics['dim'][s]} ch): probe {metrics['probe_acc'][s]:.2f}, "
+                                    f"5-NN {metrics['knn_acc'][s]:.2f}\n{EMBED_NAMES[method]} map: trustworthiness "
+                                    f"{m['trustworthiness'][s]:.2f}, 5-NN {m['knn_acc_2d'][s]:.2f}",
+                                    size=5, legend=s == "layer4")
+            ax.title.set_fontsize(9)
+    fig.suptitle(title + "\n(5-NN: leave-one-out 5-nearest-neighbour accuracy in the features and in the map)")
+    common.save_figure(fig, path)
 
 
 def features(model: nn.Module, data: dict, confusion, args, device: torch.device) -> dict:
@@ -733,29 +951,39 @@ def features(model: nn.Module, data: dict, confusion, args, device: torch.device
         z[stage] = (te - te.mean(0)) / (te.std(0) + 1e-6)
         with common.few_threads(max(len(trn), len(te))):
             metrics["probe_acc"][stage] = common.linear_probe(trn, y_tr, te, y_te, seed=args.seed)["test_acc"]
-            metrics["silhouette"][stage] = float(silhouette_score(z[stage], y_te)) if len(set(y_te)) > 1 else 0.0
+            n_labels = len(set(y_te.tolist()))  # silhouette is defined for 2 .. n - 1 clusters (NaN otherwise)
+            metrics["silhouette"][stage] = float(silhouette_score(z[stage], y_te)) if 2 <= n_labels < len(y_te) \
+                else float("nan")
         metrics["dim"][stage] = te.shape[1]
         print(f"{stage}: {te.shape[1]} channels, probe acc {metrics['probe_acc'][stage]:.4f}, "
               f"silhouette {metrics['silhouette'][stage]:.4f}", flush=True)
 
-    # 2-D embeddings per depth, cached (t-SNE of 2,000 points x 5 depths takes a minute).
-    for method in (["tsne", "umap"] if args.embed == "both" else [args.embed]):
+    # 2-D embeddings per depth, cached (t-SNE of 2,000 points x 5 depths takes a minute),
+    # each scored by how much of the feature space's neighbourhoods it keeps.
+    metrics["knn_acc"] = {s: knn_accuracy(z[s], y_te) for s in STAGES}  # the full-dimensional reference
+    methods = ["tsne", "umap"] if args.embed == "both" else [args.embed]
+    xy, metrics["embedding"] = {}, {}
+    for method in methods:
         epath = common.cache_path(args.out, "embed", {**settings, "method": method})
         emb = common.load_cache(epath, args.fresh)
         if emb is None or set(emb.get("xy", {})) != set(STAGES):
+            t0 = time.perf_counter()
             with common.few_threads(len(y_te)):
-                xy = {s: torch.from_numpy(common.embed_2d(z[s], method, args.seed)) for s in STAGES}
-            emb = {"xy": xy, "config": {**settings, "method": method}}
+                emb_xy = {s: torch.from_numpy(common.embed_2d(z[s], method, args.seed)) for s in STAGES}
+            emb = {"xy": emb_xy, "seconds": time.perf_counter() - t0, "config": {**settings, "method": method}}
             common.save_cache(epath, emb)
-        fig, axes = plt.subplots(1, len(STAGES), figsize=(4 * len(STAGES), 4.4))
-        for ax, s in zip(axes, STAGES):
-            common.scatter_by_class(ax, emb["xy"][s].numpy(), y_te, classes,
-                                    f"{s} ({metrics['dim'][s]} ch), probe {metrics['probe_acc'][s]:.2f}",
-                                    size=5, legend=s == "layer4")
-        name = {"tsne": "t-SNE", "umap": "UMAP"}[method]
-        fig.suptitle(f"{name} of pooled features by depth, {args.arch} (weights: {args.weights}), "
-                     f"{len(y_te)} test images")
-        common.save_figure(fig, out / f"features_{method}.png")
+        xy[method] = {s: emb["xy"][s].numpy() for s in STAGES}
+        metrics["embedding"][method] = {
+            "seconds": emb.get("seconds"),  # when it was computed (it may come from the cache)
+            "trustworthiness": {s: trustworthiness(z[s], xy[method][s]) for s in STAGES},
+            "knn_acc_2d": {s: knn_accuracy(xy[method][s], y_te) for s in STAGES}}
+    title = f"pooled features by depth, {args.arch} (weights: {args.weights}), {len(y_te)} test images"
+    for method in methods:
+        plot_embeddings({method: xy[method]}, y_te, classes, metrics, f"{EMBED_NAMES[method]} of {title}",
+                        out / f"features_{method}.png")
+    if len(methods) > 1:
+        plot_embeddings(xy, y_te, classes, metrics, f"t-SNE (top) vs UMAP (bottom) of {title}",
+                        out / "features_tsne_vs_umap.png")
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     xs = list(range(len(STAGES)))
@@ -829,6 +1057,42 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return loss_sum / len(labels), correct / len(labels)
 
 
+# A loss axis turns logarithmic when the curves on it span this factor or more (a
+# diverging arm at loss 1e3 next to arms at 1 would flatten them into one line).
+LOG_AXIS_RATIO = 100.0
+
+
+def spans_orders_of_magnitude(values, ratio: float = LOG_AXIS_RATIO) -> bool:
+    """True when the positive finite values span at least `ratio` (max / min)."""
+    v = [float(x) for x in values if x is not None and math.isfinite(x) and x > 0]
+    return bool(v) and max(v) / min(v) >= ratio
+
+
+def plot_transfer_curves(curves: dict, title: str, path: Path) -> None:
+    """Training loss and validation accuracy per epoch of every arm; pretrained solid,
+    scratch dashed; the loss axis is logarithmic when the arms differ by orders of
+    magnitude."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    logy = spans_orders_of_magnitude([v for h in curves.values() for v in h["train_loss"]])
+    epochs = {a: list(range(1, len(h["train_loss"]) + 1)) for a, h in curves.items()}
+    common.line_plot(a1, {a: (epochs[a], h["train_loss"]) for a, h in curves.items()},
+                     "training loss" + (" (log scale)" if logy else ""), "epoch", "cross-entropy", logy=logy)
+    common.line_plot(a2, {a: (epochs[a], h["val_acc"]) for a, h in curves.items()}, "validation accuracy", "epoch",
+                     "accuracy")
+    a2.set_ylim(0, 1)
+    n_epochs = max(len(e) for e in epochs.values())
+    for ax in (a1, a2):  # pretrained solid, scratch dashed
+        if n_epochs <= 20:
+            ax.set_xticks(range(1, n_epochs + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for line in ax.get_lines():
+            line.set_linestyle("--" if line.get_label().startswith("scratch") else "-")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    common.save_figure(fig, path)
+
+
 def transfer(backbone: nn.Module, tdata: dict, args, device: torch.device) -> dict:
     """Six arms, {pretrained, scratch} x {head, layer4, full}, each trained for the same
     --transfer-epochs with the same AdamW schedule (backbone lr = --backbone-lr-mult x
@@ -845,9 +1109,10 @@ def transfer(backbone: nn.Module, tdata: dict, args, device: torch.device) -> di
             if init == "pretrained":  # --weights (ImageNet on full runs; random in smoke, there are none offline)
                 model = copy.deepcopy(backbone)
                 model.fc = nn.Linear(model.fc.in_features, k)
-            else:
-                model = torchvision.models.get_model(args.arch, weights=None, num_classes=k)
-            model = to_device(model, device)
+                model = to_device(model, device)
+            else:  # random init, with BatchNorm statistics of the transfer images (the frozen layers need them)
+                model = to_device(torchvision.models.get_model(args.arch, weights=None, num_classes=k), device)
+                recalibrate_batchnorm(model, x[tr[:args.bn_calib_size]], args.img_size, args.eval_batch_size, device)
             n_trainable = freeze_for_transfer(model, strategy)
             body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("fc.")]
             groups = [{"params": list(model.fc.parameters()), "lr": args.transfer_lr}]
@@ -855,6 +1120,7 @@ def transfer(backbone: nn.Module, tdata: dict, args, device: torch.device) -> di
                 groups.append({"params": body, "lr": args.transfer_lr * args.backbone_lr_mult})
             opt = torch.optim.AdamW(groups, weight_decay=1e-4)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+            scaler = common.grad_scaler(device)  # loss scaling where training runs in float16
             gen = torch.Generator().manual_seed(args.seed)
             hist = {"train_loss": [], "val_loss": [], "val_acc": []}
             train_seconds = 0.0
@@ -864,15 +1130,16 @@ def transfer(backbone: nn.Module, tdata: dict, args, device: torch.device) -> di
                 t0 = time.perf_counter()
                 perm = tr[torch.randperm(len(tr), generator=gen).to(device)]
                 loss_sum, seen = torch.zeros((), device=device), 0
-                for i in progress(range(0, len(perm) - 1, args.transfer_batch_size), arm,  # no batch of one
+                for i in common.progress(range(0, len(perm) - 1, args.transfer_batch_size), arm,  # no batch of one
                                   math.ceil((len(perm) - 1) / args.transfer_batch_size)):
                     idx = perm[i:i + args.transfer_batch_size]
-                    with common.autocast(device):
+                    with common.autocast(device, train=True):
                         logits = model(preprocess(x[idx], args.img_size)).float()
                     loss = F.cross_entropy(logits, y[idx])
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                     sched.step()
                     loss_sum += loss.detach() * len(idx)
                     seen += len(idx)
@@ -895,21 +1162,8 @@ def transfer(backbone: nn.Module, tdata: dict, args, device: torch.device) -> di
             del model, opt
     metrics["pretrained_weights"] = args.weights
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    ep = list(range(1, args.transfer_epochs + 1))
-    common.line_plot(a1, {a: (ep, h["train_loss"]) for a, h in curves.items()}, "training loss", "epoch",
-                     "cross-entropy")
-    common.line_plot(a2, {a: (ep, h["val_acc"]) for a, h in curves.items()}, "validation accuracy", "epoch",
-                     "accuracy")
-    a2.set_ylim(0, 1)
-    for ax in (a1, a2):  # pretrained solid, scratch dashed
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        for line in ax.get_lines():
-            line.set_linestyle("--" if line.get_label().startswith("scratch") else "-")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Transfer to {args.transfer_dataset}: {args.arch}, pretrained (weights: {args.weights}) vs scratch, "
-                 f"{len(tr)} training images")
-    common.save_figure(fig, out / "transfer_curves.png")
+    plot_transfer_curves(curves, f"Transfer to {args.transfer_dataset}: {args.arch}, pretrained (weights: "
+                         f"{args.weights}) vs scratch, {len(tr)} training images", out / "transfer_curves.png")
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for arm in curves:
@@ -955,9 +1209,9 @@ def depth(backbone: nn.Module, data: dict, args, device: torch.device, memo: dic
     trained as in the baseline, a logistic-regression probe, and extraction speed."""
     k, tr, va = len(data["classes"]), data["train_idx"].to(device), data["val_idx"].to(device)
     y = data["y_train"]
-    metrics = {}
+    metrics, calib = {}, data["x_train"][tr[:args.bn_calib_size]]  # BatchNorm statistics of random inits
     for arch in args.depth_archs:
-        model = backbone if arch == args.arch else to_device(build_resnet(arch, args.weights), device).eval()
+        model = backbone if arch == args.arch else prepare_backbone(arch, args.weights, calib, args, device)
         ftr, _ = cached_features(model, data["x_train"], feature_settings(args, arch, "cifar10", "train", len(y)),
                                  args, device, memo if arch == args.arch else None)
         fte, _ = cached_features(model, data["x_test"], feature_settings(
@@ -996,6 +1250,204 @@ def depth(backbone: nn.Module, data: dict, args, device: torch.device, memo: dic
 
 
 # ----------------------------------------------------------------------------
+# Experiment 6: convergence from scratch, with and without shortcuts
+# ----------------------------------------------------------------------------
+
+
+def scratch_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, h, w] -> uint8 [N, 3, 32, 32], the CIFAR network's input:
+    FashionMNIST's 28 px greyscale is zero-padded by 2 px (as LeNet-5 padded MNIST)
+    and repeated to 3 channels; CIFAR passes unchanged."""
+    pad = 32 - x.shape[-1]
+    if pad > 0:
+        x = F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+    return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+
+
+def scratch_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, augment: bool = False,
+                  gen: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 [B, 3, 32, 32] -> float, optionally cropped and flipped (He et al. 2016,
+    sec. 4.2: 4 px padding, random 32 px crops, horizontal flips), standardised per
+    channel with the training set's mean and std [3]."""
+    x = x.float().div_(255.0)
+    if augment:
+        x = random_crop_flip(x, gen)
+    x = (x - mean[:, None, None]) / std[:, None, None]
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+@torch.no_grad()
+def scratch_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int,
+                     device: torch.device) -> float:
+    model.eval()
+    correct = torch.zeros((), device=y.device)
+    for i in range(0, len(y), batch_size):
+        with common.autocast(device):
+            correct += (model(scratch_batch(x[i:i + batch_size], mean, std)).argmax(1) == y[i:i + batch_size]).sum()
+    return correct.item() / len(y)
+
+
+def train_from_scratch(model: nn.Module, sdata: dict, args, device: torch.device, desc: str) -> dict:
+    """SGD (momentum, weight decay) on the training images for --scratch-epochs, the
+    learning rate divided by 10 at 50% and 75% of the steps: He et al.'s schedule
+    (drops at 32k and 48k of 64k iterations) compressed to this budget, after a linear
+    warm-up over --scratch-warmup of the steps (He et al. warm ResNet-110 up at lr 0.01
+    for 400 iterations; Goyal et al. 2017 ramp linearly). Returns the
+    training loss and accuracy of every step (on its augmented minibatch, before the
+    update), the test accuracy after every epoch, and the training seconds. A NaN/inf
+    loss stops this network only; `diverged_at_step` says when."""
+    x, y, mean, std = sdata["x_train"], sdata["y_train"], sdata["mean"], sdata["std"]
+    bs = min(args.scratch_batch_size, len(y))
+    # Full minibatches only (a reshuffled remainder is left out each epoch): a last batch
+    # of a few images gives BatchNorm noisy statistics and, at lr 0.1, loss spikes.
+    starts = range(0, len(y) - bs + 1, bs)
+    total = args.scratch_epochs * len(starts)
+    opt = torch.optim.SGD(model.parameters(), lr=args.scratch_lr, momentum=args.scratch_momentum,
+                          weight_decay=args.scratch_weight_decay)
+    warmup = round(args.scratch_warmup * total)
+    drops = (total // 2, total * 3 // 4)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then He et al.'s two drops by 10
+        return min(1.0, (step + 1) / (warmup + 1)) * 0.1 ** sum(step >= d for d in drops)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    scaler = common.grad_scaler(device)
+    gen = torch.Generator().manual_seed(args.seed)  # the same minibatches and crops for both networks
+    hist = {"step_loss": [], "step_acc": [], "test_acc": [], "diverged_at_step": None, "seconds": 0.0}
+    for epoch in range(args.scratch_epochs):
+        model.train()
+        sync(device)
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(y), generator=gen).to(device)
+        losses, accs = [], []
+        for i in common.progress(starts, f"{desc} epoch {epoch + 1}", len(starts)):
+            idx = perm[i:i + bs]
+            with common.autocast(device, train=True):
+                logits = model(scratch_batch(x[idx], mean, std, args.scratch_augment, gen)).float()
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(loss.detach())
+            accs.append((logits.argmax(1) == y[idx]).float().mean())
+        losses, accs = torch.stack(losses).cpu(), torch.stack(accs).cpu()  # one sync per epoch
+        sync(device)
+        hist["seconds"] += time.perf_counter() - t0
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            hist["diverged_at_step"] = epoch * len(starts) + int(bad[0]) + 1
+            hist["step_loss"] += losses[:int(bad[0])].tolist()
+            hist["step_acc"] += accs[:int(bad[0])].tolist()
+            print(f"{desc}: loss became {losses[int(bad[0])].item()} at step {hist['diverged_at_step']}; "
+                  f"this network stops", flush=True)
+            break
+        hist["step_loss"] += losses.tolist()
+        hist["step_acc"] += accs.tolist()
+        hist["test_acc"].append(scratch_accuracy(model, sdata["x_test"], sdata["y_test"], mean, std,
+                                                 args.eval_batch_size, device))
+        print(f"{desc} epoch {epoch + 1}/{args.scratch_epochs}: train loss {losses.mean():.4f} "
+              f"acc {accs.mean():.4f} | test acc {hist['test_acc'][-1]:.4f} ({hist['seconds']:.1f} s)", flush=True)
+    hist["steps_per_epoch"], hist["total_steps"] = len(starts), total
+    return hist
+
+
+def windowed(values: list[float], window: int) -> tuple[list[int], list[float]]:
+    """Means over consecutive windows of `window` steps (the last may be shorter), with
+    the step number (1-based) at each window's end: a readable curve of noisy steps."""
+    starts = range(0, len(values), window)
+    ends = [min(i + window, len(values)) for i in starts]
+    return ends, [float(np.mean(values[i:e])) for i, e in zip(starts, ends)]
+
+
+def steps_to_reach(ends: list[int], curve: list[float], target: float) -> int | None:
+    """The first window end at which `curve` reaches `target`, None if it never does."""
+    return next((e for e, v in zip(ends, curve) if v >= target), None)
+
+
+def scratch_shortcuts(sdata: dict, args, device: torch.device) -> dict:
+    """He et al. 2016, sec. 4.2 and Fig. 6: the CIFAR ResNet of --scratch-depth layers
+    and the same network with every shortcut removed, trained from scratch at the same
+    budget: same initial weights (option A shortcuts have no parameters, so one seed
+    gives both networks the same ones), same minibatches, same schedule."""
+    k = len(sdata["classes"])
+    hists, metrics = {}, {"dataset": args.scratch_dataset, "depth": args.scratch_depth,
+                          "train_images": len(sdata["y_train"]), "target_acc": args.scratch_target_acc}
+    for arm, shortcuts in (("residual", True), ("plain", False)):
+        common.seed_everything(args.seed)
+        model = to_device(CifarResNet(args.scratch_depth, args.scratch_width, k, shortcuts), device)
+        name = f"{'ResNet' if shortcuts else 'plain'}-{args.scratch_depth}"
+        hists[arm] = h = train_from_scratch(model, sdata, args, device, name)
+        # ~100 points on long runs; on short ones windows of at least 10 steps (if that still
+        # leaves 10 points), so a point is not one noisy minibatch
+        window = max(1, h["total_steps"] // 100, min(10, h["total_steps"] // 10))
+        h["ends"], h["loss_curve"] = windowed(h["step_loss"], window)
+        _, h["acc_curve"] = windowed(h["step_acc"], window)
+        last = h["step_loss"][-h["steps_per_epoch"]:]  # the last epoch (or what ran of it)
+
+        def loss_at(fraction):  # windowed training loss at this fraction of the budget
+            step = max(1, round(fraction * h["total_steps"]))
+            return next((v for e, v in zip(h["ends"], h["loss_curve"]) if e >= step), None)
+
+        metrics[arm] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "train_loss_at_10pct": loss_at(0.1), "train_loss_at_25pct": loss_at(0.25),
+            "train_loss_at_50pct": loss_at(0.5),
+            "final_train_loss": float(np.mean(last)) if last else None,
+            "final_train_acc": float(np.mean(h["step_acc"][-h["steps_per_epoch"]:])) if last else None,
+            "test_acc": h["test_acc"][-1] if h["test_acc"] else None,
+            "steps_to_target_acc": steps_to_reach(h["ends"], h["acc_curve"], args.scratch_target_acc),
+            "diverged_at_step": h["diverged_at_step"], "train_seconds": h["seconds"],
+            "history": {"step": h["ends"], "train_loss": h["loss_curve"], "train_acc": h["acc_curve"],
+                        "test_acc": h["test_acc"]}}
+        del model
+    r, p = metrics["residual"], metrics["plain"]
+    metrics["steps"] = hists["residual"]["total_steps"]
+    metrics["plain_minus_residual_final_train_loss"] = (
+        p["final_train_loss"] - r["final_train_loss"] if None not in (p["final_train_loss"], r["final_train_loss"])
+        else None)
+    metrics["plain_over_residual_steps_to_target"] = (
+        p["steps_to_target_acc"] / r["steps_to_target_acc"]
+        if p["steps_to_target_acc"] and r["steps_to_target_acc"] else None)
+    plot_scratch_curves(hists, metrics, args, Path(args.out) / "scratch_shortcuts_curves.png")
+    return metrics
+
+
+def plot_scratch_curves(hists: dict, metrics: dict, args, path: Path) -> None:
+    """Training loss and accuracy per step (windowed means) and test accuracy per epoch,
+    ResNet solid, plain dashed, the learning-rate drops dotted."""
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5), layout="constrained")
+    total = hists["residual"]["total_steps"]
+    names = {"residual": f"ResNet-{args.scratch_depth}", "plain": f"plain-{args.scratch_depth}"}
+    for arm, style in (("residual", "-"), ("plain", "--")):
+        h, m = hists[arm], metrics[arm]
+        label = f"{names[arm]} (test {m['test_acc']:.3f})" if m["test_acc"] is not None else names[arm]
+        axes[0].plot(h["ends"], h["loss_curve"], style, label=label)
+        axes[1].plot(h["ends"], h["acc_curve"], style, label=names[arm] + (
+            f", {args.scratch_target_acc:.0%} at step {m['steps_to_target_acc']}" if m["steps_to_target_acc"] else
+            f", never {args.scratch_target_acc:.0%}"))
+        axes[2].plot(range(1, len(h["test_acc"]) + 1), h["test_acc"], style + "o", ms=3, label=names[arm])
+    if spans_orders_of_magnitude([v for h in hists.values() for v in h["loss_curve"]], 10.0):
+        axes[0].set_yscale("log")
+    axes[1].axhline(args.scratch_target_acc, color="grey", ls=":", lw=1)
+    for ax in axes[:2]:
+        for drop in (total // 2, total * 3 // 4):
+            ax.axvline(drop, color="grey", lw=0.6, ls=":")
+    axes[0].set(title="training loss (lr / 10 at the dotted lines)", xlabel="SGD step", ylabel="cross-entropy")
+    axes[1].set(title="training accuracy (augmented minibatches)", xlabel="SGD step", ylabel="accuracy", ylim=(0, 1))
+    axes[2].set(title="test accuracy after each epoch", xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"Trained from scratch with and without shortcuts (He et al. 2016, Fig. 6): {args.scratch_dataset}, "
+                 f"{metrics['train_images']} images,\n{args.scratch_epochs} epochs = {total} steps of "
+                 f"{args.scratch_batch_size}, same initial weights and minibatches")
+    common.save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------
 
@@ -1014,33 +1466,40 @@ def once(fn):
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = common.parse_args(parser, argv, smoke=SMOKE)
-    with common.user_errors(parser.prog):
+    # Out of GPU memory: feature extraction and evaluation batches are the largest
+    # (--eval-batch-size); transfer and scratch_shortcuts name their own batch flags.
+    with common.user_errors(parser.prog, batch_flag="--eval-batch-size"):
         # Check everything a user can get wrong before anything is loaded or written.
         selected = resolve_blocks(args.arch, args.ablate_blocks)
-        if args.embed != "tsne" and importlib.util.find_spec("umap") is None:
-            raise common.UserError("--embed umap needs umap-learn (pip install umap-learn); or use --embed tsne")
+        chosen = set(args.experiments)
+        use_cifar = bool(chosen - {"scratch_shortcuts"})  # every other experiment reads CIFAR-10 and the backbone
+        if "features" in chosen and args.embed != "tsne" and importlib.util.find_spec("umap") is None:
+            raise common.UserError(f"--embed {args.embed} needs umap-learn (pip install umap-learn); "
+                                   f"or use --embed tsne")
         n_train = args.train_size or (1000 if args.smoke else 50000)  # 0 = the whole training split
-        if args.val_size >= n_train:
+        if use_cifar and args.val_size >= n_train:
             raise common.UserError(f"--val-size {args.val_size} leaves no training images out of {n_train}")
-        if "transfer" in args.experiments and args.transfer_train_size and \
-                args.transfer_val_size >= args.transfer_train_size:
+        if "transfer" in chosen and args.transfer_train_size and args.transfer_val_size >= args.transfer_train_size:
             raise common.UserError(f"--transfer-val-size {args.transfer_val_size} leaves no training images out "
                                    f"of --transfer-train-size {args.transfer_train_size}")
+        if "scratch_shortcuts" in chosen and args.scratch_train_size == 1:
+            raise common.UserError("--scratch-train-size 1 leaves no minibatch of two images to train on")
 
         device = common.pick_device(args.device)
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick the fastest kernels
         common.seed_everything(args.seed)
-        x_train, y_train, classes = load_data("cifar10", args, True, args.train_size, device)
-        x_test, y_test, _ = load_data("cifar10", args, False, args.test_size, device)
-        if args.val_size >= len(y_train):
-            raise common.UserError(f"--val-size {args.val_size} leaves no training images out of {len(y_train)}")
-        train_idx, val_idx = split_train_val(len(y_train), args.val_size, args.seed)
-        data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "classes": classes,
-                "train_idx": train_idx, "val_idx": val_idx}
-        print(f"CIFAR-10 ({'smoke' if args.smoke else 'real'}): {len(train_idx)} train, {len(val_idx)} val, "
-              f"{len(y_test)} test images, resized to {args.img_size} px", flush=True)
-        tdata = None
-        if "transfer" in args.experiments:
+        data = tdata = sdata = backbone = None
+        if use_cifar:
+            x_train, y_train, classes = load_data("cifar10", args, True, args.train_size, device)
+            x_test, y_test, _ = load_data("cifar10", args, False, args.test_size, device)
+            if args.val_size >= len(y_train):
+                raise common.UserError(f"--val-size {args.val_size} leaves no training images out of {len(y_train)}")
+            train_idx, val_idx = split_train_val(len(y_train), args.val_size, args.seed)
+            data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "classes": classes,
+                    "train_idx": train_idx, "val_idx": val_idx}
+            print(f"CIFAR-10 ({'smoke' if args.smoke else 'real'}): {len(train_idx)} train, {len(val_idx)} val, "
+                  f"{len(y_test)} test images, resized to {args.img_size} px", flush=True)
+        if "transfer" in chosen:
             xt, yt, tclasses = load_data(args.transfer_dataset, args, True, args.transfer_train_size, device)
             if args.transfer_val_size >= len(yt):
                 raise common.UserError(f"--transfer-val-size {args.transfer_val_size} leaves no training images "
@@ -1049,19 +1508,41 @@ def main(argv: list[str] | None = None) -> dict:
             ttr, tva = split_train_val(len(yt), args.transfer_val_size, args.seed)
             tdata = {"x_train": xt, "y_train": yt, "x_test": xte, "y_test": yte, "classes": tclasses,
                      "train_idx": ttr, "val_idx": tva}
-        backbone = to_device(build_resnet(args.arch, args.weights), device).eval()
-        print(f"{args.arch} (weights: {args.weights}): "
-              f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters", flush=True)
+        if "scratch_shortcuts" in chosen:
+            xs, ys, sclasses = load_data(args.scratch_dataset, args, True, args.scratch_train_size, device)
+            xst, yst, _ = load_data(args.scratch_dataset, args, False, args.scratch_test_size, device)
+            xs, xst = scratch_images(xs), scratch_images(xst)
+            pixels = xs[:10000].float().div(255.0)  # per-channel statistics from up to 10,000 training images
+            sdata = {"x_train": xs, "y_train": ys, "x_test": xst, "y_test": yst, "classes": sclasses,
+                     "mean": pixels.mean((0, 2, 3)), "std": pixels.std((0, 2, 3)).clamp_min(1e-3)}
+            del pixels
+            print(f"{args.scratch_dataset} ({'smoke' if args.smoke else 'real'}) for scratch_shortcuts: "
+                  f"{len(ys)} train, {len(yst)} test images at 32 px", flush=True)
+        if use_cifar:
+            backbone = prepare_backbone(args.arch, args.weights, data["x_train"][data["train_idx"][
+                :args.bn_calib_size].to(device)], args, device)
+            print(f"{args.arch} (weights: {args.weights}): "
+                  f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters", flush=True)
 
         results = common.Results("task1", args, device)
         memo: dict = {}
         fit = once(lambda: fit_baseline(backbone, data, args, device, memo))
+
+        def run_transfer():
+            with common.user_errors(parser.prog, batch_flag="--transfer-batch-size (or --eval-batch-size)"):
+                return transfer(backbone, tdata, args, device)
+
+        def run_scratch():
+            with common.user_errors(parser.prog, batch_flag="--scratch-batch-size (or --eval-batch-size)"):
+                return scratch_shortcuts(sdata, args, device)
+
         return results.run({
-            "baseline": lambda: baseline(fit, classes, args),
+            "baseline": lambda: baseline(fit, data["classes"], args),
             "residual": lambda: residual(backbone, data, fit, selected, args, device),
             "features": lambda: features(backbone, data, lambda: fit()["confusion"], args, device),
-            "transfer": lambda: transfer(backbone, tdata, args, device),
+            "transfer": run_transfer,
             "depth": lambda: depth(backbone, data, args, device, memo),
+            "scratch_shortcuts": run_scratch,
         })
 
 

@@ -15,6 +15,14 @@ CPU, small (the default; 2 minutes measured on a busy shared 2-core box, well un
 GPU, full size (ResNet-152, 224 px, bf16, CIFAR-10's 50,000 + 10,000 images):
     python benchmarks/bench_resnet.py --full
 Weights are random (speed does not depend on their values), so nothing is downloaded.
+
+3. --flops: no timing. Counts the FLOPs of every Task 1 experiment at Task1.py's
+   defaults (torch.utils.flop_counter on meta tensors: convolutions and matmuls, a
+   multiply-add = 2 FLOPs; BatchNorm, ReLU and adds are not counted) and turns them into
+   an ESTIMATED GPU time at an assumed sustained throughput (--tflops for ResNet-152/18
+   at 224 px, --tflops-small for the CIFAR ResNet-56 at 32 px). CPU-side work (t-SNE,
+   UMAP, logistic-regression probes) is not included. Seconds on CPU:
+    python benchmarks/bench_resnet.py --flops
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
@@ -42,6 +51,71 @@ def timed(fn, device):
     return time.perf_counter() - t0, out
 
 
+def forward_flops(model, x, train: bool = False) -> float:
+    """FLOPs of one forward (train=False, no_grad) or forward + backward of `model` on x."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train(train)
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            model(x).float().logsumexp(1).sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    return float(counter.get_total_flops())
+
+
+def flop_estimates(tflops: float, tflops_small: float) -> dict:
+    """Per-experiment FLOPs of `python Task1.py` at its defaults, and the seconds they
+    take at the assumed sustained throughputs. Models live on the meta device: shapes
+    only, no memory, no arithmetic."""
+    a = Task1.build_parser().parse_args([])
+    n_train, n_test = 50000, 10000  # CIFAR-10 (--train-size 0, --test-size 0 = all)
+    t_train, t_test = a.transfer_train_size - a.transfer_val_size, 10000  # CIFAR-100 train subset, test
+    s = a.img_size
+    with torch.device("meta"):
+        big = torchvision.models.get_model(a.arch, weights=None)
+        small = {arch: torchvision.models.get_model(arch, weights=None) for arch in a.depth_archs if arch != a.arch}
+        x = torch.empty(1, 3, s, s)
+        fwd = forward_flops(big, x)
+        cut_fwd = {}
+        blocks = Task1.residual_blocks(big)
+        sets = {"selected": Task1.resolve_blocks(a.arch, a.ablate_blocks), "all": blocks,
+                **{f"layer{i}": [b for b in blocks if b.startswith(f"layer{i}.")] for i in range(1, 5)}}
+        for name, cut in sets.items():
+            with Task1.shortcuts_cut(big, cut):
+                cut_fwd[name] = forward_flops(big, x)
+        train = {}
+        for strategy in Task1.TRANSFER_STRATEGIES:
+            model = torchvision.models.get_model(a.arch, weights=None, num_classes=100)
+            Task1.freeze_for_transfer(model, strategy)
+            train[strategy] = forward_flops(model, x, train=True)
+        grad = forward_flops(torchvision.models.get_model(a.arch, weights=None, num_classes=10), x, train=True)
+        small_fwd = {arch: forward_flops(m, x) for arch, m in small.items()}
+        cifar = Task1.CifarResNet(a.scratch_depth, a.scratch_width)
+        xc = torch.empty(1, 3, 32, 32)
+        cifar_train, cifar_fwd = forward_flops(cifar, xc, train=True), forward_flops(cifar, xc)
+    tput = (a.throughput_batches + 1) * a.eval_batch_size
+    flops = {
+        "baseline": (n_train + n_test) * fwd,
+        "residual": sum((n_train + n_test) * f for f in cut_fwd.values()) + 2 * a.grad_batch * grad,
+        "features": (a.n_vis + a.probe_train_size) * fwd,
+        "transfer": sum(a.transfer_epochs * (t_train * train[st] + a.transfer_val_size * fwd) + t_test * fwd
+                        for st in Task1.TRANSFER_STRATEGIES) * 2 + 3 * min(a.bn_calib_size, t_train) * fwd,
+        "depth": sum((n_train + n_test) * f + tput * f for f in small_fwd.values()) + tput * fwd,
+    }
+    small_flops = {"scratch_shortcuts": 2 * a.scratch_epochs * (n_train * cifar_train + n_test * cifar_fwd)}
+    rows = {}
+    for name, f in {**flops, **small_flops}.items():
+        rate = (tflops_small if name in small_flops else tflops) * 1e12
+        rows[name] = {"tflop": f / 1e12, "est_seconds": f / rate}
+    per_image = {f"{a.arch}_fwd_gflop": fwd / 1e9, **{f"{k}_fwd_gflop": v / 1e9 for k, v in small_fwd.items()},
+                 **{f"{a.arch}_train_{k}_gflop": v / 1e9 for k, v in train.items()},
+                 f"cifar_resnet{a.scratch_depth}_train_gflop": cifar_train / 1e9,
+                 f"cifar_resnet{a.scratch_depth}_fwd_gflop": cifar_fwd / 1e9}
+    return {"per_image": per_image, "experiments": rows}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -56,7 +130,27 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--full", action="store_true",
                    help="GPU sizes: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FULL.items()))
+    p.add_argument("--flops", action="store_true",
+                   help="count every Task 1 experiment's FLOPs at Task1.py's defaults and print estimated GPU times")
+    p.add_argument("--tflops", type=common.positive_float, default=100.0,
+                   help="assumed sustained TFLOP/s for ResNet-152/18 at 224 px in bf16 (default: 100, about 10%% "
+                        "of an H100 SXM's 989 dense bf16 peak)")
+    p.add_argument("--tflops-small", type=common.positive_float, default=15.0,
+                   help="assumed sustained TFLOP/s for the CIFAR ResNet-56 at 32 px, whose 16-64-channel layers are "
+                        "bound by memory traffic and kernel launches (default: 15)")
     args = p.parse_args(argv)
+    if args.flops:
+        est = flop_estimates(args.tflops, args.tflops_small)
+        print("per image, GFLOP (multiply-add = 2):")
+        for k, v in est["per_image"].items():
+            print(f"  {k:32s} {v:10.3f}")
+        print(f"\nTask1.py at its defaults, ESTIMATED GPU seconds at {args.tflops:g} TFLOP/s "
+              f"({args.tflops_small:g} for scratch_shortcuts); GPU arithmetic only:")
+        for k, v in est["experiments"].items():
+            print(f"  {k:18s} {v['tflop']:10.1f} TFLOP  ~{v['est_seconds']:7.0f} s")
+        total = sum(v["est_seconds"] for v in est["experiments"].values())
+        print(f"  {'all':18s} {sum(v['tflop'] for v in est['experiments'].values()):10.1f} TFLOP  ~{total:7.0f} s")
+        return est
     if args.full:
         for k, v in FULL.items():
             setattr(args, k, v)
