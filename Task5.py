@@ -644,15 +644,15 @@ def exp_collapse(data, args, device, nets) -> dict:
     mean_sse = float((data["x_test"] - mean_img).pow(2).flatten(1).sum(1).mean())  # a model that ignores x
     d = np.arange(args.latent_dim)
     fig, ax = common.plt.subplots(figsize=(9, 3.8))
-    ax.bar(d - 0.2, np.maximum(ev_h["kl_per_dim"], 1e-4), 0.4,
+    ax.bar(d - 0.2, np.maximum(ev_h["kl_per_dim"], 1e-8), 0.4,
            label=f"summed SSE, beta 1 ({ev_h['active_units']} active units)")
-    ax.bar(d + 0.2, np.maximum(ev_l["kl_per_dim"], 1e-4), 0.4,
+    ax.bar(d + 0.2, np.maximum(ev_l["kl_per_dim"], 1e-8), 0.4,
            label=f"nn.MSELoss() + KL = beta 784 ({ev_l['active_units']} active)")
-    ax.axhline(0.01, color="gray", lw=0.8, ls=":")
+    ax.axhline(0.01, color="gray", lw=0.8, ls=":", label="0.01 nats")
     ax.set_yscale("log")
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("KL(q(z_d|x) || N(0,1)), nats (test mean)")
-    ax.set_title("per-dimension KL on the test set (bars floored at 1e-4 to show on a log axis)")
+    ax.set_title("per-dimension KL on the test set (bars floored at 1e-8 to show on a log axis)")
     ax.legend(fontsize=8)
     common.save_figure(fig, f"{args.out}/collapse_kl_per_dim.png")
 
@@ -734,7 +734,7 @@ def exp_collapse_sweep(data, args, device, nets) -> dict:
     mean_sse = float((x_va - x_tr.mean(0, keepdim=True)).pow(2).flatten(1).sum(1).mean())
 
     b = args.sweep_betas
-    fig, axes = common.plt.subplots(1, 3, figsize=(16, 4.4), layout="constrained")
+    fig, axes = common.plt.subplots(1, 3, figsize=(16, 5.2), layout="constrained")
     labels = {"plain": "plain", "warmup": f"KL warm-up ({args.sweep_warmup_epochs} ep.)",
               "aggressive": "aggressive encoder (He et al.)", "lr_split": f"enc/dec lr {args.enc_lr:g}/{args.dec_lr:g}",
               "free_bits": f"free bits {args.free_bits:g} nats/dim"}
@@ -747,7 +747,7 @@ def exp_collapse_sweep(data, args, device, nets) -> dict:
         if sigma[key] is not None:
             ax.axhline(sigma[key], color="k", ls="--", lw=1, label="calibrated decoder (sigma-VAE, no beta)")
         if key == "active_units":
-            ax.step(b, linear, where="mid", color="gray", lw=2, alpha=0.5,
+            ax.plot(b, linear, color="gray", lw=2, alpha=0.5, ls="-.",
                     label="linear VAE optimum: #PCs with variance > beta/2")
         if key == "recon":
             ax.axhline(mean_sse, color="gray", ls=":", label="predicting the mean image")
@@ -755,7 +755,8 @@ def exp_collapse_sweep(data, args, device, nets) -> dict:
         ax.set_xscale("log")
         ax.set(title=title, xlabel="beta (KL weight; decoder variance beta/2); 784 = nn.MSELoss() + KL", ylabel=yl)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines() if not h.get_label().startswith("_")}
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=5, fontsize=8)
     fig.suptitle(f"posterior collapse against beta: {len(x_tr)} training images, {args.sweep_epochs} epochs per "
                  f"run, measured on {len(x_va)} validation images ({args.dataset})")
     common.save_figure(fig, f"{args.out}/collapse_sweep_beta.png")
@@ -1016,9 +1017,10 @@ class Networks:
         return self.fit(name, self.arms[name], self.data["x_train"], self.data["x_val"], self.tag)
 
     def test(self, name):
-        if name not in self.tested:
-            self.tested[name] = evaluate(self.get(name)[0], self.data["x_test"], self.args)
-        return self.tested[name]
+        key = repr(sorted(self.arms[name].items()))                    # one evaluation per trained network
+        if key not in self.tested:
+            self.tested[key] = evaluate(self.get(name)[0], self.data["x_test"], self.args)
+        return self.tested[key]
 
 
 def main(argv=None):
