@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------
 # Task 5: convolutional VAE (Kingma & Welling 2014)
@@ -28,46 +29,54 @@ import torch.nn as nn
 
 
 class VAE(nn.Module):
-    """Encoder: conv 1->32 (4x4, s2, p1) -> conv 32->64 (4x4, s2, p1) -> flatten
-    64*7*7 -> linear 256 -> linear heads to mu and logvar (latent_dim each).
-    Decoder: linear latent_dim->256 -> linear 256->64*7*7 -> convT 64->32 (4x4, s2, p1)
-    -> convT 32->1 (4x4, s2, p1) -> sigmoid. ReLU between layers."""
+    """The assignment's provided VAE, unchanged: the same layers under the same names
+    and the same methods, so a state dict saved from the provided class loads here
+    with `load_state_dict(strict=True)` and computes the same function.
+
+    Encoder: enc_conv1 1->32 (4x4, s2, p1) -> enc_conv2 32->64 (4x4, s2, p1) -> flatten
+    64*7*7 = 3136 -> enc_fc 256 -> heads fc_mu, fc_logvar (latent_dim each).
+    Decoder: dec_fc latent_dim->256 -> dec_fc2 256->3136 -> [64, 7, 7] -> dec_deconv1
+    64->32 (4x4, s2, p1) -> dec_deconv2 32->1 (4x4, s2, p1) -> sigmoid. ReLU between."""
 
     def __init__(self, latent_dim: int = 20):
         super().__init__()
         self.latent_dim = latent_dim
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, 32, 4, stride=2, padding=1), nn.ReLU(),   # [B, 32, 14, 14]
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # [B, 64, 7, 7]
-            nn.Flatten(),                                          # [B, 3136]
-            nn.Linear(64 * 7 * 7, 256), nn.ReLU(),                 # [B, 256]
-        )
+        self.enc_conv1 = nn.Conv2d(1, 32, 4, stride=2, padding=1)             # [B, 32, 14, 14]
+        self.enc_conv2 = nn.Conv2d(32, 64, 4, stride=2, padding=1)            # [B, 64, 7, 7]
+        self.enc_fc = nn.Linear(64 * 7 * 7, 256)                              # [B, 256]
         self.fc_mu = nn.Linear(256, latent_dim)
         self.fc_logvar = nn.Linear(256, latent_dim)
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 256), nn.ReLU(),
-            nn.Linear(256, 64 * 7 * 7), nn.ReLU(),
-            nn.Unflatten(1, (64, 7, 7)),                                    # [B, 64, 7, 7]
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),  # [B, 32, 14, 14]
-            nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),              # [B, 1, 28, 28]
-            nn.Sigmoid(),
-        )
+        self.dec_fc = nn.Linear(latent_dim, 256)
+        self.dec_fc2 = nn.Linear(256, 64 * 7 * 7)
+        self.dec_deconv1 = nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1)  # [B, 32, 14, 14]
+        self.dec_deconv2 = nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1)   # [B, 1, 28, 28]
+
+    # Parameter-name prefixes of the two halves (Task 5 gives them their own learning
+    # rates and, for aggressive encoder training, their own update steps).
+    ENCODER = ("enc_", "fc_mu", "fc_logvar")
+    DECODER = ("dec_",)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, 1, 28, 28] in [0, 1] -> (mu, logvar), each [B, latent_dim]."""
-        h = self.encoder(x)
+        h = F.relu(self.enc_conv1(x))
+        h = F.relu(self.enc_conv2(h))
+        h = F.relu(self.enc_fc(h.flatten(1)))
         return self.fc_mu(h), self.fc_logvar(h)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, latent_dim] -> Bernoulli/Gaussian means [B, 1, 28, 28] in (0, 1)."""
-        return self.decoder(z)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """z = mu + sigma * eps with eps ~ N(0, I): a sample that gradients flow through."""
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, latent_dim] -> Bernoulli/Gaussian means [B, 1, 28, 28] in (0, 1)."""
+        h = F.relu(self.dec_fc(z))
+        h = F.relu(self.dec_fc2(h)).view(-1, 64, 7, 7)
+        h = F.relu(self.dec_deconv1(h))
+        return torch.sigmoid(self.dec_deconv2(h))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x -> (reconstruction from one z ~ q(z|x), mu, logvar)."""
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar)
         return self.decode(z), mu, logvar

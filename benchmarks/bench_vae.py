@@ -10,6 +10,14 @@ Same model (architecture.VAE), optimiser, loss and batch size on the same synthe
 MNIST-shaped images; each side runs `--repeats` epochs and the median is compared.
 A second comparison times the input pipelines alone (no model): on a CPU the model's
 compute hides the pipeline, on a GPU the pipeline is what limits the epoch.
+A third times one encoder-only update of aggressive training (He et al. 2019), the step
+its inner loop repeats 20-100 times per decoder step:
+
+    C  frozen decoder  decoder parameters set requires_grad=False, so backward computes
+                       only the encoder's gradients (what Task5.train_vae does)
+    D  discarded       full backward, then only the encoder's optimiser steps (the
+                       decoder's gradients are computed and thrown away, as in He et
+                       al.'s code)
 Run:  python benchmarks/bench_vae.py                      (CPU, 10,000 images)
       python benchmarks/bench_vae.py --n 60000 --device cuda --workers 4
 """
@@ -52,6 +60,31 @@ def step(model, opt, x):
     opt.step()
 
 
+def encoder_step(model, opt, x, frozen: bool):
+    """One encoder-only update; opt holds the encoder's parameters only."""
+    dec = [p for n, p in model.named_parameters() if n.startswith(VAE.DECODER)]
+    if frozen:
+        for p in dec:
+            p.requires_grad_(False)
+    x_hat, mu, logvar = model(x)
+    loss = reconstruction_loss(x_hat, x, "mse").mean() + kl_divergence(mu, logvar).sum(1).mean()
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    for p in dec:
+        p.requires_grad_(True)
+
+
+def time_encoder_steps(model, opt, x_dev, batch, device, frozen, steps):
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        j = (i * batch) % max(1, len(x_dev) - batch)
+        encoder_step(model, opt, x_dev[j:j + batch], frozen)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -88,6 +121,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="epochs timed per side; the median is reported")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--encoder-steps", type=int, default=40, help="encoder-only updates timed per side and repeat")
     args = p.parse_args()
     from torchvision import transforms
 
@@ -107,6 +141,12 @@ def main():
         b.append(epoch_dataloader(model, opt, loader, device))
     da = [epoch_device_tensor(None, None, x_dev, args.batch_size, device) for _ in range(args.repeats)]
     db = [epoch_dataloader(None, None, loader, device) for _ in range(args.repeats)]
+    enc_opt = torch.optim.Adam([p for n, p in model.named_parameters() if n.startswith(VAE.ENCODER)], lr=1e-3)
+    time_encoder_steps(model, enc_opt, x_dev, args.batch_size, device, True, 3)  # warm-up
+    c, d = [], []
+    for _ in range(args.repeats):
+        c.append(time_encoder_steps(model, enc_opt, x_dev, args.batch_size, device, True, args.encoder_steps))
+        d.append(time_encoder_steps(model, enc_opt, x_dev, args.batch_size, device, False, args.encoder_steps))
     print(f"{args.n} images, batch {args.batch_size}, {args.repeats} epochs each, device {device}, "
           f"workers {args.workers}")
     for what, ta, tb in [("training epoch", a, b), ("input pipeline only", da, db)]:
@@ -115,6 +155,11 @@ def main():
         print(f"  device tensor : median {ma:.3f} s/epoch  ({args.n / ma:,.0f} images/s)")
         print(f"  DataLoader+PIL: median {mb:.3f} s/epoch  ({args.n / mb:,.0f} images/s)")
         print(f"  ratio (DataLoader / device tensor): {mb / ma:.2f}x")
+    mc, md = statistics.median(c), statistics.median(d)
+    print(f"encoder-only update (aggressive training's inner step), {args.encoder_steps} steps x {args.repeats}:")
+    print(f"  frozen decoder (no decoder gradients): median {1000 * mc:.1f} ms/step")
+    print(f"  full backward, decoder gradients discarded: median {1000 * md:.1f} ms/step")
+    print(f"  ratio (discarded / frozen): {md / mc:.2f}x")
 
 
 if __name__ == "__main__":
