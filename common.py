@@ -1123,6 +1123,7 @@ def scoring_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
     settings = {"recipe": r, "epochs": epochs, "width": width, "seed": seed, "n_train": len(x_train),
                 "data": data_digest(x_train, y_train)}
     device = x_train.device
+    seed_everything(seed)                  # before the model: its initial weights come from this seed
     model = DigitClassifier(width).to(device)
     path = cache_path(out, "classifier", settings) if out is not None else None
     cached = load_cache(path, fresh) if path is not None else None
@@ -1130,7 +1131,6 @@ def scoring_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
         model.load_state_dict(cached["state_dict"])
         print(f"classifier: cached {path.name}, test accuracy {cached['test_acc']:.4f}", flush=True)
         return model.eval(), float(cached["test_acc"])
-    seed_everything(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     n, bs = len(x_train), r["batch"]
     steps = epochs * math.ceil(n / bs)
