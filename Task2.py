@@ -105,15 +105,18 @@ def build_parser() -> common.Parser:
                    help="CIFAR-10 training subset the linear probes are fitted on (default: 5000)")
     g.add_argument("--test-images", type=common.positive_int, default=2000, metavar="N",
                    help="CIFAR-10 test subset for probe accuracy and the masking evaluation (default: 2000)")
+    g.add_argument("--probe-max-iter", type=common.positive_int, default=1000, metavar="N",
+                   help="L-BFGS iterations per logistic-regression fit of the linear probes (default: 1000)")
+    g.add_argument("--discard-ratio", type=DISCARD, default=0.0, metavar="R",
+                   help="rollout: zero this fraction of the lowest attention weights per layer, in attention "
+                        "and masking (default: 0)")
+    g = parser.add_argument_group("heads: per-head statistics")
     g.add_argument("--heads-images", type=common.non_negative_int, default=64, metavar="N",
                    help="CIFAR-10 test images (the first of --test-images) added to the images for the head "
                         "statistics (default: 64)")
-    g.add_argument("--probe-max-iter", type=common.positive_int, default=1000, metavar="N",
-                   help="L-BFGS iterations per logistic-regression fit of the linear probes (default: 1000)")
+    g = parser.add_argument_group("masking: accuracy as patches are masked")
     g.add_argument("--rollout-fusion", default="mean", choices=FUSIONS,
                    help="how rollout fuses heads for the masking experiment (default: mean)")
-    g.add_argument("--discard-ratio", type=DISCARD, default=0.0, metavar="R",
-                   help="rollout: zero this fraction of the lowest attention weights per layer (default: 0)")
     g.add_argument("--mask-fractions", type=common.BoundedList(common.unit_float),
                    default=[round(0.1 * i, 1) for i in range(10)], metavar="F,F",
                    help="fractions of patches to mask; 1 masks all, the chance-level end (default: 0,0.1,...,0.9)")

@@ -113,7 +113,8 @@ def build_parser():
                    help="separate learning rates: the decoder's, slower so the encoder keeps up (default: 1e-4)")
     g.add_argument("--free-bits", type=common.positive_float, default=0.5,
                    help="free bits (Kingma et al. 2016): KL floor per latent dimension, nats (default: 0.5)")
-    g.add_argument("--sweep-betas", type=common.BoundedList(common.positive_float), default=[1.0, 3.0, 10.0, 30.0, 100.0, 784.0], metavar="B,B",
+    g.add_argument("--sweep-betas", type=common.BoundedList(common.positive_float),
+                   default=[1.0, 3.0, 10.0, 30.0, 100.0, 784.0], metavar="B,B",
                    help="collapse_sweep: KL weights (784 = the assignment's literal loss) "
                         "(default: 1,3,10,30,100,784)")
     g.add_argument("--sweep-size", type=common.positive_int, default=5000,
