@@ -102,39 +102,27 @@ def resnet_list(text: str) -> list[str]:
     return [resnet_arch(t.strip()) for t in text.split(",") if t.strip()]
 
 
-def non_negative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text}")
-    return v
-
-
-def at_least_two(text: str) -> int:
-    v = int(text)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (batch statistics need two images), got {text}")
-    return v
-
-
-def non_negative_float(text: str) -> float:
-    v = float(text)
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive number, got {text}")
-    return v
-
-
-def cifar_resnet_depth(text: str) -> int:
+class CifarDepth(common.Bounded):
     """Depth of a CIFAR-style ResNet: 6n + 2 layers (n blocks of two 3x3 convs in each of
     three stages, plus the first conv and the classifier): 8, 14, 20, 32, 44, 56, 110."""
-    v = int(text)
-    if v < 8 or (v - 2) % 6:
-        raise argparse.ArgumentTypeError(f"expected a depth 6n+2 >= 8 (e.g. 20, 32, 44, 56, 110), got {text}")
-    return v
+
+    def __init__(self):
+        super().__init__(int, lo=8)
+        self.__name__ = self.describe()
+
+    def describe(self) -> str:
+        return "a depth 6n+2 >= 8 (e.g. 20, 32, 44, 56, 110)"
+
+    def contains(self, v: float) -> bool:
+        return super().contains(v) and (v - 2) % 6 == 0
 
 
 def build_parser():
     parser = common.make_parser("task1", __doc__, EXPERIMENTS)
+    # Every numeric flag's type states its valid range (common.Bounded): argparse refuses
+    # anything outside it in one line; check_args below refuses bad combinations.
     pint, pfloat = common.positive_int, common.positive_float
+    non_negative_int, non_negative_float = common.non_negative_int, common.non_negative_float
     g = parser.add_argument_group("model and data")
     g.add_argument("--arch", type=resnet_arch, default="resnet152",
                    help="torchvision ResNet to study (default: resnet152; smoke: resnet18)")
@@ -152,7 +140,7 @@ def build_parser():
                    help="training images held out for the validation curves (default: 5000)")
     g.add_argument("--eval-batch-size", type=pint, default=512,
                    help="batch size for feature extraction and evaluation (default: 512)")
-    g.add_argument("--bn-calib-size", type=at_least_two, default=2000,
+    g.add_argument("--bn-calib-size", type=common.Bounded(int, lo=2), default=2000,
                    help="training images whose batch statistics become the BatchNorm running mean and variance "
                         "of a randomly initialised backbone (--weights none, transfer's scratch arms) before it "
                         "is frozen (default: 2000; smoke: 128)")
@@ -173,9 +161,11 @@ def build_parser():
     g.add_argument("--grad-batch", type=pint, default=32,
                    help="training images for the gradient norms at initialisation (default: 32)")
     g = parser.add_argument_group("features")
-    g.add_argument("--n-vis", type=pint, default=2000, help="test images embedded and scored per depth (default: 2000)")
-    g.add_argument("--probe-train-size", type=pint, default=5000,
-                   help="training images for the logistic-regression probes (default: 5000)")
+    g.add_argument("--n-vis", type=common.Bounded(int, lo=5), default=2000,
+                   help="test images embedded and scored per depth; UMAP needs at least 4 (default: 2000)")
+    g.add_argument("--probe-train-size", type=common.Bounded(int, lo=10), default=5000,
+                   help="training images for the logistic-regression probes; a fifth of them chooses the "
+                        "regularisation, so a few per class at least (default: 5000)")
     g.add_argument("--embed", choices=["tsne", "umap", "both"], default="both",
                    help="2-D embedding; both draws t-SNE and UMAP side by side and scores each (default: both; "
                         "smoke: tsne, since UMAP costs ~20 s of numba compilation per process)")
@@ -204,7 +194,7 @@ def build_parser():
     g = parser.add_argument_group("scratch_shortcuts (He et al. 2016 sec. 4.2: CIFAR ResNet vs the plain net)")
     g.add_argument("--scratch-dataset", choices=["cifar10", "fashion-mnist"], default="cifar10",
                    help="training set; fashion-mnist is padded to 32x32 and repeated to 3 channels (default: cifar10)")
-    g.add_argument("--scratch-depth", type=cifar_resnet_depth, default=56,
+    g.add_argument("--scratch-depth", type=CifarDepth(), default=56,
                    help="layers, 6n+2; He et al. see plain nets degrade from 20 to 56 (default: 56; smoke: 8)")
     g.add_argument("--scratch-width", type=pint, default=16,
                    help="channels of the first stage, doubled at each of the two later stages (default: 16)")
@@ -228,6 +218,29 @@ def build_parser():
                    help="convergence speed = training steps until the running training accuracy first reaches "
                         "this (default: 0.8)")
     return parser
+
+
+def check_args(args) -> None:
+    """Flags that only make sense together, checked right after parsing (one line, exit 2).
+    Sizes of 0 mean the whole split: CIFAR-10 has 50,000 / 10,000 images (smoke: 1,000 / 500)."""
+    chosen, req = set(args.experiments), common.require
+    n_train = args.train_size or (1000 if args.smoke else 50000)
+    n_test = args.test_size or (500 if args.smoke else 10000)
+    if chosen - {"scratch_shortcuts"}:  # every other experiment splits CIFAR-10's training images
+        req(args.val_size < n_train, f"--val-size {args.val_size} leaves no training images out of "
+                                     f"{n_train} (--train-size {args.train_size})")
+    if "features" in chosen:
+        req(args.n_vis <= n_test, f"--n-vis {args.n_vis} exceeds the {n_test} test images (--test-size "
+                                  f"{args.test_size}); t-SNE/UMAP would silently embed fewer")
+        req(args.probe_train_size <= n_train - args.val_size,
+            f"--probe-train-size {args.probe_train_size} exceeds the {n_train - args.val_size} training images "
+            f"left after --val-size {args.val_size} (--train-size {args.train_size})")
+    if "transfer" in chosen and args.transfer_train_size:
+        req(args.transfer_val_size < args.transfer_train_size,
+            f"--transfer-val-size {args.transfer_val_size} leaves no training images out of "
+            f"--transfer-train-size {args.transfer_train_size}")
+    if "scratch_shortcuts" in chosen:
+        req(args.scratch_train_size != 1, "--scratch-train-size 1 leaves no minibatch of two images to train on")
 
 
 # ----------------------------------------------------------------------------
@@ -1465,7 +1478,7 @@ def once(fn):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
-    args = common.parse_args(parser, argv, smoke=SMOKE)
+    args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
     # Out of GPU memory: feature extraction and evaluation batches are the largest
     # (--eval-batch-size); transfer and scratch_shortcuts name their own batch flags.
     with common.user_errors(parser.prog, batch_flag="--eval-batch-size"):
@@ -1476,14 +1489,6 @@ def main(argv: list[str] | None = None) -> dict:
         if "features" in chosen and args.embed != "tsne" and importlib.util.find_spec("umap") is None:
             raise common.UserError(f"--embed {args.embed} needs umap-learn (pip install umap-learn); "
                                    f"or use --embed tsne")
-        n_train = args.train_size or (1000 if args.smoke else 50000)  # 0 = the whole training split
-        if use_cifar and args.val_size >= n_train:
-            raise common.UserError(f"--val-size {args.val_size} leaves no training images out of {n_train}")
-        if "transfer" in chosen and args.transfer_train_size and args.transfer_val_size >= args.transfer_train_size:
-            raise common.UserError(f"--transfer-val-size {args.transfer_val_size} leaves no training images out "
-                                   f"of --transfer-train-size {args.transfer_train_size}")
-        if "scratch_shortcuts" in chosen and args.scratch_train_size == 1:
-            raise common.UserError("--scratch-train-size 1 leaves no minibatch of two images to train on")
 
         device = common.pick_device(args.device)
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick the fastest kernels

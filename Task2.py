@@ -40,7 +40,6 @@ probe_cosine.png, metrics.json, summary.md, and cache/ (features and rollout map
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import re
@@ -77,25 +76,15 @@ FUSIONS = ["mean", "max", "min"]
 # ----------------------------------------------------------------------------
 
 
-def fraction_list(text: str) -> list[float]:
-    try:
-        values = sorted({float(t) for t in text.split(",") if t.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"fractions must lie in [0, 1], got {text!r}")
-    return values
-
-
-def discard_ratio(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return v
+# --discard-ratio 1 would zero every attention weight (rollout undefined); a mask fraction
+# of 1 is fine: every patch masked (only CLS left) gives the chance-level end of the curve.
+DISCARD = common.Bounded(float, lo=0, hi=1, hi_open=True)
 
 
 def build_parser() -> common.Parser:
     parser = common.make_parser("task2", __doc__, EXPERIMENTS)
+    # Every numeric flag's type states its valid range (common.Bounded): argparse refuses
+    # anything outside it in one line; check_args below refuses bad combinations.
     g = parser.add_argument_group("task 2")
     g.add_argument("--model", default=VIT_B16,
                    help="Hugging Face ViT image classifier (with its ImageNet head) and its image processor "
@@ -107,28 +96,41 @@ def build_parser() -> common.Parser:
     g.add_argument("--images", nargs="+", metavar="PATH", default=None,
                    help="your own images for classify/attention/heads (default: scikit-learn's two sample photos, "
                         "china.jpg and flower.jpg)")
-    g.add_argument("--cifar-images", type=int, default=0, metavar="N",
-                   help="CIFAR-10 test images (one per class, upsampled from 32x32) added to the default photos "
-                        "(default: 0)")
+    g.add_argument("--cifar-images", type=common.Bounded(int, lo=0, hi=10), default=0, metavar="N",
+                   help="CIFAR-10 test images (one per class, so at most 10, upsampled from 32x32) added to the "
+                        "default photos (default: 0)")
     g.add_argument("--batch-size", type=common.positive_int, default=64, metavar="N",
                    help="images per forward pass (default: 64)")
     g.add_argument("--train-images", type=common.positive_int, default=5000, metavar="N",
                    help="CIFAR-10 training subset the linear probes are fitted on (default: 5000)")
     g.add_argument("--test-images", type=common.positive_int, default=2000, metavar="N",
                    help="CIFAR-10 test subset for probe accuracy and the masking evaluation (default: 2000)")
-    g.add_argument("--heads-images", type=int, default=64, metavar="N",
-                   help="CIFAR-10 test images added to the images for the head statistics (default: 64)")
     g.add_argument("--probe-max-iter", type=common.positive_int, default=1000, metavar="N",
                    help="L-BFGS iterations per logistic-regression fit of the linear probes (default: 1000)")
+    g.add_argument("--discard-ratio", type=DISCARD, default=0.0, metavar="R",
+                   help="rollout: zero this fraction of the lowest attention weights per layer, in attention "
+                        "and masking (default: 0)")
+    g = parser.add_argument_group("heads: per-head statistics")
+    g.add_argument("--heads-images", type=common.non_negative_int, default=64, metavar="N",
+                   help="CIFAR-10 test images (the first of --test-images) added to the images for the head "
+                        "statistics (default: 64)")
+    g = parser.add_argument_group("masking: accuracy as patches are masked")
     g.add_argument("--rollout-fusion", default="mean", choices=FUSIONS,
                    help="how rollout fuses heads for the masking experiment (default: mean)")
-    g.add_argument("--discard-ratio", type=discard_ratio, default=0.0, metavar="R",
-                   help="rollout: zero this fraction of the lowest attention weights per layer (default: 0)")
-    g.add_argument("--mask-fractions", type=fraction_list, default=[round(0.1 * i, 1) for i in range(10)],
-                   metavar="F,F", help="fractions of patches to mask (default: 0,0.1,...,0.9)")
+    g.add_argument("--mask-fractions", type=common.BoundedList(common.unit_float),
+                   default=[round(0.1 * i, 1) for i in range(10)], metavar="F,F",
+                   help="fractions of patches to mask; 1 masks all, the chance-level end (default: 0,0.1,...,0.9)")
     g.add_argument("--mask-seeds", type=common.positive_int, default=3, metavar="N",
                    help="seeds for random masking; the figure shows mean and spread (default: 3)")
     return parser
+
+
+def check_args(args) -> None:
+    """Flags that only make sense together, checked right after parsing (one line, exit 2)."""
+    if "heads" in args.experiments:
+        common.require(args.heads_images <= args.test_images,
+                       f"--heads-images {args.heads_images} exceeds --test-images {args.test_images} (the head "
+                       f"statistics use the first images of that subset)")
 
 
 # --smoke: values for knobs left at their defaults (an explicit flag wins).
@@ -948,12 +950,10 @@ def smoke_threads(active: bool):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
-    args = common.parse_args(parser, argv, smoke=SMOKE)
+    args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
     with common.user_errors(parser.prog, batch_flag="--batch-size"):
         # Validate everything the user gave before anything is loaded or written.
         user_images = read_images(args.images) if args.images else None
-        if args.cifar_images < 0 or args.heads_images < 0:
-            raise common.UserError("--cifar-images and --heads-images must be >= 0")
         exps = set(args.experiments)
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)

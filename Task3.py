@@ -65,7 +65,10 @@ EXPERIMENTS = ["baseline", "reference", "vanishing", "mode_collapse", "d_overfit
 
 def build_parser() -> common.Parser:
     p = common.make_parser("task3", __doc__, EXPERIMENTS)
+    # Every numeric flag's type states its valid range (common.Bounded): argparse refuses
+    # anything outside it in one line; check_args below refuses bad combinations.
     pi, pf, uf = common.positive_int, common.positive_float, common.unit_float
+    beta = common.Bounded(float, lo=0, hi=1, hi_open=True)  # Adam needs 0 <= beta < 1
     g = p.add_argument_group("GAN training (baseline and reference; the other experiments start from these)")
     g.add_argument("--epochs", type=pi, default=20, help="epochs of baseline (default: 20, the assignment's)")
     g.add_argument("--reference-epochs", type=pi, default=None,
@@ -74,15 +77,15 @@ def build_parser() -> common.Parser:
     g.add_argument("--batch-size", type=pi, default=64, help="images per batch (default: 64)")
     g.add_argument("--z-dim", type=pi, default=100, help="latent dimension (default: 100)")
     g.add_argument("--lr", type=pf, default=2e-4, help="Adam learning rate of G and D (default: 2e-4)")
-    g.add_argument("--beta1", type=uf, default=0.5, help="Adam beta1 (default: 0.5)")
-    g.add_argument("--beta2", type=uf, default=0.999, help="Adam beta2 (default: 0.999)")
+    g.add_argument("--beta1", type=beta, default=0.5, help="Adam beta1 (default: 0.5)")
+    g.add_argument("--beta2", type=beta, default=0.999, help="Adam beta2 (default: 0.999)")
     g.add_argument("--init-std", type=pf, default=0.02, help="std of the N(0, std) weight init (default: 0.02)")
     g.add_argument("--real-label", type=uf, default=1.0,
                    help="BCE target for real images in baseline/reference/mode_collapse/d_overfit; 0.9 = "
                         "one-sided label smoothing (default: 1.0, none)")
     g.add_argument("--d-dropout", type=uf, default=0.0,
                    help="dropout after each hidden layer of the baseline D (default: 0.0)")
-    g.add_argument("--max-iters-per-epoch", type=int, default=0,
+    g.add_argument("--max-iters-per-epoch", type=common.non_negative_int, default=0,
                    help="cap iterations per epoch, 0 = the whole training set (default: 0)")
     g.add_argument("--log-every", type=pi, default=200,
                    help="print epoch, D loss, G loss, mean D(x), mean D(G(z)) and D's accuracy every N batches "
@@ -95,9 +98,9 @@ def build_parser() -> common.Parser:
     e.add_argument("--eval-samples", type=pi, default=5000,
                    help="generated (and real test) images scored in each run's final evaluation: coverage, KL, "
                         "FD (default: 5000)")
-    e.add_argument("--quick-samples", type=pi, default=1000,
+    e.add_argument("--quick-samples", type=common.Bounded(int, lo=2), default=1000,
                    help="generated images scored in every evaluation over training (default: 1000)")
-    e.add_argument("--pair-samples", type=pi, default=1000,
+    e.add_argument("--pair-samples", type=common.Bounded(int, lo=2), default=1000,
                    help="samples for the diversity (pairwise distance) and D(train)/D(held-out) probes "
                         "(default: 1000)")
     e.add_argument("--nn-samples", type=pi, default=500,
@@ -119,8 +122,9 @@ def build_parser() -> common.Parser:
                    help="D learning rate = this x --lr in the provoked arm and the same-D cures; G keeps --lr "
                         "(default: 5)")
     v.add_argument("--vanish-d-steps", type=pi, default=5, help="D steps per G step early on (default: 5)")
-    v.add_argument("--vanish-warmup-iters", type=int, default=500,
-                   help="iterations at the start with --vanish-d-steps D steps (default: 500)")
+    v.add_argument("--vanish-warmup-iters", type=common.non_negative_int, default=500,
+                   help="iterations at the start with --vanish-d-steps D steps, at most --vanish-iters "
+                        "(default: 500)")
     v.add_argument("--smooth-label", type=uf, default=0.9,
                    help="real-label target of the label-smoothing arms (default: 0.9)")
     v.add_argument("--arm-eval-every", type=pi, default=250,
@@ -142,14 +146,14 @@ def build_parser() -> common.Parser:
     o = p.add_argument_group("d_overfit: a small training set")
     o.add_argument("--overfit-n", type=pi, default=1000, help="training images: the first N of the train split "
                    "(default: 1000)")
-    o.add_argument("--overfit-class", type=int, default=-1,
+    o.add_argument("--overfit-class", type=common.Bounded(int, lo=-1, hi=9), default=-1,
                    help="0..9: instead train on --overfit-class-n images of this digit only (default: -1, off)")
     o.add_argument("--overfit-class-n", type=pi, default=200, help="images of the single-class variant "
                    "(default: 200)")
     o.add_argument("--overfit-epochs", type=pi, default=300, help="epochs over the small set per arm (default: 300)")
     o.add_argument("--overfit-eval-every", type=pi, default=25, help="quick evaluation every N epochs (default: 25)")
     o.add_argument("--overfit-dropout", type=uf, default=0.4, help="D dropout of the dropout arm (default: 0.4)")
-    o.add_argument("--d-stop-frac", type=uf, default=0.5,
+    o.add_argument("--d-stop-frac", type=common.Bounded(float, lo=0, hi=1, lo_open=True), default=0.5,
                    help="d_early_stop arm: D trains on this first fraction of each epoch's batches, G on all "
                         "(default: 0.5)")
     o.add_argument("--small-d-width", type=pi, default=64,
@@ -159,6 +163,19 @@ def build_parser() -> common.Parser:
     o.add_argument("--diffaug-cutout", type=uf, default=0.5,
                    help="DiffAugment: cutout square side as a fraction of the image side (default: 0.5)")
     return p
+
+
+def check_args(args) -> None:
+    """Flags that only make sense together, checked right after parsing (one line, exit 2)."""
+    for small, big in [("quick_samples", "eval_samples"), ("pair_samples", "quick_samples"),
+                       ("nn_samples", "eval_samples"), ("quick_nn_samples", "quick_samples")]:
+        common.require(getattr(args, small) <= getattr(args, big),
+                       f"--{small.replace('_', '-')} ({getattr(args, small)}) cannot exceed "
+                       f"--{big.replace('_', '-')} ({getattr(args, big)})")
+    if "vanishing" in args.experiments:
+        common.require(args.vanish_warmup_iters <= args.vanish_iters,
+                       f"--vanish-warmup-iters {args.vanish_warmup_iters} exceeds --vanish-iters "
+                       f"{args.vanish_iters} (the extra D steps happen within the run)")
 
 
 # Smoke: the digits set, a few iterations per run, small probes (every arm, figure and key still runs).
@@ -1130,29 +1147,10 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
 # ----------------------------------------------------------------------------
 
 
-def validate(args) -> None:
-    if args.max_iters_per_epoch < 0:
-        raise common.UserError(f"--max-iters-per-epoch must be >= 0, got {args.max_iters_per_epoch}")
-    if args.vanish_warmup_iters < 0:
-        raise common.UserError(f"--vanish-warmup-iters must be >= 0, got {args.vanish_warmup_iters}")
-    if not -1 <= args.overfit_class <= 9:
-        raise common.UserError(f"--overfit-class must be a digit 0..9 (or -1 for off), got {args.overfit_class}")
-    if args.d_stop_frac == 0:
-        raise common.UserError("--d-stop-frac must be > 0 (D has to train on some batches)")
-    if args.quick_samples < 2 or args.pair_samples < 2:
-        raise common.UserError("--quick-samples and --pair-samples must be at least 2")
-    for small, big in [("quick_samples", "eval_samples"), ("pair_samples", "quick_samples"),
-                       ("nn_samples", "eval_samples"), ("quick_nn_samples", "quick_samples")]:
-        if getattr(args, small) > getattr(args, big):
-            raise common.UserError(f"--{small.replace('_', '-')} ({getattr(args, small)}) cannot exceed "
-                                   f"--{big.replace('_', '-')} ({getattr(args, big)})")
-
-
 def main(argv=None):
     parser = build_parser()
-    args = common.parse_args(parser, argv, smoke=SMOKE)
+    args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
     with common.user_errors(parser.prog, batch_flag="--batch-size"):
-        validate(args)
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)
         x_train, y_train, x_test, y_test = load_mnist(args, device)

@@ -102,7 +102,10 @@ def build_prompts(strategy: str, classes: list[str]) -> list[list[str]]:
 SMOKE = {"tsne_large": 150, "batch_size": 64}
 
 
-def add_arguments(parser) -> None:
+def build_parser() -> common.Parser:
+    parser = common.make_parser("task4", __doc__, EXPERIMENTS)
+    # Every numeric flag's type states its valid range (common.Bounded): argparse refuses
+    # anything outside it in one line; check_args below refuses bad combinations.
     g = parser.add_argument_group("task 4")
     g.add_argument("--model", default="ViT-B-32",
                    help="open_clip model name, one of open_clip.list_models() (default: ViT-B-32)")
@@ -116,19 +119,34 @@ def add_arguments(parser) -> None:
                    help="prompt strategy whose class embeddings gap and the 2-D views use (default: photo)")
     g.add_argument("--embed", default="tsne", choices=["tsne", "umap", "both"],
                    help="2-D method for the joint views; UMAP costs ~20 s of numba start-up (default: tsne)")
-    g.add_argument("--tsne-small", type=common.positive_int, default=100,
+    g.add_argument("--tsne-small", type=common.Bounded(int, lo=5), default=100,
                    help="test images in the small joint 2-D view, plus their class prompts (default: 100)")
-    g.add_argument("--tsne-large", type=common.positive_int, default=2000,
+    g.add_argument("--tsne-large", type=common.Bounded(int, lo=5), default=2000,
                    help="test images in the large joint 2-D view (default: 2000)")
     g.add_argument("--pairs", type=common.positive_int, default=20000,
                    help="random pairs per cosine-similarity histogram (default: 20000)")
-    g.add_argument("--shift-min", type=float, default=-1.0,
+    g = parser.add_argument_group("gap_shift: shifting image and text embeddings along the modality gap")
+    g.add_argument("--shift-min", type=common.Bounded(float), default=-1.0,
                    help="smallest shift lambda along the unit gap direction (default: -1.0)")
-    g.add_argument("--shift-max", type=float, default=2.0,
+    g.add_argument("--shift-max", type=common.Bounded(float), default=2.0,
                    help="largest shift lambda; lambda = gap closes the centroids before renormalising "
                         "(default: 2.0)")
-    g.add_argument("--shift-steps", type=common.positive_int, default=31,
+    g.add_argument("--shift-steps", type=common.Bounded(int, lo=2), default=31,
                    help="number of lambdas from --shift-min to --shift-max (default: 31)")
+    return parser
+
+
+def check_args(args) -> None:
+    """Flags that only make sense together, checked right after parsing (one line, exit 2).
+    STL-10 has 8,000 test images (smoke: 300)."""
+    n_test = 300 if args.smoke else 8000
+    if {"gap", "procrustes"} & set(args.experiments):  # the joint 2-D views
+        for flag in ("tsne_small", "tsne_large"):
+            common.require(getattr(args, flag) <= n_test,
+                           f"--{flag.replace('_', '-')} {getattr(args, flag)} exceeds the {n_test} STL-10 test images")
+    if "gap_shift" in args.experiments:
+        common.require(args.shift_min < args.shift_max,
+                       f"--shift-min {args.shift_min:g} must be below --shift-max {args.shift_max:g}")
 
 
 # ----------------------------------------------------------------------------
@@ -713,9 +731,8 @@ def gap_shift(E: dict, classes: list[str], args) -> dict:
 
 
 def main(argv=None):
-    parser = common.make_parser("task4", __doc__, EXPERIMENTS)
-    add_arguments(parser)
-    args = common.parse_args(parser, argv, smoke=SMOKE)
+    parser = build_parser()
+    args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
     with common.user_errors(parser.prog, batch_flag="--batch-size"):
         import open_clip
 
@@ -728,10 +745,6 @@ def main(argv=None):
             raise common.UserError(f"--pretrained {args.pretrained!r} is neither an open_clip tag for {args.model} "
                                    f"({', '.join(tags[:6]) or 'no tags'}), none (random weights), "
                                    f"nor a checkpoint file")
-        if not args.shift_min < args.shift_max or args.shift_steps < 2:
-            raise common.UserError("need --shift-min < --shift-max and --shift-steps >= 2")
-        if args.tsne_small < 5:
-            raise common.UserError("--tsne-small must be at least 5 images for a 2-D embedding")
 
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)

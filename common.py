@@ -208,6 +208,25 @@ unit_float = Bounded(float, lo=0, hi=1)           # probabilities and fractions 
 any_int = Bounded(int)                            # seeds
 
 
+class BoundedList:
+    """A comma-separated list flag ("0.1,0.5") whose every element is `element`, a
+    Bounded; sorted, duplicates dropped, at least one. tests/test_flags.py reads the
+    range from `.element`."""
+
+    def __init__(self, element: Bounded):
+        self.element = element
+        self.__name__ = f"a comma-separated list, each {element.describe()}"
+
+    def __call__(self, text: str) -> list:
+        values = [self.element(t.strip()) for t in text.split(",") if t.strip()]  # each refused in its own words
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected {self.__name__}, got {text!r}")
+        return sorted(set(values))
+
+    def __repr__(self):
+        return f"BoundedList({self.element.describe()})"
+
+
 def require(ok: bool, message: str) -> None:
     """A check of flags that only make sense together (run by parse_args right after
     parsing, before anything else): a UserError when `ok` is false."""
@@ -215,12 +234,23 @@ def require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help ends every numeric flag's line with its valid range, read from its Bounded type."""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action) or ""
+        kind = getattr(action.type, "element", action.type)
+        if isinstance(kind, Bounded):
+            text += f" [{'each ' if kind is not action.type else ''}{kind.describe()}]"
+        return text
+
+
 def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
     """The flags every task has. `task` is e.g. "task5"; `doc` the module docstring
     (its first paragraph becomes the description, the rest the epilog)."""
     head, _, tail = doc.strip().partition("\n\n")
     p = Parser(prog=f"{task.capitalize()}.py", description=head, epilog=tail or None,
-               formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32))
+               formatter_class=lambda prog: _HelpFormatter(prog, max_help_position=32))
 
     def experiment_list(text: str) -> list[str]:
         names = [t.strip() for t in text.split(",") if t.strip()]
