@@ -67,9 +67,9 @@ def torch_home(tmp_path_factory):
 # at ~4-6 ResNet-152 images/s: residual re-extracts train + test for 6 cut sets.
 FULLSIZE_ARGS = [
     "--smoke", "--arch", "resnet152", "--img-size", "224", "--depth-archs", "resnet18,resnet152",
-    "--train-size", "12", "--val-size", "4", "--test-size", "12", "--eval-batch-size", "8", "--bn-calib-size", "8",
+    "--train-size", "14", "--val-size", "4", "--test-size", "12", "--eval-batch-size", "8", "--bn-calib-size", "8",
     "--epochs", "2", "--batch-size", "4", "--grad-batch", "2",
-    "--n-vis", "16", "--probe-train-size", "8", "--n-pairs", "2", "--embed", "both",
+    "--n-vis", "12", "--probe-train-size", "10", "--n-pairs", "2", "--embed", "both",
     "--transfer-train-size", "6", "--transfer-val-size", "2", "--transfer-test-size", "4", "--transfer-epochs", "1",
     "--transfer-batch-size", "4", "--throughput-batches", "1",
     "--scratch-depth", "56", "--scratch-width", "16", "--scratch-train-size", "16", "--scratch-test-size", "8",
