@@ -650,6 +650,9 @@ class Results:
             self._previous = None
         self.experiments[name] = _jsonable(metrics)
         findings = answer_questions(self.script, self.questions, self.experiments)
+        for f in findings:  # a rule may name optional figures (e.g. one per --embed method): keep those written
+            if "figures" in f:
+                f["figures"] = [p for p in f["figures"] if (self.out / p).exists()]
         doc = {"task": self.task, "config": self.config, "env": self.env, "experiments": self.experiments,
                "findings": findings}
         write_atomic(self.out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
