@@ -666,7 +666,9 @@ class Results:
                  f"commit {self.env['git_commit']}, {self.env['date']}", "",
                  "config: " + ", ".join(f"`{k}={v}`" for k, v in self.config.items()), ""]
         if findings:
-            lines += ["## Findings: the assignment's questions, answered from this run", ""]
+            lines += ["## Findings: the assignment's questions, answered from this run", "",
+                      f"_Every number below comes from this run: seed {self.config.get('seed')}, "
+                      f"{self.env['data']} data (all settings in the config line above)._", ""]
             for f in findings:
                 lines += [f"### {f['ref']}. {f['ask']}", ""]
                 if "todo" in f:
@@ -781,7 +783,8 @@ def write_report(root: Path) -> Path:
         q = html.escape(name)
         body.append(f'<section id="{q}"><h2>{html.escape(TASK_TITLES[doc["task"]])}'
                     + (f" <small>({q})</small>" if name != doc["task"] else "") + "</h2>")
-        body.append(f"<p class=meta>run {html.escape(str(env.get('date', '?')))} &middot; data "
+        body.append(f"<p class=meta>run {html.escape(str(env.get('date', '?')))} &middot; seed "
+                    f"{html.escape(str(cfg.get('seed')))} &middot; data "
                     f"{html.escape(str(env.get('data')))} &middot; device {html.escape(str(env.get('device')))} "
                     f"&middot; torch {html.escape(str(env.get('torch')))} &middot; commit "
                     f"{html.escape(str(env.get('git_commit')))} &middot; <a href=\"{q}/summary.md\">summary.md</a> "
