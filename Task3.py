@@ -1155,6 +1155,7 @@ def _answer_dynamics(E: dict):
     f, real, c = b["final"], b["real_images"], b["loss_curves"]
     acc_fake = f["last_epoch_d_acc_fake"]
     state = ("one-sided: D rejects almost every fake" if acc_fake >= 0.95 else
+             "one-sided: D accepts almost every fake" if acc_fake <= 0.05 else
              "balanced: neither network wins")
     recognisable = "recognisable" if f["confidence"] >= 0.9 * real["confidence"] else "not clearly recognisable"
     varied = "varied" if f["coverage"] >= real["coverage"] - 1 else "not varied"
@@ -1206,8 +1207,8 @@ def _answer_vanishing(E: dict):
     best = min(cures, key=lambda n: arms[n]["fd_mnist_classifier"]) if cures else None
     cure = "" if best is None else (
         f"; the best cure, {best}, ends at classifier FD {arms[best]['fd_mnist_classifier']:.2f} "
-        f"({arms[best]['coverage']} digits) against "
-        + (f"{sat['fd_mnist_classifier']:.2f} ({sat['coverage']} digits) without it" if _ok(sat) else
+        f"({arms[best]['coverage']} of 10 digits) against "
+        + (f"{sat['fd_mnist_classifier']:.2f} ({sat['coverage']} of 10) without it" if _ok(sat) else
            "a diverged saturating run"))
     finding = (f"{saturates}; the gradient reaching G {'fell' if drop > 0 else 'rose'} by a factor of "
                f"{10 ** abs(drop):.3g} ({sat['grad_start']:.3g} -> {sat['grad_end']:.3g}) and G's loss varied by "

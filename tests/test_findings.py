@@ -272,6 +272,9 @@ def test_task3_dynamics_both_ways():
                                            "classifier_test_acc": 0.99}})["finding"]
     assert e.startswith("the dynamics are one-sided: D rejects almost every fake (D's accuracy on fakes 99.0%")
     assert "not clearly recognisable and not varied" in e and "3 of 10 digits covered (real 10)" in e
+    e = answer(Task3, "3.2", {"baseline": {"final": t3_final(acc_fake=0.01), "real_images": real, "loss_curves": curves,
+                                           "classifier_test_acc": 0.99}})["finding"]
+    assert e.startswith("the dynamics are one-sided: D accepts almost every fake (D's accuracy on fakes 1.0%")
 
 
 def t3_reference(fd_ref):
@@ -304,11 +307,11 @@ def test_task3_vanishing_both_ways():
     e = answer(Task3, "3.4", {"vanishing": t3_vanish([0.9, 0.995, 1.0], 1e-4, 8.0)})["finding"]
     assert e.startswith("D's accuracy on fakes passed 99% at iteration 200; the gradient reaching G fell by a factor "
                         "of 1e+04 (1 -> 0.0001)")
-    assert "the best cure, non_saturating, ends at classifier FD 8.00 (10 digits) against 20.00" in e
+    assert "the best cure, non_saturating, ends at classifier FD 8.00 (10 of 10 digits) against 20.00 (10 of 10)" in e
     e = answer(Task3, "3.4", {"vanishing": t3_vanish([0.5, 0.6, 0.7], 10.0, 30.0)})["finding"]
     assert e.startswith("D's accuracy on fakes never reached 99% (last 10%: 70.0%); the gradient reaching G rose by "
                         "a factor of 10")
-    assert "FD 30.00 (10 digits) against 20.00" in e
+    assert "FD 30.00 (10 of 10 digits) against 20.00" in e
 
 
 def t3_collapse(best_cov):

@@ -543,3 +543,10 @@ def test_real_digits_short_baseline_covers_most_digits(tmp_path):
     assert b["classifier_test_acc"] >= 0.95
     assert b["real_images"]["coverage"] == 10
     assert b["final"]["iterations"] == 100 * 32 and b["final"]["coverage"] >= 8, b["final"]
+
+
+def test_smoke_answers_every_assignment_question(smoke_out):
+    """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
+    from test_findings import assert_findings
+
+    assert_findings(smoke_out, Task3)
