@@ -763,7 +763,8 @@ def _answer_gap_shift(E: dict):
     s = E["gap_shift"]
     strategies = [k for k in s if isinstance(s[k], dict)]
     d = {k: s[k]["top1_selected"] - s[k]["top1_unshifted"] for k in strategies}
-    k = "photo" if "photo" in s else strategies[0]
+    k = E.get("gap", {}).get("prompt", "photo")   # the strategy of the 2-D views (--prompt), when gap ran
+    k = k if k in s else strategies[0]
     finding = (f"closing the gap does not decide accuracy: shifting along it (lambda {s[k]['lambda_selected_on_train']:+.2f}"
                f", chosen on train) {'raises' if d[k] > 0 else 'lowers' if d[k] < 0 else 'keeps'} {k} top-1 "
                f"{'by ' + _pts(d[k], 0) + ' points ' if d[k] else ''}({common.pct(s[k]['top1_unshifted'])} -> "
@@ -779,7 +780,8 @@ def _answer_gap_shift(E: dict):
 def _answer_procrustes(E: dict):
     p = E["procrustes"]
     strategies = [k for k in p if isinstance(p[k], dict)]
-    k = "photo" if "photo" in p else strategies[0]
+    k = E.get("gap", {}).get("prompt", "photo")   # the strategy of the 2-D views (--prompt), when gap ran
+    k = k if k in p else strategies[0]
     r = p[k]
     d = r["top1_after"] - r["top1_before"]
     mean_d = float(np.mean([p[s]["top1_after"] - p[s]["top1_before"] for s in strategies]))
