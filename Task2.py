@@ -1006,11 +1006,13 @@ def _answer_probe(E: dict):
     p = E["probe"]
     cls, mean = p["cls_test_acc"], p["mean_test_acc"]
     winner, loser = ("mean pooling", "CLS") if mean > cls else ("CLS", "mean pooling")
+    lead = (f"{winner} beats {loser} at the last layer by {_pts(mean, cls)} points" if _pts(mean, cls) != "0.0"
+            else "CLS and mean pooling tie at the last layer")   # equal at the precision quoted
     layers = len(p["cls_layer_acc"])
     mean_wins = sum(m > c for m, c in zip(p["mean_layer_acc"], p["cls_layer_acc"]))
     best_cls = int(np.argmax(p["cls_layer_acc"])) + 1
     best_mean = int(np.argmax(p["mean_layer_acc"])) + 1
-    finding = (f"{winner} beats {loser} at the last layer by {_pts(mean, cls)} points: {common.pct(max(cls, mean))} vs "
+    finding = (f"{lead}: {common.pct(max(cls, mean))} vs "
                f"{common.pct(min(cls, mean))}, {p['test_images']:,} test images; the mean of patch tokens is ahead at "
                f"{mean_wins} of {layers} layers")
     evidence = [f"final layer (after LayerNorm), {p['train_images']:,} train / {p['test_images']:,} test images: CLS "

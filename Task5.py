@@ -987,12 +987,15 @@ def _answer_reconstruct(E: dict):
 def _answer_priors(E: dict):
     g = E["generate"]
     ga, la, real = g["gaussian"], g["laplace"], g["real_test_images"]
-    d = la["classifier_confidence"] - ga["classifier_confidence"]
-    finding = (f"samples from the Laplace prior look {'less' if d < 0 else 'more'} like some class than those from the "
-               f"Gaussian prior the VAE was trained with (classifier confidence {la['classifier_confidence']:.3f} vs "
-               f"{ga['classifier_confidence']:.3f}; real test images {real['classifier_confidence']:.3f}) and sit "
-               f"{'further from' if la['nearest_train_rmse'] > ga['nearest_train_rmse'] else 'closer to'} the training"
-               f" images (nearest-image RMSE {la['nearest_train_rmse']:.3f} vs {ga['nearest_train_rmse']:.3f})")
+    # directions at the precision quoted (3 decimals): equal there is a tie
+    d = round(la["classifier_confidence"], 3) - round(ga["classifier_confidence"], 3)
+    r = round(la["nearest_train_rmse"], 3) - round(ga["nearest_train_rmse"], 3)
+    finding = (f"samples from the Laplace prior look {'less' if d < 0 else 'more' if d > 0 else 'as much'} like some "
+               f"class {'as' if d == 0 else 'than'} those from the Gaussian prior the VAE was trained with (classifier "
+               f"confidence {la['classifier_confidence']:.3f} vs {ga['classifier_confidence']:.3f}; real test images "
+               f"{real['classifier_confidence']:.3f}) and sit "
+               f"{'further from' if r > 0 else 'closer to' if r < 0 else 'as far from'} the training images "
+               f"(nearest-image RMSE {la['nearest_train_rmse']:.3f} vs {ga['nearest_train_rmse']:.3f})")
     evidence = [f"{name}: classifier confidence {q['classifier_confidence']:.3f}, RMSE to the nearest training image "
                 f"{q['nearest_train_rmse']:.3f}, {q['classes_covered']} of 10 classes covered"
                 for name, q in [("Gaussian prior", ga), ("Laplace prior (same variance)", la),

@@ -244,6 +244,8 @@ def test_task2_probe_both_ways():
     e = answer(Task2, "2.5", {"probe": t2_probe(0.942, 0.951)})["finding"]
     assert e.startswith("mean pooling beats CLS at the last layer by 0.9 points: 95.1% vs 94.2%, 2,000 test images")
     assert "ahead at 2 of 3 layers" in e
+    e = answer(Task2, "2.5", {"probe": t2_probe(0.9501, 0.9500)})["finding"]
+    assert e.startswith("CLS and mean pooling tie at the last layer: 95.0% vs 95.0%")
     e = answer(Task2, "2.5", {"probe": t2_probe(0.96, 0.90)})["finding"]
     assert e.startswith("CLS beats mean pooling at the last layer by 6.0 points: 96.0% vs 90.0%")
 
@@ -430,6 +432,9 @@ def test_task5_priors_both_ways():
     g["laplace"] = q(0.85, 0.08)
     e = answer(Task5, "4.2", {"generate": g}, "prior")["finding"]
     assert "look more like" in e and "closer to" in e
+    g["laplace"] = q(0.8002, 0.1004)                                   # equal at the 3 decimals quoted
+    e = answer(Task5, "4.2", {"generate": g}, "prior")["finding"]
+    assert "look as much like some class as those" in e and "sit as far from" in e
     r = {"test_recon_per_image": 20.0, "shown_sse_per_image": 19.0, "shown_rmse_per_pixel": 0.156}
     assert "0.156 per pixel" in answer(Task5, "4.2", {"reconstruct": r}, "Reconstructions")["finding"]
 
