@@ -801,7 +801,8 @@ def write_report(root: Path) -> Path:
                         + "".join(f"<li>{_html_text(ev)}</li>" for ev in f["evidence"])
                         + "".join(f'<li>figure: <a href="#{q}-{html.escape(p)}">{html.escape(p)}</a></li>'
                                   for p in f["figures"]) + "</ul></div>")
-        for exp, pngs in figures_by_experiment(root / name, list(doc.get("experiments", {}))).items():
+        figs = figures_by_experiment(root / name, list(doc.get("experiments", {})))
+        for exp, pngs in ((e, figs[e]) for e in doc.get("experiments", {}) if e in figs):  # in run order
             body.append(f"<h3>{html.escape(exp)}</h3>")
             body += [f'<figure id="{q}-{html.escape(p)}"><a href="{q}/{html.escape(p)}"><img loading=lazy '
                      f'src="{q}/{html.escape(p)}" alt="{html.escape(p)}"></a><figcaption>{html.escape(p)}'

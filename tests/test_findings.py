@@ -506,3 +506,23 @@ def test_every_handout_question_has_a_rule():
         assert {q.ref for q in module.QUESTIONS} >= refs, module.__name__
         for q in module.QUESTIONS:
             assert set(q.needs) <= set(module.EXPERIMENTS), (module.__name__, q.ref)
+
+
+def test_report_page_shows_figures_in_run_order(tmp_path):
+    """index.html lists each task's figures experiment by experiment in the order the
+    experiments ran (baseline before residual ...), not alphabetically."""
+    import matplotlib.pyplot as plt
+
+    out = tmp_path / "task3"
+    out.mkdir()
+    for name in ("reference_eval", "baseline_dynamics", "d_overfit_gap"):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        common.save_figure(fig, out / f"{name}.png")
+    doc = {"task": "task3", "config": {"seed": 0}, "env": {}, "findings": [],
+           "experiments": {"reference": {}, "baseline": {}, "d_overfit": {}}}
+    (out / "metrics.json").write_text(json.dumps(doc))
+    page = common.write_report(tmp_path).read_text()
+    heads = re.findall(r"<h3>([^<]+)</h3>", page)
+    assert heads == ["reference", "baseline", "d_overfit"]
+    assert "seed 0" in page
