@@ -1461,6 +1461,199 @@ def plot_scratch_curves(hists: dict, metrics: dict, args, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------
+# Findings: the assignment's questions (shared/HANDOUT.md, part 1), answered
+# from this run's metrics. Each rule computes its sentence from the numbers, so
+# its direction and size change with the run; tests/test_findings.py feeds every
+# rule constructed metrics that make it come out both ways.
+# ----------------------------------------------------------------------------
+
+
+def _pts(a: float, b: float) -> str:
+    """Difference of two accuracies in percentage points, unsigned: 0.951, 0.942 -> '0.9'."""
+    return f"{abs(100 * (a - b)):.1f}"
+
+
+def _answer_frozen(E: dict):
+    b = E["baseline"]
+    cm = np.asarray(b["confusion"])
+    n_test, k = int(cm.sum()), len(cm)
+    chance = 1 / k
+    ratio = b["test_acc"] / chance
+    level = "far above" if ratio >= 3 else "above" if ratio >= 1.5 else "no better than"
+    head_params = b["feature_dim"] * k + k
+    gap = b["final_train_acc"] - b["final_val_acc"]
+    finding = (f"a linear head of {head_params:,} parameters on the frozen backbone reaches {common.pct(b['test_acc'])} "
+               f"test accuracy, {level} chance ({common.pct(chance)}), after {len(b['history']['train_loss'])} "
+               f"epochs; training accuracy is {_pts(gap, 0)} points {'above' if gap >= 0 else 'below'} validation")
+    evidence = [f"baseline test accuracy {common.pct(b['test_acc'])} on {n_test:,} CIFAR-10 test images "
+                f"(loss {b['test_loss']:.3f})",
+                f"final epoch: train accuracy {common.pct(b['final_train_acc'])}, validation "
+                f"{common.pct(b['final_val_acc'])}",
+                f"trainable: {head_params:,} head parameters ({b['feature_dim']}-d pooled features x {k} classes)",
+                f"cost: features extracted once in {b['extract_seconds'] or 0:.1f} s "
+                f"(0 = cached), head trained in {b['head_seconds']:.1f} s"]
+    if "transfer" in E and "pretrained_head" in E["transfer"]:
+        t = E["transfer"]
+        evidence.append(f"transfer (its test split): pretrained frozen + head {common.pct(t['pretrained_head']['test_acc'])}"
+                        f" vs random init trained in full {common.pct(t['scratch_full']['test_acc'])} "
+                        f"({t['scratch_full']['train_seconds']:.0f} s vs {t['pretrained_head']['train_seconds']:.0f} s)")
+    return finding, evidence, ["baseline_curves.png", "baseline_confusion.png"]
+
+
+def _answer_shortcuts(E: dict):
+    r = E["residual"]
+    base, sel = r["baseline_test_acc"], r["selected"]
+    d = sel["test_acc_retrained"] - base
+    g_with = r["gradnorm_stem_over_layer4"]["with_shortcuts"]
+    g_without = r["gradnorm_stem_over_layer4"]["without_shortcuts"]
+    finding = (f"cutting the shortcuts of {sel['blocks_cut']} blocks ({r['selected_blocks']}) "
+               f"{'lowers' if d < 0 else 'raises'} test accuracy by {_pts(d, 0)} points after retraining the head "
+               f"({common.pct(sel['test_acc_retrained'])} vs {common.pct(base)}); at random initialisation the stem "
+               f"gets {g_with:.3g}x layer4's gradient norm with shortcuts and {g_without:.3g}x without "
+               f"({'less' if g_without < g_with else 'more'} gradient reaches the early layers without them)")
+    evidence = [f"test accuracy, head retrained: baseline {common.pct(base)}, "
+                + ", ".join(f"cut {n} ({r[n]['blocks_cut']} blocks) {common.pct(r[n]['test_acc_retrained'])}"
+                            for n in ("selected", "layer1", "layer2", "layer3", "layer4", "all") if n in r),
+                "test accuracy with the baseline head, not retrained: "
+                + ", ".join(f"cut {n} {common.pct(r[n]['test_acc_no_retrain'])}"
+                            for n in ("selected", "all") if n in r),
+                f"gradient norm stem / layer4 at init, one batch: {g_with:.3g} with shortcuts, {g_without:.3g} without; "
+                f"initial loss {r['init_loss']['with_shortcuts']:.3f} vs {r['init_loss']['without_shortcuts']:.3f}"]
+    return finding, evidence, ["residual_curves.png", "residual_gradnorms.png"]
+
+
+def _answer_scratch(E: dict):
+    s = E["scratch_shortcuts"]
+    res, plain = s["residual"], s["plain"]
+    d_loss = plain["final_train_loss"] - res["final_train_loss"]
+    d_acc = plain["test_acc"] - res["test_acc"]
+    reach = lambda m: (f"after {m['steps_to_target_acc']} steps" if m["steps_to_target_acc"]  # noqa: E731
+                       else "not reached")
+    finding = (f"trained from scratch for {s['steps']} steps, plain-{s['depth']} ends with a training loss "
+               f"{abs(d_loss):.3f} {'above' if d_loss > 0 else 'below'} ResNet-{s['depth']}'s "
+               f"({plain['final_train_loss']:.3f} vs {res['final_train_loss']:.3f}) and test accuracy "
+               f"{_pts(d_acc, 0)} points {'lower' if d_acc < 0 else 'higher'} ({common.pct(plain['test_acc'])} vs "
+               f"{common.pct(res['test_acc'])}); training accuracy {common.pct(s['target_acc'], 0)}: {reach(res)} with "
+               f"shortcuts, {reach(plain)} without")
+    evidence = [f"{s['dataset']}, {s['train_images']:,} training images, {s['steps']} steps, same initial weights "
+                f"and minibatches",
+                "training loss at 10% / 25% / 50% of the budget: "
+                f"ResNet {res['train_loss_at_10pct']:.3f} / {res['train_loss_at_25pct']:.3f} / "
+                f"{res['train_loss_at_50pct']:.3f}; plain {plain['train_loss_at_10pct']:.3f} / "
+                f"{plain['train_loss_at_25pct']:.3f} / {plain['train_loss_at_50pct']:.3f}",
+                f"test accuracy: ResNet {common.pct(res['test_acc'])}, plain {common.pct(plain['test_acc'])}"]
+    return finding, evidence, ["scratch_shortcuts_curves.png"]
+
+
+def _answer_hierarchy(E: dict):
+    f = E["features"]
+    probe, sil = f["probe_acc"], f["silhouette"]
+    stages = list(probe)
+    first, last = stages[0], stages[-1]
+    best = max(stages, key=lambda s: probe[s])
+    d = probe[last] - probe[first]
+    finding = (f"linear-probe accuracy {'rises' if d > 0 else 'falls'} by {_pts(d, 0)} points from the {first} "
+               f"({common.pct(probe[first])}) to {last} ({common.pct(probe[last])}), peaking at {best} "
+               f"({common.pct(probe[best])}); silhouette {sil[first]:.3f} -> {sil[last]:.3f}")
+    evidence = ["linear-probe test accuracy by depth: " + ", ".join(f"{s} {common.pct(probe[s])}" for s in stages),
+                "silhouette of standardised features by depth: " + ", ".join(f"{s} {sil[s]:.3f}" for s in stages),
+                "5-NN accuracy in the full feature space: " + ", ".join(f"{s} {common.pct(f['knn_acc'][s])}"
+                                                                        for s in stages),
+                "channels: " + ", ".join(f"{s} {f['dim'][s]}" for s in stages),
+                "test images: --n-vis of the config; probe trained on --probe-train-size training images"]
+    figs = ["features_separability.png"] + [f"features_{m}.png" for m in f["embedding"]]
+    return finding, evidence, figs
+
+
+def _answer_transfer(E: dict):
+    t = E["transfer"]
+    arms = [f"{i}_{s}" for i in TRANSFER_INITS for s in TRANSFER_STRATEGIES if f"{i}_{s}" in t]
+    best = max(arms, key=lambda a: t[a]["test_acc"])
+    # the cheapest arm (training seconds) within one point of the best accuracy
+    near = [a for a in arms if t[best]["test_acc"] - t[a]["test_acc"] <= 0.01]
+    cheap = min(near, key=lambda a: t[a]["train_seconds"])
+    gains = {s: t[f"pretrained_{s}"]["test_acc"] - t[f"scratch_{s}"]["test_acc"] for s in TRANSFER_STRATEGIES}
+    top = max(gains, key=gains.get)
+    trade = (f"{best} is also the cheapest within a point of it" if cheap == best else
+             f"{cheap} comes within {_pts(t[best]['test_acc'], t[cheap]['test_acc'])} points of it in "
+             f"{t[cheap]['train_seconds']:.1f} s instead of {t[best]['train_seconds']:.1f} s")
+    finding = (f"{best} is the most accurate ({common.pct(t[best]['test_acc'])}); {trade}; ImageNet weights "
+               f"{'beat' if gains[top] > 0 else 'do not beat'} random init by up to {_pts(gains[top], 0)} points "
+               f"(largest when training {top})")
+    evidence = [f"{a}: test accuracy {common.pct(t[a]['test_acc'])}, {t[a]['trainable_params']:,} trainable "
+                f"parameters, {t[a]['train_seconds']:.1f} s training" for a in arms]
+    evidence.append(f"pretrained weights: {t['pretrained_weights']}; transfer dataset, sizes and epochs: the config's "
+                    f"--transfer-* flags")
+    return finding, evidence, ["transfer_curves.png", "transfer_compute.png"]
+
+
+def _answer_depth(E: dict):
+    d = E["depth"]
+    archs = sorted((a for a in d if isinstance(d[a], dict)), key=lambda a: d[a]["backbone_params_millions"])
+    small, big = archs[0], archs[-1]
+    diff = d[big]["head_acc"] - d[small]["head_acc"]
+    slower = d[small]["images_per_s"] / d[big]["images_per_s"]   # > 1: the deeper network is slower
+    finding = (f"{big} {'beats' if diff > 0 else 'does not beat'} {small} (linear head: "
+               f"{common.pct(d[big]['head_acc'])} vs {common.pct(d[small]['head_acc'])}, {_pts(diff, 0)} points) "
+               f"while extracting features {max(slower, 1 / slower):.1f}x {'slower' if slower >= 1 else 'faster'}")
+    evidence = [f"{a}: head {common.pct(d[a]['head_acc'])}, logistic probe {common.pct(d[a]['probe_acc'])}, "
+                f"{d[a]['images_per_s']:.0f} images/s, {d[a]['backbone_params_millions']:.1f} M parameters, "
+                f"{d[a]['feature_dim']}-d features" for a in archs]
+    return finding, evidence, ["depth_comparison.png"]
+
+
+def _answer_embeddings(E: dict):
+    emb = E["features"]["embedding"]
+    methods = list(emb)
+    mean = {m: float(np.mean(list(emb[m]["trustworthiness"].values()))) for m in methods}
+    evidence = [f"{EMBED_NAMES[m]}: trustworthiness " + ", ".join(f"{s} {v:.3f}" for s, v in
+                                                                   emb[m]["trustworthiness"].items())
+                + "; 5-NN accuracy in 2-D " + ", ".join(f"{s} {common.pct(v)}" for s, v in emb[m]["knn_acc_2d"].items())
+                for m in methods]
+    if len(methods) < 2:
+        m = methods[0]
+        return (f"only {EMBED_NAMES[m]} ran (mean trustworthiness {mean[m]:.3f}); --embed both compares t-SNE with UMAP",
+                evidence, [f"features_{m}.png"])
+    better = max(methods, key=mean.get)
+    other = min(methods, key=mean.get)
+    finding = (f"{EMBED_NAMES[better]} keeps more of the feature space's neighbourhoods than {EMBED_NAMES[other]}: "
+               f"mean trustworthiness {mean[better]:.3f} vs {mean[other]:.3f} over the five depths")
+    for m in methods:
+        evidence.append(f"{EMBED_NAMES[m]} took {emb[m]['seconds'] or 0:.1f} s")
+    return finding, evidence, ["features_tsne_vs_umap.png"]
+
+
+def _answer_confused(E: dict):
+    f = E["features"]
+    pairs = f["confused_pairs"]
+    last = list(f["probe_acc"])[-1]
+    mean_sep = f["mean_pair_separation"][last]
+    closer = [p for p, v in pairs.items() if v["separation"][last] < mean_sep]
+    finding = (f"at {last}, {len(closer)} of the {len(pairs)} most-confused class pairs sit closer together than the "
+               f"average pair (separation {mean_sep:.2f})")
+    evidence = [f"{p.replace('_vs_', ' / ')}: {v['confusions']} test confusions, separation at {last} "
+                f"{v['separation'][last]:.2f}" for p, v in pairs.items()]
+    return finding, evidence, ["features_confused_pairs.png", "baseline_confusion.png"]
+
+
+QUESTIONS = [
+    common.Question("1.1", "Why is training ResNet-152 from scratch unnecessary; how well do frozen features transfer?",
+                    ("baseline",), _answer_frozen),
+    common.Question("1.2", "How do skips change gradient flow (pretrained backbone, shortcuts cut)?",
+                    ("residual",), _answer_shortcuts),
+    common.Question("1.2", "Convergence speed and performance without skips (trained from scratch)?",
+                    ("scratch_shortcuts",), _answer_scratch),
+    common.Question("1.3", "How does class separability evolve with depth?", ("features",), _answer_hierarchy),
+    common.Question("1.4", "Best compute/accuracy trade-off; which layers transfer best?", ("transfer",),
+                    _answer_transfer),
+    common.Question("1.5", "Optional: ResNet-152 vs a shallower ResNet", ("depth",), _answer_depth),
+    common.Question("1.5", "Optional: t-SNE vs UMAP", ("features",), _answer_embeddings),
+    common.Question("1.5", "Optional: are the classes the network confuses close in feature space?",
+                    ("features", "baseline"), _answer_confused),
+]
+
+
+# ----------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------
 
@@ -1529,7 +1722,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{args.arch} (weights: {args.weights}): "
                   f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters", flush=True)
 
-        results = common.Results("task1", args, device)
+        results = common.Results("task1", args, device, questions=QUESTIONS)
         memo: dict = {}
         fit = once(lambda: fit_baseline(backbone, data, args, device, memo))
 

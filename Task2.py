@@ -925,6 +925,119 @@ def probe(train, y_train, test, y_test, cls_probe: dict, seed: int, max_iter: in
 
 
 # ----------------------------------------------------------------------------
+# Findings: the assignment's questions (shared/HANDOUT.md, part 2), answered
+# from this run's metrics. Each rule computes its sentence from the numbers, so
+# its direction and size change with the run; tests/test_findings.py feeds every
+# rule constructed metrics that make it come out both ways.
+# ----------------------------------------------------------------------------
+
+
+def _pts(a: float, b: float) -> str:
+    """Difference of two accuracies in percentage points, unsigned: 0.951, 0.942 -> '0.9'."""
+    return f"{abs(100 * (a - b)):.1f}"
+
+
+def _answer_classify(E: dict):
+    c = E["classify"]
+    images = c["images"]
+    sure = [n for n, v in images.items() if v["top1_prob"] >= 0.5]
+    finding = (f"the model gives its top-1 label at least 50% probability on {len(sure)} of {len(images)} images "
+               f"(mean top-1 probability {common.pct(c['mean_top1_prob'])}); judge each label against the picture")
+    evidence = [f"{n}: top-1 {v['top1']} ({common.pct(v['top1_prob'])}), top-5 "
+                + ", ".join(f"{l} {common.pct(p)}" for l, p in v["top5"][1:]) for n, v in images.items()]
+    return finding, evidence, ["classify_top5.png"]
+
+
+def _answer_attention(E: dict):
+    a = E["attention"]
+    uniform = a["uniform_entropy_bits"]
+    share = a["mean_last_layer_entropy_bits"] / uniform
+    kind = "concentrated on a few patches" if share < 0.8 else "spread out" if share < 0.95 else "close to uniform"
+    rho = a["mean_spearman_last_vs_rollout"]
+    selfa = [v["cls_self_attention_last_layer"] for v in a["images"].values()]
+    finding = (f"last-layer CLS attention is {kind}: {a['mean_last_layer_entropy_bits']:.2f} bits of a uniform "
+               f"{uniform:.2f} ({common.pct(share, 0)}); attention rollout ranks patches "
+               f"{'like' if rho >= 0.5 else 'unlike'} the last layer (Spearman {rho:.2f})")
+    evidence = [f"{n}: last-layer entropy {v['last_layer_entropy_bits']:.2f} bits, rollout "
+                f"{v['rollout_entropy_bits']:.2f} bits, Spearman(last, rollout) {v['spearman_last_vs_rollout']:.2f}, "
+                f"CLS->CLS attention {v['cls_self_attention_last_layer']:.3f}" for n, v in a["images"].items()]
+    evidence.append(f"mean rollout entropy {a['mean_rollout_entropy_bits']:.2f} bits; CLS attends to itself with "
+                    f"weight {min(selfa):.3f}-{max(selfa):.3f} in the last layer (mean of heads)")
+    figs = [f"attention_map_{n}.png" for n in a["images"]] + ["attention_heads.png"]
+    return finding, evidence, figs
+
+
+def _answer_heads(E: dict):
+    h = E["heads"]
+    sim = h["last_layer_mean_offdiag_similarity"]
+    kind = "attend differently (specialised)" if sim < 0.5 else "partly overlap" if sim < 0.8 else \
+        "attend alike (redundant)"
+    lo, hi = h["first_layer_distance_min_px"], h["first_layer_distance_max_px"]
+    last = h["last_layer_distance_mean_px"]
+    finding = (f"last-layer heads {kind}: mean cosine similarity of their attention patterns {sim:.2f}; first-layer "
+               f"heads attend over {lo:.1f}-{hi:.1f} px, last-layer heads {last:.1f} px on average "
+               f"({'more' if last > (lo + hi) / 2 else 'less'} global with depth)")
+    evidence = [f"{h['images']} images; mean attention distance, uniform attention: {h['uniform_distance_px']:.1f} px",
+                f"entropy of CLS attention, mean over heads: first layer {h['first_layer_entropy_mean_bits']:.2f} bits, "
+                f"last layer {h['last_layer_entropy_mean_bits']:.2f} bits",
+                f"last-layer head similarity (off-diagonal mean): {sim:.3f}"]
+    return finding, evidence, ["heads_distance.png", "heads_entropy.png", "heads_similarity.png"]
+
+
+def _answer_masking(E: dict):
+    m = E["masking"]
+    fr = m["fractions"]
+    nonzero = [i for i, f in enumerate(fr) if f > 0]
+    i = min(nonzero or [0], key=lambda j: abs(fr[j] - 0.5))   # the fraction nearest one half
+    f, base = fr[i], m["unmasked_acc"]
+    rnd, ctr = m["pixel"]["random"]["acc"][i], m["pixel"]["centre"]["acc"][i]
+    tok = m["token"]["random"]["acc"][i]
+    worse = "centre" if ctr < rnd else "random"
+    finding = (f"with {common.pct(f, 0)} of patches masked, accuracy falls from {common.pct(base)} to "
+               f"{common.pct(rnd)} (random patches) and {common.pct(ctr)} (centre block): {worse} masking hurts more "
+               f"by {_pts(rnd, ctr)} points; dropping the same random tokens instead keeps {common.pct(tok)}")
+    evidence = [f"{m['eval_images']} CIFAR-10 test images, linear probe on unmasked CLS features (C = {m['probe_C']})"]
+    for how in ("pixel", "token"):
+        for s, v in m[how].items():
+            evidence.append(f"{how} masking, {s}: accuracy " + ", ".join(
+                f"{common.pct(x, 0)} masked {common.pct(a)}" for x, a in zip(fr, v["acc"])))
+    return finding, evidence, ["masking_accuracy.png", "masking_agreement.png", "masking_examples.png"]
+
+
+def _answer_probe(E: dict):
+    p = E["probe"]
+    cls, mean = p["cls_test_acc"], p["mean_test_acc"]
+    winner, loser = ("mean pooling", "CLS") if mean > cls else ("CLS", "mean pooling")
+    lead = (f"{winner} beats {loser} at the last layer by {_pts(mean, cls)} points" if _pts(mean, cls) != "0.0"
+            else "CLS and mean pooling tie at the last layer")   # equal at the precision quoted
+    layers = len(p["cls_layer_acc"])
+    mean_wins = sum(m > c for m, c in zip(p["mean_layer_acc"], p["cls_layer_acc"]))
+    best_cls = int(np.argmax(p["cls_layer_acc"])) + 1
+    best_mean = int(np.argmax(p["mean_layer_acc"])) + 1
+    finding = (f"{lead}: {common.pct(max(cls, mean))} vs "
+               f"{common.pct(min(cls, mean))}, {p['test_images']:,} test images; the mean of patch tokens is ahead at "
+               f"{mean_wins} of {layers} layers")
+    evidence = [f"final layer (after LayerNorm), {p['train_images']:,} train / {p['test_images']:,} test images: CLS "
+                f"{common.pct(cls)} (C = {p['cls_C']}), mean of patches {common.pct(mean)} (C = {p['mean_C']})",
+                f"best block output: CLS layer {best_cls} ({common.pct(max(p['cls_layer_acc']))}), mean layer "
+                f"{best_mean} ({common.pct(max(p['mean_layer_acc']))})",
+                f"cosine(CLS, mean of patches) after the final LayerNorm {p['cosine_final_mean']:.3f} "
+                f"± {p['cosine_final_std']:.3f}"]
+    return finding, evidence, ["probe_layers.png", "probe_cosine.png"]
+
+
+QUESTIONS = [
+    common.Question("2.1", "Top-1 predictions: are they reasonable?", ("classify",), _answer_classify),
+    common.Question("2.3", "Does the model attend to the object it predicts? Odd behaviour?", ("attention",),
+                    _answer_attention),
+    common.Question("2.3", "Are heads specialised, and how can you tell?", ("heads",), _answer_heads),
+    common.Question("2.4", "How robust is the model to masked patches (random vs structured), and why?",
+                    ("masking",), _answer_masking),
+    common.Question("2.5", "CLS token or mean of patch tokens: which probes better?", ("probe",), _answer_probe),
+]
+
+
+# ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
 
@@ -1021,7 +1134,7 @@ def main(argv: list[str] | None = None) -> dict:
             return masking(model, x_test[test_idx], y_test[test_idx], cls_probe(), features("test")["cls_final"],
                            rollout, fill.to(device), pre, device, args, out)
 
-        results = common.Results("task2", args, device)
+        results = common.Results("task2", args, device, questions=QUESTIONS)
         with smoke_threads(args.smoke and device.type == "cpu"):
             return results.run({
                 "classify": lambda: classify(model, named, pixels, pre, device, args.batch_size, out),

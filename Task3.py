@@ -1143,6 +1143,158 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
 
 
 # ----------------------------------------------------------------------------
+# Findings: the assignment's questions (shared/HANDOUT.md, part 3), answered
+# from this run's metrics. Each rule computes its sentence from the numbers, so
+# its direction and size change with the run; tests/test_findings.py feeds every
+# rule constructed metrics that make it come out both ways. Quality is read from
+# the scoring classifier: coverage (digits holding a fair share of samples, of 10),
+# classifier Frechet distance to held-out MNIST (lower is better), diversity.
+# ----------------------------------------------------------------------------
+
+
+def _first_above(curves: dict, key: str, level: float):
+    """The first logged iteration whose windowed mean of `key` reaches `level`, or None."""
+    return next((it for it, v in zip(curves["iteration"], curves[key]) if v is not None and v >= level), None)
+
+
+def _quality(m: dict) -> str:
+    return (f"{m['coverage']} of 10 digits covered, classifier FD {m['fd_mnist_classifier']:.2f}, "
+            f"diversity {m['diversity']:.3f}, confidence {m['confidence']:.3f}")
+
+
+def _ok(m: dict) -> bool:
+    """A run with a final evaluation (a diverged arm has None)."""
+    return m.get("fd_mnist_classifier") is not None and m.get("coverage") is not None
+
+
+def _answer_dynamics(E: dict):
+    b = E["baseline"]
+    f, real, c = b["final"], b["real_images"], b["loss_curves"]
+    acc_fake = f["last_epoch_d_acc_fake"]
+    state = ("one-sided: D rejects almost every fake" if acc_fake >= 0.95 else
+             "one-sided: D accepts almost every fake" if acc_fake <= 0.05 else
+             "balanced: neither network wins")
+    recognisable = "recognisable" if f["confidence"] >= 0.9 * real["confidence"] else "not clearly recognisable"
+    varied = "varied" if f["coverage"] >= real["coverage"] - 1 else "not varied"
+    finding = (f"the dynamics are {state} (D's accuracy on fakes {common.pct(acc_fake)} and D(G(z)) "
+               f"{f['last_epoch_d_fake']:.2f} over the last epoch; D loss {c['d_loss'][0]:.2f} -> {c['d_loss'][-1]:.2f},"
+               f" G loss {c['g_loss'][0]:.2f} -> {c['g_loss'][-1]:.2f}); the samples are {recognisable} and {varied}: "
+               f"classifier confidence {f['confidence']:.3f} (real images {real['confidence']:.3f}), "
+               f"{f['coverage']} of 10 digits covered (real {real['coverage']})")
+    evidence = [f"{f['iterations']} iterations ({f['epochs']:.1f} epochs); last epoch: D loss {f['last_epoch_d_loss']:.3f},"
+                f" G loss {f['last_epoch_g_loss']:.3f}, D(x) {f['last_epoch_d_real']:.3f}, "
+                f"D(G(z)) {f['last_epoch_d_fake']:.3f}",
+                f"final samples (--eval-samples): {_quality(f)}",
+                f"real training images scored the same way: {_quality(real)}",
+                f"scoring classifier test accuracy {common.pct(b['classifier_test_acc'])}"]
+    return finding, evidence, ["baseline_dynamics.png", "baseline_progression.png", "baseline_samples.png",
+                               "baseline_eval.png"]
+
+
+def _answer_reference(E: dict):
+    r = E["reference"]
+    b, ref = r["baseline"], r["reference"]
+    if not (_ok(b) and _ok(ref)):
+        return ("a run diverged: compare the curves", [f"baseline diverged: {b['diverged']}",
+                                                       f"reference diverged: {ref['diverged']}"],
+                ["reference_eval.png"])
+    d = ref["fd_mnist_classifier"] - b["fd_mnist_classifier"]
+    bud = r["budget"]
+    finding = (f"the reference networks (PyTorch-GAN gan.py) reach a {'lower' if d < 0 else 'higher'} classifier FD "
+               f"than the assignment's MLP ({ref['fd_mnist_classifier']:.2f} vs {b['fd_mnist_classifier']:.2f}) "
+               f"after {bud['reference']['epochs']:g} vs {bud['baseline']['epochs']:g} epochs, covering "
+               f"{ref['coverage']} vs {b['coverage']} digits; their G has {r['parameters']['reference_G']:,} "
+               f"parameters vs {r['parameters']['baseline_G']:,}")
+    evidence = [f"baseline: {_quality(b)}", f"reference: {_quality(ref)}",
+                f"parameters: G {r['parameters']['baseline_G']:,} vs {r['parameters']['reference_G']:,}, "
+                f"D {r['parameters']['baseline_D']:,} vs {r['parameters']['reference_D']:,}",
+                f"budget: {bud['baseline']['images_seen']:,} vs {bud['reference']['images_seen']:,} images seen "
+                f"(gan.py's own run: {bud['gan_py_epochs']} epochs)"]
+    return finding, evidence, ["reference_vs_baseline.png", "reference_eval.png", "reference_dynamics.png"]
+
+
+def _answer_vanishing(E: dict):
+    arms = E["vanishing"]["arms"]
+    sat = arms["saturating"]
+    at = _first_above(sat["loss_curves"], "d_acc_fake", 0.99)
+    saturates = (f"D's accuracy on fakes passed 99% at iteration {at}" if at is not None else
+                 f"D's accuracy on fakes never reached 99% (last 10%: {common.pct(sat['d_acc_fake_end'])})")
+    drop = sat["grad_log10_drop"]
+    cures = [n for n in arms if n != "saturating" and _ok(arms[n])]
+    best = min(cures, key=lambda n: arms[n]["fd_mnist_classifier"]) if cures else None
+    cure = "" if best is None else (
+        f"; the best cure, {best}, ends at classifier FD {arms[best]['fd_mnist_classifier']:.2f} "
+        f"({arms[best]['coverage']} of 10 digits) against "
+        + (f"{sat['fd_mnist_classifier']:.2f} ({sat['coverage']} of 10) without it" if _ok(sat) else
+           "a diverged saturating run"))
+    finding = (f"{saturates}; the gradient reaching G {'fell' if drop > 0 else 'rose'} by a factor of "
+               f"{10 ** abs(drop):.3g} ({sat['grad_start']:.3g} -> {sat['grad_end']:.3g}) and G's loss varied by "
+               f"{sat['g_loss_std_end']:.3g} (std) over the last 10% of iterations{cure}")
+    evidence = [f"{n}: |grad G| {a['grad_start']:.3g} -> {a['grad_end']:.3g}, D accuracy on fakes at the end "
+                f"{common.pct(a['d_acc_fake_end'])}, G loss std at the end {a['g_loss_std_end']:.3g}; "
+                + (_quality(a) if _ok(a) else f"diverged ({a['diverged']})") for n, a in arms.items()]
+    return finding, evidence, ["vanishing_curves.png"]
+
+
+def _answer_collapse(E: dict):
+    arms = E["mode_collapse"]["arms"]
+    base = arms["collapse"]
+    cures = [n for n in arms if n != "collapse" and _ok(arms[n])]
+    # most digits covered, then closest to uniform class shares
+    best = max(cures, key=lambda n: (arms[n]["coverage"], -arms[n]["kl_uniform"]))
+    b = arms[best]
+    if _ok(base):
+        better = (b["coverage"], -b["kl_uniform"]) > (base["coverage"], -base["kl_uniform"])
+        was = f"the provoked setting covers {base['coverage']} of 10 digits (KL from uniform {base['kl_uniform']:.3f})"
+    else:
+        better, was = True, "the provoked setting diverged"
+    finding = (f"{was}; {best} restores diversity best{'' if better else ' of the cures, yet no better than that'}: "
+               f"{b['coverage']} digits, KL {b['kl_uniform']:.3f}, diversity {b['diversity']:.3f}")
+    evidence = [f"{n}: " + (f"{_quality(a)}, KL from uniform {a['kl_uniform']:.3f}, D loss (last epoch) "
+                            f"{a['last_epoch_d_loss']:.3f}" if _ok(a) else f"diverged ({a['diverged']})")
+                for n, a in arms.items()]
+    return finding, evidence, ["mode_collapse_histograms.png", "mode_collapse_coverage.png",
+                               "mode_collapse_samples.png", "mode_collapse_losses.png",
+                               "mode_collapse_progression.png"]
+
+
+def _answer_overfit(E: dict):
+    o = E["d_overfit"]
+    arms = o["arms"]
+    base = arms["no_cure"]
+    cures = [n for n in arms if n != "no_cure" and _ok(arms[n])]
+    best = min(cures, key=lambda n: arms[n]["fd_mnist_classifier"])
+    helped = [n for n in cures if _ok(base) and arms[n]["fd_mnist_classifier"] < base["fd_mnist_classifier"]]
+    gap = base["max_d_gap"]
+    finding = ((f"without a cure D rates its {o['n_train']:,} training images up to {gap:.3f} higher than held-out "
+                f"ones (mean D output) and G ends at classifier FD {base['fd_mnist_classifier']:.2f}; "
+                if _ok(base) and gap is not None else "the uncured run diverged; ")
+               + f"{len(helped)} of {len(cures)} cures lower G's FD, best {best} "
+               f"({arms[best]['fd_mnist_classifier']:.2f}, D gap {arms[best]['max_d_gap'] or 0:.3f}, "
+               f"memorisation ratio {arms[best]['memorisation_ratio']:.2f})")
+    evidence = [f"{n}: " + (f"max D gap {a['max_d_gap'] or 0:.3f}, final gap {a['d_gap']:.3f}, memorisation ratio "
+                            f"{a['memorisation_ratio']:.2f} (1 = as far from the training set as held-out images), "
+                            + _quality(a) if _ok(a) else f"diverged ({a['diverged']})") for n, a in arms.items()]
+    evidence.append(f"{o['n_train']:,} training images; held-out real images scored the same way: "
+                    f"{_quality(o['real_images'])}")
+    return finding, evidence, ["d_overfit_gap.png", "d_overfit_memorisation.png", "d_overfit_samples.png",
+                               "d_overfit_losses.png"]
+
+
+QUESTIONS = [
+    common.Question("3.2", "Expected dynamics or instability? Recognisable and varied digits?", ("baseline",),
+                    _answer_dynamics),
+    common.Question("3.3", "How does the reference MLP GAN (PyTorch-GAN gan.py) compare?", ("reference",),
+                    _answer_reference),
+    common.Question("3.4", "Vanishing gradients: does D's accuracy saturate and G's loss stall? Do the cures help?",
+                    ("vanishing",), _answer_vanishing),
+    common.Question("3.5", "Mode collapse: which intervention restored diversity best?", ("mode_collapse",),
+                    _answer_collapse),
+    common.Question("3.6", "D overfitting: does regularising D help G?", ("d_overfit",), _answer_overfit),
+]
+
+
+# ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
 
@@ -1164,7 +1316,7 @@ def main(argv=None):
                 "memo": {}}   # runs trained in this process: --fresh trains each once
         clf, clf_acc = get_classifier(args, x_train, y_train, x_test, y_test)
         ctx = eval_context(args, clf, x_train, x_test, device)
-        results = common.Results("task3", args, device)
+        results = common.Results("task3", args, device, questions=QUESTIONS)
         results.run({
             "baseline": lambda: baseline(args, data, ctx, clf_acc, device),
             "reference": lambda: reference(args, data, ctx, clf_acc, device),

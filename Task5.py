@@ -953,6 +953,137 @@ def exp_likelihood(data, args, device, nets) -> dict:
 
 
 # ----------------------------------------------------------------------------
+# Findings: the assignment's questions (shared/HANDOUT.md; the assignment calls
+# the VAE part 4), answered from this run's metrics. Each rule computes its
+# sentence from the numbers, so its direction and size change with the run;
+# tests/test_findings.py feeds every rule constructed metrics that make it come
+# out both ways. "Active units": latent dimensions whose posterior mean varies
+# with x (Var_x E[z|x] > 0.01, Burda et al. 2016).
+# ----------------------------------------------------------------------------
+
+
+def _answer_losses(E: dict):
+    t = E["train"]
+    tr, va, te = t["final_train"], t["final_val"], t["test"]
+    gap = va["total"] - tr["total"]
+    finding = (f"after {t['epochs']} epochs the validation negative ELBO ({va['total']:.2f} per image) is "
+               f"{abs(gap):.2f} ({abs(gap) / tr['total']:.1%}) {'above' if gap > 0 else 'below'} the training one "
+               f"({tr['total']:.2f}); of it, reconstruction {va['recon']:.2f} and KL {va['kl']:.2f} nats")
+    evidence = [f"final epoch, train ({t['train_images']:,} images): total {tr['total']:.2f}, reconstruction "
+                f"{tr['recon']:.2f}, KL {tr['kl']:.2f}",
+                f"final epoch, validation: total {va['total']:.2f}, reconstruction {va['recon']:.2f}, KL {va['kl']:.2f}",
+                f"test: total {te['total']:.2f}, {te['active_units']} active units, I(x;z) "
+                f"{format_mi(te['mutual_info'], te['mutual_info_se'])} nats"]
+    return finding, evidence, ["train_curves.png"]
+
+
+def _answer_reconstruct(E: dict):
+    r = E["reconstruct"]
+    finding = (f"test images are reconstructed with a root-mean-square error of {r['shown_rmse_per_pixel']:.3f} per "
+               f"pixel (pixel values in [0, 1]) on the images shown; summed squared error {r['test_recon_per_image']:.2f}"
+               f" per test image")
+    evidence = [f"shown images: summed squared error {r['shown_sse_per_image']:.2f} per image, decoded from E[z|x]",
+                f"whole test split: reconstruction term {r['test_recon_per_image']:.2f} per image"]
+    return finding, evidence, ["reconstruct_grid.png"]
+
+
+def _answer_priors(E: dict):
+    g = E["generate"]
+    ga, la, real = g["gaussian"], g["laplace"], g["real_test_images"]
+    # directions at the precision quoted (3 decimals): equal there is a tie
+    d = round(la["classifier_confidence"], 3) - round(ga["classifier_confidence"], 3)
+    r = round(la["nearest_train_rmse"], 3) - round(ga["nearest_train_rmse"], 3)
+    finding = (f"samples from the Laplace prior look {'less' if d < 0 else 'more' if d > 0 else 'as much'} like some "
+               f"class {'as' if d == 0 else 'than'} those from the Gaussian prior the VAE was trained with (classifier "
+               f"confidence {la['classifier_confidence']:.3f} vs {ga['classifier_confidence']:.3f}; real test images "
+               f"{real['classifier_confidence']:.3f}) and sit "
+               f"{'further from' if r > 0 else 'closer to' if r < 0 else 'as far from'} the training images "
+               f"(nearest-image RMSE {la['nearest_train_rmse']:.3f} vs {ga['nearest_train_rmse']:.3f})")
+    evidence = [f"{name}: classifier confidence {q['classifier_confidence']:.3f}, RMSE to the nearest training image "
+                f"{q['nearest_train_rmse']:.3f}, {q['classes_covered']} of 10 classes covered"
+                for name, q in [("Gaussian prior", ga), ("Laplace prior (same variance)", la),
+                                ("real test images", real)]]
+    evidence.append(f"scoring classifier test accuracy {common.pct(g['classifier_test_acc'])}")
+    return finding, evidence, ["generate_samples.png"]
+
+
+def _answer_collapse(E: dict):
+    c = E["collapse"]
+    lit, ok = c["literal"], c["healthy"]
+    dims = len(lit["kl_per_dim"])
+    ignores = lit["active_units"] == 0 or lit["mutual_info"] < 0.1
+    finding = (f"with the assignment's loss (nn.MSELoss() + KL, i.e. beta 784) q(z|x) "
+               f"{'ignores' if ignores else 'does not ignore'} x: {lit['active_units']} of {dims} active units, "
+               f"I(x;z) {lit['mutual_info']:.3f} nats, KL {lit['kl']:.3f} nats, and its reconstructions sit "
+               f"{c['recon_rmse_to_mean_image']['literal']:.3f} RMSE from the mean image (inputs: "
+               f"{c['recon_rmse_to_mean_image']['inputs']:.3f}); the summed-SSE VAE keeps {ok['active_units']} units")
+    evidence = [f"literal loss: test SSE {lit['recon']:.1f} per image vs {c['mean_image_sse']:.1f} for predicting the "
+                f"mean image; KL {lit['kl']:.3f}; I(x;z) {format_mi(lit['mutual_info'], lit['mutual_info_se'])}",
+                f"summed SSE (beta 1): test SSE {ok['recon']:.1f}, KL {ok['kl']:.2f}, I(x;z) "
+                f"{format_mi(ok['mutual_info'], ok['mutual_info_se'])}",
+                f"why: the literal loss is a Gaussian decoder of variance {c['literal_beta_equivalent'] / 2:g} per pixel;"
+                f" the training data's largest variance along any direction is {c['top_pc_variance']:.1f}, and "
+                f"{c['pcs_above_decoder_variance']['beta_784']} directions exceed it "
+                f"({c['pcs_above_decoder_variance']['beta_1']} exceed 0.5, the beta-1 decoder's variance)"]
+    return finding, evidence, ["collapse_kl_per_dim.png", "collapse_dynamics.png", "collapse_reconstructions.png"]
+
+
+def _answer_sweep(E: dict):
+    s = E["collapse_sweep"]
+    betas, plain, linear = s["betas"], s["plain"]["active_units"], s["linear_optimum_active_units"]
+    lo, hi = int(np.argmin(betas)), int(np.argmax(betas))
+    au = lambda v: "diverged" if v is None else str(v)  # noqa: E731
+    finding = (f"plain training keeps {au(plain[lo])} active units at beta {betas[lo]:g} and {au(plain[hi])} at beta "
+               f"{betas[hi]:g}; the linear-VAE optimum (data directions with variance above beta/2) predicts "
+               f"{linear[lo]} and {linear[hi]}")
+    methods = [m for m in s if isinstance(s[m], dict) and "active_units" in s[m] and m != "sigma"]
+    evidence = [f"{m}: active units per beta {', '.join(f'{b:g}: {au(v)}' for b, v in zip(betas, s[m]['active_units']))}"
+                for m in methods]
+    evidence.append(f"calibrated decoder: {au(s['sigma']['active_units'])} active units; {s['train_images']:,} training "
+                    f"/ {s['val_images']:,} validation images, {s['epochs']} epochs per run")
+    return finding, evidence, ["collapse_sweep_beta.png"]
+
+
+def _answer_mitigate(E: dict):
+    m = E["mitigate"]
+    ok = lambda n: n in m and "error" not in m[n]  # noqa: E731
+    parts, evidence = [], []
+    for base, cures in [("literal", ["literal_free_bits", "sigma"]), ("plain", ["warmup", "aggressive", "lr_split"])]:
+        done = [n for n in cures if ok(n)]
+        if not ok(base) or not done:
+            parts.append(f"the {base} arm or its cures did not finish")
+            continue
+        best = max(done, key=lambda n: (m[n]["active_units"], m[n]["mutual_info"]))
+        b, c = m[base], m[best]
+        gain = c["active_units"] - b["active_units"]
+        parts.append(f"against {b['label']}, {c['label']} {'adds' if gain > 0 else 'does not add'} active units "
+                     f"({c['active_units']} vs {b['active_units']}; I(x;z) {c['mutual_info']:.2f} vs "
+                     f"{b['mutual_info']:.2f} nats; reconstruction {c['recon']:.1f} vs {b['recon']:.1f})")
+    for n in ["literal", "literal_free_bits", "sigma", "plain", "warmup", "aggressive", "lr_split"]:
+        if ok(n):
+            a = m[n]
+            evidence.append(f"{a['label']}: reconstruction {a['recon']:.1f}, KL {a['kl']:.2f}, {a['active_units']} "
+                            f"active units, I(x;z) {format_mi(a['mutual_info'], a['mutual_info_se'])}, samples' "
+                            f"classifier confidence {a['classifier_confidence']:.3f}, nearest-image RMSE "
+                            f"{a['nearest_train_rmse']:.3f}")
+        elif n in m:
+            evidence.append(f"{n}: {m[n]['error']}")
+    return "; ".join(parts), evidence, ["mitigate_comparison.png", "mitigate_metrics.png", "mitigate_curves.png"]
+
+
+QUESTIONS = [
+    common.Question("4.1", "Training and validation losses", ("train",), _answer_losses),
+    common.Question("4.2", "Reconstructions of test images", ("reconstruct",), _answer_reconstruct),
+    common.Question("4.2", "Samples from N(0, I) vs another prior (Laplace): the differences", ("generate",),
+                    _answer_priors),
+    common.Question("4.3", "Posterior collapse: does q(z|x) ignore x, and why?", ("collapse",), _answer_collapse),
+    common.Question("4.3", "Collapse against the KL weight beta", ("collapse_sweep",), _answer_sweep),
+    common.Question("4.4", "Does a cure that keeps the architecture restore the latent code?", ("mitigate",),
+                    _answer_mitigate),
+]
+
+
+# ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
 
@@ -1014,7 +1145,7 @@ def main(argv=None):
         print(f"{args.dataset} ({'smoke: scikit-learn digits' if args.smoke else 'torchvision'}): "
               f"{len(data['x_train'])} train, {len(data['x_val'])} val, {len(data['x_test'])} test")
         nets = Networks(data, args, device)
-        results = common.Results("task5", args, device)
+        results = common.Results("task5", args, device, questions=QUESTIONS)
         run = {name: (lambda f=f: f(data, args, device, nets)) for name, f in [
             ("train", exp_train), ("reconstruct", exp_reconstruct), ("generate", exp_generate),
             ("collapse", exp_collapse), ("collapse_sweep", exp_collapse_sweep), ("mitigate", exp_mitigate),

@@ -680,6 +680,9 @@ class Results:
             self._previous = None
         self.experiments[name] = _jsonable(metrics)
         findings = answer_questions(self.script, self.questions, self.experiments)
+        for f in findings:  # a rule may name optional figures (e.g. one per --embed method): keep those written
+            if "figures" in f:
+                f["figures"] = [p for p in f["figures"] if (self.out / p).exists()]
         doc = {"task": self.task, "config": self.config, "env": self.env, "experiments": self.experiments,
                "findings": findings}
         write_atomic(self.out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
@@ -693,7 +696,9 @@ class Results:
                  f"commit {self.env['git_commit']}, {self.env['date']}", "",
                  "config: " + ", ".join(f"`{k}={v}`" for k, v in self.config.items()), ""]
         if findings:
-            lines += ["## Findings: the assignment's questions, answered from this run", ""]
+            lines += ["## Findings: the assignment's questions, answered from this run", "",
+                      f"_Every number below comes from this run: seed {self.config.get('seed')}, "
+                      f"{self.env['data']} data (all settings in the config line above)._", ""]
             for f in findings:
                 lines += [f"### {f['ref']}. {f['ask']}", ""]
                 if "todo" in f:
@@ -808,7 +813,8 @@ def write_report(root: Path) -> Path:
         q = html.escape(name)
         body.append(f'<section id="{q}"><h2>{html.escape(TASK_TITLES[doc["task"]])}'
                     + (f" <small>({q})</small>" if name != doc["task"] else "") + "</h2>")
-        body.append(f"<p class=meta>run {html.escape(str(env.get('date', '?')))} &middot; data "
+        body.append(f"<p class=meta>run {html.escape(str(env.get('date', '?')))} &middot; seed "
+                    f"{html.escape(str(cfg.get('seed')))} &middot; data "
                     f"{html.escape(str(env.get('data')))} &middot; device {html.escape(str(env.get('device')))} "
                     f"&middot; torch {html.escape(str(env.get('torch')))} &middot; commit "
                     f"{html.escape(str(env.get('git_commit')))} &middot; <a href=\"{q}/summary.md\">summary.md</a> "
@@ -825,7 +831,8 @@ def write_report(root: Path) -> Path:
                         + "".join(f"<li>{_html_text(ev)}</li>" for ev in f["evidence"])
                         + "".join(f'<li>figure: <a href="#{q}-{html.escape(p)}">{html.escape(p)}</a></li>'
                                   for p in f["figures"]) + "</ul></div>")
-        for exp, pngs in figures_by_experiment(root / name, list(doc.get("experiments", {}))).items():
+        figs = figures_by_experiment(root / name, list(doc.get("experiments", {})))
+        for exp, pngs in ((e, figs[e]) for e in doc.get("experiments", {}) if e in figs):  # in run order
             body.append(f"<h3>{html.escape(exp)}</h3>")
             body += [f'<figure id="{q}-{html.escape(p)}"><a href="{q}/{html.escape(p)}"><img loading=lazy '
                      f'src="{q}/{html.escape(p)}" alt="{html.escape(p)}"></a><figcaption>{html.escape(p)}'

@@ -664,3 +664,10 @@ def test_features_on_a_test_set_where_every_image_is_its_own_class(tmp_path):
     m = load_metrics(tmp_path)["experiments"]["features"]
     assert all(m["silhouette"][s] is None for s in STAGES)
     assert all(0 <= m["probe_acc"][s] <= 1 for s in STAGES)
+
+
+def test_smoke_answers_every_assignment_question(smoke_run):
+    """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
+    from test_findings import assert_findings
+
+    assert_findings(smoke_run, Task1)

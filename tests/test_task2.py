@@ -513,3 +513,10 @@ def test_bad_flag_values(tmp_path, capsys):
                                 out=tmp_path / "out")
     assert_bad_input_in_process(Task2.main, ["--smoke", "--discard-ratio", "1"], capsys, expect="discard",
                                 out=tmp_path / "out")
+
+
+def test_smoke_answers_every_assignment_question(smoke_out):
+    """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
+    from test_findings import assert_findings
+
+    assert_findings(smoke_out, Task2)

@@ -544,11 +544,18 @@ def test_real_digits_short_baseline_covers_most_digits(tmp_path):
     assert b["classifier_test_acc"] >= 0.95
     assert b["real_images"]["coverage"] == 10
     # Measured on these digits: the assignment's MLP GAN learns slowly at lr 2e-4. Its
-    # samples covered 4 digits at 3,200 iterations (FD 255, KL to uniform 1.28); on 4,000 digits it reached 5-8
-    # digits between 5,000 and 6,300 iterations. The issue's ">= 8 digits" needs more
+    # samples covered 4 digits at 3,200 iterations (FD 255, KL to uniform 1.28); on
+    # 4,000 digits it reached 5-8 digits between 5,000 and 6,300 iterations. The issue's ">= 8 digits" needs more
     # iterations than a test can afford; these bounds say "it learned digits".
     f = b["final"]
     assert f["iterations"] == 100 * 32 and f["diverged"] == "no"
     assert f["coverage"] >= 3 and f["kl_uniform"] < 1.8 and f["fd_mnist_classifier"] < 500, f
     cov = b["over_training"]["coverage"]                            # quick evaluations over training
     assert cov[-1] > cov[0], cov
+
+
+def test_smoke_answers_every_assignment_question(smoke_out):
+    """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
+    from test_findings import assert_findings
+
+    assert_findings(smoke_out, Task3)

@@ -444,3 +444,10 @@ def test_corrupt_cache_file_exits_2(tmp_path, smoke_run):
     victim = next((out / "cache").glob("clip-images-test-*.pt"))
     victim.write_bytes(b"not a torch file")
     assert_bad_input("Task4.py", ["--smoke"], out, expect="unreadable")
+
+
+def test_smoke_answers_every_assignment_question(smoke_run):
+    """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
+    from test_findings import assert_findings
+
+    assert_findings(smoke_run, Task4)

@@ -576,3 +576,10 @@ def test_real_fashion_mnist_elbo_terms_land_in_measured_ranges(fashion_root, tmp
         assert_in_range(ex, f"{split}/total", 32, 64)
     assert_in_range(ex, "test/active_units", 12, 20)
     assert_in_range(ex, "test/mutual_info", 1.0, 3.5)
+
+
+def test_smoke_answers_every_assignment_question(smoke_out):
+    """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
+    from test_findings import assert_findings
+
+    assert_findings(smoke_out, Task5)
