@@ -27,7 +27,10 @@ def test_ctrl_c_keeps_finished_experiments_and_exits_130(tmp_path):
     out = tmp_path / "t5"
     proc = subprocess.Popen([sys.executable, str(REPO / "Task5.py"), "--smoke", "--out", str(out)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **OFFLINE_ENV})
+                            env={**os.environ, **OFFLINE_ENV},
+                            # a shell's background job starts with SIGINT ignored, and Python keeps an
+                            # ignored SIGINT: give the child the default, as a terminal would
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics, done, deadline = out / "metrics.json", [], time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:  # wait for the first finished experiment
