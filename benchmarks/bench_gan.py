@@ -169,7 +169,7 @@ def project(argv_task3: list[str], n_train: int, n_test: int, iters: int, device
     from architecture import DigitClassifier
 
     args = Task3.build_parser().parse_args(argv_task3)
-    Task3.validate(args)
+    Task3.check_args(args)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n_train, 1, 28, 28, generator=g).mul(2).sub(1).to(device)     # [-1, 1], like Task 3's data
     x_test = torch.rand(n_test, 1, 28, 28, generator=g).mul(2).sub(1).to(device)
