@@ -1473,6 +1473,12 @@ def _pts(a: float, b: float) -> str:
     return f"{abs(100 * (a - b)):.1f}"
 
 
+def _num(v, spec: str = ".3f") -> str:
+    """A metric for a sentence; None (a value undefined in this run, e.g. a silhouette
+    with one image per class) reads as 'undefined'."""
+    return "undefined" if v is None else format(v, spec)
+
+
 def _answer_frozen(E: dict):
     b = E["baseline"]
     cm = np.asarray(b["confusion"])
@@ -1552,14 +1558,11 @@ def _answer_hierarchy(E: dict):
     first, last = stages[0], stages[-1]
     best = max(stages, key=lambda s: probe[s])
     d = probe[last] - probe[first]
-    def s3(v):  # silhouette is undefined (null) when every test image is its own class
-        return "undefined" if v is None else f"{v:.3f}"
-
     finding = (f"linear-probe accuracy {'rises' if d > 0 else 'falls'} by {_pts(d, 0)} points from the {first} "
                f"({common.pct(probe[first])}) to {last} ({common.pct(probe[last])}), peaking at {best} "
-               f"({common.pct(probe[best])}); silhouette {s3(sil[first])} -> {s3(sil[last])}")
+               f"({common.pct(probe[best])}); silhouette {_num(sil[first])} -> {_num(sil[last])}")
     evidence = ["linear-probe test accuracy by depth: " + ", ".join(f"{s} {common.pct(probe[s])}" for s in stages),
-                "silhouette of standardised features by depth: " + ", ".join(f"{s} {s3(sil[s])}" for s in stages),
+                "silhouette of standardised features by depth: " + ", ".join(f"{s} {_num(sil[s])}" for s in stages),
                 "5-NN accuracy in the full feature space: " + ", ".join(f"{s} {common.pct(f['knn_acc'][s])}"
                                                                         for s in stages),
                 "channels: " + ", ".join(f"{s} {f['dim'][s]}" for s in stages),

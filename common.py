@@ -625,6 +625,9 @@ def answer_questions(script: str, questions: list[Question], experiments: dict) 
                 finding, evidence, figures = q.answer(experiments)
             except KeyError as k:  # metrics written by an older version of the script
                 e["todo"] = f"metric {k} missing: rerun python {script} --experiments {','.join(q.needs)}"
+            except (TypeError, ValueError, ZeroDivisionError):  # a metric this run left undefined (null)
+                e["todo"] = (f"not answered: a metric it reads is undefined in this run (null in metrics.json); "
+                             f"see the tables below")
             else:
                 e.update(finding=finding, evidence=list(evidence), figures=list(figures))
         entries.append(e)

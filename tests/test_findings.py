@@ -130,6 +130,21 @@ def test_task1_hierarchy_both_ways():
     assert "falls by 25.0 points" in falls and "peaking at layer1 (70.0%)" in falls
 
 
+def test_task1_hierarchy_with_undefined_silhouette():
+    """One test image per class: silhouette is null in metrics.json; the finding says so."""
+    f = t1_features([0.3, 0.4, 0.5, 0.7, 0.9])
+    f["silhouette"] = dict.fromkeys(Task1.STAGES)
+    assert answer(Task1, "1.3", {"features": f})["finding"].endswith("silhouette undefined -> undefined")
+
+
+def test_a_rule_that_meets_a_null_metric_becomes_a_todo():
+    """A rule must never end a run: a null it cannot format becomes a todo entry."""
+    b = t1_baseline(0.8)
+    b["head_seconds"] = None
+    [e] = [e for e in common.answer_questions("Task1.py", Task1.QUESTIONS, {"baseline": b}) if e["ref"] == "1.1"]
+    assert e["todo"].startswith("not answered: a metric it reads is undefined in this run")
+
+
 def test_task1_confused_pairs_and_embeddings():
     f = t1_features([0.3, 0.4, 0.5, 0.7, 0.9])
     e = answer(Task1, "1.5", {"features": f, "baseline": {}}, "confuses")["finding"]
