@@ -16,7 +16,8 @@
     probes      linear_probe (standardised logistic regression, C on a val split),
                 few_threads
 
-The contract these implement is ../shared/CONVENTIONS.md.
+The conventions these implement (flags, outputs, smoke mode, errors, tests) are
+listed in README.md, section "Conventions shared by all tasks".
 """
 from __future__ import annotations
 
@@ -235,10 +236,17 @@ def require(ok: bool, message: str) -> None:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help ends every numeric flag's line with its valid range, read from its Bounded type."""
+    """--help ends every flag's line with its default (from `default=`, so help strings
+    never repeat it by hand) and every numeric flag's line with its valid range, read
+    from its Bounded type."""
 
     def _get_help_string(self, action):
         text = super()._get_help_string(action) or ""
+        d = action.default
+        if action.option_strings and "default" not in text and d is not None and d is not argparse.SUPPRESS \
+                and not isinstance(d, bool):
+            text += " (default: %(default)s)" if not isinstance(d, (list, tuple)) else \
+                f" (default: {','.join(map(str, d)) or 'none'})"
         kind = getattr(action.type, "element", action.type)
         if isinstance(kind, Bounded):
             text += f" [{'each ' if kind is not action.type else ''}{kind.describe()}]"
@@ -264,15 +272,18 @@ def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
     g.add_argument("--smoke", action="store_true",
                    help="offline and tiny: smoke data, small randomly initialised models, a few steps")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="auto picks cuda, then mps, then cpu (default: auto)")
+                   help="auto picks cuda, then mps, then cpu")
     g.add_argument("--data-root", default="data", metavar="DIR",
-                   help="datasets in torchvision's layout; downloaded here if missing (default: data)")
+                   help="datasets in torchvision's layout; downloaded here if missing")
     g.add_argument("--out", default=f"outputs/{task}", metavar="DIR",
-                   help=f"figures, metrics.json, summary.md and cache/ go here (default: outputs/{task})")
-    g.add_argument("--seed", type=any_int, default=0, help="seeds python, numpy and torch (default: 0)")
+                   help="figures, metrics.json, summary.md and cache/ go here")
+    g.add_argument("--seed", type=any_int, default=0, help="seeds python, numpy and torch")
     g.add_argument("--experiments", default=experiments, type=experiment_list, metavar="A,B",
                    help=f"comma-separated subset of: {','.join(experiments)} (default: all)")
     g.add_argument("--fresh", action="store_true", help="ignore cached weights/features and recompute")
+    g.add_argument("--replot", action="store_true",
+                   help="compute nothing: redraw every figure of --out from its metrics.json (and cache/plot/), "
+                        "e.g. after changing a plot function")
     return p
 
 
@@ -406,6 +417,25 @@ DATASETS = {
     "cifar100": ("CIFAR100", 32),
     "stl10": ("STL10", 96),
 }
+
+
+def resize_normalise(x: torch.Tensor, size: int | tuple[int, int], mean, std, mode: str = "bilinear") -> torch.Tensor:
+    """Images -> a pretrained model's input, on whatever device `x` is on (so upsampling
+    thousands of 32 px images to 224 px costs no CPU time on a GPU run).
+    x: uint8 [B, C, h, w] in 0..255, or float in [0, 1]. Resized to `size` (H, W) with
+    `mode` ("bilinear" or "bicubic") and antialiasing, as PIL and torchvision's
+    transforms do when shrinking; clamped to [0, 1] (bicubic overshoots, and PIL's
+    uint8 output is clamped too); minus `mean`, over `std` (per channel, [C] each).
+    Returns float32 [B, C, H, W]; channels_last on CUDA, where cuDNN convolutions are
+    fastest in NHWC."""
+    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False).clamp_(0, 1)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
 
 def load_split(name: str, root: str | Path, train: bool, smoke: bool = False, seed: int = 0,
@@ -641,7 +671,7 @@ def pct(x: float, digits: int = 1) -> str:
 
 # Flags that change what runs, not what a result means: a rerun with other values
 # keeps the earlier experiments' metrics.
-_RUN_ONLY = {"experiments", "fresh", "device", "out"}
+_RUN_ONLY = {"experiments", "fresh", "device", "out", "replot"}
 
 
 class Results:
@@ -717,9 +747,14 @@ class Results:
             lines += [""] + [f"![{p}]({p})" for p in figures.get(name, [])] + [""]
         return "\n".join(lines)
 
-    def run(self, experiments: dict[str, Callable[[], dict]]) -> dict:
-        """Run the chosen experiments in order; each returns its metrics dict. A
-        Diverged run is recorded with its reason and the next experiment runs."""
+    def run(self, experiments: dict[str, Callable[[], dict]],
+            plots: dict[str, Callable[[dict, Path], None]] | None = None) -> dict:
+        """Run the chosen experiments in order; each returns its metrics dict. Then
+        `plots[name](metrics, out)` draws that experiment's figures from the metrics
+        exactly as they are written to metrics.json (a JSON round trip), so `--replot`
+        redraws the same figures later without computing anything. A Diverged run
+        is recorded with its reason (no figures) and the next experiment runs."""
+        plots = plots or {}
         for name in self.args.experiments:
             print(f"\n=== {self.task}: {name} ===", flush=True)
             t0 = time.perf_counter()
@@ -728,6 +763,9 @@ class Results:
             except Diverged as e:
                 print(f"{name}: training diverged ({e}); continuing with the next experiment", flush=True)
                 metrics = {"error": f"diverged: {e}"}
+            metrics = json.loads(json.dumps(_jsonable(metrics)))
+            if name in plots and "error" not in metrics:
+                plots[name](metrics, self.out)
             metrics["seconds"] = round(time.perf_counter() - t0, 3)
             self.record(name, metrics)
         self.print_headline()
@@ -744,6 +782,48 @@ class Results:
         print(f"\n{'experiment':<{w0}}  {'metric':<{w1}}  value")
         for n, k, v in rows:
             print(f"{n:<{w0}}  {k:<{w1}}  {v}")
+
+
+def replot(out: str | Path, plots: dict[str, Callable[[dict, Path], None]]) -> dict:
+    """`--replot`: redraw the figures of every experiment recorded in out/metrics.json
+    with its plot function (figures only; metrics.json, summary.md and caches are left
+    as they are). Returns the recorded experiments."""
+    out = Path(out)
+    try:
+        recorded = json.loads((out / "metrics.json").read_text())["experiments"]
+    except FileNotFoundError:
+        raise UserError(f"--replot: no {out / 'metrics.json'}; run the experiments first") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"--replot: {out / 'metrics.json'} is not a metrics file of this suite") from None
+    for name, metrics in recorded.items():
+        if name in plots and "error" not in metrics:
+            plots[name](metrics, out)
+            print(f"replot: {name}", flush=True)
+    return recorded
+
+
+def save_plot_data(out: str | Path, experiment: str, **arrays) -> Path:
+    """Arrays a figure needs that are too big for metrics.json (images, embeddings,
+    2-D coordinates): out/cache/plot/<experiment>.npz, written atomically. The plot
+    function reads them back with load_plot_data, in the run and under --replot."""
+    path = Path(out) / "cache" / "plot" / f"{experiment}.npz"
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(v.detach().cpu() if torch.is_tensor(v) else v)
+                                      for k, v in arrays.items()})
+    return path
+
+
+def load_plot_data(out: str | Path, experiment: str) -> dict[str, np.ndarray]:
+    """The arrays save_plot_data stored for `experiment` (a UserError if missing)."""
+    path = Path(out) / "cache" / "plot" / f"{experiment}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: rerun the experiment {experiment!r} (without --replot)") from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); rerun the experiment {experiment!r}") from None
 
 
 def figures_by_experiment(folder: Path, names: list[str]) -> dict[str, list[str]]:
@@ -913,28 +993,42 @@ def to_display(images: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def image_grid(images: torch.Tensor, path: str | Path, title: str, nrow: int = 8,
-               row_labels: list[str] | None = None, cell_size: float = 1.0) -> Path:
-    """Save a grid of images ([N, C, H, W], uint8 or float in [0, 1]), `nrow` per row,
-    tiled into one canvas with white 2-pixel gutters (one imshow: fast for hundreds of
-    images); `row_labels` name each row at its left."""
+def tile(images: torch.Tensor, ncol: int, pad: int = 2) -> np.ndarray:
+    """[N, C, H, W] (uint8, or float in [0, 1]) -> one canvas [rows*(H+pad)+pad,
+    ncol*(W+pad)+pad, C] in [0, 1] with white `pad`-pixel gutters (visible against black
+    digits and against an untrained G's flat grey); empty cells stay white."""
     x = to_display(images)
     n, h, w, c = x.shape
-    rows, pad = max(1, math.ceil(n / nrow)), 2
-    canvas = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.float32)
+    rows = max(1, math.ceil(n / ncol))
+    canvas = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.float32)
     for i in range(n):
-        r, col = divmod(i, nrow)
+        r, col = divmod(i, ncol)
         canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = x[i]
-    fig, ax = plt.subplots(figsize=(max(3.0, nrow * cell_size), max(1.5, rows * cell_size * h / w) + 0.6))
-    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    return canvas
+
+
+def image_grid(images: torch.Tensor, path: str | Path | None = None, title: str = "", nrow: int = 8,
+               row_labels: list[str] | None = None, cell_size: float = 1.0, ax=None, pad: int = 2):
+    """A grid of images ([N, C, H, W], uint8 or float in [0, 1]), `nrow` per row, drawn
+    as one imshow of `tile` (fast for hundreds of images); `row_labels` name each row at
+    its left. With `ax`, draw into that axis (a panel of a larger figure) and return it;
+    otherwise make a figure of its own and save it to `path`."""
+    canvas = tile(images, nrow, pad)
+    h, w = images.shape[-2:]
+    rows = max(1, math.ceil(len(images) / nrow))
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(max(3.0, nrow * cell_size), max(1.5, rows * cell_size * h / w) + 0.6))
+    ax.imshow(canvas[..., 0] if canvas.shape[-1] == 1 else canvas, cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(rows)] if row_labels else [],
-                  (row_labels or [])[:rows] if row_labels else [], fontsize=9)
+                  (row_labels or [])[:rows] if row_labels else [], fontsize=9 if own else 8)
     ax.tick_params(length=0)
     for s in ax.spines.values():
         s.set_visible(False)
-    ax.set_title(title)
-    return save_figure(fig, path)
+    ax.set_title(title, fontsize=None if own else 10)
+    return save_figure(fig, path) if own else ax
 
 
 def line_plot(ax, series: dict[str, tuple], title: str, xlabel: str, ylabel: str, logy: bool = False):
@@ -997,6 +1091,12 @@ def embed_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
         with few_threads(n):
             return umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed).fit_transform(x)
     raise ValueError(f"unknown embedding {method!r}")
+
+
+def confusion_matrix(labels, preds, n_classes: int) -> np.ndarray:
+    """[K, K] counts, rows = true class, columns = predicted class."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    return np.bincount(labels * n_classes + preds, minlength=n_classes ** 2).reshape(n_classes, n_classes)
 
 
 def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, title: str) -> Path:

@@ -12,8 +12,8 @@ import common
 
 def _parser():
     p = common.make_parser("task9", "Task 9: a test.\n\nMore text.", ["a", "b", "c"])
-    p.add_argument("--epochs", type=common.positive_int, default=20)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=common.positive_int, default=20, help="passes")
+    p.add_argument("--lr", type=float, default=1e-3, help="step size")
     return p
 
 
@@ -488,3 +488,54 @@ def test_scoring_classifier_learns_caches_and_keys_by_data(tmp_path, capsys):
     common.scoring_classifier(x[:-1], y[:-1], xt, yt, **kw)           # other data: trained, not loaded
     assert "classifier: cached" not in capsys.readouterr().out
     assert len(list((tmp_path / "cache").glob("classifier-*.pt"))) == 2
+
+
+def test_figures_are_drawn_from_the_recorded_metrics_and_replot_redraws_them(tmp_path, capsys):
+    """run() hands each plot function the metrics exactly as metrics.json holds them (a
+    JSON round trip: tensors become lists), and --replot draws from that file alone."""
+    seen = []
+
+    def plot_a(m, out):
+        seen.append(dict(m))
+        x = common.load_plot_data(out, "a")["images"]
+        common.image_grid(torch.from_numpy(x), out / "a_grid.png", f"acc {m['acc']}", nrow=2)
+
+    def experiment_a():
+        common.save_plot_data(tmp_path, "a", images=torch.zeros(4, 1, 5, 5))
+        return {"acc": np.float32(0.5), "curve": torch.tensor([1.0, 2.0])}
+
+    args = common.parse_args(_parser(), ["--out", str(tmp_path), "--experiments", "a"])
+    common.Results("task9", args, torch.device("cpu")).run({"a": experiment_a}, plots={"a": plot_a})
+    assert seen == [{"acc": 0.5, "curve": [1.0, 2.0]}] and (tmp_path / "a_grid.png").exists()
+    (tmp_path / "a_grid.png").unlink()
+    recorded = common.replot(tmp_path, {"a": plot_a})
+    assert (tmp_path / "a_grid.png").exists() and recorded["a"]["acc"] == 0.5
+    assert seen[1] == {"acc": 0.5, "curve": [1.0, 2.0], "seconds": recorded["a"]["seconds"]}
+    (tmp_path / "cache" / "plot" / "a.npz").unlink()
+    with pytest.raises(common.UserError, match="a.npz is missing"):
+        common.replot(tmp_path, {"a": plot_a})
+    with pytest.raises(common.UserError, match="no .*metrics.json"):
+        common.replot(tmp_path / "elsewhere", {"a": plot_a})
+
+
+def test_tile_confusion_matrix_and_resize_normalise_known_answers():
+    # two 1x1 images, 2 per row, 1-px gutters: [white | img0 | white | img1 | white]
+    canvas = common.tile(torch.tensor([[[[0]]], [[[255]]]], dtype=torch.uint8), ncol=2, pad=1)
+    assert canvas.shape == (3, 5, 1) and canvas[1, :, 0].tolist() == [1, 0, 1, 1, 1]
+    assert canvas[0].min() == 1 and canvas[2].min() == 1
+    assert common.confusion_matrix([0, 1, 1, 2], [0, 0, 1, 2], 3).tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    # a constant image stays constant through any resize; normalisation per channel
+    x = torch.full((1, 3, 7, 7), 51, dtype=torch.uint8)  # 0.2
+    y = common.resize_normalise(x, (4, 6), mean=[0.2, 0.1, 0.0], std=[1.0, 0.5, 0.2], mode="bicubic")
+    assert y.shape == (1, 3, 4, 6) and torch.allclose(y[0, :, 0, 0], torch.tensor([0.0, 0.2, 1.0]), atol=1e-5)
+    # bicubic overshoot is clamped like PIL's uint8 output: a step edge stays within [0, 1]
+    step = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    step[..., 4:] = 255
+    z = common.resize_normalise(step, 32, mean=[0.0], std=[1.0], mode="bicubic")
+    assert z.min() >= 0 and z.max() <= 1
+
+
+def test_help_shows_each_default_once():
+    text = " ".join(_parser().format_help().split())
+    assert "(default: 20)" in text and "(default: 0.001)" in text and text.count("(default: 0)") == 1
+    assert "(default: all)" in text and "default: False" not in text
