@@ -410,12 +410,27 @@ def evaluate(G, D, ctx, args, full: bool) -> tuple[dict, list]:
     real = ctx["real" if full else "real_quick"]
     m["memorisation_ratio"] = m["memorisation_distance"] / max(real["memorisation_distance"], 1e-12)
     D.eval()
-    d_train = torch.cat([torch.sigmoid(D(b).float()) for b in ctx["probe_train"].split(args.batch_size)]).mean()
-    d_held = torch.cat([torch.sigmoid(D(b).float()) for b in ctx["probe_heldout"].split(args.batch_size)]).mean()
+    logits = {k: torch.cat([D(b).float().flatten() for b in xs.split(args.batch_size)])
+              for k, xs in [("train", ctx["probe_train"]), ("heldout", ctx["probe_heldout"]), ("fake", x)]}
     D.train()
-    m.update(d_train=d_train.item(), d_heldout=d_held.item())
+    m.update(d_train=torch.sigmoid(logits["train"]).mean().item(),
+             d_heldout=torch.sigmoid(logits["heldout"]).mean().item())
     m["d_gap"] = m["d_train"] - m["d_heldout"]
+    # The same on D's raw logits: once D beats G its sigmoid saturates at 1 for every real
+    # image, hiding how much lower it scores held-out ones.
+    for k, v in logits.items():
+        m[f"d_logit_{k}"] = v.mean().item()
+    m["overfit_rv"] = overfit_rv(m["d_logit_train"], m["d_logit_heldout"], m["d_logit_fake"])
     return m, hist
+
+
+def overfit_rv(train: float, heldout: float, fake: float) -> float:
+    """Karras et al. 2020 (ADA, eq. 1), from D's mean logits on training reals, held-out
+    reals and G's samples: r_v = (train - heldout) / (train - fake). 0: held-out reals
+    score like training reals; 1: as low as G's samples (D has memorised its training
+    set). NaN while D does not yet tell samples from training images."""
+    spread = train - fake
+    return (train - heldout) / spread if spread > 1e-6 else float("nan")
 
 
 # ----------------------------------------------------------------------------
@@ -674,7 +689,8 @@ def train_gan(name: str, cfg: dict, x_train: torch.Tensor, ctx: dict, args, devi
 # ----------------------------------------------------------------------------
 
 EVAL_KEYS = ["coverage", "kl_uniform", "confidence", "fd_mnist_classifier", "diversity", "memorisation_distance",
-             "memorisation_ratio", "d_train", "d_heldout", "d_gap"]
+             "memorisation_ratio", "d_train", "d_heldout", "d_gap", "d_logit_train", "d_logit_heldout", "d_logit_fake",
+             "overfit_rv"]
 
 
 def final_metrics(rec: dict) -> dict:
@@ -786,7 +802,7 @@ def plot_progression(rec, path, title, unit="epoch"):
 EVAL_LABELS = {"coverage": "digits covered (of 10)", "kl_uniform": "KL(class hist || uniform) [nats]",
                "fd_mnist_classifier": "FD-MNIST-classifier", "diversity": "mean pairwise L2 distance",
                "confidence": "classifier confidence", "memorisation_distance": "L2 to nearest training image",
-               "d_gap": "D(train) - D(held-out)"}
+               "d_gap": "D(train) - D(held-out)", "overfit_rv": "r_v on D logits (0: none, 1: full)"}
 
 
 def plot_eval_curves(recs: dict, path, title, keys=("coverage", "kl_uniform", "fd_mnist_classifier", "diversity"),
@@ -1109,15 +1125,17 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
     ctx = eval_context(args, clf, x_small, x_held, device)
     recs = {name: train_gan(f"d_overfit/{name}", cfg, x_small, ctx, args, device, tag, data["memo"])
             for name, cfg in overfit_arms(args).items()}
-    fig, axes = plt.subplots(1, len(recs) + 1, figsize=(4.2 * (len(recs) + 1), 3.9))
+    fig, axes = plt.subplots(1, len(recs) + 2, figsize=(4.2 * (len(recs) + 2), 3.9))
     for ax, (name, r) in zip(axes, recs.items()):
         ev = r["evals"]
-        common.line_plot(ax, {"D(train images)": (ev["epoch"], ev["d_train"]),
-                              "D(held-out images)": (ev["epoch"], ev["d_heldout"])},
-                         name, "epoch", "mean D output (eval mode)")
-        ax.set_ylim(-0.02, 1.02)
-    common.line_plot(axes[-1], {n: (r["evals"]["epoch"], r["evals"]["d_gap"]) for n, r in recs.items()},
-                     "gap D(train) - D(held-out)", "epoch", "gap")
+        common.line_plot(ax, {"training images": (ev["epoch"], ev["d_logit_train"]),
+                              "held-out images": (ev["epoch"], ev["d_logit_heldout"]),
+                              "G's samples": (ev["epoch"], ev["d_logit_fake"])},
+                         name, "epoch", "mean D logit (eval mode)")
+    common.line_plot(axes[-2], {n: (r["evals"]["epoch"], r["evals"]["d_gap"]) for n, r in recs.items()},
+                     "gap D(train) - D(held-out), probabilities", "epoch", "gap")
+    common.line_plot(axes[-1], {n: (r["evals"]["epoch"], r["evals"]["overfit_rv"]) for n, r in recs.items()},
+                     "overfitting r_v on logits (Karras et al. 2020)", "epoch", "r_v")
     which = f"of digit {args.overfit_class}" if args.overfit_class >= 0 else "(the first of the train split)"
     fig.suptitle(f"Discriminator overfitting on {len(x_small)} training images {which}; held out: test images")
     common.save_figure(fig, f"{args.out}/d_overfit_gap.png")
@@ -1133,11 +1151,13 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
         labels += [f"{name}: sample", "nearest train"]
     show_grid(ax, torch.cat(rows), 8, "samples and their nearest training images (L2)", labels)
     common.save_figure(fig, f"{args.out}/d_overfit_samples.png")
-    print(arm_table(recs, ["d_gap", "memorisation_distance", "memorisation_ratio", "fd_mnist_classifier"]))
+    print(arm_table(recs, ["d_gap", "overfit_rv", "memorisation_ratio", "fd_mnist_classifier"]))
     out = {}
     for name, r in recs.items():
         gaps = [g for g in r["evals"]["d_gap"] if g is not None and math.isfinite(g)]
-        out[name] = {**run_metrics(r, args), "max_d_gap": max(gaps) if gaps else None}
+        rvs = [v for v in r["evals"]["overfit_rv"] if v is not None and math.isfinite(v)]
+        out[name] = {**run_metrics(r, args), "max_d_gap": max(gaps) if gaps else None,
+                     "max_overfit_rv": max(rvs) if rvs else None}
     return {"classifier_test_acc": clf_acc, "n_train": len(x_small), "real_images": ctx["real"], "arms": out,
             "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
 
@@ -1265,14 +1285,18 @@ def _answer_overfit(E: dict):
     cures = [n for n in arms if n != "no_cure" and _ok(arms[n])]
     best = min(cures, key=lambda n: arms[n]["fd_mnist_classifier"])
     helped = [n for n in cures if _ok(base) and arms[n]["fd_mnist_classifier"] < base["fd_mnist_classifier"]]
-    gap = base["max_d_gap"]
+    gap, rv = base["max_d_gap"], base.get("max_overfit_rv")
     finding = ((f"without a cure D rates its {o['n_train']:,} training images up to {gap:.3f} higher than held-out "
-                f"ones (mean D output) and G ends at classifier FD {base['fd_mnist_classifier']:.2f}; "
+                f"ones (mean D output" + (f"; on logits held-out reals fall up to r_v = {rv:.2f} of the way to G's "
+                                         f"samples, Karras et al. 2020" if rv is not None else "")
+                + f") and G ends at classifier FD {base['fd_mnist_classifier']:.2f}; "
                 if _ok(base) and gap is not None else "the uncured run diverged; ")
                + f"{len(helped)} of {len(cures)} cures lower G's FD, best {best} "
                f"({arms[best]['fd_mnist_classifier']:.2f}, D gap {arms[best]['max_d_gap'] or 0:.3f}, "
                f"memorisation ratio {arms[best]['memorisation_ratio']:.2f})")
-    evidence = [f"{n}: " + (f"max D gap {a['max_d_gap'] or 0:.3f}, final gap {a['d_gap']:.3f}, memorisation ratio "
+    evidence = [f"{n}: " + (f"max D gap {a['max_d_gap'] or 0:.3f}, final gap {a['d_gap']:.3f}, "
+                            + (f"max r_v {a['max_overfit_rv']:.2f}, " if a.get("max_overfit_rv") is not None else "")
+                            + "memorisation ratio "
                             f"{a['memorisation_ratio']:.2f} (1 = as far from the training set as held-out images), "
                             + _quality(a) if _ok(a) else f"diverged ({a['diverged']})") for n, a in arms.items()]
     evidence.append(f"{o['n_train']:,} training images; held-out real images scored the same way: "

@@ -357,6 +357,9 @@ def test_smoke_metrics(smoke_out):
     for arm in OVERFIT_ARMS:
         check_run(e, f"d_overfit/arms/{arm}")
         assert_in_range(e, f"d_overfit/arms/{arm}/max_d_gap", -1, 1)
+        final = e["d_overfit"]["arms"][arm]
+        assert all(math.isfinite(final[k]) for k in ("d_logit_train", "d_logit_heldout", "d_logit_fake")), final
+        assert len(final["over_training"]["overfit_rv"]) == len(final["over_training"]["d_gap"])
     assert set(e["d_overfit"]["arms"]) == set(OVERFIT_ARMS)
     assert_in_range(e, "d_overfit/n_train", 300, 300)
     for name in ("vanishing", "mode_collapse", "d_overfit"):
@@ -559,3 +562,11 @@ def test_smoke_answers_every_assignment_question(smoke_out):
     from test_findings import assert_findings
 
     assert_findings(smoke_out, Task3)
+
+
+def test_overfit_rv_is_karras_ratio_on_logits():
+    """ADA's r_v (Karras et al. 2020, eq. 1) on hand-computed logits: held-out reals halfway
+    from training reals (4) to samples (0) give 0.5; like training reals 0; like samples 1."""
+    assert Task3.overfit_rv(4.0, 2.0, 0.0) == 0.5
+    assert Task3.overfit_rv(3.0, 3.0, -1.0) == 0.0 and Task3.overfit_rv(3.0, -1.0, -1.0) == 1.0
+    assert math.isnan(Task3.overfit_rv(1.0, 0.5, 1.0))           # D does not separate samples yet: undefined
