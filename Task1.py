@@ -31,6 +31,11 @@ Run:
   python Task1.py --experiments residual --arch resnet18
   python Task1.py --augment                # baseline head trained through the backbone, with flips and crops
   python Task1.py --experiments scratch_shortcuts --scratch-dataset fashion-mnist --scratch-train-size 5000
+  python Task1.py --replot                 # redraw every figure from outputs/task1/metrics.json
+
+Each experiment function computes and returns its metrics; plot_<experiment>, right
+below it, draws its figures from those metrics (as written to metrics.json) and the
+arrays in cache/plot/<experiment>.npz, so --replot redraws them without computing.
 
 Writes into --out (default outputs/task1): baseline_curves.png, baseline_confusion.png,
 residual_curves.png, residual_gradnorms.png, features_tsne.png, features_umap.png,
@@ -45,8 +50,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
+import functools
 import importlib.util
-import json
 import math
 import sys
 import time
@@ -77,6 +83,7 @@ RESNETS = sorted(n for n in torchvision.models.list_models(module=torchvision.mo
 # The stem (conv1-bn1-relu-maxpool) and the four stages, named by the module whose
 # output the hooks of the `features` experiment read.
 STAGES = {"stem": "maxpool", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4"}
+CUT_SETS = ("selected", "layer1", "layer2", "layer3", "layer4", "all")  # residual's ablations
 TRANSFER_INITS = ("pretrained", "scratch")
 TRANSFER_STRATEGIES = ("head", "layer4", "full")
 
@@ -124,99 +131,86 @@ def build_parser():
     pint, pfloat = common.positive_int, common.positive_float
     non_negative_int, non_negative_float = common.non_negative_int, common.non_negative_float
     g = parser.add_argument_group("model and data")
-    g.add_argument("--arch", type=resnet_arch, default="resnet152",
-                   help="torchvision ResNet to study (default: resnet152; smoke: resnet18)")
+    g.add_argument("--arch", type=resnet_arch, default="resnet152", help="torchvision ResNet to study")
     g.add_argument("--weights", choices=["imagenet", "none"], default="imagenet",
-                   help="imagenet: torchvision's IMAGENET1K_V2 weights (V1 where there is no V2); "
-                        "none: random init (default: imagenet; smoke: none)")
+                   help="imagenet: torchvision's IMAGENET1K_V2 weights (V1 where there is no V2); none: random init")
     g.add_argument("--img-size", type=pint, default=224,
-                   help="CIFAR's 32 px images are resized to this on the device, bilinear with antialias "
-                        "(default: 224)")
+                   help="CIFAR's 32 px images are resized to this on the device, bilinear with antialias")
     g.add_argument("--train-size", type=non_negative_int, default=0,
-                   help="CIFAR-10 training images to use, 0 = all 50,000 (default: 0)")
-    g.add_argument("--test-size", type=non_negative_int, default=0,
-                   help="CIFAR-10 test images to use, 0 = all 10,000 (default: 0)")
-    g.add_argument("--val-size", type=pint, default=5000,
-                   help="training images held out for the validation curves (default: 5000)")
+                   help="CIFAR-10 training images to use, 0 = all 50,000")
+    g.add_argument("--test-size", type=non_negative_int, default=0, help="CIFAR-10 test images to use, 0 = all 10,000")
+    g.add_argument("--val-size", type=pint, default=5000, help="training images held out for the validation curves")
     g.add_argument("--eval-batch-size", type=pint, default=512,
-                   help="batch size for feature extraction and evaluation (default: 512)")
+                   help="batch size for feature extraction and evaluation")
     g.add_argument("--bn-calib-size", type=common.Bounded(int, lo=2), default=2000,
                    help="training images whose batch statistics become the BatchNorm running mean and variance "
                         "of a randomly initialised backbone (--weights none, transfer's scratch arms) before it "
-                        "is frozen (default: 2000; smoke: 128)")
+                        "is frozen")
     g = parser.add_argument_group("baseline (also the head training of residual and depth)")
-    g.add_argument("--epochs", type=pint, default=5, help="epochs of linear-head training (default: 5)")
-    g.add_argument("--batch-size", type=pint, default=256, help="head-training minibatch (default: 256)")
-    g.add_argument("--lr", type=pfloat, default=1e-3,
-                   help="AdamW learning rate of the head, cosine-decayed (default: 1e-3)")
-    g.add_argument("--weight-decay", type=non_negative_float, default=1e-4,
-                   help="AdamW weight decay of the head (default: 1e-4)")
+    g.add_argument("--epochs", type=pint, default=5, help="epochs of linear-head training")
+    g.add_argument("--batch-size", type=pint, default=256, help="head-training minibatch")
+    g.add_argument("--lr", type=pfloat, default=1e-3, help="AdamW learning rate of the head, cosine-decayed")
+    g.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="AdamW weight decay of the head")
     g.add_argument("--augment", action="store_true",
                    help="train the baseline head through the frozen backbone every epoch with random crops and "
                         "flips, instead of on cached features (slower: one backbone pass per epoch)")
     g = parser.add_argument_group("residual")
     g.add_argument("--ablate-blocks", default="auto", metavar="B1,B2",
                    help="blocks whose shortcut is cut, e.g. layer1.1,layer3.5; auto = the middle block of every "
-                        "stage (default: auto). The sweep over whole stages and all blocks always runs too")
+                        "stage. The sweep over whole stages and all blocks always runs too")
     g.add_argument("--grad-batch", type=pint, default=32,
-                   help="training images for the gradient norms at initialisation (default: 32)")
+                   help="training images for the gradient norms at initialisation")
     g = parser.add_argument_group("features")
     g.add_argument("--n-vis", type=common.Bounded(int, lo=5), default=2000,
-                   help="test images embedded and scored per depth; UMAP needs at least 4 (default: 2000)")
+                   help="test images embedded and scored per depth; UMAP needs at least 4")
     g.add_argument("--probe-train-size", type=common.Bounded(int, lo=10), default=5000,
                    help="training images for the logistic-regression probes; a fifth of them chooses the "
-                        "regularisation, so a few per class at least (default: 5000)")
+                        "regularisation, so a few per class at least")
     g.add_argument("--embed", choices=["tsne", "umap", "both"], default="both",
-                   help="2-D embedding; both draws t-SNE and UMAP side by side and scores each (default: both; "
-                        "smoke: tsne, since UMAP costs ~20 s of numba compilation per process)")
-    g.add_argument("--n-pairs", type=pint, default=5, help="most-confused class pairs to analyse (default: 5)")
+                   help="2-D embedding; both draws t-SNE and UMAP side by side and scores each (--smoke: tsne, "
+                        "since UMAP costs ~20 s of numba compilation per process)")
+    g.add_argument("--n-pairs", type=pint, default=5, help="most-confused class pairs to analyse")
     g = parser.add_argument_group("transfer")
     g.add_argument("--transfer-dataset", choices=["cifar100", "cifar10", "stl10"], default="cifar100",
-                   help="dataset to fine-tune on (default: cifar100)")
+                   help="dataset to fine-tune on")
     g.add_argument("--transfer-train-size", type=non_negative_int, default=10000,
-                   help="its training images, 0 = all (default: 10000, which keeps six arms of ResNet-152 at 224 px "
-                        "to minutes on one GPU)")
-    g.add_argument("--transfer-val-size", type=pint, default=1000,
-                   help="of those, held out for validation curves (default: 1000)")
-    g.add_argument("--transfer-test-size", type=non_negative_int, default=0,
-                   help="its test images, 0 = all (default: 0)")
-    g.add_argument("--transfer-epochs", type=pint, default=3, help="epochs for every arm (default: 3)")
-    g.add_argument("--transfer-batch-size", type=pint, default=128, help="fine-tuning minibatch (default: 128)")
+                   help="its training images, 0 = all; 10,000 keeps six arms of ResNet-152 at 224 px to minutes "
+                        "on one GPU")
+    g.add_argument("--transfer-val-size", type=pint, default=1000, help="of those, held out for validation curves")
+    g.add_argument("--transfer-test-size", type=non_negative_int, default=0, help="its test images, 0 = all")
+    g.add_argument("--transfer-epochs", type=pint, default=3, help="epochs for every arm")
+    g.add_argument("--transfer-batch-size", type=pint, default=128, help="fine-tuning minibatch")
     g.add_argument("--transfer-lr", type=pfloat, default=1e-3,
-                   help="AdamW learning rate of the new head, cosine-decayed per step (default: 1e-3)")
-    g.add_argument("--backbone-lr-mult", type=pfloat, default=0.1,
-                   help="backbone learning rate = this x --transfer-lr (default: 0.1)")
+                   help="AdamW learning rate of the new head, cosine-decayed per step")
+    g.add_argument("--backbone-lr-mult", type=pfloat, default=0.1, help="backbone learning rate = this x --transfer-lr")
     g = parser.add_argument_group("depth")
     g.add_argument("--depth-archs", type=resnet_list, default=["resnet18", "resnet152"], metavar="A,B",
-                   help="ResNets to compare (default: resnet18,resnet152; smoke: resnet18,resnet34)")
+                   help="ResNets to compare")
     g.add_argument("--throughput-batches", type=pint, default=10,
-                   help="timed batches of --eval-batch-size for images/s (default: 10)")
+                   help="timed batches of --eval-batch-size for images/s")
     g = parser.add_argument_group("scratch_shortcuts (He et al. 2016 sec. 4.2: CIFAR ResNet vs the plain net)")
     g.add_argument("--scratch-dataset", choices=["cifar10", "fashion-mnist"], default="cifar10",
-                   help="training set; fashion-mnist is padded to 32x32 and repeated to 3 channels (default: cifar10)")
+                   help="training set; fashion-mnist is padded to 32x32 and repeated to 3 channels")
     g.add_argument("--scratch-depth", type=CifarDepth(), default=56,
-                   help="layers, 6n+2; He et al. see plain nets degrade from 20 to 56 (default: 56; smoke: 8)")
+                   help="layers, 6n+2; He et al. see plain nets degrade from 20 to 56")
     g.add_argument("--scratch-width", type=pint, default=16,
-                   help="channels of the first stage, doubled at each of the two later stages (default: 16)")
+                   help="channels of the first stage, doubled at each of the two later stages")
     g.add_argument("--scratch-train-size", type=non_negative_int, default=0,
-                   help="training images, 0 = the whole training split (default: 0; smoke: 256)")
-    g.add_argument("--scratch-test-size", type=non_negative_int, default=0,
-                   help="test images, 0 = the whole test split (default: 0; smoke: 128)")
+                   help="training images, 0 = the whole training split")
+    g.add_argument("--scratch-test-size", type=non_negative_int, default=0, help="test images, 0 = the whole test split")
     g.add_argument("--scratch-epochs", type=pint, default=15,
                    help="epochs for both networks; the lr drops 10x at 50%% and 75%% of the steps, He et al.'s "
-                        "schedule compressed from 164 epochs (default: 15; smoke: 2)")
-    g.add_argument("--scratch-batch-size", type=pint, default=128, help="SGD minibatch (default: 128; smoke: 32)")
-    g.add_argument("--scratch-lr", type=pfloat, default=0.1, help="SGD learning rate (default: 0.1)")
+                        "schedule compressed from 164 epochs")
+    g.add_argument("--scratch-batch-size", type=pint, default=128, help="SGD minibatch")
+    g.add_argument("--scratch-lr", type=pfloat, default=0.1, help="SGD learning rate")
     g.add_argument("--scratch-warmup", type=common.unit_float, default=0.05,
-                   help="fraction of the steps over which the lr ramps linearly up to --scratch-lr (default: 0.05)")
-    g.add_argument("--scratch-momentum", type=common.unit_float, default=0.9, help="SGD momentum (default: 0.9)")
-    g.add_argument("--scratch-weight-decay", type=non_negative_float, default=1e-4,
-                   help="SGD weight decay (default: 1e-4)")
+                   help="fraction of the steps over which the lr ramps linearly up to --scratch-lr")
+    g.add_argument("--scratch-momentum", type=common.unit_float, default=0.9, help="SGD momentum")
+    g.add_argument("--scratch-weight-decay", type=non_negative_float, default=1e-4, help="SGD weight decay")
     g.add_argument("--scratch-augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="4 px reflect-pad random crops and horizontal flips (default: on)")
+                   help="4 px reflect-pad random crops and horizontal flips")
     g.add_argument("--scratch-target-acc", type=common.unit_float, default=0.8,
-                   help="convergence speed = training steps until the running training accuracy first reaches "
-                        "this (default: 0.8)")
+                   help="convergence speed = training steps until the running training accuracy first reaches this")
     return parser
 
 
@@ -244,29 +238,46 @@ def check_args(args) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Data: uint8 CIFAR on the device, resized and normalised per batch
+# Data: uint8 images on the device, resized and normalised per batch
 # ----------------------------------------------------------------------------
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_data(name: str, args, train: bool, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """One split as uint8 [N, 3, h, w] and int64 [N] on the device (CIFAR-10 train is
-    150 MB as uint8; resized to 224 px in float it would be 30 GB, so resizing happens
-    per batch). `size` > 0 keeps a seeded random subset of that many images."""
-    x, y, classes = common.load_split(name, args.data_root, train, smoke=args.smoke, seed=args.seed,
-                                      smoke_size=size or None)
-    if 0 < size < len(y):
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed))[:size]
-        x, y = x[keep], y[keep]
-    return x.to(device), y.to(device), classes
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """One dataset on the device: images uint8 [N, 3, h, w] and labels int64 [N] of both
+    splits, class names, and a seeded split of the training images into train_idx and
+    val_idx (index tensors). CIFAR-10 train is 150 MB as uint8; resized to 224 px in
+    float it would be 30 GB, so resizing happens per batch (preprocess)."""
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
 
 
-def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a seeded train/validation split of n training images."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
-    return perm[val_size:], perm[:val_size]
+def load_dataset(name: str, train_size: int, test_size: int, val_size: int, val_flag: str, args,
+                 device: torch.device) -> Data:
+    """Both splits of `name` on the device (a size > 0 keeps a seeded random subset of that
+    many images) and `val_size` training images held out for validation."""
+    def split(train: bool, size: int):
+        x, y, classes = common.load_split(name, args.data_root, train, smoke=args.smoke, seed=args.seed,
+                                          smoke_size=size or None)
+        if 0 < size < len(y):
+            keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed))[:size]
+            x, y = x[keep], y[keep]
+        return x.to(device), y.to(device), classes
+
+    x_train, y_train, classes = split(True, train_size)
+    if val_size >= len(y_train):
+        raise common.UserError(f"{val_flag} {val_size} leaves no training images out of {len(y_train)}")
+    x_test, y_test, _ = split(False, test_size)
+    perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    return Data(x_train, y_train, x_test, y_test, classes, perm[val_size:], perm[:val_size])
 
 
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -283,18 +294,15 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip, out.flip(-1), out)
 
 
-def preprocess(x: torch.Tensor, img_size: int, augment: bool = False, gen: torch.Generator | None = None):
-    """uint8 [B, 3, h, w] -> float [B, 3, S, S]: optional crop/flip at the native size,
-    bilinear resize with antialias (it only matters when shrinking, e.g. STL-10's 96 px
-    to 64), ImageNet normalisation; channels_last on CUDA, where cuDNN's convolutions
-    are fastest in NHWC."""
-    x = x.float().div_(255.0)
+def preprocess(x: torch.Tensor, img_size: int, augment: bool = False, gen: torch.Generator | None = None,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 [B, 3, h, w] -> normalised float [B, 3, S, S] by common.resize_normalise
+    (bilinear with antialias, which only matters when shrinking, e.g. STL-10's 96 px to
+    64; channels_last on CUDA). With `augment`, crop/flip first at the native size.
+    ImageNet statistics by default; scratch_shortcuts passes its training set's."""
     if augment:
-        x = random_crop_flip(x, gen)
-    if x.shape[-1] != img_size or x.shape[-2] != img_size:
-        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
-    x = (x - x.new_tensor(IMAGENET_MEAN)[:, None, None]) / x.new_tensor(IMAGENET_STD)[:, None, None]
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+        x = random_crop_flip(x.float().div(255.0), gen)
+    return common.resize_normalise(x, img_size, mean, std)
 
 
 # ----------------------------------------------------------------------------
@@ -531,38 +539,43 @@ def feature_settings(args, arch: str, dataset: str, split: str, n: int, ablated:
             "dtype": "float32"}
 
 
-def cached_features(model: nn.Module, images: torch.Tensor, settings: dict, args, device: torch.device,
-                    memo: dict | None = None) -> tuple[torch.Tensor, float | None]:
-    """Pooled features [N, C] on the device, from memo, then cache/, else extracted and
-    saved. Saved as float32 (ResNet-152's 60k x 2048 features take 491 MB): float16
-    would halve that, but its range ends at 65,504, and random or ablated networks'
-    features pass it (a random ResNet-152 with untouched BatchNorm statistics reached
-    2.4e8 at 224 px, which float16 stored as inf and the head turned into NaN).
-    Returns (features, extraction seconds or None when they came from a cache)."""
-    key = json.dumps(settings, sort_keys=True)
-    if memo is not None and key in memo:
-        return memo[key], None
+def cached_features(model: nn.Module, images: torch.Tensor, settings: dict, args,
+                    device: torch.device) -> tuple[torch.Tensor, float | None]:
+    """Pooled features [N, C] on the device, from cache/, else extracted and saved.
+    Saved as float32 (ResNet-152's 60k x 2048 features take 491 MB): float16 would
+    halve that, but its range ends at 65,504, and random or ablated networks' features
+    pass it (a random ResNet-152 with untouched BatchNorm statistics reached 2.4e8 at
+    224 px, which float16 stored as inf and the head turned into NaN).
+    Returns (features, extraction seconds or None when they came from the cache)."""
     path = common.cache_path(args.out, "features", settings)
-    blob, seconds = common.load_cache(path, args.fresh), None
+    blob = common.load_cache(path, args.fresh)
     if blob is not None:
         feats = blob.get("features") if isinstance(blob, dict) else None
         if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or len(feats) != len(images):
             raise common.UserError(f"cache file {path} does not hold {len(images)} feature rows; "
                                    f"delete it or rerun with --fresh")
-        feats = feats.to(device).float()
-    else:
-        sync(device)
-        t0 = time.perf_counter()
-        feats = extract_features(model, images, args.img_size, args.eval_batch_size, device,
-                                 f"{settings['arch']} {settings['split']}")
-        sync(device)
-        seconds = time.perf_counter() - t0
-        print(f"extracted {settings['arch']} features of {len(images)} {settings['dataset']} {settings['split']} "
-              f"images in {seconds:.1f} s ({len(images) / seconds:.0f} images/s)", flush=True)
-        common.save_cache(path, {"features": feats.cpu(), "config": settings})
-    if memo is not None:
-        memo[key] = feats
+        return feats.to(device).float(), None
+    sync(device)
+    t0 = time.perf_counter()
+    feats = extract_features(model, images, args.img_size, args.eval_batch_size, device,
+                             f"{settings['arch']} {settings['split']}")
+    sync(device)
+    seconds = time.perf_counter() - t0
+    print(f"extracted {settings['arch']} features of {len(images)} {settings['dataset']} {settings['split']} "
+          f"images in {seconds:.1f} s ({len(images) / seconds:.0f} images/s)", flush=True)
+    common.save_cache(path, {"features": feats.cpu(), "config": settings})
     return feats, seconds
+
+
+def pooled_features(model: nn.Module, arch: str, data: Data, args, device: torch.device,
+                    ablated: list[str] = ()) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """CIFAR-10 pooled features of `model` (`arch`, with the shortcuts of `ablated` cut):
+    (train [N, C], test [M, C], extraction seconds, None when either came from cache/)."""
+    ftr, t_train = cached_features(model, data.x_train, feature_settings(
+        args, arch, "cifar10", "train", len(data.y_train), ablated), args, device)
+    fte, t_test = cached_features(model, data.x_test, feature_settings(
+        args, arch, "cifar10", "test", len(data.y_test), ablated), args, device)
+    return ftr, fte, None if t_train is None or t_test is None else t_train + t_test
 
 
 def cached_batches(feats: torch.Tensor, labels: torch.Tensor, batch_size: int, gen: torch.Generator):
@@ -637,33 +650,40 @@ def train_head(epoch_batches, dim: int, n_classes: int, val_feats: torch.Tensor,
     return head, hist
 
 
-def confusion_matrix(labels, preds, n_classes: int) -> np.ndarray:
-    """[K, K] counts, rows = true class, columns = predicted class."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    return np.bincount(labels * n_classes + preds, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+def linear_head(ftr: torch.Tensor, data: Data, args, desc: str,
+                through: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """The baseline recipe (--epochs, --batch-size, --lr, --weight-decay, --seed) on the
+    pooled training features `ftr` [N, C], validated on data.val_idx; with `through` (a
+    frozen backbone), minibatches are recomputed from augmented images instead (--augment)."""
+    tr, va, y = data.train_idx, data.val_idx, data.y_train
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def batches():  # one epoch of minibatches
+        if through is not None:
+            return backbone_batches(through, data.x_train[tr], y[tr], args.batch_size, args.img_size, ftr.device,
+                                    gen, augment=True)
+        return cached_batches(ftr[tr], y[tr], args.batch_size, gen)
+
+    return train_head(batches, ftr.shape[1], len(data.classes), ftr[va], y[va], args.epochs, args.lr,
+                      args.weight_decay, args.seed, desc)
 
 
-def fit_baseline(model: nn.Module, data: dict, args, device: torch.device, memo: dict) -> dict:
-    """The head-only baseline every other experiment compares with: pooled features of
-    train and test (cached), a linear head trained for --epochs on them (also cached),
-    its test accuracy and confusion matrix. With --augment the head instead trains
-    through the backbone on augmented images each epoch (evaluation features are the
-    same either way: the backbone is frozen)."""
-    k = len(data["classes"])
-    ftr, t_train = cached_features(model, data["x_train"], feature_settings(
-        args, args.arch, "cifar10", "train", len(data["y_train"])), args, device, memo)
-    fte, t_test = cached_features(model, data["x_test"], feature_settings(
-        args, args.arch, "cifar10", "test", len(data["y_test"])), args, device, memo)
-    tr, va = data["train_idx"].to(device), data["val_idx"].to(device)
-    y = data["y_train"]
-    settings = {**feature_settings(args, args.arch, "cifar10", "head", len(y)), "epochs": args.epochs,
+def fit_baseline(model: nn.Module, data: Data, pooled: tuple, args, device: torch.device) -> dict:
+    """The head-only baseline every other experiment compares with: a linear head trained
+    for --epochs on the pooled features (train, test, seconds) of `pooled` (the head is
+    cached too), its test accuracy and confusion matrix. With --augment the head instead
+    trains through the backbone on augmented images each epoch (evaluation features are
+    the same either way: the backbone is frozen)."""
+    ftr, fte, extract_seconds = pooled
+    k = len(data.classes)
+    settings = {**feature_settings(args, args.arch, "cifar10", "head", len(data.y_train)), "epochs": args.epochs,
                 "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
                 "val_size": args.val_size, "augment": args.augment, "seed": args.seed}
     path = common.cache_path(args.out, "head", settings)
     blob = common.load_cache(path, args.fresh)
-    head = make_head(ftr.shape[1], k).to(device)
     t0 = time.perf_counter()
     if blob is not None:
+        head = make_head(ftr.shape[1], k).to(device)
         try:
             head.load_state_dict(blob["state"])
             hist = {key: list(blob["history"][key]) for key in ("train_loss", "train_acc", "val_loss", "val_acc")}
@@ -672,23 +692,13 @@ def fit_baseline(model: nn.Module, data: dict, args, device: torch.device, memo:
                                    f"with --fresh") from None
         print(f"baseline head loaded from {path}", flush=True)
     else:
-        gen = torch.Generator().manual_seed(args.seed)
-
-        def batches():  # one epoch of minibatches
-            if args.augment:
-                return backbone_batches(model, data["x_train"][tr], y[tr], args.batch_size, args.img_size, device,
-                                        gen, augment=True)
-            return cached_batches(ftr[tr], y[tr], args.batch_size, gen)
-
-        head, hist = train_head(batches, ftr.shape[1], k, ftr[va], y[va], args.epochs, args.lr,
-                                args.weight_decay, args.seed, "baseline head")
+        head, hist = linear_head(ftr, data, args, "baseline head", through=model if args.augment else None)
         common.save_cache(path, {"state": head.state_dict(), "history": hist, "config": settings})
     head_seconds = time.perf_counter() - t0
-    test_loss, test_acc, pred = evaluate_head(head, fte, data["y_test"])
-    cm = confusion_matrix(data["y_test"].cpu().numpy(), pred.cpu().numpy(), k)
-    extract = None if t_train is None or t_test is None else t_train + t_test
-    return {"head": head, "history": hist, "test_loss": test_loss, "test_acc": test_acc, "confusion": cm,
-            "extract_seconds": extract, "head_seconds": head_seconds, "train_feats": ftr, "test_feats": fte}
+    test_loss, test_acc, pred = evaluate_head(head, fte, data.y_test)
+    return {"head": head, "history": hist, "test_loss": test_loss, "test_acc": test_acc,
+            "confusion": common.confusion_matrix(data.y_test.cpu().numpy(), pred.cpu().numpy(), k),
+            "feature_dim": ftr.shape[1], "extract_seconds": extract_seconds, "head_seconds": head_seconds}
 
 
 # ----------------------------------------------------------------------------
@@ -696,32 +706,37 @@ def fit_baseline(model: nn.Module, data: dict, args, device: torch.device, memo:
 # ----------------------------------------------------------------------------
 
 
-def baseline(fit, classes: list[str], args) -> dict:
-    r = fit()
-    h, out = r["history"], Path(args.out)
+def baseline(fit: dict, data: Data, args) -> dict:
+    """Handout 1.1: a frozen backbone and a linear head (fit_baseline's result)."""
+    h, n_img, extract = fit["history"], len(data.y_train) + len(data.y_test), fit["extract_seconds"]
+    mode = "augmented, through the backbone" if args.augment else "cached features"
+    common.save_plot_data(args.out, "baseline", classes=data.classes,
+                          setup=f"{args.arch} (weights: {args.weights}, {args.img_size} px, {mode})")
+    return {"test_acc": fit["test_acc"], "test_loss": fit["test_loss"],
+            "final_train_acc": h["train_acc"][-1], "final_val_acc": h["val_acc"][-1],
+            "final_train_loss": h["train_loss"][-1], "final_val_loss": h["val_loss"][-1],
+            "history": h, "feature_dim": fit["feature_dim"], "extract_seconds": extract,
+            "extract_images_per_s": None if not extract else n_img / extract,
+            "head_seconds": fit["head_seconds"], "confusion": fit["confusion"]}
+
+
+def plot_baseline(m: dict, out: Path) -> None:
+    p = common.load_plot_data(out, "baseline")
+    h = m["history"]
     epochs = list(range(1, len(h["train_loss"]) + 1))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     common.line_plot(a1, {"train": (epochs, h["train_loss"]), "validation": (epochs, h["val_loss"])},
                      "cross-entropy", "epoch", "loss")
     common.line_plot(a2, {"train": (epochs, h["train_acc"]), "validation": (epochs, h["val_acc"])},
                      "accuracy", "epoch", "accuracy")
-    a2.axhline(r["test_acc"], color="k", ls="--", lw=1, label=f"test {r['test_acc']:.3f}")
+    a2.axhline(m["test_acc"], color="k", ls="--", lw=1, label=f"test {m['test_acc']:.3f}")
     a2.legend(fontsize=8)
     for ax in (a1, a2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    mode = "augmented, through the backbone" if args.augment else "cached features"
-    fig.suptitle(f"Baseline: linear head on frozen {args.arch} (weights: {args.weights}, {args.img_size} px, {mode})")
+    fig.suptitle(f"Baseline: linear head on frozen {p['setup']}")
     common.save_figure(fig, out / "baseline_curves.png")
-    common.plot_confusion(r["confusion"], classes, out / "baseline_confusion.png",
-                          f"Baseline confusion on CIFAR-10 test (accuracy {r['test_acc']:.3f})")
-    n_img = len(r["train_feats"]) + len(r["test_feats"])
-    return {"test_acc": r["test_acc"], "test_loss": r["test_loss"],
-            "final_train_acc": h["train_acc"][-1], "final_val_acc": h["val_acc"][-1],
-            "final_train_loss": h["train_loss"][-1], "final_val_loss": h["val_loss"][-1],
-            "history": h, "feature_dim": r["train_feats"].shape[1],
-            "extract_seconds": r["extract_seconds"],
-            "extract_images_per_s": None if not r["extract_seconds"] else n_img / r["extract_seconds"],
-            "head_seconds": r["head_seconds"], "confusion": r["confusion"]}
+    common.plot_confusion(m["confusion"], p["classes"].tolist(), out / "baseline_confusion.png",
+                          f"Baseline confusion on CIFAR-10 test (accuracy {m['test_acc']:.3f})")
 
 
 # ----------------------------------------------------------------------------
@@ -751,92 +766,90 @@ def gradient_norms(arch: str, images: torch.Tensor, labels: torch.Tensor, n_clas
     return norms, loss.item()
 
 
-def residual(model: nn.Module, data: dict, fit, selected: list[str], args, device: torch.device) -> dict:
-    """Cut shortcuts in the pretrained backbone, re-extract features and retrain the
-    head exactly as in the baseline; also score the baseline head on the ablated
-    features without retraining. Then gradient norms at init with and without."""
-    base = fit()
-    k, out = len(data["classes"]), Path(args.out)
+def per_stage(norms: dict) -> dict:
+    """Block gradient norms -> stem and one per stage (sqrt of the summed squares)."""
+    return {"stem": norms["stem"], **{f"layer{s}": math.sqrt(sum(v ** 2 for n, v in norms.items()
+                                                                 if n.startswith(f"layer{s}.")))
+                                      for s in range(1, 5)}}
+
+
+def residual(model: nn.Module, data: Data, base: dict, selected: list[str], args, device: torch.device) -> dict:
+    """Handout 1.2: cut shortcuts in the pretrained backbone (each set of CUT_SETS),
+    re-extract features and retrain the head exactly as in the baseline `base`; also
+    score the baseline head on the ablated features without retraining. Then gradient
+    norms at random initialisation with and without shortcuts."""
     blocks = residual_blocks(model)
-    configs = {"selected": selected}
-    configs.update({f"layer{s}": [b for b in blocks if b.startswith(f"layer{s}.")] for s in range(1, 5)})
-    configs["all"] = blocks
-    tr, va = data["train_idx"].to(device), data["val_idx"].to(device)
-    y = data["y_train"]
+    cuts = {"selected": selected, **{f"layer{s}": [b for b in blocks if b.startswith(f"layer{s}.")]
+                                     for s in range(1, 5)}, "all": blocks}
     metrics = {"baseline_test_acc": base["test_acc"], "selected_blocks": ",".join(selected)}
     curves = {"baseline (no cut)": base["history"]}
-    for name, cut in configs.items():
-        with shortcuts_cut(model, cut):  # no memo: each ablated set is used once
-            ftr, _ = cached_features(model, data["x_train"], feature_settings(
-                args, args.arch, "cifar10", "train", len(y), cut), args, device)
-            fte, _ = cached_features(model, data["x_test"], feature_settings(
-                args, args.arch, "cifar10", "test", len(data["y_test"]), cut), args, device)
-        gen = torch.Generator().manual_seed(args.seed)
-        head, hist = train_head(lambda: cached_batches(ftr[tr], y[tr], args.batch_size, gen), ftr.shape[1], k,
-                                ftr[va], y[va], args.epochs, args.lr, args.weight_decay, args.seed,
-                                f"cut {name} ({len(cut)} blocks)")
-        _, acc, _ = evaluate_head(head, fte, data["y_test"])
-        _, acc_frozen_head, _ = evaluate_head(base["head"], fte, data["y_test"])
+    for name, cut in cuts.items():
+        with shortcuts_cut(model, cut):
+            ftr, fte, _ = pooled_features(model, args.arch, data, args, device, ablated=cut)
+        head, hist = linear_head(ftr, data, args, f"cut {name} ({len(cut)} blocks)")
+        _, acc, _ = evaluate_head(head, fte, data.y_test)
+        _, acc_frozen_head, _ = evaluate_head(base["head"], fte, data.y_test)
         curves[f"cut {name} ({len(cut)})"] = hist
         metrics[name] = {"blocks_cut": len(cut), "test_acc_retrained": acc, "test_acc_no_retrain": acc_frozen_head,
                          "final_val_acc": hist["val_acc"][-1], "final_train_loss": hist["train_loss"][-1]}
         print(f"cut {name}: test acc {acc:.4f} retrained, {acc_frozen_head:.4f} with the baseline head", flush=True)
 
-    # Figure 1: curves of every configuration against the baseline, and the accuracies.
+    idx = data.train_idx[:args.grad_batch]
+    grads, losses = {}, {}
+    for label, cut in (("with_shortcuts", False), ("without_shortcuts", True)):
+        grads[label], losses[label] = gradient_norms(args.arch, data.x_train[idx], data.y_train[idx],
+                                                     len(data.classes), args.img_size, device, args.seed, cut)
+    metrics["gradnorm"] = {label: per_stage(g) for label, g in grads.items()}
+    metrics["gradnorm_stem_over_layer4"] = {label: g["stem"] / max(g["layer4"], 1e-30)
+                                            for label, g in metrics["gradnorm"].items()}
+    metrics["init_loss"] = losses
+    common.save_plot_data(args.out, "residual", curve_names=list(curves), n_classes=len(data.classes),
+                          train_loss=[h["train_loss"] for h in curves.values()],
+                          val_acc=[h["val_acc"] for h in curves.values()], block_names=list(grads["with_shortcuts"]),
+                          grad_with=list(grads["with_shortcuts"].values()),
+                          grad_without=list(grads["without_shortcuts"].values()),
+                          arch=args.arch, weights=args.weights, grad_batch=len(idx))
+    return metrics
+
+
+def plot_residual(m: dict, out: Path) -> None:
+    """residual_curves.png: every cut set's head curves against the baseline's, and the
+    test accuracies; residual_gradnorms.png: gradient norm per block at initialisation."""
+    p = common.load_plot_data(out, "residual")
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
-    ep = list(range(1, args.epochs + 1))
-    common.line_plot(axes[0], {n: (ep, h["train_loss"]) for n, h in curves.items()},
+    ep = list(range(1, p["train_loss"].shape[1] + 1))
+    common.line_plot(axes[0], {n: (ep, v) for n, v in zip(p["curve_names"], p["train_loss"])},
                      "head training loss", "epoch", "cross-entropy")
-    common.line_plot(axes[1], {n: (ep, h["val_acc"]) for n, h in curves.items()},
+    common.line_plot(axes[1], {n: (ep, v) for n, v in zip(p["curve_names"], p["val_acc"])},
                      "validation accuracy", "epoch", "accuracy")
-    names = list(configs)
-    xs = np.arange(len(names))
-    axes[2].bar(xs - 0.2, [metrics[n]["test_acc_retrained"] for n in names], 0.4, label="head retrained")
-    axes[2].bar(xs + 0.2, [metrics[n]["test_acc_no_retrain"] for n in names], 0.4, label="baseline head, no retrain")
-    axes[2].axhline(base["test_acc"], color="k", ls="--", lw=1, label=f"baseline {base['test_acc']:.3f}")
-    axes[2].axhline(1 / k, color="grey", ls=":", lw=1, label="chance")
-    axes[2].set_xticks(xs, [f"{n}\n({len(configs[n])} blocks)" for n in names], fontsize=8)
+    xs, base = np.arange(len(CUT_SETS)), m["baseline_test_acc"]
+    axes[2].bar(xs - 0.2, [m[n]["test_acc_retrained"] for n in CUT_SETS], 0.4, label="head retrained")
+    axes[2].bar(xs + 0.2, [m[n]["test_acc_no_retrain"] for n in CUT_SETS], 0.4, label="baseline head, no retrain")
+    axes[2].axhline(base, color="k", ls="--", lw=1, label=f"baseline {base:.3f}")
+    axes[2].axhline(1 / int(p["n_classes"]), color="grey", ls=":", lw=1, label="chance")
+    axes[2].set_xticks(xs, [f"{n}\n({m[n]['blocks_cut']} blocks)" for n in CUT_SETS], fontsize=8)
     axes[2].set(title="test accuracy with shortcuts cut", ylabel="accuracy", ylim=(0, 1))
     axes[2].legend(fontsize=7)
     for ax in axes[:2]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"Residual ablation in {args.arch} (weights: {args.weights}): shortcuts cut, "
+    fig.suptitle(f"Residual ablation in {p['arch']} (weights: {p['weights']}): shortcuts cut, "
                  f"each cut block returns relu(F(x)); head retrained as in the baseline")
     common.save_figure(fig, out / "residual_curves.png")
 
-    # Figure 2: gradient norms at random initialisation, with and without shortcuts.
-    idx = data["train_idx"][:args.grad_batch].to(device)
-    grads, losses = {}, {}
-    for label, cut in (("with_shortcuts", False), ("without_shortcuts", True)):
-        grads[label], losses[label] = gradient_norms(args.arch, data["x_train"][idx], y[idx], k, args.img_size,
-                                                     device, args.seed, cut)
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    names = list(grads["with_shortcuts"])
-    for label, style in (("with_shortcuts", "-o"), ("without_shortcuts", "-s")):
-        ax.plot(range(len(names)), [max(grads[label][n], 1e-30) for n in names], style, ms=3,
-                label=label.replace("_", " "))
-    starts = [i for i, n in enumerate(names) if n.endswith(".0")]
-    for i in starts:
+    names = p["block_names"].tolist()
+    for label, norms, style in (("with shortcuts", p["grad_with"], "-o"), ("without shortcuts", p["grad_without"], "-s")):
+        ax.plot(range(len(names)), np.maximum(norms, 1e-30), style, ms=3, label=label)
+    for i in [i for i, n in enumerate(names) if n.endswith(".0")]:  # the first block of each stage
         ax.axvline(i - 0.5, color="grey", lw=0.6, ls=":")
         ax.text(i - 0.3, 1.0, names[i].split(".")[0], transform=ax.get_xaxis_transform(), fontsize=8, va="top")
+    loss = m["init_loss"]
     ax.set(yscale="log", xlabel="block (input -> output; 0 = stem)", ylabel="||dL/dθ|| of the block",
-           title=f"Gradient norm per block at random initialisation, {args.arch}, batch of {len(idx)}\n"
-                 f"(initial loss {losses['with_shortcuts']:.2f} with shortcuts, "
-                 f"{losses['without_shortcuts']:.2f} without)")
+           title=f"Gradient norm per block at random initialisation, {p['arch']}, batch of {p['grad_batch']}\n"
+                 f"(initial loss {loss['with_shortcuts']:.2f} with shortcuts, {loss['without_shortcuts']:.2f} without)")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     common.save_figure(fig, out / "residual_gradnorms.png")
-
-    def per_stage(g):  # sqrt of the summed squares over a stage's blocks
-        stages = {f"layer{s}": math.sqrt(sum(v ** 2 for n, v in g.items() if n.startswith(f"layer{s}.")))
-                  for s in range(1, 5)}
-        return {"stem": g["stem"], **stages}
-
-    metrics["gradnorm"] = {label: per_stage(g) for label, g in grads.items()}
-    metrics["gradnorm_stem_over_layer4"] = {label: per_stage(g)["stem"] / max(per_stage(g)["layer4"], 1e-30)
-                                            for label, g in grads.items()}
-    metrics["init_loss"] = losses
-    return metrics
 
 
 # ----------------------------------------------------------------------------
@@ -917,46 +930,52 @@ def trustworthiness(x: np.ndarray, xy: np.ndarray, k: int = 5) -> float:
 EMBED_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 
-def plot_embeddings(xy: dict, labels: np.ndarray, classes: list[str], metrics: dict, title: str, path: Path) -> None:
-    """One row of depth panels per method in `xy` ({method: {stage: [N, 2]}}), points
-    coloured by class; each panel names the probe accuracy and the map's scores."""
-    rows = list(xy)
-    fig, axes = plt.subplots(len(rows), len(STAGES), figsize=(4 * len(STAGES), 4.4 * len(rows)), squeeze=False,
-                             layout="constrained")
-    for r, method in enumerate(rows):
-        m = metrics["embedding"][method]
-        for ax, s in zip(axes[r], STAGES):
-            common.scatter_by_class(ax, xy[method][s], labels, classes,
-                                    f"{s} ({metrics['dim'][s]} ch): probe {metrics['probe_acc'][s]:.2f}, "
-                                    f"5-NN {metrics['knn_acc'][s]:.2f}\n{EMBED_NAMES[method]} map: trustworthiness "
-                                    f"{m['trustworthiness'][s]:.2f}, 5-NN {m['knn_acc_2d'][s]:.2f}",
-                                    size=5, legend=s == "layer4")
-            ax.title.set_fontsize(9)
-    fig.suptitle(title + "\n(5-NN: leave-one-out 5-nearest-neighbour accuracy in the features and in the map)")
-    common.save_figure(fig, path)
-
-
-def features(model: nn.Module, data: dict, confusion, args, device: torch.device) -> dict:
-    """Hooked stage features of --n-vis test images (embedded, silhouette, probe test
-    set) and --probe-train-size training images (probe training set)."""
-    from sklearn.metrics import silhouette_score
-
-    out, classes = Path(args.out), data["classes"]
-    g = torch.Generator().manual_seed(args.seed + 2)
-    vis = torch.randperm(len(data["y_test"]), generator=g)[:args.n_vis].to(device)
-    probe = data["train_idx"][:args.probe_train_size].to(device)
-    settings = {**feature_settings(args, args.arch, "cifar10", "stages", len(vis)), "probe_n": len(probe)}
+def cached_stage_features(model: nn.Module, test_images: torch.Tensor, train_images: torch.Tensor,
+                          settings: dict, args, device: torch.device) -> dict:
+    """{"test": stage_features of test_images, "train": of train_images}, from cache/ or computed and saved."""
     path = common.cache_path(args.out, "stagefeats", settings)
     blob = common.load_cache(path, args.fresh)
     if blob is None:
-        blob = {"test": stage_features(model, data["x_test"][vis], args.img_size, args.eval_batch_size, device),
-                "train": stage_features(model, data["x_train"][probe], args.img_size, args.eval_batch_size, device),
+        blob = {"test": stage_features(model, test_images, args.img_size, args.eval_batch_size, device),
+                "train": stage_features(model, train_images, args.img_size, args.eval_batch_size, device),
                 "config": settings}
         common.save_cache(path, blob)
     elif not isinstance(blob, dict) or set(blob.get("test", {})) != set(STAGES):
         raise common.UserError(f"cache file {path} does not hold stage features; delete it or rerun with --fresh")
-    y_te, y_tr = data["y_test"][vis].cpu().numpy(), data["y_train"][probe].cpu().numpy()
+    return blob
 
+
+def embed_stages(z: dict, labels: np.ndarray, method: str, settings: dict, args) -> tuple[dict, dict]:
+    """2-D `method` maps of every stage's standardised features `z`, cached (t-SNE of
+    2,000 points x 5 depths takes a minute), each scored by how much of the feature
+    space's neighbourhoods it keeps. Returns ({stage: [N, 2]}, its metrics)."""
+    path = common.cache_path(args.out, "embed", {**settings, "method": method})
+    emb = common.load_cache(path, args.fresh)
+    if emb is None or set(emb.get("xy", {})) != set(STAGES):
+        t0 = time.perf_counter()
+        with common.few_threads(len(labels)):
+            emb_xy = {s: torch.from_numpy(common.embed_2d(z[s], method, args.seed)) for s in STAGES}
+        emb = {"xy": emb_xy, "seconds": time.perf_counter() - t0, "config": {**settings, "method": method}}
+        common.save_cache(path, emb)
+    xy = {s: emb["xy"][s].numpy() for s in STAGES}
+    return xy, {"seconds": emb.get("seconds"),  # when it was computed (it may come from the cache)
+                "trustworthiness": {s: trustworthiness(z[s], xy[s]) for s in STAGES},
+                "knn_acc_2d": {s: knn_accuracy(xy[s], labels) for s in STAGES}}
+
+
+def features(model: nn.Module, data: Data, confusion: np.ndarray, args, device: torch.device) -> dict:
+    """Handout 1.3 and 1.5: hooked stage features of --n-vis test images (embedded,
+    silhouette, probe test set) and --probe-train-size training images (probe training
+    set), scored per depth; where the baseline's most-confused class pairs (from its
+    `confusion` matrix) sit at each depth."""
+    from sklearn.metrics import silhouette_score
+
+    g = torch.Generator().manual_seed(args.seed + 2)
+    vis = torch.randperm(len(data.y_test), generator=g)[:args.n_vis].to(device)
+    probe = data.train_idx[:args.probe_train_size]
+    settings = {**feature_settings(args, args.arch, "cifar10", "stages", len(vis)), "probe_n": len(probe)}
+    blob = cached_stage_features(model, data.x_test[vis], data.x_train[probe], settings, args, device)
+    y_te, y_tr = data.y_test[vis].cpu().numpy(), data.y_train[probe].cpu().numpy()
     metrics = {"probe_acc": {}, "silhouette": {}, "dim": {}}
     z = {}  # standardised test features per stage, so a few high-variance channels do not dominate distances
     for stage in STAGES:
@@ -970,68 +989,80 @@ def features(model: nn.Module, data: dict, confusion, args, device: torch.device
         metrics["dim"][stage] = te.shape[1]
         print(f"{stage}: {te.shape[1]} channels, probe acc {metrics['probe_acc'][stage]:.4f}, "
               f"silhouette {metrics['silhouette'][stage]:.4f}", flush=True)
-
-    # 2-D embeddings per depth, cached (t-SNE of 2,000 points x 5 depths takes a minute),
-    # each scored by how much of the feature space's neighbourhoods it keeps.
     metrics["knn_acc"] = {s: knn_accuracy(z[s], y_te) for s in STAGES}  # the full-dimensional reference
-    methods = ["tsne", "umap"] if args.embed == "both" else [args.embed]
     xy, metrics["embedding"] = {}, {}
-    for method in methods:
-        epath = common.cache_path(args.out, "embed", {**settings, "method": method})
-        emb = common.load_cache(epath, args.fresh)
-        if emb is None or set(emb.get("xy", {})) != set(STAGES):
-            t0 = time.perf_counter()
-            with common.few_threads(len(y_te)):
-                emb_xy = {s: torch.from_numpy(common.embed_2d(z[s], method, args.seed)) for s in STAGES}
-            emb = {"xy": emb_xy, "seconds": time.perf_counter() - t0, "config": {**settings, "method": method}}
-            common.save_cache(epath, emb)
-        xy[method] = {s: emb["xy"][s].numpy() for s in STAGES}
-        metrics["embedding"][method] = {
-            "seconds": emb.get("seconds"),  # when it was computed (it may come from the cache)
-            "trustworthiness": {s: trustworthiness(z[s], xy[method][s]) for s in STAGES},
-            "knn_acc_2d": {s: knn_accuracy(xy[method][s], y_te) for s in STAGES}}
-    title = f"pooled features by depth, {args.arch} (weights: {args.weights}), {len(y_te)} test images"
-    for method in methods:
-        plot_embeddings({method: xy[method]}, y_te, classes, metrics, f"{EMBED_NAMES[method]} of {title}",
+    for method in ["tsne", "umap"] if args.embed == "both" else [args.embed]:
+        xy[method], metrics["embedding"][method] = embed_stages(z, y_te, method, settings, args)
+
+    pairs = most_confused_pairs(confusion, args.n_pairs)
+    all_pairs = [(i, j) for i in range(len(data.classes)) for j in range(i + 1, len(data.classes))
+                 if (y_te == i).any() and (y_te == j).any()]
+    sep = {s: class_separation(z[s], y_te, [(i, j) for i, j, _ in pairs]) for s in STAGES}
+    metrics["mean_pair_separation"] = {s: float(np.mean(class_separation(z[s], y_te, all_pairs))) for s in STAGES}
+    metrics["confused_pairs"] = {f"{data.classes[i]}_vs_{data.classes[j]}": {
+        "confusions": count, "separation": {s: sep[s][n] for s in STAGES}} for n, (i, j, count) in enumerate(pairs)}
+    common.save_plot_data(args.out, "features", labels=y_te, classes=data.classes,
+                          setup=f"{args.arch} (weights: {args.weights})",
+                          **{f"xy_{method}": np.stack([xy[method][s] for s in STAGES]) for method in xy})
+    return metrics
+
+
+def plot_embeddings(xy: dict, labels: np.ndarray, classes: list[str], metrics: dict, title: str, path: Path) -> None:
+    """One row of depth panels per method in `xy` ({method: [stages, N, 2]}), points
+    coloured by class; each panel names the probe accuracy and the map's scores."""
+    rows = list(xy)
+    fig, axes = plt.subplots(len(rows), len(STAGES), figsize=(4 * len(STAGES), 4.4 * len(rows)), squeeze=False,
+                             layout="constrained")
+    for r, method in enumerate(rows):
+        m = metrics["embedding"][method]
+        for i, (ax, s) in enumerate(zip(axes[r], STAGES)):
+            common.scatter_by_class(ax, xy[method][i], labels, classes,
+                                    f"{s} ({metrics['dim'][s]} ch): probe {_num(metrics['probe_acc'][s], '.2f')}, "
+                                    f"5-NN {_num(metrics['knn_acc'][s], '.2f')}\n{EMBED_NAMES[method]} map: "
+                                    f"trustworthiness {_num(m['trustworthiness'][s], '.2f')}, "
+                                    f"5-NN {_num(m['knn_acc_2d'][s], '.2f')}", size=5, legend=s == "layer4")
+            ax.title.set_fontsize(9)
+    fig.suptitle(title + "\n(5-NN: leave-one-out 5-nearest-neighbour accuracy in the features and in the map)")
+    common.save_figure(fig, path)
+
+
+def plot_features(m: dict, out: Path) -> None:
+    """features_<method>.png (and features_tsne_vs_umap.png with both), the separability
+    curves by depth, and the confused pairs' separation by depth."""
+    p = common.load_plot_data(out, "features")
+    labels, classes, xs = p["labels"], p["classes"].tolist(), list(range(len(STAGES)))
+    xy = {method: p[f"xy_{method}"] for method in m["embedding"]}
+    title = f"pooled features by depth, {p['setup']}, {len(labels)} test images"
+    for method in xy:
+        plot_embeddings({method: xy[method]}, labels, classes, m, f"{EMBED_NAMES[method]} of {title}",
                         out / f"features_{method}.png")
-    if len(methods) > 1:
-        plot_embeddings(xy, y_te, classes, metrics, f"t-SNE (top) vs UMAP (bottom) of {title}",
+    if len(xy) > 1:
+        plot_embeddings(xy, labels, classes, m, f"t-SNE (top) vs UMAP (bottom) of {title}",
                         out / "features_tsne_vs_umap.png")
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    xs = list(range(len(STAGES)))
-    common.line_plot(a1, {"linear probe": (xs, [metrics["probe_acc"][s] for s in STAGES])},
+    common.line_plot(a1, {"linear probe": (xs, [m["probe_acc"][s] for s in STAGES])},
                      "linear-probe test accuracy", "depth", "accuracy")
     a1.axhline(1 / len(classes), color="grey", ls=":", lw=1, label="chance")
     a1.legend(fontsize=8)
-    common.line_plot(a2, {"silhouette": (xs, [metrics["silhouette"][s] for s in STAGES])},
+    common.line_plot(a2, {"silhouette": (xs, [m["silhouette"][s] for s in STAGES])},
                      "silhouette score (standardised features)", "depth", "silhouette")
     for ax in (a1, a2):
         ax.set_xticks(xs, list(STAGES))
-    fig.suptitle(f"Class separability by depth, {args.arch} (weights: {args.weights})")
+    fig.suptitle(f"Class separability by depth, {p['setup']}")
     common.save_figure(fig, out / "features_separability.png")
 
-    # The baseline's most-confused pairs, and how far apart they sit at each depth.
-    pairs = most_confused_pairs(confusion(), args.n_pairs)
-    all_pairs = [(i, j) for i in range(len(classes)) for j in range(i + 1, len(classes))
-                 if (y_te == i).any() and (y_te == j).any()]
-    sep = {s: class_separation(z[s], y_te, [(i, j) for i, j, _ in pairs]) for s in STAGES}
-    mean_sep = {s: float(np.mean(class_separation(z[s], y_te, all_pairs))) for s in STAGES}
-    metrics["mean_pair_separation"] = mean_sep
-    metrics["confused_pairs"] = {}
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for n, (i, j, count) in enumerate(pairs):
-        label = f"{classes[i]}_vs_{classes[j]}"
-        metrics["confused_pairs"][label] = {"confusions": count, "separation": {s: sep[s][n] for s in STAGES}}
-        ax.plot(xs, [sep[s][n] for s in STAGES], "-o", ms=3, label=f"{classes[i]} / {classes[j]} ({count} confused)")
-    ax.plot(xs, [mean_sep[s] for s in STAGES], "k--", lw=2, label="mean over all class pairs")
+    for pair, v in m["confused_pairs"].items():
+        ax.plot(xs, [v["separation"][s] for s in STAGES], "-o", ms=3,
+                label=f"{pair.replace('_vs_', ' / ')} ({v['confusions']} confused)")
+    ax.plot(xs, [m["mean_pair_separation"][s] for s in STAGES], "k--", lw=2, label="mean over all class pairs")
     ax.set_xticks(xs, list(STAGES))
     ax.set(xlabel="depth", ylabel="centroid distance / class spread",
            title="Most-confused class pairs (baseline head) in feature space")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     common.save_figure(fig, out / "features_confused_pairs.png")
-    return metrics
 
 
 # ----------------------------------------------------------------------------
@@ -1059,15 +1090,103 @@ def transfer_train_mode(model: nn.Module, strategy: str) -> None:
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, img_size: int,
-                   batch_size: int, device: torch.device) -> tuple[float, float]:
+                   batch_size: int, device: torch.device, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of a whole network on uint8 images, preprocessed
+    with `mean`/`std` (transfer's ImageNet statistics, scratch_shortcuts' own)."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for i in range(0, len(labels), batch_size):
         with common.autocast(device):
-            logits = model(preprocess(images[i:i + batch_size], img_size)).float()
+            logits = model(preprocess(images[i:i + batch_size], img_size, mean=mean, std=std)).float()
         loss_sum += F.cross_entropy(logits, labels[i:i + batch_size], reduction="sum").item()
         correct += (logits.argmax(1) == labels[i:i + batch_size]).sum().item()
     return loss_sum / len(labels), correct / len(labels)
+
+
+def transfer_model(init: str, backbone: nn.Module, data: Data, args, device: torch.device) -> nn.Module:
+    """An arm's starting network with a new len(data.classes)-way fc: a copy of the
+    --weights backbone (ImageNet on full runs; random in smoke, there are none offline),
+    or a random init with BatchNorm statistics of the transfer images (its frozen layers
+    need them)."""
+    k = len(data.classes)
+    if init == "pretrained":
+        model = copy.deepcopy(backbone)
+        model.fc = nn.Linear(model.fc.in_features, k)
+        return to_device(model, device)
+    model = to_device(torchvision.models.get_model(args.arch, weights=None, num_classes=k), device)
+    recalibrate_batchnorm(model, data.x_train[data.train_idx[:args.bn_calib_size]], args.img_size,
+                          args.eval_batch_size, device)
+    return model
+
+
+def fine_tune(model: nn.Module, strategy: str, data: Data, args, device: torch.device, arm: str) -> tuple[dict, float]:
+    """--transfer-epochs of AdamW on what `strategy` trains (fc at --transfer-lr, the
+    backbone part at --backbone-lr-mult x that, cosine-decayed per step). Returns the
+    per-epoch history (train loss, validation loss and accuracy) and training seconds."""
+    x, y, tr, va = data.x_train, data.y_train, data.train_idx, data.val_idx
+    bs = args.transfer_batch_size
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("fc.")]
+    groups = [{"params": list(model.fc.parameters()), "lr": args.transfer_lr}]
+    if body:
+        groups.append({"params": body, "lr": args.transfer_lr * args.backbone_lr_mult})
+    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.transfer_epochs * math.ceil(len(tr) / bs))
+    scaler = common.grad_scaler(device)  # loss scaling where training runs in float16
+    gen = torch.Generator().manual_seed(args.seed)
+    hist, train_seconds = {"train_loss": [], "val_loss": [], "val_acc": []}, 0.0
+    for epoch in range(args.transfer_epochs):
+        transfer_train_mode(model, strategy)
+        sync(device)
+        t0 = time.perf_counter()
+        perm = tr[torch.randperm(len(tr), generator=gen).to(device)]
+        loss_sum, seen = torch.zeros((), device=device), 0
+        for i in common.progress(range(0, len(perm) - 1, bs), arm, math.ceil((len(perm) - 1) / bs)):  # no batch of one
+            idx = perm[i:i + bs]
+            with common.autocast(device, train=True):
+                logits = model(preprocess(x[idx], args.img_size)).float()
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            loss_sum += loss.detach() * len(idx)
+            seen += len(idx)
+        common.check_finite(loss_sum, f"{arm} training loss")
+        sync(device)
+        train_seconds += time.perf_counter() - t0
+        val_loss, val_acc = evaluate_model(model, x[va], y[va], args.img_size, args.eval_batch_size, device)
+        for key, v in zip(hist, (loss_sum.item() / seen, val_loss, val_acc)):
+            hist[key].append(v)
+        print(f"transfer {arm} epoch {epoch + 1}/{args.transfer_epochs}: train loss {hist['train_loss'][-1]:.4f} "
+              f"| val loss {val_loss:.4f} acc {val_acc:.4f} ({train_seconds:.1f} s)", flush=True)
+    return hist, train_seconds
+
+
+def transfer(backbone: nn.Module, data: Data, args, device: torch.device) -> dict:
+    """Handout 1.4: six arms, {pretrained, scratch} x {head, layer4, full}, each trained
+    for the same --transfer-epochs with the same AdamW schedule (fine_tune) on
+    --transfer-dataset (`data`)."""
+    metrics, curves = {}, {}
+    for init in TRANSFER_INITS:
+        for strategy in TRANSFER_STRATEGIES:
+            arm = f"{init}_{strategy}"
+            common.seed_everything(args.seed)
+            model = transfer_model(init, backbone, data, args, device)
+            n_trainable = freeze_for_transfer(model, strategy)
+            curves[arm], seconds = fine_tune(model, strategy, data, args, device, arm)
+            _, test_acc = evaluate_model(model, data.x_test, data.y_test, args.img_size, args.eval_batch_size, device)
+            metrics[arm] = {"test_acc": test_acc, "final_val_acc": curves[arm]["val_acc"][-1],
+                            "final_train_loss": curves[arm]["train_loss"][-1], "trainable_params": n_trainable,
+                            "train_seconds": seconds}
+            del model
+    metrics["pretrained_weights"] = args.weights
+    common.save_plot_data(args.out, "transfer", arms=list(curves), n_classes=len(data.classes),
+                          train_loss=[h["train_loss"] for h in curves.values()],
+                          val_acc=[h["val_acc"] for h in curves.values()], dataset=args.transfer_dataset,
+                          setup=f"{args.arch}, pretrained (weights: {args.weights}) vs scratch, "
+                                f"{len(data.train_idx)} training images")
+    return metrics
 
 
 # A loss axis turns logarithmic when the curves on it span this factor or more (a
@@ -1106,91 +1225,26 @@ def plot_transfer_curves(curves: dict, title: str, path: Path) -> None:
     common.save_figure(fig, path)
 
 
-def transfer(backbone: nn.Module, tdata: dict, args, device: torch.device) -> dict:
-    """Six arms, {pretrained, scratch} x {head, layer4, full}, each trained for the same
-    --transfer-epochs with the same AdamW schedule (backbone lr = --backbone-lr-mult x
-    head lr, cosine-decayed per step)."""
-    out, k = Path(args.out), len(tdata["classes"])
-    x, y = tdata["x_train"], tdata["y_train"]
-    tr, va = tdata["train_idx"].to(device), tdata["val_idx"].to(device)
-    steps = args.transfer_epochs * math.ceil(len(tr) / args.transfer_batch_size)
-    metrics, curves = {}, {}
-    for init in TRANSFER_INITS:
-        for strategy in TRANSFER_STRATEGIES:
-            arm = f"{init}_{strategy}"
-            common.seed_everything(args.seed)
-            if init == "pretrained":  # --weights (ImageNet on full runs; random in smoke, there are none offline)
-                model = copy.deepcopy(backbone)
-                model.fc = nn.Linear(model.fc.in_features, k)
-                model = to_device(model, device)
-            else:  # random init, with BatchNorm statistics of the transfer images (the frozen layers need them)
-                model = to_device(torchvision.models.get_model(args.arch, weights=None, num_classes=k), device)
-                recalibrate_batchnorm(model, x[tr[:args.bn_calib_size]], args.img_size, args.eval_batch_size, device)
-            n_trainable = freeze_for_transfer(model, strategy)
-            body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("fc.")]
-            groups = [{"params": list(model.fc.parameters()), "lr": args.transfer_lr}]
-            if body:
-                groups.append({"params": body, "lr": args.transfer_lr * args.backbone_lr_mult})
-            opt = torch.optim.AdamW(groups, weight_decay=1e-4)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-            scaler = common.grad_scaler(device)  # loss scaling where training runs in float16
-            gen = torch.Generator().manual_seed(args.seed)
-            hist = {"train_loss": [], "val_loss": [], "val_acc": []}
-            train_seconds = 0.0
-            for epoch in range(args.transfer_epochs):
-                transfer_train_mode(model, strategy)
-                sync(device)
-                t0 = time.perf_counter()
-                perm = tr[torch.randperm(len(tr), generator=gen).to(device)]
-                loss_sum, seen = torch.zeros((), device=device), 0
-                for i in common.progress(range(0, len(perm) - 1, args.transfer_batch_size), arm,  # no batch of one
-                                  math.ceil((len(perm) - 1) / args.transfer_batch_size)):
-                    idx = perm[i:i + args.transfer_batch_size]
-                    with common.autocast(device, train=True):
-                        logits = model(preprocess(x[idx], args.img_size)).float()
-                    loss = F.cross_entropy(logits, y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                    sched.step()
-                    loss_sum += loss.detach() * len(idx)
-                    seen += len(idx)
-                common.check_finite(loss_sum, f"{arm} training loss")
-                sync(device)
-                train_seconds += time.perf_counter() - t0
-                val_loss, val_acc = evaluate_model(model, x[va], y[va], args.img_size, args.eval_batch_size, device)
-                hist["train_loss"].append(loss_sum.item() / seen)
-                hist["val_loss"].append(val_loss)
-                hist["val_acc"].append(val_acc)
-                print(f"transfer {arm} epoch {epoch + 1}/{args.transfer_epochs}: train loss "
-                      f"{hist['train_loss'][-1]:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} "
-                      f"({train_seconds:.1f} s)", flush=True)
-            _, test_acc = evaluate_model(model, tdata["x_test"], tdata["y_test"], args.img_size,
-                                         args.eval_batch_size, device)
-            curves[arm] = hist
-            metrics[arm] = {"test_acc": test_acc, "final_val_acc": hist["val_acc"][-1],
-                            "final_train_loss": hist["train_loss"][-1], "trainable_params": n_trainable,
-                            "train_seconds": train_seconds}
-            del model, opt
-    metrics["pretrained_weights"] = args.weights
-
-    plot_transfer_curves(curves, f"Transfer to {args.transfer_dataset}: {args.arch}, pretrained (weights: "
-                         f"{args.weights}) vs scratch, {len(tr)} training images", out / "transfer_curves.png")
-
+def plot_transfer(m: dict, out: Path) -> None:
+    """transfer_curves.png (plot_transfer_curves) and transfer_compute.png: test accuracy
+    against training seconds, marker size ~ trainable parameters."""
+    p = common.load_plot_data(out, "transfer")
+    arms, dataset = p["arms"].tolist(), str(p["dataset"])
+    curves = {a: {"train_loss": p["train_loss"][i].tolist(), "val_acc": p["val_acc"][i].tolist()}
+              for i, a in enumerate(arms)}
+    plot_transfer_curves(curves, f"Transfer to {dataset}: {p['setup']}", out / "transfer_curves.png")
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for arm in curves:
-        m = metrics[arm]
-        ax.scatter(m["train_seconds"], m["test_acc"], s=30 + 170 * m["trainable_params"] / max(
-            metrics[a]["trainable_params"] for a in curves), marker="o" if arm.startswith("pretrained") else "s",
-            label=f"{arm} ({m['trainable_params'] / 1e6:.2f} M trainable)")
-    ax.axhline(1 / k, color="grey", ls=":", lw=1, label="chance")
+    most = max(m[a]["trainable_params"] for a in arms)
+    for a in arms:
+        ax.scatter(m[a]["train_seconds"], m[a]["test_acc"], s=30 + 170 * m[a]["trainable_params"] / most,
+                   marker="o" if a.startswith("pretrained") else "s",
+                   label=f"{a} ({m[a]['trainable_params'] / 1e6:.2f} M trainable)")
+    ax.axhline(1 / int(p["n_classes"]), color="grey", ls=":", lw=1, label="chance")
     ax.set(xscale="log", xlabel="training wall-clock seconds (log)", ylabel="test accuracy",
-           title=f"Accuracy vs compute, {args.transfer_dataset} (marker size ~ trainable parameters)")
+           title=f"Accuracy vs compute, {dataset} (marker size ~ trainable parameters)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     common.save_figure(fig, out / "transfer_compute.png")
-    return metrics
 
 
 # ----------------------------------------------------------------------------
@@ -1217,49 +1271,45 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, img_size: int, ba
     return len(batch) / float(np.median(times))
 
 
-def depth(backbone: nn.Module, data: dict, args, device: torch.device, memo: dict) -> dict:
-    """Same pipeline for each of --depth-archs: cached pooled features, a linear head
-    trained as in the baseline, a logistic-regression probe, and extraction speed."""
-    k, tr, va = len(data["classes"]), data["train_idx"].to(device), data["val_idx"].to(device)
-    y = data["y_train"]
-    metrics, calib = {}, data["x_train"][tr[:args.bn_calib_size]]  # BatchNorm statistics of random inits
+def depth(backbone: nn.Module, pooled: tuple | None, data: Data, args, device: torch.device) -> dict:
+    """Handout 1.5 (optional): the same pipeline for each of --depth-archs: pooled
+    features (for --arch, `pooled`, the baseline's own), a linear head trained as in the
+    baseline, a logistic-regression probe, and extraction speed."""
+    metrics, calib = {}, data.x_train[data.train_idx[:args.bn_calib_size]]  # BatchNorm statistics of random inits
     for arch in args.depth_archs:
         model = backbone if arch == args.arch else prepare_backbone(arch, args.weights, calib, args, device)
-        ftr, _ = cached_features(model, data["x_train"], feature_settings(args, arch, "cifar10", "train", len(y)),
-                                 args, device, memo if arch == args.arch else None)
-        fte, _ = cached_features(model, data["x_test"], feature_settings(
-            args, arch, "cifar10", "test", len(data["y_test"])), args, device, memo if arch == args.arch else None)
-        gen = torch.Generator().manual_seed(args.seed)
-        head, _ = train_head(lambda: cached_batches(ftr[tr], y[tr], args.batch_size, gen), ftr.shape[1], k,
-                             ftr[va], y[va], args.epochs, args.lr, args.weight_decay, args.seed, f"{arch} head")
-        _, head_acc, _ = evaluate_head(head, fte, data["y_test"])
-        p = tr[:args.probe_train_size]
+        ftr, fte, _ = pooled if model is backbone else pooled_features(model, arch, data, args, device)
+        head, _ = linear_head(ftr, data, args, f"{arch} head")
+        _, head_acc, _ = evaluate_head(head, fte, data.y_test)
+        p = data.train_idx[:args.probe_train_size]
         with common.few_threads(max(len(p), len(fte))):
-            probe_acc = common.linear_probe(ftr[p].cpu().numpy(), y[p].cpu().numpy(), fte.cpu().numpy(),
-                                            data["y_test"].cpu().numpy(), seed=args.seed)["test_acc"]
-        ips = measure_throughput(model, data["x_test"], args.img_size, args.eval_batch_size, device,
+            probe_acc = common.linear_probe(ftr[p].cpu().numpy(), data.y_train[p].cpu().numpy(), fte.cpu().numpy(),
+                                            data.y_test.cpu().numpy(), seed=args.seed)["test_acc"]
+        ips = measure_throughput(model, data.x_test, args.img_size, args.eval_batch_size, device,
                                  args.throughput_batches)
         n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("fc."))
         metrics[arch] = {"head_acc": head_acc, "probe_acc": probe_acc, "images_per_s": ips,
                          "backbone_params_millions": n_params / 1e6, "feature_dim": ftr.shape[1]}
         print(f"{arch}: head acc {head_acc:.4f}, probe acc {probe_acc:.4f}, {ips:.0f} images/s", flush=True)
-        if model is not backbone:
-            del model
+        del model
+    common.save_plot_data(args.out, "depth", setup=f"weights: {args.weights}, {args.img_size} px, "
+                                                   f"batch {args.eval_batch_size}, {device.type}")
+    return metrics
 
+
+def plot_depth(m: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    names = list(metrics)
+    names = [a for a in m if isinstance(m[a], dict)]  # the architectures (not "seconds")
     for ax, key, title in zip(axes, ("head_acc", "probe_acc", "images_per_s"),
                               ("linear head (baseline recipe), test acc", "logistic probe, test acc",
                                "feature extraction, images/s")):
-        bars = ax.bar(names, [metrics[n][key] for n in names], color=plt.get_cmap("tab10").colors[:len(names)])
+        bars = ax.bar(names, [m[n][key] for n in names], color=plt.get_cmap("tab10").colors[:len(names)])
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
         ax.set(title=title, ylabel=key.replace("_", " "))
         if key != "images_per_s":
             ax.set_ylim(0, 1)
-    fig.suptitle(f"Depth: feature quality vs cost (weights: {args.weights}, {args.img_size} px, "
-                 f"batch {args.eval_batch_size}, {device.type})")
-    common.save_figure(fig, Path(args.out) / "depth_comparison.png")
-    return metrics
+    fig.suptitle(f"Depth: feature quality vs cost ({common.load_plot_data(out, 'depth')['setup']})")
+    common.save_figure(fig, out / "depth_comparison.png")
 
 
 # ----------------------------------------------------------------------------
@@ -1277,56 +1327,40 @@ def scratch_images(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
 
-def scratch_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, augment: bool = False,
-                  gen: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 [B, 3, 32, 32] -> float, optionally cropped and flipped (He et al. 2016,
-    sec. 4.2: 4 px padding, random 32 px crops, horizontal flips), standardised per
-    channel with the training set's mean and std [3]."""
-    x = x.float().div_(255.0)
-    if augment:
-        x = random_crop_flip(x, gen)
-    x = (x - mean[:, None, None]) / std[:, None, None]
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+def scratch_optimizer(model: nn.Module, total: int, args) -> tuple[torch.optim.Optimizer, object]:
+    """SGD (momentum, weight decay) with the learning rate divided by 10 at 50% and 75% of
+    the `total` steps: He et al.'s schedule (drops at 32k and 48k of 64k iterations)
+    compressed to this budget, after a linear warm-up over --scratch-warmup of the steps
+    (He et al. warm ResNet-110 up at lr 0.01 for 400 iterations; Goyal et al. 2017 ramp
+    linearly). Returns (optimizer, per-step scheduler)."""
+    opt = torch.optim.SGD(model.parameters(), lr=args.scratch_lr, momentum=args.scratch_momentum,
+                          weight_decay=args.scratch_weight_decay)
+    warmup, drops = round(args.scratch_warmup * total), (total // 2, total * 3 // 4)
+
+    def lr_factor(step: int) -> float:
+        return min(1.0, (step + 1) / (warmup + 1)) * 0.1 ** sum(step >= d for d in drops)
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
 
-@torch.no_grad()
-def scratch_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int,
-                     device: torch.device) -> float:
-    model.eval()
-    correct = torch.zeros((), device=y.device)
-    for i in range(0, len(y), batch_size):
-        with common.autocast(device):
-            correct += (model(scratch_batch(x[i:i + batch_size], mean, std)).argmax(1) == y[i:i + batch_size]).sum()
-    return correct.item() / len(y)
-
-
-def train_from_scratch(model: nn.Module, sdata: dict, args, device: torch.device, desc: str) -> dict:
-    """SGD (momentum, weight decay) on the training images for --scratch-epochs, the
-    learning rate divided by 10 at 50% and 75% of the steps: He et al.'s schedule
-    (drops at 32k and 48k of 64k iterations) compressed to this budget, after a linear
-    warm-up over --scratch-warmup of the steps (He et al. warm ResNet-110 up at lr 0.01
-    for 400 iterations; Goyal et al. 2017 ramp linearly). Returns the
-    training loss and accuracy of every step (on its augmented minibatch, before the
-    update), the test accuracy after every epoch, and the training seconds. A NaN/inf
-    loss stops this network only; `diverged_at_step` says when."""
-    x, y, mean, std = sdata["x_train"], sdata["y_train"], sdata["mean"], sdata["std"]
+def train_from_scratch(model: nn.Module, data: Data, mean: torch.Tensor, std: torch.Tensor, args,
+                       device: torch.device, desc: str) -> dict:
+    """--scratch-epochs with scratch_optimizer on the training images (standardised with
+    `mean`, `std` [3]; cropped and flipped with --scratch-augment, He et al. 2016, sec.
+    4.2). Returns the training loss and accuracy of every step (on its augmented
+    minibatch, before the update), the test accuracy after every epoch, and the training
+    seconds. A NaN/inf loss stops this network only; `diverged_at_step` says when."""
+    x, y = data.x_train, data.y_train
     bs = min(args.scratch_batch_size, len(y))
     # Full minibatches only (a reshuffled remainder is left out each epoch): a last batch
     # of a few images gives BatchNorm noisy statistics and, at lr 0.1, loss spikes.
     starts = range(0, len(y) - bs + 1, bs)
     total = args.scratch_epochs * len(starts)
-    opt = torch.optim.SGD(model.parameters(), lr=args.scratch_lr, momentum=args.scratch_momentum,
-                          weight_decay=args.scratch_weight_decay)
-    warmup = round(args.scratch_warmup * total)
-    drops = (total // 2, total * 3 // 4)
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then He et al.'s two drops by 10
-        return min(1.0, (step + 1) / (warmup + 1)) * 0.1 ** sum(step >= d for d in drops)
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    opt, sched = scratch_optimizer(model, total, args)
     scaler = common.grad_scaler(device)
     gen = torch.Generator().manual_seed(args.seed)  # the same minibatches and crops for both networks
-    hist = {"step_loss": [], "step_acc": [], "test_acc": [], "diverged_at_step": None, "seconds": 0.0}
+    hist = {"step_loss": [], "step_acc": [], "test_acc": [], "diverged_at_step": None, "seconds": 0.0,
+            "steps_per_epoch": len(starts), "total_steps": total}
     for epoch in range(args.scratch_epochs):
         model.train()
         sync(device)
@@ -1336,7 +1370,7 @@ def train_from_scratch(model: nn.Module, sdata: dict, args, device: torch.device
         for i in common.progress(starts, f"{desc} epoch {epoch + 1}", len(starts)):
             idx = perm[i:i + bs]
             with common.autocast(device, train=True):
-                logits = model(scratch_batch(x[idx], mean, std, args.scratch_augment, gen)).float()
+                logits = model(preprocess(x[idx], 32, args.scratch_augment, gen, mean, std)).float()
             loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -1348,21 +1382,19 @@ def train_from_scratch(model: nn.Module, sdata: dict, args, device: torch.device
         losses, accs = torch.stack(losses).cpu(), torch.stack(accs).cpu()  # one sync per epoch
         sync(device)
         hist["seconds"] += time.perf_counter() - t0
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            hist["diverged_at_step"] = epoch * len(starts) + int(bad[0]) + 1
-            hist["step_loss"] += losses[:int(bad[0])].tolist()
-            hist["step_acc"] += accs[:int(bad[0])].tolist()
-            print(f"{desc}: loss became {losses[int(bad[0])].item()} at step {hist['diverged_at_step']}; "
-                  f"this network stops", flush=True)
+        bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+        ok = bad[0] if bad else len(losses)  # the steps before the first NaN/inf loss
+        hist["step_loss"] += losses[:ok].tolist()
+        hist["step_acc"] += accs[:ok].tolist()
+        if ok < len(losses):
+            hist["diverged_at_step"] = epoch * len(starts) + ok + 1
+            print(f"{desc}: loss became {losses[ok].item()} at step {hist['diverged_at_step']}; this network stops",
+                  flush=True)
             break
-        hist["step_loss"] += losses.tolist()
-        hist["step_acc"] += accs.tolist()
-        hist["test_acc"].append(scratch_accuracy(model, sdata["x_test"], sdata["y_test"], mean, std,
-                                                 args.eval_batch_size, device))
+        hist["test_acc"].append(evaluate_model(model, data.x_test, data.y_test, 32, args.eval_batch_size, device,
+                                               mean, std)[1])
         print(f"{desc} epoch {epoch + 1}/{args.scratch_epochs}: train loss {losses.mean():.4f} "
               f"acc {accs.mean():.4f} | test acc {hist['test_acc'][-1]:.4f} ({hist['seconds']:.1f} s)", flush=True)
-    hist["steps_per_epoch"], hist["total_steps"] = len(starts), total
     return hist
 
 
@@ -1379,71 +1411,75 @@ def steps_to_reach(ends: list[int], curve: list[float], target: float) -> int | 
     return next((e for e, v in zip(ends, curve) if v >= target), None)
 
 
-def scratch_shortcuts(sdata: dict, args, device: torch.device) -> dict:
-    """He et al. 2016, sec. 4.2 and Fig. 6: the CIFAR ResNet of --scratch-depth layers
-    and the same network with every shortcut removed, trained from scratch at the same
-    budget: same initial weights (option A shortcuts have no parameters, so one seed
-    gives both networks the same ones), same minibatches, same schedule."""
-    k = len(sdata["classes"])
-    hists, metrics = {}, {"dataset": args.scratch_dataset, "depth": args.scratch_depth,
-                          "train_images": len(sdata["y_train"]), "target_acc": args.scratch_target_acc}
-    for arm, shortcuts in (("residual", True), ("plain", False)):
-        common.seed_everything(args.seed)
-        model = to_device(CifarResNet(args.scratch_depth, args.scratch_width, k, shortcuts), device)
-        name = f"{'ResNet' if shortcuts else 'plain'}-{args.scratch_depth}"
-        hists[arm] = h = train_from_scratch(model, sdata, args, device, name)
-        # ~100 points on long runs; on short ones windows of at least 10 steps (if that still
-        # leaves 10 points), so a point is not one noisy minibatch
-        window = max(1, h["total_steps"] // 100, min(10, h["total_steps"] // 10))
-        h["ends"], h["loss_curve"] = windowed(h["step_loss"], window)
-        _, h["acc_curve"] = windowed(h["step_acc"], window)
-        last = h["step_loss"][-h["steps_per_epoch"]:]  # the last epoch (or what ran of it)
+def scratch_metrics(h: dict, n_params: int, target_acc: float) -> dict:
+    """One network's summary of train_from_scratch's history `h`: training loss at 10 / 25
+    / 50% of the budget and over the last epoch, test accuracy, steps to `target_acc`,
+    and the windowed curves. ~100 points on long runs; on short ones windows of at least
+    10 steps (if that still leaves 10 points), so a point is not one noisy minibatch."""
+    window = max(1, h["total_steps"] // 100, min(10, h["total_steps"] // 10))
+    ends, loss_curve = windowed(h["step_loss"], window)
+    _, acc_curve = windowed(h["step_acc"], window)
+    last = h["step_loss"][-h["steps_per_epoch"]:]  # the last epoch (or what ran of it)
 
-        def loss_at(fraction):  # windowed training loss at this fraction of the budget
-            step = max(1, round(fraction * h["total_steps"]))
-            return next((v for e, v in zip(h["ends"], h["loss_curve"]) if e >= step), None)
+    def loss_at(fraction):  # windowed training loss at this fraction of the budget
+        step = max(1, round(fraction * h["total_steps"]))
+        return next((v for e, v in zip(ends, loss_curve) if e >= step), None)
 
-        metrics[arm] = {
-            "params": sum(p.numel() for p in model.parameters()),
-            "train_loss_at_10pct": loss_at(0.1), "train_loss_at_25pct": loss_at(0.25),
-            "train_loss_at_50pct": loss_at(0.5),
-            "final_train_loss": float(np.mean(last)) if last else None,
+    return {"params": n_params, "train_loss_at_10pct": loss_at(0.1), "train_loss_at_25pct": loss_at(0.25),
+            "train_loss_at_50pct": loss_at(0.5), "final_train_loss": float(np.mean(last)) if last else None,
             "final_train_acc": float(np.mean(h["step_acc"][-h["steps_per_epoch"]:])) if last else None,
             "test_acc": h["test_acc"][-1] if h["test_acc"] else None,
-            "steps_to_target_acc": steps_to_reach(h["ends"], h["acc_curve"], args.scratch_target_acc),
+            "steps_to_target_acc": steps_to_reach(ends, acc_curve, target_acc),
             "diverged_at_step": h["diverged_at_step"], "train_seconds": h["seconds"],
-            "history": {"step": h["ends"], "train_loss": h["loss_curve"], "train_acc": h["acc_curve"],
-                        "test_acc": h["test_acc"]}}
+            "history": {"step": ends, "train_loss": loss_curve, "train_acc": acc_curve, "test_acc": h["test_acc"]}}
+
+
+def scratch_shortcuts(data: Data, args, device: torch.device) -> dict:
+    """Handout 1.2, He et al. 2016, sec. 4.2 and Fig. 6: the CIFAR ResNet of
+    --scratch-depth layers and the same network with every shortcut removed, trained from
+    scratch at the same budget: same initial weights (option A shortcuts have no
+    parameters, so one seed gives both networks the same ones), same minibatches, same
+    schedule."""
+    pixels = data.x_train[:10000].float().div(255.0)  # per-channel statistics from up to 10,000 training images
+    mean, std = pixels.mean((0, 2, 3)), pixels.std((0, 2, 3)).clamp_min(1e-3)
+    del pixels
+    metrics = {"dataset": args.scratch_dataset, "depth": args.scratch_depth, "train_images": len(data.y_train),
+               "target_acc": args.scratch_target_acc}
+    for arm, shortcuts in (("residual", True), ("plain", False)):
+        common.seed_everything(args.seed)
+        model = to_device(CifarResNet(args.scratch_depth, args.scratch_width, len(data.classes), shortcuts), device)
+        h = train_from_scratch(model, data, mean, std, args, device,
+                               f"{'ResNet' if shortcuts else 'plain'}-{args.scratch_depth}")
+        metrics[arm] = scratch_metrics(h, sum(p.numel() for p in model.parameters()), args.scratch_target_acc)
         del model
     r, p = metrics["residual"], metrics["plain"]
-    metrics["steps"] = hists["residual"]["total_steps"]
+    metrics["steps"] = h["total_steps"]  # the same budget for both networks
     metrics["plain_minus_residual_final_train_loss"] = (
         p["final_train_loss"] - r["final_train_loss"] if None not in (p["final_train_loss"], r["final_train_loss"])
         else None)
     metrics["plain_over_residual_steps_to_target"] = (
         p["steps_to_target_acc"] / r["steps_to_target_acc"]
         if p["steps_to_target_acc"] and r["steps_to_target_acc"] else None)
-    plot_scratch_curves(hists, metrics, args, Path(args.out) / "scratch_shortcuts_curves.png")
+    common.save_plot_data(args.out, "scratch_shortcuts",
+                          setup=f"{args.scratch_epochs} epochs = {h['total_steps']} steps of {args.scratch_batch_size}")
     return metrics
 
 
-def plot_scratch_curves(hists: dict, metrics: dict, args, path: Path) -> None:
+def plot_scratch_shortcuts(m: dict, out: Path) -> None:
     """Training loss and accuracy per step (windowed means) and test accuracy per epoch,
     ResNet solid, plain dashed, the learning-rate drops dotted."""
     fig, axes = plt.subplots(1, 3, figsize=(17, 5), layout="constrained")
-    total = hists["residual"]["total_steps"]
-    names = {"residual": f"ResNet-{args.scratch_depth}", "plain": f"plain-{args.scratch_depth}"}
-    for arm, style in (("residual", "-"), ("plain", "--")):
-        h, m = hists[arm], metrics[arm]
-        label = f"{names[arm]} (test {m['test_acc']:.3f})" if m["test_acc"] is not None else names[arm]
-        axes[0].plot(h["ends"], h["loss_curve"], style, label=label)
-        axes[1].plot(h["ends"], h["acc_curve"], style, label=names[arm] + (
-            f", {args.scratch_target_acc:.0%} at step {m['steps_to_target_acc']}" if m["steps_to_target_acc"] else
-            f", never {args.scratch_target_acc:.0%}"))
-        axes[2].plot(range(1, len(h["test_acc"]) + 1), h["test_acc"], style + "o", ms=3, label=names[arm])
-    if spans_orders_of_magnitude([v for h in hists.values() for v in h["loss_curve"]], 10.0):
+    total, target = m["steps"], m["target_acc"]
+    for arm, name, style in (("residual", f"ResNet-{m['depth']}", "-"), ("plain", f"plain-{m['depth']}", "--")):
+        h, a = m[arm]["history"], m[arm]
+        axes[0].plot(h["step"], h["train_loss"], style,
+                     label=f"{name} (test {a['test_acc']:.3f})" if a["test_acc"] is not None else name)
+        axes[1].plot(h["step"], h["train_acc"], style, label=name + (
+            f", {target:.0%} at step {a['steps_to_target_acc']}" if a["steps_to_target_acc"] else f", never {target:.0%}"))
+        axes[2].plot(range(1, len(h["test_acc"]) + 1), h["test_acc"], style + "o", ms=3, label=name)
+    if spans_orders_of_magnitude([v for arm in ("residual", "plain") for v in m[arm]["history"]["train_loss"]], 10.0):
         axes[0].set_yscale("log")
-    axes[1].axhline(args.scratch_target_acc, color="grey", ls=":", lw=1)
+    axes[1].axhline(target, color="grey", ls=":", lw=1)
     for ax in axes[:2]:
         for drop in (total // 2, total * 3 // 4):
             ax.axvline(drop, color="grey", lw=0.6, ls=":")
@@ -1454,10 +1490,10 @@ def plot_scratch_curves(hists: dict, metrics: dict, args, path: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"Trained from scratch with and without shortcuts (He et al. 2016, Fig. 6): {args.scratch_dataset}, "
-                 f"{metrics['train_images']} images,\n{args.scratch_epochs} epochs = {total} steps of "
-                 f"{args.scratch_batch_size}, same initial weights and minibatches")
-    common.save_figure(fig, path)
+    fig.suptitle(f"Trained from scratch with and without shortcuts (He et al. 2016, Fig. 6): {m['dataset']}, "
+                 f"{m['train_images']} images,\n{common.load_plot_data(out, 'scratch_shortcuts')['setup']}, "
+                 f"same initial weights and minibatches")
+    common.save_figure(fig, out / "scratch_shortcuts_curves.png")
 
 
 # ----------------------------------------------------------------------------
@@ -1663,16 +1699,8 @@ QUESTIONS = [
 # main
 # ----------------------------------------------------------------------------
 
-
-def once(fn):
-    """fn() the first time, its result afterwards (the baseline that several experiments share)."""
-    box = []
-
-    def get():
-        if not box:
-            box.append(fn())
-        return box[0]
-    return get
+PLOTS = {"baseline": plot_baseline, "residual": plot_residual, "features": plot_features, "transfer": plot_transfer,
+         "depth": plot_depth, "scratch_shortcuts": plot_scratch_shortcuts}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -1681,10 +1709,11 @@ def main(argv: list[str] | None = None) -> dict:
     # Out of GPU memory: feature extraction and evaluation batches are the largest
     # (--eval-batch-size); transfer and scratch_shortcuts name their own batch flags.
     with common.user_errors(parser.prog, batch_flag="--eval-batch-size"):
+        if args.replot:
+            return common.replot(args.out, PLOTS)
         # Check everything a user can get wrong before anything is loaded or written.
         selected = resolve_blocks(args.arch, args.ablate_blocks)
         chosen = set(args.experiments)
-        use_cifar = bool(chosen - {"scratch_shortcuts"})  # every other experiment reads CIFAR-10 and the backbone
         if "features" in chosen and args.embed != "tsne" and importlib.util.find_spec("umap") is None:
             raise common.UserError(f"--embed {args.embed} needs umap-learn (pip install umap-learn); "
                                    f"or use --embed tsne")
@@ -1693,61 +1722,47 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick the fastest kernels
         common.seed_everything(args.seed)
         data = tdata = sdata = backbone = None
-        if use_cifar:
-            x_train, y_train, classes = load_data("cifar10", args, True, args.train_size, device)
-            x_test, y_test, _ = load_data("cifar10", args, False, args.test_size, device)
-            if args.val_size >= len(y_train):
-                raise common.UserError(f"--val-size {args.val_size} leaves no training images out of {len(y_train)}")
-            train_idx, val_idx = split_train_val(len(y_train), args.val_size, args.seed)
-            data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "classes": classes,
-                    "train_idx": train_idx, "val_idx": val_idx}
-            print(f"CIFAR-10 ({'smoke' if args.smoke else 'real'}): {len(train_idx)} train, {len(val_idx)} val, "
-                  f"{len(y_test)} test images, resized to {args.img_size} px", flush=True)
+        if chosen - {"scratch_shortcuts"}:  # every other experiment reads CIFAR-10 and the backbone
+            data = load_dataset("cifar10", args.train_size, args.test_size, args.val_size, "--val-size", args, device)
+            print(f"CIFAR-10 ({'smoke' if args.smoke else 'real'}): {len(data.train_idx)} train, "
+                  f"{len(data.val_idx)} val, {len(data.y_test)} test images, resized to {args.img_size} px", flush=True)
         if "transfer" in chosen:
-            xt, yt, tclasses = load_data(args.transfer_dataset, args, True, args.transfer_train_size, device)
-            if args.transfer_val_size >= len(yt):
-                raise common.UserError(f"--transfer-val-size {args.transfer_val_size} leaves no training images "
-                                       f"out of {len(yt)}")
-            xte, yte, _ = load_data(args.transfer_dataset, args, False, args.transfer_test_size, device)
-            ttr, tva = split_train_val(len(yt), args.transfer_val_size, args.seed)
-            tdata = {"x_train": xt, "y_train": yt, "x_test": xte, "y_test": yte, "classes": tclasses,
-                     "train_idx": ttr, "val_idx": tva}
+            tdata = load_dataset(args.transfer_dataset, args.transfer_train_size, args.transfer_test_size,
+                                 args.transfer_val_size, "--transfer-val-size", args, device)
         if "scratch_shortcuts" in chosen:
-            xs, ys, sclasses = load_data(args.scratch_dataset, args, True, args.scratch_train_size, device)
-            xst, yst, _ = load_data(args.scratch_dataset, args, False, args.scratch_test_size, device)
-            xs, xst = scratch_images(xs), scratch_images(xst)
-            pixels = xs[:10000].float().div(255.0)  # per-channel statistics from up to 10,000 training images
-            sdata = {"x_train": xs, "y_train": ys, "x_test": xst, "y_test": yst, "classes": sclasses,
-                     "mean": pixels.mean((0, 2, 3)), "std": pixels.std((0, 2, 3)).clamp_min(1e-3)}
-            del pixels
+            s = load_dataset(args.scratch_dataset, args.scratch_train_size, args.scratch_test_size, 0, "", args, device)
+            sdata = dataclasses.replace(s, x_train=scratch_images(s.x_train), x_test=scratch_images(s.x_test))
             print(f"{args.scratch_dataset} ({'smoke' if args.smoke else 'real'}) for scratch_shortcuts: "
-                  f"{len(ys)} train, {len(yst)} test images at 32 px", flush=True)
-        if use_cifar:
-            backbone = prepare_backbone(args.arch, args.weights, data["x_train"][data["train_idx"][
-                :args.bn_calib_size].to(device)], args, device)
+                  f"{len(s.y_train)} train, {len(s.y_test)} test images at 32 px", flush=True)
+        if data is not None:
+            backbone = prepare_backbone(args.arch, args.weights, data.x_train[data.train_idx[:args.bn_calib_size]],
+                                        args, device)
             print(f"{args.arch} (weights: {args.weights}): "
                   f"{sum(p.numel() for p in backbone.parameters()) / 1e6:.1f} M parameters", flush=True)
 
+        @functools.cache
+        def pooled():  # --arch's pooled CIFAR-10 features (train, test, seconds): baseline and depth share them
+            return pooled_features(backbone, args.arch, data, args, device)
+
+        @functools.cache
+        def fitted():  # the baseline head, which residual and features compare with
+            return fit_baseline(backbone, data, pooled(), args, device)
+
+        def naming(batch_flag: str, experiment, *inputs):  # out of GPU memory in `experiment` names its batch flag
+            with common.user_errors(parser.prog, batch_flag=batch_flag):
+                return experiment(*inputs)
+
         results = common.Results("task1", args, device, questions=QUESTIONS)
-        memo: dict = {}
-        fit = once(lambda: fit_baseline(backbone, data, args, device, memo))
-
-        def run_transfer():
-            with common.user_errors(parser.prog, batch_flag="--transfer-batch-size (or --eval-batch-size)"):
-                return transfer(backbone, tdata, args, device)
-
-        def run_scratch():
-            with common.user_errors(parser.prog, batch_flag="--scratch-batch-size (or --eval-batch-size)"):
-                return scratch_shortcuts(sdata, args, device)
-
         return results.run({
-            "baseline": lambda: baseline(fit, data["classes"], args),
-            "residual": lambda: residual(backbone, data, fit, selected, args, device),
-            "features": lambda: features(backbone, data, lambda: fit()["confusion"], args, device),
-            "transfer": run_transfer,
-            "depth": lambda: depth(backbone, data, args, device, memo),
-            "scratch_shortcuts": run_scratch,
-        })
+            "baseline": lambda: baseline(fitted(), data, args),
+            "residual": lambda: residual(backbone, data, fitted(), selected, args, device),
+            "features": lambda: features(backbone, data, fitted()["confusion"], args, device),
+            "transfer": lambda: naming("--transfer-batch-size (or --eval-batch-size)", transfer, backbone, tdata,
+                                       args, device),
+            "depth": lambda: depth(backbone, pooled() if args.arch in args.depth_archs else None, data, args, device),
+            "scratch_shortcuts": lambda: naming("--scratch-batch-size (or --eval-batch-size)", scratch_shortcuts,
+                                                sdata, args, device),
+        }, PLOTS)
 
 
 if __name__ == "__main__":

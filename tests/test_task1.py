@@ -184,7 +184,7 @@ def test_head_on_cached_features_learns_a_separable_set():
     # confusion matrix agrees with scikit-learn's
     from sklearn.metrics import confusion_matrix
 
-    assert np.array_equal(Task1.confusion_matrix(y[500:].numpy(), pred.numpy(), 5),
+    assert np.array_equal(Task1.common.confusion_matrix(y[500:].numpy(), pred.numpy(), 5),
                           confusion_matrix(y[500:].numpy(), pred.numpy(), labels=range(5)))
 
 
@@ -590,6 +590,31 @@ def test_smoke_run_writes_every_figure_and_metric(smoke_run):
         assert len(sc[arm]["history"]["test_acc"]) == 2 and sc[arm]["history"]["step"][-1] == 16
     assert_in_range(sc, "plain_minus_residual_final_train_loss", -10, 10)
     assert (smoke_run / "summary.md").exists()
+
+
+def test_replot_redraws_every_figure_without_computing(smoke_run, tmp_path, monkeypatch):
+    """--replot draws every figure again from metrics.json and cache/plot/ alone: no data,
+    no model, no feature cache; metrics.json stays byte for byte what the run wrote."""
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run, out)
+    metrics = (out / "metrics.json").read_bytes()
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(FIGURES)
+    for p in out.glob("*.png"):
+        p.unlink()
+    for p in (out / "cache").glob("*.pt"):  # features, heads, embeddings: replot must not need them
+        p.unlink()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--replot loaded data or a model")
+
+    monkeypatch.setattr(Task1, "load_dataset", must_not_run)
+    monkeypatch.setattr(Task1, "prepare_backbone", must_not_run)
+    recorded = Task1.main(["--smoke", "--replot", "--out", str(out)])
+    assert list(recorded) == Task1.EXPERIMENTS
+    for name in FIGURES:
+        assert_png_ok(out / f"{name}.png")
+    assert (out / "metrics.json").read_bytes() == metrics
+    assert not list((out / "cache").glob("*.pt"))
 
 
 @pytest.mark.filterwarnings("ignore:n_jobs value")  # umap: a fixed random_state means one thread
