@@ -36,13 +36,17 @@ Run:
 Writes into --out: classify_top5.png, attention_map_<image>.png (one per image),
 attention_heads.png, heads_entropy.png, heads_distance.png, heads_similarity.png,
 masking_accuracy.png, masking_agreement.png, masking_examples.png, probe_layers.png,
-probe_cosine.png, metrics.json, summary.md, and cache/ (features and rollout maps).
+probe_cosine.png, metrics.json, summary.md, and cache/ (features, rollout maps, and in
+cache/plot/ the arrays the figures need beyond the metrics: --replot redraws every figure
+from these without loading a model).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +70,7 @@ with contextlib.suppress(AttributeError):
         lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})
         if kwargs.get("desc") == "Loading weights" else factory(*args, **kwargs))
 
-EXPERIMENTS = ["classify", "attention", "heads", "masking", "probe"]
+EXPERIMENTS = ["classify", "attention", "heads", "masking", "probe"]  # PLOTS, their figures: above main
 VIT_B16 = "google/vit-base-patch16-224"  # the default checkpoint (ImageNet-21k pretrained, 1k fine-tuned)
 STRATEGIES = ["random", "centre", "border", "most-attended", "least-attended"]
 FUSIONS = ["mean", "max", "min"]
@@ -87,41 +91,40 @@ def build_parser() -> common.Parser:
     # anything outside it in one line; check_args below refuses bad combinations.
     g = parser.add_argument_group("task 2")
     g.add_argument("--model", default=VIT_B16,
-                   help="Hugging Face ViT image classifier (with its ImageNet head) and its image processor "
-                        "(default: %(default)s)")
+                   help="Hugging Face ViT image classifier (with its ImageNet head) and its image processor")
     g.add_argument("--weights", default="pretrained", choices=["pretrained", "none"],
                    help="pretrained: the checkpoint's weights from the hub; none: the same architecture with random "
                         f"weights (for {VIT_B16} built offline from its config, 1,000 ImageNet labels), a dry run "
-                        "that downloads no weights (default: pretrained)")
+                        "that downloads no weights")
     g.add_argument("--images", nargs="+", metavar="PATH", default=None,
                    help="your own images for classify/attention/heads (default: scikit-learn's two sample photos, "
                         "china.jpg and flower.jpg)")
     g.add_argument("--cifar-images", type=common.Bounded(int, lo=0, hi=10), default=0, metavar="N",
                    help="CIFAR-10 test images (one per class, so at most 10, upsampled from 32x32) added to the "
-                        "default photos (default: 0)")
+                        "sample photos")
     g.add_argument("--batch-size", type=common.positive_int, default=64, metavar="N",
-                   help="images per forward pass (default: 64)")
+                   help="images per forward pass")
     g.add_argument("--train-images", type=common.positive_int, default=5000, metavar="N",
-                   help="CIFAR-10 training subset the linear probes are fitted on (default: 5000)")
+                   help="CIFAR-10 training subset the linear probes are fitted on")
     g.add_argument("--test-images", type=common.positive_int, default=2000, metavar="N",
-                   help="CIFAR-10 test subset for probe accuracy and the masking evaluation (default: 2000)")
+                   help="CIFAR-10 test subset for probe accuracy and the masking evaluation")
     g.add_argument("--probe-max-iter", type=common.positive_int, default=1000, metavar="N",
-                   help="L-BFGS iterations per logistic-regression fit of the linear probes (default: 1000)")
+                   help="L-BFGS iterations per logistic-regression fit of the linear probes")
     g.add_argument("--discard-ratio", type=DISCARD, default=0.0, metavar="R",
                    help="rollout: zero this fraction of the lowest attention weights per layer, in attention "
-                        "and masking (default: 0)")
+                        "and masking")
     g = parser.add_argument_group("heads: per-head statistics")
     g.add_argument("--heads-images", type=common.non_negative_int, default=64, metavar="N",
                    help="CIFAR-10 test images (the first of --test-images) added to the images for the head "
-                        "statistics (default: 64)")
+                        "statistics")
     g = parser.add_argument_group("masking: accuracy as patches are masked")
     g.add_argument("--rollout-fusion", default="mean", choices=FUSIONS,
-                   help="how rollout fuses heads for the masking experiment (default: mean)")
+                   help="how rollout fuses heads for the masking experiment")
     g.add_argument("--mask-fractions", type=common.BoundedList(common.unit_float),
                    default=[round(0.1 * i, 1) for i in range(10)], metavar="F,F",
-                   help="fractions of patches to mask; 1 masks all, the chance-level end (default: 0,0.1,...,0.9)")
+                   help="fractions of patches to mask; 1 masks all, the chance-level end")
     g.add_argument("--mask-seeds", type=common.positive_int, default=3, metavar="N",
-                   help="seeds for random masking; the figure shows mean and spread (default: 3)")
+                   help="seeds for random masking; the figure shows mean and spread")
     return parser
 
 
