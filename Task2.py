@@ -1135,16 +1135,16 @@ def smoke_threads(active: bool):
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
-    if args.replot:
-        return common.replot(args.out, PLOTS)
     with common.user_errors(parser.prog, batch_flag="--batch-size"):
+        if args.replot:  # figures only, from metrics.json and cache/plot/: no model, no data
+            return common.replot(args.out, PLOTS)
         user_images = read_images(args.images) if args.images else None  # checked before anything is loaded
         device, out = common.pick_device(args.device), Path(args.out)
         common.seed_everything(args.seed)
         vit = load_vit(args, device)
         grid, cfg = grid_shape(vit.model), vit.model.config
-        print(f"model: {'smoke ViT (random weights)' if args.smoke else args.model}"
-              f"{' (random weights)' if args.weights == 'none' and not args.smoke else ''}, "
+        print(f"model: {'smoke ViT' if args.smoke else args.model}"
+              f"{' (random weights)' if args.smoke or args.weights == 'none' else ''}, "
               f"{cfg.num_hidden_layers} layers x {cfg.num_attention_heads} heads, "
               f"{vit.pre['size'][0]}x{vit.pre['size'][1]} input, {grid[0]}x{grid[1]} patches")
         data, cifar_shown = load_cifar(args)

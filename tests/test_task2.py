@@ -453,6 +453,17 @@ def test_replot_redraws_every_figure_without_computing(smoke_out, tmp_path, monk
     assert (out / "metrics.json").read_bytes() == metrics
 
 
+def test_replot_without_a_run_is_one_line(tmp_path, capsys):
+    """--replot where nothing was run, or where cache/plot/ is gone: one line, exit 2, files kept."""
+    assert_bad_input_in_process(Task2.main, ["--smoke", "--replot", "--out", str(tmp_path / "empty")], capsys,
+                                expect="run the experiments first")
+    assert not (tmp_path / "empty").exists()
+    out = tmp_path / "no-plot-data"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"experiments": {"probe": {"cls_test_acc": 0.5}}}')
+    assert_bad_input_in_process(Task2.main, ["--smoke", "--replot"], capsys, expect="probe.npz is missing", out=out)
+
+
 def test_smoke_metrics(smoke_out):
     doc = load_metrics(smoke_out)
     assert doc["env"]["data"] == "smoke"
