@@ -32,13 +32,14 @@ Run:
   python Task2.py --weights none                    # ViT-B/16's architecture, random weights,
                                                     # nothing downloaded from the hub (a dry run)
   python Task2.py --smoke --out /tmp/t2             # offline: tiny random ViT, seconds
+  python Task2.py --replot                          # redraw the figures of outputs/task2 only
 
 Writes into --out: classify_top5.png, attention_map_<image>.png (one per image),
 attention_heads.png, heads_entropy.png, heads_distance.png, heads_similarity.png,
 masking_accuracy.png, masking_agreement.png, masking_examples.png, probe_layers.png,
-probe_cosine.png, metrics.json, summary.md, and cache/ (features, rollout maps, and in
-cache/plot/ the arrays the figures need beyond the metrics: --replot redraws every figure
-from these without loading a model).
+probe_cosine.png, metrics.json, summary.md, and cache/ (features, rollout maps, and
+cache/plot/: the arrays the figures need besides metrics.json, so --replot redraws every
+figure without a model or data).
 """
 from __future__ import annotations
 
@@ -177,11 +178,8 @@ def sample_photos() -> list[tuple[str, torch.Tensor]]:
 
 def one_per_class(x: torch.Tensor, y: torch.Tensor, classes: list[str], n: int) -> list[tuple[str, torch.Tensor]]:
     """The first test image of each of the first n classes, named cifar<index>_<class>."""
-    out = []
-    for c in range(min(n, len(classes))):
-        i = int((y == c).nonzero()[0])
-        out.append((f"cifar{i}_{classes[c]}", x[i]))
-    return out
+    first = [int((y == c).nonzero()[0]) for c in range(min(n, len(classes)))]
+    return [(f"cifar{i}_{classes[c]}", x[i]) for c, i in enumerate(first)]
 
 
 def subset(n_total: int, n: int, seed: int) -> torch.Tensor:
@@ -875,7 +873,8 @@ def masking(vit: Vit, data: Cifar, probe: dict, unmasked_cls: torch.Tensor, roll
         pred = base_pred if k == 0 else predict(masked_cls(vit, data.x_test, orders[s][j], k, how, fill))
         acc[how, s][j, fi], agree[how, s][j, fi] = (pred == y).mean(), (pred == base_pred).mean()
     metrics = {"unmasked_acc": float((base_pred == y).mean()), "probe_C": probe["C"], "eval_images": len(y),
-               "patches": n_patches, "fractions": fractions, "masked_patches": [n_masked(f, n_patches) for f in fractions]}
+               "patches": n_patches, "fractions": fractions,
+               "masked_patches": [n_masked(f, n_patches) for f in fractions]}
     for how in hows:
         metrics[how] = {s: {"acc": acc[how, s].mean(0), "agree": agree[how, s].mean(0),
                             "mean_acc_over_fractions": float(acc[how, s].mean()),
