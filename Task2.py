@@ -32,17 +32,22 @@ Run:
   python Task2.py --weights none                    # ViT-B/16's architecture, random weights,
                                                     # nothing downloaded from the hub (a dry run)
   python Task2.py --smoke --out /tmp/t2             # offline: tiny random ViT, seconds
+  python Task2.py --replot                          # redraw the figures of outputs/task2 only
 
 Writes into --out: classify_top5.png, attention_map_<image>.png (one per image),
 attention_heads.png, heads_entropy.png, heads_distance.png, heads_similarity.png,
 masking_accuracy.png, masking_agreement.png, masking_examples.png, probe_layers.png,
-probe_cosine.png, metrics.json, summary.md, and cache/ (features and rollout maps).
+probe_cosine.png, metrics.json, summary.md, and cache/ (features, rollout maps, and
+cache/plot/: the arrays the figures need besides metrics.json, so --replot redraws every
+figure without a model or data).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +71,7 @@ with contextlib.suppress(AttributeError):
         lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})
         if kwargs.get("desc") == "Loading weights" else factory(*args, **kwargs))
 
-EXPERIMENTS = ["classify", "attention", "heads", "masking", "probe"]
+EXPERIMENTS = ["classify", "attention", "heads", "masking", "probe"]  # PLOTS, their figures: above main
 VIT_B16 = "google/vit-base-patch16-224"  # the default checkpoint (ImageNet-21k pretrained, 1k fine-tuned)
 STRATEGIES = ["random", "centre", "border", "most-attended", "least-attended"]
 FUSIONS = ["mean", "max", "min"]
@@ -87,41 +92,40 @@ def build_parser() -> common.Parser:
     # anything outside it in one line; check_args below refuses bad combinations.
     g = parser.add_argument_group("task 2")
     g.add_argument("--model", default=VIT_B16,
-                   help="Hugging Face ViT image classifier (with its ImageNet head) and its image processor "
-                        "(default: %(default)s)")
+                   help="Hugging Face ViT image classifier (with its ImageNet head) and its image processor")
     g.add_argument("--weights", default="pretrained", choices=["pretrained", "none"],
                    help="pretrained: the checkpoint's weights from the hub; none: the same architecture with random "
                         f"weights (for {VIT_B16} built offline from its config, 1,000 ImageNet labels), a dry run "
-                        "that downloads no weights (default: pretrained)")
+                        "that downloads no weights")
     g.add_argument("--images", nargs="+", metavar="PATH", default=None,
                    help="your own images for classify/attention/heads (default: scikit-learn's two sample photos, "
                         "china.jpg and flower.jpg)")
     g.add_argument("--cifar-images", type=common.Bounded(int, lo=0, hi=10), default=0, metavar="N",
                    help="CIFAR-10 test images (one per class, so at most 10, upsampled from 32x32) added to the "
-                        "default photos (default: 0)")
+                        "sample photos")
     g.add_argument("--batch-size", type=common.positive_int, default=64, metavar="N",
-                   help="images per forward pass (default: 64)")
+                   help="images per forward pass")
     g.add_argument("--train-images", type=common.positive_int, default=5000, metavar="N",
-                   help="CIFAR-10 training subset the linear probes are fitted on (default: 5000)")
+                   help="CIFAR-10 training subset the linear probes are fitted on")
     g.add_argument("--test-images", type=common.positive_int, default=2000, metavar="N",
-                   help="CIFAR-10 test subset for probe accuracy and the masking evaluation (default: 2000)")
+                   help="CIFAR-10 test subset for probe accuracy and the masking evaluation")
     g.add_argument("--probe-max-iter", type=common.positive_int, default=1000, metavar="N",
-                   help="L-BFGS iterations per logistic-regression fit of the linear probes (default: 1000)")
+                   help="L-BFGS iterations per logistic-regression fit of the linear probes")
     g.add_argument("--discard-ratio", type=DISCARD, default=0.0, metavar="R",
                    help="rollout: zero this fraction of the lowest attention weights per layer, in attention "
-                        "and masking (default: 0)")
+                        "and masking")
     g = parser.add_argument_group("heads: per-head statistics")
     g.add_argument("--heads-images", type=common.non_negative_int, default=64, metavar="N",
                    help="CIFAR-10 test images (the first of --test-images) added to the images for the head "
-                        "statistics (default: 64)")
+                        "statistics")
     g = parser.add_argument_group("masking: accuracy as patches are masked")
     g.add_argument("--rollout-fusion", default="mean", choices=FUSIONS,
-                   help="how rollout fuses heads for the masking experiment (default: mean)")
+                   help="how rollout fuses heads for the masking experiment")
     g.add_argument("--mask-fractions", type=common.BoundedList(common.unit_float),
                    default=[round(0.1 * i, 1) for i in range(10)], metavar="F,F",
-                   help="fractions of patches to mask; 1 masks all, the chance-level end (default: 0,0.1,...,0.9)")
+                   help="fractions of patches to mask; 1 masks all, the chance-level end")
     g.add_argument("--mask-seeds", type=common.positive_int, default=3, metavar="N",
-                   help="seeds for random masking; the figure shows mean and spread (default: 3)")
+                   help="seeds for random masking; the figure shows mean and spread")
     return parser
 
 
@@ -174,11 +178,8 @@ def sample_photos() -> list[tuple[str, torch.Tensor]]:
 
 def one_per_class(x: torch.Tensor, y: torch.Tensor, classes: list[str], n: int) -> list[tuple[str, torch.Tensor]]:
     """The first test image of each of the first n classes, named cifar<index>_<class>."""
-    out = []
-    for c in range(min(n, len(classes))):
-        i = int((y == c).nonzero()[0])
-        out.append((f"cifar{i}_{classes[c]}", x[i]))
-    return out
+    first = [int((y == c).nonzero()[0]) for c in range(min(n, len(classes)))]
+    return [(f"cifar{i}_{classes[c]}", x[i]) for c, i in enumerate(first)]
 
 
 def subset(n_total: int, n: int, seed: int) -> torch.Tensor:
@@ -200,11 +201,10 @@ def processor_settings(processor) -> dict:
 
 def preprocess(images: torch.Tensor, pre: dict, device: torch.device) -> torch.Tensor:
     """uint8 [B, 3, h, w] -> model input float [B, 3, H, W], as ViTImageProcessor does
-    (antialiased resize like torchvision/PIL; agrees with it to about 0.01 on the [-1, 1]
-    scale, tested). Done on the device, so upsampling 2,000 CIFAR images to 224 costs nothing."""
-    x = images.to(device, non_blocking=True).float() / 255.0
-    x = F.interpolate(x, size=pre["size"], mode=pre["mode"], antialias=True, align_corners=False)
-    return (x - pre["mean"].to(device)[:, None, None]) / pre["std"].to(device)[:, None, None]
+    (common.resize_normalise: antialiased like PIL; agrees with the processor to about 0.01
+    on the [-1, 1] scale, tested). On the device: upsampling 2,000 CIFAR images costs nothing."""
+    return common.resize_normalise(images.to(device, non_blocking=True), pre["size"], pre["mean"], pre["std"],
+                                   pre["mode"])
 
 
 def preprocess_each(named: list[tuple[str, torch.Tensor]], pre: dict, device: torch.device) -> torch.Tensor:
@@ -212,9 +212,47 @@ def preprocess_each(named: list[tuple[str, torch.Tensor]], pre: dict, device: to
     return torch.cat([preprocess(img[None], pre, device).cpu() for _, img in named])
 
 
-def to_unit(pixels: torch.Tensor, pre: dict) -> torch.Tensor:
-    """Model input -> RGB in [0, 1] for display (undo the normalisation)."""
-    return (pixels.cpu() * pre["std"][:, None, None] + pre["mean"][:, None, None]).clamp(0, 1)
+def display_images(pixels: torch.Tensor, pre: dict) -> np.ndarray:
+    """Model input [n, 3, H, W] -> what a figure shows: uint8 RGB [n, H, W, 3] (normalisation undone)."""
+    rgb = pixels.cpu().float() * pre["std"][:, None, None] + pre["mean"][:, None, None]
+    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@dataclass(frozen=True)
+class Cifar:
+    """The run's CIFAR-10 subsets: x uint8 [N, 3, 32, 32], y int64 [N]; None where no chosen
+    experiment needs them. Test: --test-images seeded from the test split (the head
+    statistics use its first --heads-images); train: --train-images for the probes."""
+    x_train: torch.Tensor | None = None
+    y_train: torch.Tensor | None = None
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+
+
+def load_cifar(args) -> tuple[Cifar, list[tuple[str, torch.Tensor]]]:
+    """The subsets the chosen experiments need, and the --cifar-images shown beside the
+    sample photos (the first test image of each class, named by its index in the split)."""
+    exps = set(args.experiments)
+    shows_images = args.images is None and args.cifar_images > 0 and bool(exps & {"classify", "attention", "heads"})
+    need_test = bool(exps & {"masking", "probe"}) or ("heads" in exps and args.heads_images > 0) or shows_images
+    data, shown = {}, []
+    if need_test:
+        n_test = max(args.test_images, args.heads_images)
+        x, y, classes = common.load_split("cifar10", args.data_root, train=False, smoke=args.smoke, seed=args.seed,
+                                          smoke_size=max(n_test, 500))
+        if n_test > len(x):
+            raise common.UserError(f"--test-images/--heads-images {n_test} exceed the {len(x)} CIFAR-10 test images")
+        shown = one_per_class(x, y, classes, args.cifar_images) if shows_images else []
+        idx = subset(len(x), args.test_images, args.seed)
+        data.update(x_test=x[idx], y_test=y[idx])
+    if exps & {"masking", "probe"}:
+        x, y, _ = common.load_split("cifar10", args.data_root, train=True, smoke=args.smoke, seed=args.seed,
+                                    smoke_size=max(args.train_images, 1000))
+        if args.train_images > len(x):
+            raise common.UserError(f"--train-images {args.train_images} exceeds the {len(x)} CIFAR-10 training images")
+        idx = subset(len(x), args.train_images, args.seed + 1)
+        data.update(x_train=x[idx], y_train=y[idx])
+    return Cifar(**data), shown
 
 
 # ----------------------------------------------------------------------------
@@ -257,7 +295,17 @@ def vit_b16_processor() -> ViTImageProcessor:
                              rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def load_vit(args, device: torch.device) -> tuple[ViTForImageClassification, dict]:
+@dataclass(frozen=True)
+class Vit:
+    """What every experiment needs: the classifier (eval mode, SDPA attention), its
+    preprocessing settings (processor_settings), the device, and images per forward pass."""
+    model: ViTForImageClassification
+    pre: dict
+    device: torch.device
+    batch_size: int
+
+
+def load_vit(args, device: torch.device) -> Vit:
     """The classifier (SDPA attention; switched to eager only where attention weights are
     read) and its preprocessing settings. A failed fetch is a UserError, and so is a
     checkpoint without a classification head when classify is asked for: transformers would
@@ -303,7 +351,7 @@ def load_vit(args, device: torch.device) -> tuple[ViTForImageClassification, dic
         raise common.UserError(f"Task2.py needs transformers >= 5 (found {transformers.__version__}); "
                                f"pip install -U transformers")
     model.set_attn_implementation("sdpa")
-    return model.to(device).eval(), processor_settings(processor)
+    return Vit(model.to(device).eval(), processor_settings(processor), device, args.batch_size)
 
 
 @contextlib.contextmanager
@@ -378,6 +426,17 @@ def vit_forward(model, pixels: torch.Tensor, keep: torch.Tensor | None = None, a
     return {"hidden": hidden, "last": last, "logits": logits, "attentions": captured}
 
 
+def batches(x: torch.Tensor, size: int, desc: str):
+    """x in consecutive chunks of `size` along dim 0, with a progress bar."""
+    return (x[i:i + size] for i in common.progress(range(0, len(x), size), desc=desc))
+
+
+def forward(vit: Vit, pixels: torch.Tensor, **kwargs) -> dict:
+    """vit_forward on the device under autocast (bf16 on recent GPUs, fp32 on CPU)."""
+    with common.autocast(vit.device):
+        return vit_forward(vit.model, pixels.to(vit.device), **kwargs)
+
+
 # ----------------------------------------------------------------------------
 # Attention analysis (pure functions; tested against constructed cases)
 # ----------------------------------------------------------------------------
@@ -450,13 +509,12 @@ def upsample_map(amap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
 
 
-def draw_overlay(ax, image: torch.Tensor, amap: torch.Tensor | None, title: str) -> None:
-    """image [3, H, W] in [0, 1]; amap [rows, cols] drawn as red, opacity 0.75 at its max."""
-    img = image.permute(1, 2, 0).numpy()
-    ax.imshow(img)
+def draw_overlay(ax, image: np.ndarray, amap: np.ndarray | None, title: str) -> None:
+    """image uint8 [H, W, 3]; amap [rows, cols] drawn as red, opacity 0.75 at its max."""
+    ax.imshow(image)
     if amap is not None:
-        up = upsample_map(amap.cpu(), img.shape[:2]).numpy()
-        rgba = np.zeros((*img.shape[:2], 4))
+        up = upsample_map(torch.as_tensor(amap), image.shape[:2]).numpy()
+        rgba = np.zeros((*image.shape[:2], 4))
         rgba[..., 0], rgba[..., 3] = 1.0, 0.75 * up
         ax.imshow(rgba)
     ax.set_title(title, fontsize=8)
@@ -530,14 +588,13 @@ def kept_tokens(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def extract_features(model, images: torch.Tensor, pre: dict, device, batch_size: int, desc: str) -> dict:
+def extract_features(vit: Vit, images: torch.Tensor, desc: str) -> dict:
     """CIFAR uint8 [N, 3, 32, 32] -> {"cls", "mean": [N, L, D] float16 per block (residual
     stream; CLS token and mean of patch tokens), "cls_final", "mean_final": [N, D] float32
     after the final LayerNorm (what the classifier head reads)}. SDPA attention."""
     out = {"cls": [], "mean": [], "cls_final": [], "mean_final": []}
-    for i in common.progress(range(0, len(images), batch_size), desc=desc):
-        with common.autocast(device):
-            r = vit_forward(model, preprocess(images[i:i + batch_size], pre, device))
+    for x in batches(images, vit.batch_size, desc):
+        r = forward(vit, preprocess(x, vit.pre, vit.device))
         h = torch.stack(r["hidden"], 1).float()                    # [B, L, T, D]
         out["cls"].append(h[:, :, 0].half().cpu())
         out["mean"].append(h[:, :, 1:].mean(2).half().cpu())
@@ -546,33 +603,35 @@ def extract_features(model, images: torch.Tensor, pre: dict, device, batch_size:
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def cached_features(model, images, pre, device, args, split: str) -> dict:
-    settings = {"model": args.model, "weights": weights_fingerprint(model), "smoke": args.smoke, "split": split,
-                "n": len(images), "seed": args.seed, "size": pre["size"], "bf16": device.type == "cuda"}
+def cache_settings(vit: Vit, images: torch.Tensor, args) -> dict:
+    """What a cached feature or rollout file depends on: a change of any is a new file."""
+    return {"model": args.model, "weights": weights_fingerprint(vit.model), "smoke": args.smoke, "n": len(images),
+            "seed": args.seed, "bf16": vit.device.type == "cuda"}
+
+
+def cached_features(vit: Vit, images: torch.Tensor, split: str, args) -> dict:
+    settings = {**cache_settings(vit, images, args), "split": split, "size": vit.pre["size"]}
     path = common.cache_path(args.out, "features", settings)
     feats = common.load_cache(path, args.fresh)
     if feats is None:
-        feats = extract_features(model, images, pre, device, args.batch_size, f"features ({split})")
+        feats = extract_features(vit, images, f"features ({split})")
         common.save_cache(path, {**feats, "settings": settings})
     return feats
 
 
 @torch.inference_mode()
-def rollout_maps(model, images, pre, device, args) -> torch.Tensor:
+def rollout_maps(vit: Vit, images: torch.Tensor, args) -> torch.Tensor:
     """Per-image rollout of CLS onto the patches, [N, patches] float32 (cached; eager attention)."""
-    settings = {"model": args.model, "weights": weights_fingerprint(model), "smoke": args.smoke, "n": len(images),
-                "seed": args.seed, "fusion": args.rollout_fusion, "discard": args.discard_ratio,
-                "bf16": device.type == "cuda"}
+    settings = {**cache_settings(vit, images, args), "fusion": args.rollout_fusion, "discard": args.discard_ratio}
     path = common.cache_path(args.out, "rollout", settings)
     cached = common.load_cache(path, args.fresh)
     if cached is not None:
         return cached["maps"]
     maps = []
-    with eager_attention(model):
-        for i in common.progress(range(0, len(images), args.batch_size), desc="rollout"):
-            with common.autocast(device):
-                r = vit_forward(model, preprocess(images[i:i + args.batch_size], pre, device), attentions=True)
-            maps.append(attention_rollout(r["attentions"], args.rollout_fusion, args.discard_ratio)[:, 0, 1:].cpu())
+    with eager_attention(vit.model):
+        for x in batches(images, vit.batch_size, "rollout"):
+            attns = forward(vit, preprocess(x, vit.pre, vit.device), attentions=True)["attentions"]
+            maps.append(attention_rollout(attns, args.rollout_fusion, args.discard_ratio)[:, 0, 1:].cpu())
     maps = torch.cat(maps)
     common.save_cache(path, {"maps": maps, "settings": settings})
     return maps
@@ -602,38 +661,38 @@ def probe_per_layer(train: torch.Tensor, y_train, test: torch.Tensor, y_test, se
 
 
 @torch.inference_mode()
-def classify(model, named, pixels, pre, device, batch_size: int, out: Path) -> dict:
+def classify(vit: Vit, names: list[str], pixels: torch.Tensor, out: Path) -> dict:
     """Top-1/top-5 ImageNet labels with softmax probabilities for each image (pixels
-    [n, 3, H, W] model input on CPU, sent through in batches of batch_size)."""
-    logits = []
-    for i in common.progress(range(0, len(pixels), batch_size), desc="classify"):
-        with common.autocast(device):
-            logits.append(vit_forward(model, pixels[i:i + batch_size].to(device))["logits"].float().cpu())
-    probs = torch.cat(logits).softmax(-1)
-    k = min(5, probs.shape[-1])  # a checkpoint may have fewer than five labels
-    top_p, top_i = probs.topk(k, dim=-1)
-    label = lambda i: model.config.id2label[int(i)].split(",")[0]  # "tabby, tabby cat" -> "tabby"
+    [n, 3, H, W] model input on CPU, sent through in batches of --batch-size)."""
+    probs = torch.cat([forward(vit, x)["logits"].float().cpu()
+                       for x in batches(pixels, vit.batch_size, "classify")]).softmax(-1)
+    top_p, top_i = probs.topk(min(5, probs.shape[-1]), dim=-1)  # a checkpoint may have fewer than five labels
     per_image = {}
-    fig, axes = plt.subplots(len(named), 2, figsize=(8, 2.0 * len(named)), squeeze=False,
+    for name, p, i in zip(names, top_p, top_i):
+        labels = [vit.model.config.id2label[int(j)].split(",")[0] for j in i]  # "tabby, tabby cat" -> "tabby"
+        per_image[name] = {"top1": labels[0], "top1_prob": float(p[0]), "top5_prob_mass": float(p.sum()),
+                           "top5": [[l, float(q)] for l, q in zip(labels, p)]}  # [label, probability]
+        print(f"  {name:<28} top-1 {labels[0]} ({p[0]:.3f}); top-5 {', '.join(labels[1:])}")
+    common.save_plot_data(out, "classify", images=display_images(pixels, vit.pre))
+    return {"mean_top1_prob": float(top_p[:, 0].mean()), "mean_top5_prob_mass": float(top_p.sum(1).mean()),
+            "images": per_image}
+
+
+def plot_classify(m: dict, out: Path) -> None:
+    images = common.load_plot_data(out, "classify")["images"]                   # uint8 [n, H, W, 3]
+    fig, axes = plt.subplots(len(images), 2, figsize=(8, 2.0 * len(images)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.6]})
-    for n, (name, _) in enumerate(named):
-        labels = [label(i) for i in top_i[n]]
-        per_image[name] = {"top1": labels[0], "top1_prob": float(top_p[n, 0]), "top5_prob_mass": float(top_p[n].sum()),
-                           "top5": [[l, float(p)] for l, p in zip(labels, top_p[n])]}  # [label, probability]
-        print(f"  {name:<28} top-1 {labels[0]} ({top_p[n, 0]:.3f}); top-5 {', '.join(labels[1:])}")
-        draw_overlay(axes[n, 0], to_unit(pixels[n], pre), None, name)
-        ax = axes[n, 1]
-        ax.barh(range(k)[::-1], top_p[n].numpy(), color="tab:blue")
-        ax.set_yticks(range(k)[::-1], labels, fontsize=8)
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("softmax probability")
-        ax.set_title(f"top-1: {labels[0]} ({top_p[n, 0]:.2f})", fontsize=9)
+    for (name, v), image, (left, ax) in zip(m["images"].items(), images, axes):
+        labels, probs = zip(*v["top5"])
+        draw_overlay(left, image, None, name)
+        ax.barh(range(len(labels))[::-1], probs, color="tab:blue")
+        ax.set_yticks(range(len(labels))[::-1], labels, fontsize=8)
+        ax.set(xlim=(0, 1), xlabel="softmax probability")
+        ax.set_title(f"top-1: {labels[0]} ({probs[0]:.2f})", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("ViT top-5 ImageNet predictions")
     fig.tight_layout()
     common.save_figure(fig, out / "classify_top5.png")
-    return {"mean_top1_prob": float(top_p[:, 0].mean()), "mean_top5_prob_mass": float(top_p.sum(1).mean()),
-            "images": per_image}
 
 
 # ----------------------------------------------------------------------------
@@ -642,62 +701,66 @@ def classify(model, named, pixels, pre, device, batch_size: int, out: Path) -> d
 
 
 @torch.inference_mode()
-def attention_maps(model, named, pixels, pre, device, args, out: Path) -> dict:
+def attention(vit: Vit, names: list[str], pixels: torch.Tensor, discard_ratio: float, out: Path) -> dict:
     """Last layer's CLS->patch attention (mean over heads, and each head) and attention
-    rollout with mean/max/min head fusion, as red overlays. Per image: the entropy of the
-    maps (how spread the attention is) and their Spearman rank correlation."""
+    rollout with mean/max/min head fusion. Per image: the entropy of the maps (how spread
+    the attention is), their Spearman rank correlation, and CLS's attention to itself."""
     from scipy.stats import spearmanr
 
-    grid = grid_shape(model)
+    grid = grid_shape(vit.model)
     # In batches of --batch-size: the weights of all 12 layers of ViT-B/16 take 22 MB per
     # image (12 x 12 heads x 197 x 197 x 4 bytes); only the CLS rows are kept.
     last, self_attention, rollouts = [], [], {f: [] for f in FUSIONS}
-    with eager_attention(model):
-        for i in common.progress(range(0, len(pixels), args.batch_size), desc="attention"):
-            with common.autocast(device):
-                attns = [a.float() for a in vit_forward(model, pixels[i:i + args.batch_size].to(device),
-                                                        attentions=True)["attentions"]]
+    with eager_attention(vit.model):
+        for x in batches(pixels, vit.batch_size, "attention"):
+            attns = [a.float() for a in forward(vit, x, attentions=True)["attentions"]]
             last.append(cls_attention_map(attns[-1], grid).cpu())                # [b, heads, rows, cols]
             self_attention.append(attns[-1][:, :, 0, 0].mean(1).cpu())           # [b]: CLS -> CLS, mean of heads
             for f in FUSIONS:
-                rollouts[f].append(attention_rollout(attns, f, args.discard_ratio)[:, 0, 1:].reshape(-1, *grid).cpu())
+                rollouts[f].append(attention_rollout(attns, f, discard_ratio)[:, 0, 1:].reshape(-1, *grid).cpu())
     last, self_attention = torch.cat(last), torch.cat(self_attention)            # [n, heads, rows, cols], [n]
     rollouts = {f: torch.cat(r) for f, r in rollouts.items()}                    # [n, rows, cols] each
-    last_mean = last.mean(1)                                                     # [n, rows, cols]
-    images = to_unit(pixels, pre)
-    per_image, n_patches = {}, grid[0] * grid[1]
-    for n, (name, _) in enumerate(named):
-        fig, axes = plt.subplots(1, 5, figsize=(13, 3))
-        draw_overlay(axes[0], images[n], None, name)
-        draw_overlay(axes[1], images[n], last_mean[n], f"last layer CLS attention\n(mean of {last.shape[1]} heads)")
-        for ax, f in zip(axes[2:], FUSIONS):
-            draw_overlay(ax, images[n], rollouts[f][n], f"rollout, {f} fusion\n(discard {args.discard_ratio:g})")
-        fig.suptitle(f"Where the CLS token looks ({name}); red = more attention")
-        common.save_figure(fig, out / f"attention_map_{name}.png")
+    last_mean, per_image = last.mean(1), {}                                      # [n, rows, cols]
+    for n, name in enumerate(names):
         p_last = last_mean[n].flatten() / last_mean[n].sum()
         p_roll = rollouts["mean"][n].flatten() / rollouts["mean"][n].sum()
         per_image[name] = {"last_layer_entropy_bits": float(entropy_bits(p_last)),
                            "rollout_entropy_bits": float(entropy_bits(p_roll)),
                            "spearman_last_vs_rollout": float(spearmanr(p_last.numpy(), p_roll.numpy())[0]),
                            "cls_self_attention_last_layer": float(self_attention[n])}
+    common.save_plot_data(out, "attention", images=display_images(pixels, vit.pre), last=last,
+                          discard_ratio=discard_ratio, **{f"rollout_{f}": r for f, r in rollouts.items()})
+    avg = lambda k: float(np.mean([v[k] for v in per_image.values()]))
+    uniform = math.log2(grid[0] * grid[1])
+    print(f"  entropy of CLS attention: last layer {avg('last_layer_entropy_bits'):.2f} bits, rollout "
+          f"{avg('rollout_entropy_bits'):.2f} bits (uniform: {uniform:.2f})")
+    return {"uniform_entropy_bits": uniform, "mean_last_layer_entropy_bits": avg("last_layer_entropy_bits"),
+            "mean_rollout_entropy_bits": avg("rollout_entropy_bits"),
+            "mean_spearman_last_vs_rollout": avg("spearman_last_vs_rollout"), "images": per_image}
+
+
+def plot_attention(m: dict, out: Path) -> None:
+    d = common.load_plot_data(out, "attention")
+    images, last, names = d["images"], d["last"], list(m["images"])              # last: [n, heads, rows, cols]
+    last_mean, n_heads = last.mean(1), last.shape[1]
+    for n, name in enumerate(names):
+        fig, axes = plt.subplots(1, 5, figsize=(13, 3))
+        draw_overlay(axes[0], images[n], None, name)
+        draw_overlay(axes[1], images[n], last_mean[n], f"last layer CLS attention\n(mean of {n_heads} heads)")
+        for ax, f in zip(axes[2:], FUSIONS):
+            draw_overlay(ax, images[n], d[f"rollout_{f}"][n], f"rollout, {f} fusion\n(discard {d['discard_ratio']:g})")
+        fig.suptitle(f"Where the CLS token looks ({name}); red = more attention")
+        common.save_figure(fig, out / f"attention_map_{name}.png")
     # Per-head grid: rows = images, columns = the mean map and every head of the last layer.
-    heads = last.shape[1]
-    fig, axes = plt.subplots(len(named), heads + 1, figsize=(1.3 * (heads + 1), 1.3 * len(named) + 0.8),
+    fig, axes = plt.subplots(len(names), n_heads + 1, figsize=(1.3 * (n_heads + 1), 1.3 * len(names) + 0.8),
                              squeeze=False)
-    for n, (name, _) in enumerate(named):
+    for n, name in enumerate(names):
         draw_overlay(axes[n, 0], images[n], last_mean[n], "mean" if n == 0 else "")
         axes[n, 0].set_ylabel(name, fontsize=7)
-        for h in range(heads):
+        for h in range(n_heads):
             draw_overlay(axes[n, h + 1], images[n], last[n, h], f"head {h}" if n == 0 else "")
     fig.suptitle("Last layer CLS->patch attention per head (red = more attention; each map scaled to its max)")
     common.save_figure(fig, out / "attention_heads.png")
-    avg = lambda k: float(np.mean([v[k] for v in per_image.values()]))
-    print(f"  entropy of CLS attention: last layer {avg('last_layer_entropy_bits'):.2f} bits, rollout "
-          f"{avg('rollout_entropy_bits'):.2f} bits (uniform: {math.log2(n_patches):.2f})")
-    return {"uniform_entropy_bits": math.log2(n_patches),
-            "mean_last_layer_entropy_bits": avg("last_layer_entropy_bits"),
-            "mean_rollout_entropy_bits": avg("rollout_entropy_bits"),
-            "mean_spearman_last_vs_rollout": avg("spearman_last_vs_rollout"), "images": per_image}
 
 
 # ----------------------------------------------------------------------------
@@ -706,59 +769,30 @@ def attention_maps(model, named, pixels, pre, device, args, out: Path) -> dict:
 
 
 @torch.inference_mode()
-def head_statistics(model, pixels, device, batch_size: int, out: Path) -> dict:
-    """Per layer and head, over the given images: entropy (bits) of the CLS attention over
-    all tokens, and mean attention distance in input pixels (ViT paper Fig. 7: early layers
-    mix local and global heads, later layers are global). Last layer: head similarity."""
-    grid = grid_shape(model)
-    patch = model.config.patch_size
-    ent, dist, sim, n = 0.0, 0.0, 0.0, 0
-    with eager_attention(model):
-        for i in common.progress(range(0, len(pixels), batch_size), desc="head statistics"):
-            with common.autocast(device):
-                attns = vit_forward(model, pixels[i:i + batch_size].to(device), attentions=True)["attentions"]
-            a = torch.stack(attns, 1).float()                              # [B, L, heads, T, T]
-            b = len(a)
-            ent = ent + entropy_bits(a[:, :, :, 0, :]).sum(0).cpu()         # [L, heads]
+def heads(vit: Vit, pixels: torch.Tensor, cifar: torch.Tensor | None, out: Path) -> dict:
+    """Per layer and head, over the images (pixels: model input) and the CIFAR images
+    (uint8, the first --heads-images of the test subset): entropy (bits) of the CLS
+    attention over all tokens, and mean attention distance in input pixels (ViT paper
+    Fig. 7: early layers mix local and global heads, later layers are global). Last layer:
+    head similarity."""
+    if cifar is not None:
+        pixels = torch.cat([pixels, preprocess(cifar, vit.pre, vit.device).cpu()])
+    grid, patch = grid_shape(vit.model), vit.model.config.patch_size
+    ent, dist, sim = 0.0, 0.0, 0.0
+    with eager_attention(vit.model):
+        for x in batches(pixels, vit.batch_size, "head statistics"):
+            a = torch.stack(forward(vit, x, attentions=True)["attentions"], 1).float()  # [B, L, heads, T, T]
+            ent = ent + entropy_bits(a[:, :, :, 0, :]).sum(0).cpu()                    # [L, heads]
             dist = dist + torch.stack([mean_attention_distance(a[:, l], grid, patch) for l in range(a.shape[1])],
                                       1).sum(0).cpu()
-            sim = sim + head_similarity(a[:, -1]).cpu() * b
-            n += b
+            sim = sim + head_similarity(a[:, -1]).cpu() * len(a)                         # [heads, heads]
+    n = len(pixels)
     ent, dist, sim = ent / n, dist / n, sim / n
-    layers, heads = ent.shape
     uniform_dist = float(patch_distances(grid, patch).mean())
-    tokens = grid[0] * grid[1] + 1
-    for values, what, ref, ref_label, fname in [
-            (ent, "entropy of CLS attention (bits)", math.log2(tokens), f"uniform over {tokens} tokens", "entropy"),
-            (dist, "mean attention distance (pixels)", uniform_dist, "uniform attention over patches", "distance")]:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        colours = plt.get_cmap("tab20")(np.arange(heads) % 20)
-        for h in range(heads):
-            ax.scatter(np.arange(1, layers + 1), values[:, h].numpy(), s=14, color=colours[h],
-                       label=f"head {h}" if heads <= 12 else None)
-        ax.plot(np.arange(1, layers + 1), values.mean(1).numpy(), color="black", lw=1, label="mean over heads")
-        ax.axhline(ref, color="grey", ls="--", lw=1, label=ref_label)
-        ax.set_xlabel("layer (network depth)")
-        ax.set_xticks(range(1, layers + 1))
-        ax.set_ylabel(what)
-        ax.set_title(f"{what[0].upper() + what[1:]} per head, {n} images")
-        ax.legend(fontsize=6, ncol=2, loc="best")
-        ax.grid(alpha=0.3)
-        common.save_figure(fig, out / f"heads_{fname}.png")
-    fig, ax = plt.subplots(figsize=(5.5, 4.6))
-    im = ax.imshow(sim.numpy(), cmap="viridis", vmin=0, vmax=1)
-    for r in range(heads):
-        for c in range(heads):
-            ax.text(c, r, f"{sim[r, c]:.2f}", ha="center", va="center", fontsize=5 if heads > 8 else 7,
-                    color="white" if sim[r, c] < 0.6 else "black")
-    ax.set_xticks(range(heads)), ax.set_yticks(range(heads))
-    ax.set_xlabel("head"), ax.set_ylabel("head")
-    ax.set_title(f"Last layer: cosine similarity of heads' attention\npatterns (T x T), mean over {n} images")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
-    common.save_figure(fig, out / "heads_similarity.png")
-    off = sim[~torch.eye(heads, dtype=torch.bool)]
+    off = sim[~torch.eye(len(sim), dtype=torch.bool)]
+    common.save_plot_data(out, "heads", tokens=grid[0] * grid[1] + 1)
     print(f"  mean attention distance: layer 1 {dist[0].min():.1f}-{dist[0].max():.1f} px, "
-          f"layer {layers} {dist[-1].min():.1f}-{dist[-1].max():.1f} px (uniform {uniform_dist:.1f} px)")
+          f"layer {len(dist)} {dist[-1].min():.1f}-{dist[-1].max():.1f} px (uniform {uniform_dist:.1f} px)")
     return {"images": n, "entropy_bits": ent, "distance_px": dist, "uniform_distance_px": uniform_dist,
             "first_layer_distance_min_px": float(dist[0].min()), "first_layer_distance_max_px": float(dist[0].max()),
             "last_layer_distance_mean_px": float(dist[-1].mean()),
@@ -767,107 +801,138 @@ def head_statistics(model, pixels, device, batch_size: int, out: Path) -> dict:
             "last_layer_mean_offdiag_similarity": float(off.mean())}
 
 
+def plot_heads(m: dict, out: Path) -> None:
+    tokens = int(common.load_plot_data(out, "heads")["tokens"])                  # 197 for ViT-B/16
+    for key, what, ref, ref_label in [
+            ("entropy_bits", "entropy of CLS attention (bits)", math.log2(tokens), f"uniform over {tokens} tokens"),
+            ("distance_px", "mean attention distance (pixels)", m["uniform_distance_px"],
+             "uniform attention over patches")]:
+        values = np.asarray(m[key])                                              # [layers, heads]
+        layers, n_heads = values.shape
+        x, colours = np.arange(1, layers + 1), plt.get_cmap("tab20")(np.arange(n_heads) % 20)
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for h in range(n_heads):
+            ax.scatter(x, values[:, h], s=14, color=colours[h], label=f"head {h}" if n_heads <= 12 else None)
+        ax.plot(x, values.mean(1), color="black", lw=1, label="mean over heads")
+        ax.axhline(ref, color="grey", ls="--", lw=1, label=ref_label)
+        ax.set(xlabel="layer (network depth)", xticks=x, ylabel=what,
+               title=f"{what[0].upper() + what[1:]} per head, {m['images']} images")
+        ax.legend(fontsize=6, ncol=2, loc="best")
+        ax.grid(alpha=0.3)
+        common.save_figure(fig, out / f"heads_{key.split('_')[0]}.png")
+    sim = np.asarray(m["last_layer_head_similarity"])
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    im = ax.imshow(sim, cmap="viridis", vmin=0, vmax=1)
+    for (r, c), v in np.ndenumerate(sim):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=5 if len(sim) > 8 else 7,
+                color="white" if v < 0.6 else "black")
+    ax.set(xticks=range(len(sim)), yticks=range(len(sim)), xlabel="head", ylabel="head",
+           title=f"Last layer: cosine similarity of heads' attention\npatterns (T x T), mean over {m['images']} images")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
+    common.save_figure(fig, out / "heads_similarity.png")
+
+
 # ----------------------------------------------------------------------------
 # Experiment 4: masking patches
 # ----------------------------------------------------------------------------
 
 
 @torch.inference_mode()
-def masked_cls(model, images, orders, k: int, how: str, pre, fill, device, batch_size: int) -> torch.Tensor:
-    """Final CLS features [N, D] with the first k patches of each order row masked."""
-    grid = grid_shape(model)
-    feats = []
-    for i in range(0, len(images), batch_size):
-        pixels = preprocess(images[i:i + batch_size], pre, device)
-        mask = mask_from_order(orders[i:i + batch_size].to(device), k)
-        with common.autocast(device):
-            if how == "pixel":
-                r = vit_forward(model, pixel_mask(pixels, mask, grid, fill))
-            else:
-                r = vit_forward(model, pixels, keep=kept_tokens(mask))
+def masked_cls(vit: Vit, images: torch.Tensor, orders: torch.Tensor, k: int, how: str, fill) -> torch.Tensor:
+    """Final CLS features [N, D] with the first k patches of each order row masked: "pixel"
+    sets their pixels to `fill`, "token" drops their tokens."""
+    grid, feats = grid_shape(vit.model), []
+    for i in range(0, len(images), vit.batch_size):
+        pixels = preprocess(images[i:i + vit.batch_size], vit.pre, vit.device)
+        mask = mask_from_order(orders[i:i + vit.batch_size].to(vit.device), k)
+        r = forward(vit, pixel_mask(pixels, mask, grid, fill)) if how == "pixel" else \
+            forward(vit, pixels, keep=kept_tokens(mask))
         feats.append(r["last"][:, 0].float().cpu())
     return torch.cat(feats)
 
 
-def masking(model, images, labels, probe, unmasked_cls, rollout, fill, pre, device, args, out: Path) -> dict:
-    """CIFAR-10 accuracy of the linear probe (fitted on unmasked training features) when
-    round(f*N) patches are masked, and agreement with the unmasked prediction; per
-    strategy, for pixel masking and token dropping."""
-    grid, n_img = grid_shape(model), len(images)
+def masking(vit: Vit, data: Cifar, probe: dict, unmasked_cls: torch.Tensor, rollout: torch.Tensor,
+            fractions: list[float], n_seeds: int, seed: int, out: Path) -> dict:
+    """CIFAR-10 test accuracy of the linear probe (fitted on unmasked training features) when
+    round(f*N) patches are masked, and agreement with the unmasked prediction; per strategy,
+    for pixel masking and token dropping. unmasked_cls [N, D]: the test subset's final CLS
+    features; rollout [N, patches]: its rollout maps (for the attention-ranked orders)."""
+    grid, y, hows = grid_shape(vit.model), data.y_test.numpy(), ("pixel", "token")
     n_patches = grid[0] * grid[1]
+    # Masked patches are filled with the training images' mean colour, in model-input units.
+    fill = ((data.x_train.float().mean((0, 2, 3)) / 255.0 - vit.pre["mean"]) / vit.pre["std"]).to(vit.device)
     predict = lambda feats: probe["model"].predict(probe["scaler"].transform(feats.numpy().astype(np.float64)))
-    y = labels.numpy()
     base_pred = predict(unmasked_cls)
-    base_acc = float((base_pred == y).mean())
-    orders = {s: [mask_orders(s, n_img, grid, rollout, seed=args.seed * 1000 + j)
-                  for j in range(args.mask_seeds if s == "random" else 1)] for s in STRATEGIES}
-    fractions = args.mask_fractions
-    results = {how: {s: {"acc": np.zeros((len(o), len(fractions))), "agree": np.zeros((len(o), len(fractions)))}
-                     for s, o in orders.items()} for how in ("pixel", "token")}
-    jobs = [(how, s, j, fi) for how in results for s in STRATEGIES for j in range(len(orders[s]))
-            for fi in range(len(fractions))]
+    orders = {s: [mask_orders(s, len(y), grid, rollout, seed=seed * 1000 + j)
+                  for j in range(n_seeds if s == "random" else 1)] for s in STRATEGIES}
+    acc = {(how, s): np.zeros((len(orders[s]), len(fractions))) for how in hows for s in STRATEGIES}
+    agree = {key: np.zeros_like(a) for key, a in acc.items()}
+    jobs = [(how, s, j, fi) for how, s in acc for j in range(len(orders[s])) for fi in range(len(fractions))]
     for how, s, j, fi in common.progress(jobs, desc="masking"):
         k = n_masked(fractions[fi], n_patches)
-        pred = base_pred if k == 0 else predict(masked_cls(model, images, orders[s][j], k, how, pre, fill, device,
-                                                           args.batch_size))
-        results[how][s]["acc"][j, fi] = (pred == y).mean()
-        results[how][s]["agree"][j, fi] = (pred == base_pred).mean()
-    metrics = {"unmasked_acc": base_acc, "probe_C": probe["C"], "eval_images": n_img, "patches": n_patches,
-               "fractions": fractions, "masked_patches": [n_masked(f, n_patches) for f in fractions]}
-    for how, per in results.items():
-        metrics[how] = {}
-        for s, r in per.items():
-            m = {"acc": r["acc"].mean(0), "agree": r["agree"].mean(0),
-                 "mean_acc_over_fractions": float(r["acc"].mean()),
-                 "mean_agree_over_fractions": float(r["agree"].mean())}
-            if s == "random":
-                m["acc_std"], m["agree_std"] = r["acc"].std(0), r["agree"].std(0)
-            metrics[how][s] = m
+        pred = base_pred if k == 0 else predict(masked_cls(vit, data.x_test, orders[s][j], k, how, fill))
+        acc[how, s][j, fi], agree[how, s][j, fi] = (pred == y).mean(), (pred == base_pred).mean()
+    metrics = {"unmasked_acc": float((base_pred == y).mean()), "probe_C": probe["C"], "eval_images": len(y),
+               "patches": n_patches, "fractions": fractions,
+               "masked_patches": [n_masked(f, n_patches) for f in fractions]}
+    for how in hows:
+        metrics[how] = {s: {"acc": acc[how, s].mean(0), "agree": agree[how, s].mean(0),
+                            "mean_acc_over_fractions": float(acc[how, s].mean()),
+                            "mean_agree_over_fractions": float(agree[how, s].mean()),
+                            **({"acc_std": acc[how, s].std(0), "agree_std": agree[how, s].std(0)}
+                               if s == "random" else {})} for s in STRATEGIES}
         print(f"  {how:<5} mean accuracy over fractions: " +
               ", ".join(f"{s} {metrics[how][s]['mean_acc_over_fractions']:.3f}" for s in STRATEGIES))
+    shown, examples = masking_examples(vit, data.x_test[:1], orders, fractions, fill)
+    common.save_plot_data(out, "masking", examples=examples, shown_fractions=shown, n_classes=len(np.unique(y)),
+                          mask_seeds=n_seeds)
+    return metrics
+
+
+def masking_examples(vit: Vit, image: torch.Tensor, orders: dict, fractions: list[float], fill):
+    """What the model sees under pixel masking (token dropping removes the same patches):
+    image uint8 [1, 3, h, w] masked by each strategy's first order at up to five nonzero
+    fractions -> (those fractions, uint8 [strategies * fractions, H, W, 3])."""
+    grid = grid_shape(vit.model)
+    nonzero = [f for f in fractions if f > 0] or fractions
+    shown = [nonzero[i] for i in np.unique(np.linspace(0, len(nonzero) - 1, min(5, len(nonzero))).round().astype(int))]
+    pixels = preprocess(image, vit.pre, vit.device)
+    tiles = [pixel_mask(pixels, mask_from_order(orders[s][0][:1].to(vit.device), n_masked(f, grid[0] * grid[1])),
+                        grid, fill) for s in STRATEGIES for f in shown]
+    return shown, display_images(torch.cat(tiles), vit.pre)
+
+
+def plot_masking(m: dict, out: Path) -> None:
+    d, fractions = common.load_plot_data(out, "masking"), m["fractions"]
     titles = {"pixel": "pixel masking (patch := dataset mean)", "token": "token dropping (patch token removed)"}
     for key, ylabel, fname in [("acc", "CIFAR-10 accuracy (linear probe)", "accuracy"),
                                ("agree", "agreement with unmasked prediction", "agreement")]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
         for ax, how in zip(axes, ("pixel", "token")):
             for s in STRATEGIES:
-                m = metrics[how][s]
-                ax.plot(fractions, m[key], marker="o", markersize=3, label=s)
+                v = np.asarray(m[how][s][key])
+                ax.plot(fractions, v, marker="o", markersize=3, label=s)
                 if s == "random":
-                    ax.fill_between(fractions, m[key] - m[key + "_std"], m[key] + m[key + "_std"], alpha=0.25,
-                                    label=f"random: ±1 std over {args.mask_seeds} seeds")
+                    sd = np.asarray(m[how][s][key + "_std"])
+                    ax.fill_between(fractions, v - sd, v + sd, alpha=0.25,
+                                    label=f"random: ±1 std over {int(d['mask_seeds'])} seeds")
             if key == "acc":
-                ax.axhline(1 / len(np.unique(y)), color="grey", ls=":", lw=1, label="chance")
+                ax.axhline(1 / int(d["n_classes"]), color="grey", ls=":", lw=1, label="chance")
             ax.set_title(titles[how], fontsize=10)
-            ax.set_xlabel("fraction of patches masked")
-            ax.set_ylabel(ylabel)
-            ax.set_ylim(0, 1.02)
+            ax.set(xlabel="fraction of patches masked", ylabel=ylabel, ylim=(0, 1.02))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{ylabel[0].upper() + ylabel[1:]} vs fraction of patches masked ({n_img} test images)")
+        fig.suptitle(f"{ylabel[0].upper() + ylabel[1:]} vs fraction of patches masked ({m['eval_images']} test images)")
         fig.tight_layout()
         common.save_figure(fig, out / f"masking_{fname}.png")
-    # Examples: what the model sees under pixel masking (token dropping removes the same patches).
-    nonzero = [f for f in fractions if f > 0] or fractions
-    show = [nonzero[i] for i in np.unique(np.linspace(0, len(nonzero) - 1, min(5, len(nonzero))).round().astype(int))]
-    pixels = preprocess(images[:1], pre, device)
-    tiles = []
-    for s in STRATEGIES:
-        for f in show:
-            mask = mask_from_order(orders[s][0][:1].to(device), n_masked(f, n_patches))
-            tiles.append(to_unit(pixel_mask(pixels, mask, grid, fill)[0], pre))
-    fig, axes = plt.subplots(len(STRATEGIES), len(show), figsize=(1.6 * len(show) + 1.2, 1.6 * len(STRATEGIES) + 0.6),
-                             squeeze=False)
-    for t, ax in enumerate(axes.flat):
-        ax.imshow(tiles[t].permute(1, 2, 0).numpy())
-        ax.set_xticks([]), ax.set_yticks([])
-        if t < len(show):
-            ax.set_title(f"f = {show[t]:g}", fontsize=9)
-        if t % len(show) == 0:
-            ax.set_ylabel(STRATEGIES[t // len(show)], fontsize=8)
-    fig.suptitle("Masked patches (pixel masking; token dropping removes the same patches)", fontsize=10)
+    shown, examples = d["shown_fractions"], torch.from_numpy(d["examples"]).permute(0, 3, 1, 2)  # [S*F, 3, H, W]
+    fig, ax = plt.subplots(figsize=(1.6 * len(shown) + 1.2, 1.6 * len(STRATEGIES) + 0.6))
+    common.image_grid(examples, nrow=len(shown), row_labels=STRATEGIES, ax=ax,
+                      title="Masked patches (pixel masking; token dropping removes the same patches)")
+    w, pad = examples.shape[-1], 2                                               # image_grid's gutter: 2 px
+    ax.set_xticks([pad + c * (w + pad) + w / 2 for c in range(len(shown))], [f"f = {f:g}" for f in shown])
+    ax.xaxis.tick_top()
     common.save_figure(fig, out / "masking_examples.png")
-    return metrics
 
 
 # ----------------------------------------------------------------------------
@@ -875,44 +940,17 @@ def masking(model, images, labels, probe, unmasked_cls, rollout, fill, pre, devi
 # ----------------------------------------------------------------------------
 
 
-def probe(train, y_train, test, y_test, cls_probe: dict, seed: int, max_iter: int, out: Path) -> dict:
+def probe(train: dict, y_train, test: dict, y_test, cls_probe: dict, seed: int, max_iter: int, out: Path) -> dict:
     """Linear probes on the final (LayerNorm'd) CLS token (`cls_probe`, shared with the
     masking experiment) vs the mean of patch tokens, the same for every block's output,
-    and the cosine similarity between the two feature kinds."""
+    and the cosine similarity between the two feature kinds. train/test: extract_features."""
     final = {"cls": cls_probe,
              "mean": fit_probe(train["mean_final"], y_train, test["mean_final"], y_test, seed, max_iter)}
     layers = {kind: probe_per_layer(train[kind], y_train, test[kind], y_test, seed, max_iter)
               for kind in ("cls", "mean")}
     cos_layers = F.cosine_similarity(test["cls"].float(), test["mean"].float(), dim=-1)  # [N, L]
     cos_final = F.cosine_similarity(test["cls_final"], test["mean_final"], dim=-1)        # [N]
-    n_layers = train["cls"].shape[1]
-    x = np.arange(1, n_layers + 1)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    common.line_plot(ax, {"CLS token": (x, layers["cls"]), "mean of patch tokens": (x, layers["mean"])},
-                     f"Linear probe test accuracy per layer ({len(y_train)} train / {len(y_test)} test)",
-                     "layer (block output)", "CIFAR-10 test accuracy")
-    ax.scatter([n_layers], [final["cls"]["test_acc"]], marker="*", s=120, color="tab:blue", zorder=3,
-               label="CLS after final LayerNorm")
-    ax.scatter([n_layers], [final["mean"]["test_acc"]], marker="*", s=120, color="tab:orange", zorder=3,
-               label="mean after final LayerNorm")
-    ax.axhline(1 / len(np.unique(y_test.numpy())), color="grey", ls=":", lw=1, label="chance")
-    ax.set_xticks(x)
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
-    common.save_figure(fig, out / "probe_layers.png")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    mu, sd = cos_layers.mean(0).numpy(), cos_layers.std(0).numpy()
-    ax.plot(x, mu, marker="o", label="mean over test images")
-    ax.fill_between(x, mu - sd, mu + sd, alpha=0.25, label="±1 std")
-    ax.scatter([n_layers], [cos_final.mean().item()], marker="*", s=120, color="tab:red", zorder=3,
-               label="after final LayerNorm")
-    ax.set_xlabel("layer (block output)")
-    ax.set_xticks(x)
-    ax.set_ylabel("cosine similarity")
-    ax.set_title("Cosine similarity of CLS token and mean patch token")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    common.save_figure(fig, out / "probe_cosine.png")
+    common.save_plot_data(out, "probe", cosine_layer_std=cos_layers.std(0), n_classes=len(np.unique(y_test.numpy())))
     print(f"  test accuracy: CLS {final['cls']['test_acc']:.3f} (C={final['cls']['C']}), "
           f"mean of patches {final['mean']['test_acc']:.3f} (C={final['mean']['C']}); "
           f"cosine(CLS, mean) {cos_final.mean():.3f}")
@@ -921,7 +959,39 @@ def probe(train, y_train, test, y_test, cls_probe: dict, seed: int, max_iter: in
             "cls_C": final["cls"]["C"], "mean_C": final["mean"]["C"],
             "cls_layer_acc": layers["cls"], "mean_layer_acc": layers["mean"],
             "cosine_final_mean": float(cos_final.mean()), "cosine_final_std": float(cos_final.std()),
-            "cosine_layer_mean": mu, "train_images": len(y_train), "test_images": len(y_test)}
+            "cosine_layer_mean": cos_layers.mean(0), "train_images": len(y_train), "test_images": len(y_test)}
+
+
+def plot_probe(m: dict, out: Path) -> None:
+    d = common.load_plot_data(out, "probe")
+    n_layers = len(m["cls_layer_acc"])
+    x = np.arange(1, n_layers + 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    common.line_plot(ax, {"CLS token": (x, m["cls_layer_acc"]), "mean of patch tokens": (x, m["mean_layer_acc"])},
+                     f"Linear probe test accuracy per layer ({m['train_images']} train / {m['test_images']} test)",
+                     "layer (block output)", "CIFAR-10 test accuracy")
+    for kind, colour in (("cls", "tab:blue"), ("mean", "tab:orange")):
+        ax.scatter([n_layers], [m[f"{kind}_test_acc"]], marker="*", s=120, color=colour, zorder=3,
+                   label=f"{'CLS' if kind == 'cls' else 'mean'} after final LayerNorm")
+    ax.axhline(1 / int(d["n_classes"]), color="grey", ls=":", lw=1, label="chance")
+    ax.set(xticks=x, ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    common.save_figure(fig, out / "probe_layers.png")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    mu, sd = np.asarray(m["cosine_layer_mean"]), d["cosine_layer_std"]
+    ax.plot(x, mu, marker="o", label="mean over test images")
+    ax.fill_between(x, mu - sd, mu + sd, alpha=0.25, label="±1 std")
+    ax.scatter([n_layers], [m["cosine_final_mean"]], marker="*", s=120, color="tab:red", zorder=3,
+               label="after final LayerNorm")
+    ax.set(xlabel="layer (block output)", xticks=x, ylabel="cosine similarity",
+           title="Cosine similarity of CLS token and mean patch token")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    common.save_figure(fig, out / "probe_cosine.png")
+
+
+PLOTS = {"classify": plot_classify, "attention": plot_attention, "heads": plot_heads, "masking": plot_masking,
+         "probe": plot_probe}
 
 
 # ----------------------------------------------------------------------------
@@ -1065,85 +1135,45 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
     with common.user_errors(parser.prog, batch_flag="--batch-size"):
-        # Validate everything the user gave before anything is loaded or written.
-        user_images = read_images(args.images) if args.images else None
-        exps = set(args.experiments)
-        device = common.pick_device(args.device)
+        if args.replot:  # figures only, from metrics.json and cache/plot/: no model, no data
+            return common.replot(args.out, PLOTS)
+        user_images = read_images(args.images) if args.images else None  # checked before anything is loaded
+        device, out = common.pick_device(args.device), Path(args.out)
         common.seed_everything(args.seed)
-        out = Path(args.out)
+        vit = load_vit(args, device)
+        grid, cfg = grid_shape(vit.model), vit.model.config
+        print(f"model: {'smoke ViT' if args.smoke else args.model}"
+              f"{' (random weights)' if args.smoke or args.weights == 'none' else ''}, "
+              f"{cfg.num_hidden_layers} layers x {cfg.num_attention_heads} heads, "
+              f"{vit.pre['size'][0]}x{vit.pre['size'][1]} input, {grid[0]}x{grid[1]} patches")
+        data, cifar_shown = load_cifar(args)
+        named = user_images or (sample_photos() + cifar_shown
+                                if set(args.experiments) & {"classify", "attention", "heads"} else [])
+        names, pixels = [n for n, _ in named], preprocess_each(named, vit.pre, device) if named else None
 
-        model, pre = load_vit(args, device)
-        grid = grid_shape(model)
-        name = "smoke ViT (random weights)" if args.smoke else \
-            f"{args.model}{' (random weights)' if args.weights == 'none' else ''}"
-        print(f"model: {name}, "
-              f"{model.config.num_hidden_layers} layers x {model.config.num_attention_heads} heads, "
-              f"{pre['size'][0]}x{pre['size'][1]} input, {grid[0]}x{grid[1]} patches")
+        # Results two experiments share, computed once per run on first use (and cached on disk).
+        @functools.cache
+        def features(split: str) -> dict:
+            return cached_features(vit, data.x_train if split == "train" else data.x_test, split, args)
 
-        # CIFAR-10: the test split gives default images, head statistics and the evaluation
-        # set; the training split the probes. Loaded only when an experiment needs it.
-        need_test = bool(exps & {"masking", "probe"}) or ("heads" in exps and args.heads_images > 0) or \
-            (user_images is None and args.cifar_images > 0 and bool(exps & {"classify", "attention", "heads"}))
-        need_train = bool(exps & {"masking", "probe"})
-        if need_test:
-            n_test = max(args.test_images, args.heads_images)
-            x_test, y_test, classes = common.load_split("cifar10", args.data_root, train=False, smoke=args.smoke,
-                                                        seed=args.seed, smoke_size=max(n_test, 500))
-            if n_test > len(x_test):
-                raise common.UserError(f"--test-images/--heads-images {n_test} exceed the {len(x_test)} "
-                                       f"CIFAR-10 test images")
-            test_idx = subset(len(x_test), args.test_images, args.seed)
-        if need_train:
-            x_train, y_train, _ = common.load_split("cifar10", args.data_root, train=True, smoke=args.smoke,
-                                                    seed=args.seed, smoke_size=max(args.train_images, 1000))
-            if args.train_images > len(x_train):
-                raise common.UserError(f"--train-images {args.train_images} exceeds the {len(x_train)} "
-                                       f"CIFAR-10 training images")
-            train_idx = subset(len(x_train), args.train_images, args.seed + 1)
-
-        named = user_images
-        if named is None and exps & {"classify", "attention", "heads"}:
-            named = sample_photos() + (one_per_class(x_test, y_test, classes, args.cifar_images)
-                                       if args.cifar_images else [])
-        pixels = preprocess_each(named, pre, device) if named else None
-
-        # Features and the CLS probe are computed once and shared by masking and probe.
-        memo = {}
-
-        def features(split):
-            if split not in memo:
-                x = x_train[train_idx] if split == "train" else x_test[test_idx]
-                memo[split] = cached_features(model, x, pre, device, args, split)
-            return memo[split]
-
-        def cls_probe():
-            if "probe" not in memo:
-                memo["probe"] = fit_probe(features("train")["cls_final"], y_train[train_idx],
-                                          features("test")["cls_final"], y_test[test_idx], args.seed,
-                                          args.probe_max_iter)
-            return memo["probe"]
-
-        def heads_pixels():
-            extra = preprocess(x_test[test_idx[:args.heads_images]], pre, device).cpu() if args.heads_images else None
-            return torch.cat([p for p in (pixels, extra) if p is not None])
-
-        def run_masking():
-            # Masked patches are filled with the training images' mean colour, in model-input units.
-            fill = (x_train[train_idx].float().mean((0, 2, 3)) / 255.0 - pre["mean"]) / pre["std"]
-            rollout = rollout_maps(model, x_test[test_idx], pre, device, args)
-            return masking(model, x_test[test_idx], y_test[test_idx], cls_probe(), features("test")["cls_final"],
-                           rollout, fill.to(device), pre, device, args, out)
+        @functools.cache
+        def cls_probe() -> dict:  # the final-layer CLS probe: probe reports it, masking predicts with it
+            return fit_probe(features("train")["cls_final"], data.y_train, features("test")["cls_final"],
+                             data.y_test, args.seed, args.probe_max_iter)
 
         results = common.Results("task2", args, device, questions=QUESTIONS)
         with smoke_threads(args.smoke and device.type == "cpu"):
             return results.run({
-                "classify": lambda: classify(model, named, pixels, pre, device, args.batch_size, out),
-                "attention": lambda: attention_maps(model, named, pixels, pre, device, args, out),
-                "heads": lambda: head_statistics(model, heads_pixels(), device, args.batch_size, out),
-                "masking": run_masking,
-                "probe": lambda: probe(features("train"), y_train[train_idx], features("test"), y_test[test_idx],
-                                       cls_probe(), args.seed, args.probe_max_iter, out),
-            })
+                "classify": lambda: classify(vit, names, pixels, out),
+                "attention": lambda: attention(vit, names, pixels, args.discard_ratio, out),
+                "heads": lambda: heads(vit, pixels, data.x_test[:args.heads_images] if args.heads_images else None,
+                                       out),
+                "masking": lambda: masking(vit, data, cls_probe(), features("test")["cls_final"],
+                                           rollout_maps(vit, data.x_test, args), args.mask_fractions,
+                                           args.mask_seeds, args.seed, out),
+                "probe": lambda: probe(features("train"), data.y_train, features("test"), data.y_test, cls_probe(),
+                                       args.seed, args.probe_max_iter, out),
+            }, PLOTS)
 
 
 if __name__ == "__main__":

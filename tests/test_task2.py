@@ -429,6 +429,41 @@ def test_smoke_writes_every_figure(smoke_out):
     assert (smoke_out / "summary.md").exists()
 
 
+def test_replot_redraws_every_figure_without_computing(smoke_out, tmp_path, monkeypatch):
+    """--replot draws every figure again from metrics.json and cache/plot/ alone: no model,
+    no data, no feature or rollout cache; metrics.json stays byte for byte what the run wrote."""
+    out = tmp_path / "out"
+    shutil.copytree(smoke_out, out)
+    metrics = (out / "metrics.json").read_bytes()
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert len(figures) == 12
+    for p in [*out.glob("*.png"), *(out / "cache").glob("*.pt")]:
+        p.unlink()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--replot loaded a model or data")
+
+    monkeypatch.setattr(Task2, "load_vit", must_not_run)
+    monkeypatch.setattr(Task2.common, "load_split", must_not_run)
+    recorded = Task2.main(["--smoke", "--replot", "--out", str(out)])
+    assert list(recorded) == Task2.EXPERIMENTS
+    assert sorted(p.name for p in out.glob("*.png")) == figures
+    for name in figures:
+        assert_png_ok(out / name)
+    assert (out / "metrics.json").read_bytes() == metrics
+
+
+def test_replot_without_a_run_is_one_line(tmp_path, capsys):
+    """--replot where nothing was run, or where cache/plot/ is gone: one line, exit 2, files kept."""
+    assert_bad_input_in_process(Task2.main, ["--smoke", "--replot", "--out", str(tmp_path / "empty")], capsys,
+                                expect="run the experiments first")
+    assert not (tmp_path / "empty").exists()
+    out = tmp_path / "no-plot-data"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"experiments": {"probe": {"cls_test_acc": 0.5}}}')
+    assert_bad_input_in_process(Task2.main, ["--smoke", "--replot"], capsys, expect="probe.npz is missing", out=out)
+
+
 def test_smoke_metrics(smoke_out):
     doc = load_metrics(smoke_out)
     assert doc["env"]["data"] == "smoke"
