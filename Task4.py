@@ -108,31 +108,30 @@ def build_parser() -> common.Parser:
     # anything outside it in one line; check_args below refuses bad combinations.
     g = parser.add_argument_group("task 4")
     g.add_argument("--model", default="ViT-B-32",
-                   help="open_clip model name, one of open_clip.list_models() (default: ViT-B-32)")
+                   help="open_clip model name, one of open_clip.list_models()")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag (e.g. openai, laion2b_s34b_b79k), a checkpoint file, or none: "
                         "the full model with random weights and the activation the openai tag needs, nothing "
-                        "downloaded (default: openai); --smoke ignores it and uses a small random CLIP")
+                        "downloaded; --smoke ignores it and uses a small random CLIP")
     g.add_argument("--batch-size", type=common.positive_int, default=256,
-                   help="images / prompts per encoder forward pass (default: 256)")
+                   help="images / prompts per encoder forward pass")
     g.add_argument("--prompt", default="photo", choices=STRATEGIES,
-                   help="prompt strategy whose class embeddings gap and the 2-D views use (default: photo)")
+                   help="prompt strategy whose class embeddings gap and the 2-D views use")
     g.add_argument("--embed", default="tsne", choices=["tsne", "umap", "both"],
-                   help="2-D method for the joint views; UMAP costs ~20 s of numba start-up (default: tsne)")
+                   help="2-D method for the joint views; UMAP costs ~20 s of numba start-up")
     g.add_argument("--tsne-small", type=common.Bounded(int, lo=5), default=100,
-                   help="test images in the small joint 2-D view, plus their class prompts (default: 100)")
+                   help="test images in the small joint 2-D view, plus their class prompts")
     g.add_argument("--tsne-large", type=common.Bounded(int, lo=5), default=2000,
-                   help="test images in the large joint 2-D view (default: 2000)")
+                   help="test images in the large joint 2-D view")
     g.add_argument("--pairs", type=common.positive_int, default=20000,
-                   help="random pairs per cosine-similarity histogram (default: 20000)")
+                   help="random pairs per cosine-similarity histogram")
     g = parser.add_argument_group("gap_shift: shifting image and text embeddings along the modality gap")
     g.add_argument("--shift-min", type=common.Bounded(float), default=-1.0,
-                   help="smallest shift lambda along the unit gap direction (default: -1.0)")
+                   help="smallest shift lambda along the unit gap direction")
     g.add_argument("--shift-max", type=common.Bounded(float), default=2.0,
-                   help="largest shift lambda; lambda = gap closes the centroids before renormalising "
-                        "(default: 2.0)")
+                   help="largest shift lambda; lambda = gap closes the centroids before renormalising")
     g.add_argument("--shift-steps", type=common.Bounded(int, lo=2), default=31,
-                   help="number of lambdas from --shift-min to --shift-max (default: 31)")
+                   help="number of lambdas from --shift-min to --shift-max")
     return parser
 
 
@@ -260,18 +259,12 @@ def load_stl10(data_root: str, smoke: bool, seed: int):
 
 def preprocess(x: torch.Tensor, pp: dict) -> torch.Tensor:
     """uint8 [B, 3, H, W] on device -> the model's input: resized to pp["size"] with its
-    interpolation (bicubic for CLIP) and normalised with its mean/std. STL-10 images are
-    square, so CLIP's resize-shortest-side + centre-crop is exactly this resize. Done on
-    the device for the full and the smoke model alike (no PIL round trip)."""
-    size = pp["size"] if isinstance(pp["size"], (tuple, list)) else (pp["size"], pp["size"])
+    interpolation (bicubic for CLIP) and normalised with its mean/std, on the device for
+    the full and the smoke model alike (no PIL round trip). STL-10 images are square, so
+    CLIP's resize-shortest-side + centre-crop is exactly this resize."""
     assert x.shape[-1] == x.shape[-2], "square images expected (STL-10 is 96x96)"
-    x = x.float() / 255.0
-    if tuple(x.shape[-2:]) != tuple(size):
-        mode = "bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear"
-        x = F.interpolate(x, size=tuple(size), mode=mode, align_corners=False, antialias=True).clamp(0, 1)
-    mean = torch.tensor(pp["mean"], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(pp["std"], device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
+    mode = "bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear"
+    return common.resize_normalise(x, pp["size"], pp["mean"], pp["std"], mode=mode)
 
 
 @torch.inference_mode()
