@@ -1,7 +1,7 @@
 """Task 4: CLIP ViT-B/32 on STL-10: zero-shot prompting, the modality gap, and
 orthogonal Procrustes alignment fitted without test leakage.
 
-Experiments (each writes `<experiment>_<what>.png` and its metrics):
+Experiments (each computes its metrics; plot_<experiment> draws `<experiment>_<what>.png`):
   zeroshot    top-1/top-5 on the 8,000 STL-10 test images for five prompt strategies
               (plain label, "a photo of a {}.", one hand-written description per class,
               CLIP's own STL-10 templates, the 80-template ImageNet ensemble);
@@ -22,6 +22,7 @@ Run:
   python Task4.py --pretrained none       # the full ViT-B-32 (QuickGELU, as "openai" needs), random
                                           # weights: a dry run without the weights download
   python Task4.py --smoke --out /tmp/t4   # offline: small random CLIP, generated images
+  python Task4.py --replot                # redraw the figures from metrics.json, computing nothing
 
 STL-10 comes through torchvision, which downloads the whole 2.6 GB archive (the 100,000
 unlabelled images included) under --data-root once, and checks it once per run.
@@ -30,7 +31,7 @@ Writes into --out: zeroshot_accuracy.png, zeroshot_per_class.png, zeroshot_confu
 gap_cosine_hist.png, gap_joint_<tsne|umap>.png, gap_raw_vs_normalised.png, procrustes_accuracy.png,
 procrustes_joint_<tsne|umap>.png, procrustes_rotations.npz, gap_shift_accuracy.png,
 metrics.json, summary.md, cache/ (image and text embeddings, one file per model,
-split and prompt set).
+split and prompt set; plot/<experiment>.npz, the arrays the figures are drawn from).
 """
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def check_args(args) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Models: open_clip CLIP (pretrained) or a small random CLIP for --smoke
+# Models and data: open_clip CLIP (pretrained; a small random CLIP for --smoke), STL-10
 # ----------------------------------------------------------------------------
 
 # Small CLIP of the same family (ViT image tower, causal text transformer, QuickGELU as in
@@ -157,16 +158,6 @@ def check_args(args) -> None:
 SMOKE_CLIP = dict(embed_dim=64, quick_gelu=True,
                   vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
                   text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
-
-
-@contextlib.contextmanager
-def quiet_logging():
-    """open_clip logs its own ERROR line before raising; we print one line of our own."""
-    logging.disable(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def clip_quick_gelu(model_name: str, pretrained: str) -> bool:
@@ -212,13 +203,13 @@ def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.devic
         tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the real CLIP BPE tokenizer, bundled
     else:
         random_init = pretrained == "none"
+        logging.disable(logging.CRITICAL)  # open_clip logs an ERROR line before raising; we print our own line
         try:
-            with quiet_logging():
-                # pretrained_text=False: `none` must not fetch a Hugging Face text tower either.
-                model = open_clip.create_model(model_name, pretrained=None if random_init else pretrained,
-                                               force_quick_gelu=clip_quick_gelu(model_name, pretrained),
-                                               pretrained_text=not random_init)
-                tokenizer = open_clip.get_tokenizer(model_name)
+            # pretrained_text=False: `none` must not fetch a Hugging Face text tower either.
+            model = open_clip.create_model(model_name, pretrained=None if random_init else pretrained,
+                                           force_quick_gelu=clip_quick_gelu(model_name, pretrained),
+                                           pretrained_text=not random_init)
+            tokenizer = open_clip.get_tokenizer(model_name)
         except Exception as e:  # RuntimeError (no network / unknown file), OSError (disk), ...
             reason = " ".join(str(e).split())[:160] or type(e).__name__
             hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
@@ -226,13 +217,11 @@ def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.devic
                 f"could not get open_clip weights {model_name} pretrained={pretrained} ({reason}); open_clip caches "
                 f"them under HF_HOME={hf_home} (or ~/.cache/clip): fetch them there on a machine with internet, "
                 f"pass --pretrained /path/to/checkpoint, or run with --smoke") from None
+        finally:
+            logging.disable(logging.NOTSET)
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     return model.to(device).eval(), tokenizer, pp
 
-
-# ----------------------------------------------------------------------------
-# Data: STL-10's two labelled splits
-# ----------------------------------------------------------------------------
 
 
 def load_stl10(data_root: str, smoke: bool, seed: int):
@@ -411,11 +400,10 @@ def methods(args) -> list[str]:
 
 
 def joint_coordinates(images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor, args) -> dict:
-    """The joint views' plot data: the assignment's small sample (--tsne-small, seed) and a
-    larger one (--tsne-large, seed + 1) of `images`, each embedded by every --embed method
-    in ONE fit together with the K class prompts `cls`, so distances between the two
-    modalities are comparable. Keys y_<size> (labels) and <method>_<size> ([n + K, 2],
-    the prompts last)."""
+    """The assignment's small sample (--tsne-small) and a larger one (--tsne-large) of
+    `images`, each embedded by every --embed method in ONE fit together with the K class
+    prompts `cls`, so distances between modalities compare. Plot data: y_<size> (labels),
+    <method>_<size> ([n + K, 2], the prompts last)."""
     out = {}
     for size, seed in (("small", args.seed), ("large", args.seed + 1)):
         idx = sample_indices(len(labels), getattr(args, f"tsne_{size}"), seed)
@@ -435,8 +423,7 @@ def pca_2d(points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def joint_view(ax, xy: np.ndarray, labels: np.ndarray, classes: list[str], method: str, title: str) -> None:
-    """One 2-D fit of images (dots, the first len(labels) rows of xy) and class prompts
-    (labelled stars, the last K rows)."""
+    """One 2-D fit: images are dots (the first len(labels) rows), prompts labelled stars."""
     n = len(labels)
     common.scatter_by_class(ax, xy[:n], labels, classes, title, size=8)
     cmap = plt.get_cmap("tab10")
@@ -448,8 +435,7 @@ def joint_view(ax, xy: np.ndarray, labels: np.ndarray, classes: list[str], metho
 
 
 def plot_joint(d: dict, what: str, name: str, caption: str, out: Path) -> None:
-    """<name>_<method>.png per embedding method in the plot data `d` (joint_coordinates'
-    keys, plus classes and prompt): the small and the large joint view side by side."""
+    """<name>_<method>.png per embedding method in `d` (joint_coordinates): small | large view."""
     classes, prompt = d["classes"].tolist(), str(d["prompt"])
     for m in [m for m in ("tsne", "umap") if f"{m}_small" in d]:
         fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
@@ -600,7 +586,6 @@ def gap(emb: Embeddings, args) -> dict:
 
 
 def plot_gap(m: dict, out: Path) -> None:
-    """gap_cosine_hist.png, gap_joint_<method>.png and gap_raw_vs_normalised.png."""
     d = common.load_plot_data(out, "gap")
     fig, ax = plt.subplots(figsize=(7.5, 4))
     bins = np.linspace(-1, 1, 101)
@@ -735,8 +720,6 @@ def gap_shift(emb: Embeddings, args) -> dict:
 
 
 def plot_gap_shift(m: dict, out: Path) -> None:
-    """Test accuracy against lambda (dotted: centring) and against the resulting signed
-    gap (circles: lambda = 0, unshifted CLIP), one colour per prompt strategy."""
     d = common.load_plot_data(out, "gap_shift")
     lambdas = np.asarray(m["lambdas"])
     i0 = int(np.argmin(np.abs(lambdas)))
