@@ -441,7 +441,8 @@ def plot_joint(d: dict, what: str, name: str, caption: str, out: Path) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
         for ax, size in zip(axes, ("small", "large")):
             y = d[f"y_{size}"]
-            joint_view(ax, d[f"{m}_{size}"], y, classes, m, f"{len(y)} {what} + {len(classes)} class prompts ({prompt})")
+            joint_view(ax, d[f"{m}_{size}"], y, classes, m,
+                       f"{len(y)} {what} + {len(classes)} class prompts ({prompt})")
         fig.suptitle(f"Joint {m} {caption}")
         common.save_figure(fig, out / f"{name}_{m}.png")
 
