@@ -1,7 +1,7 @@
 """Task 4: CLIP ViT-B/32 on STL-10: zero-shot prompting, the modality gap, and
 orthogonal Procrustes alignment fitted without test leakage.
 
-Experiments (each writes `<experiment>_<what>.png` and its metrics):
+Experiments (each computes its metrics; plot_<experiment> draws `<experiment>_<what>.png`):
   zeroshot    top-1/top-5 on the 8,000 STL-10 test images for five prompt strategies
               (plain label, "a photo of a {}.", one hand-written description per class,
               CLIP's own STL-10 templates, the 80-template ImageNet ensemble);
@@ -22,6 +22,7 @@ Run:
   python Task4.py --pretrained none       # the full ViT-B-32 (QuickGELU, as "openai" needs), random
                                           # weights: a dry run without the weights download
   python Task4.py --smoke --out /tmp/t4   # offline: small random CLIP, generated images
+  python Task4.py --replot                # redraw the figures from metrics.json, computing nothing
 
 STL-10 comes through torchvision, which downloads the whole 2.6 GB archive (the 100,000
 unlabelled images included) under --data-root once, and checks it once per run.
@@ -30,14 +31,14 @@ Writes into --out: zeroshot_accuracy.png, zeroshot_per_class.png, zeroshot_confu
 gap_cosine_hist.png, gap_joint_<tsne|umap>.png, gap_raw_vs_normalised.png, procrustes_accuracy.png,
 procrustes_joint_<tsne|umap>.png, procrustes_rotations.npz, gap_shift_accuracy.png,
 metrics.json, summary.md, cache/ (image and text embeddings, one file per model,
-split and prompt set).
+split and prompt set; plot/<experiment>.npz, the arrays the figures are drawn from).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -49,7 +50,7 @@ from scipy.linalg import orthogonal_procrustes
 import common
 import matplotlib.pyplot as plt  # after common, which selects the Agg backend
 
-EXPERIMENTS = ["zeroshot", "gap", "procrustes", "gap_shift"]
+EXPERIMENTS = ["zeroshot", "gap", "procrustes", "gap_shift"]  # PLOTS, their figures: above main
 
 # ----------------------------------------------------------------------------
 # Prompts
@@ -108,31 +109,30 @@ def build_parser() -> common.Parser:
     # anything outside it in one line; check_args below refuses bad combinations.
     g = parser.add_argument_group("task 4")
     g.add_argument("--model", default="ViT-B-32",
-                   help="open_clip model name, one of open_clip.list_models() (default: ViT-B-32)")
+                   help="open_clip model name, one of open_clip.list_models()")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag (e.g. openai, laion2b_s34b_b79k), a checkpoint file, or none: "
                         "the full model with random weights and the activation the openai tag needs, nothing "
-                        "downloaded (default: openai); --smoke ignores it and uses a small random CLIP")
+                        "downloaded; --smoke ignores it and uses a small random CLIP")
     g.add_argument("--batch-size", type=common.positive_int, default=256,
-                   help="images / prompts per encoder forward pass (default: 256)")
+                   help="images / prompts per encoder forward pass")
     g.add_argument("--prompt", default="photo", choices=STRATEGIES,
-                   help="prompt strategy whose class embeddings gap and the 2-D views use (default: photo)")
+                   help="prompt strategy whose class embeddings gap and the 2-D views use")
     g.add_argument("--embed", default="tsne", choices=["tsne", "umap", "both"],
-                   help="2-D method for the joint views; UMAP costs ~20 s of numba start-up (default: tsne)")
+                   help="2-D method for the joint views; UMAP costs ~20 s of numba start-up")
     g.add_argument("--tsne-small", type=common.Bounded(int, lo=5), default=100,
-                   help="test images in the small joint 2-D view, plus their class prompts (default: 100)")
+                   help="test images in the small joint 2-D view, plus their class prompts")
     g.add_argument("--tsne-large", type=common.Bounded(int, lo=5), default=2000,
-                   help="test images in the large joint 2-D view (default: 2000)")
+                   help="test images in the large joint 2-D view")
     g.add_argument("--pairs", type=common.positive_int, default=20000,
-                   help="random pairs per cosine-similarity histogram (default: 20000)")
+                   help="random pairs per cosine-similarity histogram")
     g = parser.add_argument_group("gap_shift: shifting image and text embeddings along the modality gap")
     g.add_argument("--shift-min", type=common.Bounded(float), default=-1.0,
-                   help="smallest shift lambda along the unit gap direction (default: -1.0)")
+                   help="smallest shift lambda along the unit gap direction")
     g.add_argument("--shift-max", type=common.Bounded(float), default=2.0,
-                   help="largest shift lambda; lambda = gap closes the centroids before renormalising "
-                        "(default: 2.0)")
+                   help="largest shift lambda; lambda = gap closes the centroids before renormalising")
     g.add_argument("--shift-steps", type=common.Bounded(int, lo=2), default=31,
-                   help="number of lambdas from --shift-min to --shift-max (default: 31)")
+                   help="number of lambdas from --shift-min to --shift-max")
     return parser
 
 
@@ -150,7 +150,7 @@ def check_args(args) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Models: open_clip CLIP (pretrained) or a small random CLIP for --smoke
+# Models and data: open_clip CLIP (pretrained; a small random CLIP for --smoke), STL-10
 # ----------------------------------------------------------------------------
 
 # Small CLIP of the same family (ViT image tower, causal text transformer, QuickGELU as in
@@ -158,16 +158,6 @@ def check_args(args) -> None:
 SMOKE_CLIP = dict(embed_dim=64, quick_gelu=True,
                   vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
                   text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
-
-
-@contextlib.contextmanager
-def quiet_logging():
-    """open_clip logs its own ERROR line before raising; we print one line of our own."""
-    logging.disable(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def clip_quick_gelu(model_name: str, pretrained: str) -> bool:
@@ -213,13 +203,13 @@ def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.devic
         tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the real CLIP BPE tokenizer, bundled
     else:
         random_init = pretrained == "none"
+        logging.disable(logging.CRITICAL)  # open_clip logs an ERROR line before raising; we print our own line
         try:
-            with quiet_logging():
-                # pretrained_text=False: `none` must not fetch a Hugging Face text tower either.
-                model = open_clip.create_model(model_name, pretrained=None if random_init else pretrained,
-                                               force_quick_gelu=clip_quick_gelu(model_name, pretrained),
-                                               pretrained_text=not random_init)
-                tokenizer = open_clip.get_tokenizer(model_name)
+            # pretrained_text=False: `none` must not fetch a Hugging Face text tower either.
+            model = open_clip.create_model(model_name, pretrained=None if random_init else pretrained,
+                                           force_quick_gelu=clip_quick_gelu(model_name, pretrained),
+                                           pretrained_text=not random_init)
+            tokenizer = open_clip.get_tokenizer(model_name)
         except Exception as e:  # RuntimeError (no network / unknown file), OSError (disk), ...
             reason = " ".join(str(e).split())[:160] or type(e).__name__
             hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
@@ -227,13 +217,11 @@ def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.devic
                 f"could not get open_clip weights {model_name} pretrained={pretrained} ({reason}); open_clip caches "
                 f"them under HF_HOME={hf_home} (or ~/.cache/clip): fetch them there on a machine with internet, "
                 f"pass --pretrained /path/to/checkpoint, or run with --smoke") from None
+        finally:
+            logging.disable(logging.NOTSET)
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     return model.to(device).eval(), tokenizer, pp
 
-
-# ----------------------------------------------------------------------------
-# Data: STL-10's two labelled splits
-# ----------------------------------------------------------------------------
 
 
 def load_stl10(data_root: str, smoke: bool, seed: int):
@@ -260,18 +248,12 @@ def load_stl10(data_root: str, smoke: bool, seed: int):
 
 def preprocess(x: torch.Tensor, pp: dict) -> torch.Tensor:
     """uint8 [B, 3, H, W] on device -> the model's input: resized to pp["size"] with its
-    interpolation (bicubic for CLIP) and normalised with its mean/std. STL-10 images are
-    square, so CLIP's resize-shortest-side + centre-crop is exactly this resize. Done on
-    the device for the full and the smoke model alike (no PIL round trip)."""
-    size = pp["size"] if isinstance(pp["size"], (tuple, list)) else (pp["size"], pp["size"])
+    interpolation (bicubic for CLIP) and normalised with its mean/std, on the device for
+    the full and the smoke model alike (no PIL round trip). STL-10 images are square, so
+    CLIP's resize-shortest-side + centre-crop is exactly this resize."""
     assert x.shape[-1] == x.shape[-2], "square images expected (STL-10 is 96x96)"
-    x = x.float() / 255.0
-    if tuple(x.shape[-2:]) != tuple(size):
-        mode = "bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear"
-        x = F.interpolate(x, size=tuple(size), mode=mode, align_corners=False, antialias=True).clamp(0, 1)
-    mean = torch.tensor(pp["mean"], device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(pp["std"], device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
+    mode = "bicubic" if pp.get("interpolation", "bicubic") == "bicubic" else "bilinear"
+    return common.resize_normalise(x, pp["size"], pp["mean"], pp["std"], mode=mode)
 
 
 @torch.inference_mode()
@@ -331,6 +313,18 @@ def cached_text_embeddings(model, tokenizer, classes, device, args, strategy: st
     emb = encode_texts(model, tokenizer, flat, device, args.batch_size).view(len(classes), len(prompts[0]), -1)
     common.save_cache(path, {"config": settings, "emb": emb})
     return emb
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What every experiment reads: raw (unnormalised) CLIP embeddings float32 of both
+    labelled STL-10 splits and of every prompt strategy, with the labels."""
+    img_train: torch.Tensor                 # [5000, D]
+    y_train: torch.Tensor                   # [5000] class indices
+    img_test: torch.Tensor                  # [8000, D]
+    y_test: torch.Tensor                    # [8000]
+    text: dict[str, torch.Tensor]           # strategy -> [K classes, T prompts per class, D]
+    classes: list[str]                      # K = 10 STL-10 class names
 
 
 # ----------------------------------------------------------------------------
@@ -393,7 +387,7 @@ def shift_along_gap(images: torch.Tensor, texts: torch.Tensor, direction: torch.
 
 
 # ----------------------------------------------------------------------------
-# Plot helpers
+# 2-D views: coordinates computed in the experiments, drawn by the plot functions
 # ----------------------------------------------------------------------------
 
 
@@ -401,13 +395,37 @@ def sample_indices(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(k, n), replace=False))
 
 
-def joint_view(ax, images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor, classes: list[str],
-               method: str, seed: int, title: str) -> None:
-    """One 2-D fit on images and class prompts together, so distances between the two
-    modalities are comparable; images are dots, prompts are labelled stars."""
-    xy = common.embed_2d(torch.cat([images, cls]).numpy(), method, seed)
-    n = len(images)
-    common.scatter_by_class(ax, xy[:n], labels.numpy(), classes, title, size=8)
+def methods(args) -> list[str]:
+    return ["tsne", "umap"] if args.embed == "both" else [args.embed]
+
+
+def joint_coordinates(images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor, args) -> dict:
+    """The assignment's small sample (--tsne-small) and a larger one (--tsne-large) of
+    `images`, each embedded by every --embed method in ONE fit together with the K class
+    prompts `cls`, so distances between modalities compare. Plot data: y_<size> (labels),
+    <method>_<size> ([n + K, 2], the prompts last)."""
+    out = {}
+    for size, seed in (("small", args.seed), ("large", args.seed + 1)):
+        idx = sample_indices(len(labels), getattr(args, f"tsne_{size}"), seed)
+        out[f"y_{size}"] = labels[idx].numpy()
+        for m in methods(args):
+            out[f"{m}_{size}"] = common.embed_2d(torch.cat([images[idx], cls]).numpy(), m, args.seed)
+    return out
+
+
+def pca_2d(points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """[N, D] -> ([N, 2] coordinates on the first two principal axes, [2] fraction of the
+    variance along each). A linear map: distances in the plane keep the embedding's units."""
+    x = points.double().numpy()
+    x = x - x.mean(0)
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T, (s**2 / (s**2).sum())[:2]
+
+
+def joint_view(ax, xy: np.ndarray, labels: np.ndarray, classes: list[str], method: str, title: str) -> None:
+    """One 2-D fit: images are dots (the first len(labels) rows), prompts labelled stars."""
+    n = len(labels)
+    common.scatter_by_class(ax, xy[:n], labels, classes, title, size=8)
     cmap = plt.get_cmap("tab10")
     for k, name in enumerate(classes):
         ax.scatter(*xy[n + k], s=220, marker="*", color=cmap(k % 10), edgecolor="black", linewidth=0.8, zorder=3)
@@ -416,41 +434,33 @@ def joint_view(ax, images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor
     ax.set_ylabel(f"{method} 2")
 
 
-def joint_figures(images: torch.Tensor, labels: torch.Tensor, cls: torch.Tensor, classes: list[str], args,
-                  what: str, name: str, caption: str) -> None:
-    """<name>_<method>.png per embedding method: two joint views, the small sample the
-    assignment asks for (--tsne-small) and a larger one (--tsne-large)."""
-    small = sample_indices(len(labels), args.tsne_small, args.seed)
-    large = sample_indices(len(labels), args.tsne_large, args.seed + 1)
-    for m in methods(args):
+def plot_joint(d: dict, what: str, name: str, caption: str, out: Path) -> None:
+    """<name>_<method>.png per embedding method in `d` (joint_coordinates): small | large view."""
+    classes, prompt = d["classes"].tolist(), str(d["prompt"])
+    for m in [m for m in ("tsne", "umap") if f"{m}_small" in d]:
         fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-        for ax, idx in zip(axes, [small, large]):
-            joint_view(ax, images[idx], labels[idx], cls, classes, m, args.seed,
-                       f"{len(idx)} {what} + {len(classes)} class prompts ({args.prompt})")
+        for ax, size in zip(axes, ("small", "large")):
+            y = d[f"y_{size}"]
+            joint_view(ax, d[f"{m}_{size}"], y, classes, m,
+                       f"{len(y)} {what} + {len(classes)} class prompts ({prompt})")
         fig.suptitle(f"Joint {m} {caption}")
-        common.save_figure(fig, Path(args.out) / f"{name}_{m}.png")
+        common.save_figure(fig, out / f"{name}_{m}.png")
 
 
-def pca_view(ax, images: torch.Tensor, labels: torch.Tensor, texts: torch.Tensor, classes: list[str],
-             title: str) -> None:
-    """Images (dots) and class prompts (stars) projected on the first two principal axes
-    of both together, with equal axis scales: a linear map, so the arrow between the two
+def pca_view(ax, xy: np.ndarray, var: np.ndarray, labels: np.ndarray, classes: list[str], title: str) -> None:
+    """Images (dots) and class prompts (stars, the last K rows) on the first two principal
+    axes of both together (pca_2d), with equal axis scales, so the arrow between the two
     modality centroids shows the gap (its part in this plane) in the embedding's own units."""
-    x = torch.cat([images, texts]).double().numpy()
-    mu = x.mean(0)
-    _, s, vt = np.linalg.svd(x - mu, full_matrices=False)
-    xy = (x - mu) @ vt[:2].T
-    n = len(images)
-    common.scatter_by_class(ax, xy[:n], labels.numpy(), classes, title, size=8, legend=False)
+    n = len(labels)
+    common.scatter_by_class(ax, xy[:n], labels, classes, title, size=8, legend=False)
     cmap = plt.get_cmap("tab10")
-    for k in range(len(texts)):
+    for k in range(len(xy) - n):
         ax.scatter(*xy[n + k], s=160, marker="*", color=cmap(k % 10), edgecolor="black", linewidth=0.8, zorder=3)
     ci, ct = xy[:n].mean(0), xy[n:].mean(0)
     ax.annotate("", xy=ct, xytext=ci, arrowprops=dict(arrowstyle="->", color="black", lw=1.5), zorder=4)
     ax.scatter(*np.stack([ci, ct]).T, s=60, marker="X", color="black", zorder=4, label="modality centroids")
     ax.scatter([], [], s=8, color="grey", label="test images (colour: class)")
     ax.scatter([], [], s=120, marker="*", color="grey", edgecolor="black", label="class prompts")
-    var = s**2 / (s**2).sum()
     ax.xaxis.set_major_locator(plt.AutoLocator()), ax.yaxis.set_major_locator(plt.AutoLocator())  # units matter here
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel(f"PC 1 ({100 * var[0]:.0f}% of variance; embedding units)")
@@ -458,35 +468,16 @@ def pca_view(ax, images: torch.Tensor, labels: torch.Tensor, texts: torch.Tensor
     ax.legend(fontsize=7, loc="best")
 
 
-def raw_vs_normalised_figure(img_raw: torch.Tensor, labels: torch.Tensor, text_raw: torch.Tensor, cls: torch.Tensor,
-                             classes: list[str], args, numbers: dict) -> None:
-    """gap_raw_vs_normalised.png: the --tsne-small test sample and the class prompts,
-    raw (the encoders' outputs) in the left column and L2-normalised (what CLIP compares)
-    in the right; top row PCA (linear, to scale), then one row per --embed method.
-    `numbers`: {"raw"|"normalised": (||gap||, separation)} on the whole test split."""
-    idx = sample_indices(len(labels), args.tsne_small, args.seed)
-    columns = {"raw": (img_raw[idx], text_raw), "normalised": (l2n(img_raw[idx]), cls)}
-    rows = ["pca"] + methods(args)
-    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 5.2 * len(rows)), squeeze=False)
-    for c, (name, (im, tx)) in enumerate(columns.items()):
-        g, sep = numbers[name]
-        head = (f"{'raw (unnormalised)' if name == 'raw' else 'L2-normalised'} embeddings: ||gap|| {g:.3f}, "
-                f"gap / spread {sep:.2f}")
-        for r, m in enumerate(rows):
-            if m == "pca":
-                pca_view(axes[r, c], im, labels[idx], tx, classes, f"{head}\nPCA of {len(idx)} images + "
-                         f"{len(classes)} prompts")
-            else:
-                joint_view(axes[r, c], im, labels[idx], tx, classes, m, args.seed,
-                           f"{m} of the same points (one fit per panel)")
-    fig.suptitle(f"Does normalisation change the modality gap? Same test sample, raw vs L2-normalised "
-                 f"(prompt: {args.prompt}; gap numbers: all {len(labels)} test images)")
-    fig.tight_layout()
-    common.save_figure(fig, Path(args.out) / "gap_raw_vs_normalised.png")
-
-
-def methods(args) -> list[str]:
-    return ["tsne", "umap"] if args.embed == "both" else [args.embed]
+def grouped_bars(ax, series: dict[str, list[float]], ticks: list[str], xlabel: str, ylabel: str, title: str):
+    """One group of bars per tick, one bar per series, on a 0..1 scale."""
+    w = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(ticks)) + (i - (len(series) - 1) / 2) * w, values, w, label=label)
+    ax.set_xticks(np.arange(len(ticks)), ticks)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
 
 
 # ----------------------------------------------------------------------------
@@ -494,49 +485,40 @@ def methods(args) -> list[str]:
 # ----------------------------------------------------------------------------
 
 
-def zeroshot(E: dict, classes: list[str], args) -> dict:
-    K = len(classes)
+def zeroshot(emb: Embeddings, args) -> dict:
+    K, y = len(emb.classes), emb.y_test
     top1, top5, per_class, preds = {}, {}, {}, {}
     for s in STRATEGIES:
-        scores = zero_shot_scores(E["img_test"], class_embeddings(E["text"][s]))
-        top1[s], top5[s] = topk_accuracy(scores, E["y_test"], 1), topk_accuracy(scores, E["y_test"], 5)
+        scores = zero_shot_scores(emb.img_test, class_embeddings(emb.text[s]))
+        top1[s], top5[s] = topk_accuracy(scores, y, 1), topk_accuracy(scores, y, 5)
         preds[s] = scores.argmax(1)
-        per_class[s] = per_class_accuracy(preds[s], E["y_test"], K)
-        n_prompts = E["text"][s].shape[1]
-        print(f"  {s:<12} ({n_prompts:>2} prompt(s)/class)  top-1 {top1[s]:.4f}  top-5 {top5[s]:.4f}")
+        per_class[s] = per_class_accuracy(preds[s], y, K)
+        print(f"  {s:<12} ({emb.text[s].shape[1]:>2} prompt(s)/class)  top-1 {top1[s]:.4f}  top-5 {top5[s]:.4f}")
     best = max(STRATEGIES, key=lambda s: top1[s])
+    common.save_plot_data(args.out, "zeroshot", classes=emb.classes,
+                          confusion=common.confusion_matrix(y.numpy(), preds[best].numpy(), K))
+    return {"top1": top1, "top5": top5, "per_class_top1": {s: per_class[s].tolist() for s in STRATEGIES},
+            "best_strategy": best, "best_top1": top1[best], "n_test": len(y)}
 
+
+def plot_zeroshot(m: dict, out: Path) -> None:
+    d = common.load_plot_data(out, "zeroshot")
+    classes, strategies, best = d["classes"].tolist(), list(m["top1"]), m["best_strategy"]
+    chance = 1 / len(classes)
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    x = np.arange(len(STRATEGIES))
-    ax.bar(x - 0.2, [top1[s] for s in STRATEGIES], 0.4, label="top-1")
-    ax.bar(x + 0.2, [top5[s] for s in STRATEGIES], 0.4, label="top-5")
-    ax.axhline(1 / K, color="grey", ls="--", lw=1, label=f"chance ({1 / K:.2f})")
-    ax.set_xticks(x, STRATEGIES)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("prompt strategy")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Zero-shot accuracy on {len(E['y_test'])} STL-10 test images")
+    grouped_bars(ax, {"top-1": [m["top1"][s] for s in strategies], "top-5": [m["top5"][s] for s in strategies]},
+                 strategies, "prompt strategy", "accuracy", f"Zero-shot accuracy on {m['n_test']} STL-10 test images")
+    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.2f})")
     ax.legend(fontsize=8)
-    common.save_figure(fig, Path(args.out) / "zeroshot_accuracy.png")
+    common.save_figure(fig, out / "zeroshot_accuracy.png")
 
     fig, ax = plt.subplots(figsize=(10, 4))
-    w = 0.8 / len(STRATEGIES)
-    for i, s in enumerate(STRATEGIES):
-        ax.bar(np.arange(K) + (i - (len(STRATEGIES) - 1) / 2) * w, per_class[s], w, label=s)
-    ax.set_xticks(np.arange(K), classes)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("true class")
-    ax.set_ylabel("top-1 accuracy")
-    ax.set_title("Zero-shot accuracy per class and prompt strategy")
-    ax.legend(fontsize=7, ncol=len(STRATEGIES))
-    common.save_figure(fig, Path(args.out) / "zeroshot_per_class.png")
-
-    cm = np.zeros((K, K), dtype=np.int64)
-    np.add.at(cm, (E["y_test"].numpy(), preds[best].numpy()), 1)
-    common.plot_confusion(cm, classes, Path(args.out) / "zeroshot_confusion.png",
-                          f"Zero-shot confusion, best strategy: {best} (top-1 {top1[best]:.3f})")
-    return {"top1": top1, "top5": top5, "per_class_top1": {s: per_class[s].tolist() for s in STRATEGIES},
-            "best_strategy": best, "best_top1": top1[best], "n_test": len(E["y_test"])}
+    grouped_bars(ax, m["per_class_top1"], classes, "true class", "top-1 accuracy",
+                 "Zero-shot accuracy per class and prompt strategy")
+    ax.legend(fontsize=7, ncol=len(strategies))
+    common.save_figure(fig, out / "zeroshot_per_class.png")
+    common.plot_confusion(d["confusion"], classes, out / "zeroshot_confusion.png",
+                          f"Zero-shot confusion, best strategy: {best} (top-1 {m['top1'][best]:.3f})")
 
 
 # ----------------------------------------------------------------------------
@@ -562,51 +544,88 @@ def separation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(modality_gap(a, b).norm() / spread)
 
 
-def gap(E: dict, classes: list[str], args) -> dict:
-    img, y = l2n(E["img_test"]), E["y_test"]
-    cls = class_embeddings(E["text"][args.prompt])                    # [K, D] unit
-    text_raw = E["text"][args.prompt].mean(1)                         # [K, D] unnormalised class means
-    g = modality_gap(img, cls)
-    g_raw = modality_gap(E["img_test"], text_raw)
-    sep, sep_raw = separation(img, cls), separation(E["img_test"], text_raw)
+def gap(emb: Embeddings, args) -> dict:
+    img, y = l2n(emb.img_test), emb.y_test
+    cls = class_embeddings(emb.text[args.prompt])                     # [K, D] unit
+    text_raw = emb.text[args.prompt].mean(1)                          # [K, D] unnormalised class means
+    g, g_raw = float(modality_gap(img, cls).norm()), float(modality_gap(emb.img_test, text_raw).norm())
+    sep, sep_raw = separation(img, cls), separation(emb.img_test, text_raw)
     rng = np.random.default_rng(args.seed)
 
     sims = img @ cls.T                                                # [N, K]
-    matched = sims[torch.arange(len(y)), y].numpy()
-    unmatched = sims[F.one_hot(y, len(classes)) == 0].numpy()
-    img_img = random_pair_cosines(img, args.pairs, rng)
-    all_prompts = l2n(E["text"]["ensemble"].flatten(0, 1))            # [K*80, D]: every template
-    txt_txt = random_pair_cosines(all_prompts, args.pairs, rng)
+    cos = {"matched": sims[torch.arange(len(y)), y].numpy(),
+           "unmatched": sims[F.one_hot(y, len(emb.classes)) == 0].numpy(),
+           "image_image": random_pair_cosines(img, args.pairs, rng),
+           # every template of every class: [K*80, D]
+           "text_text": random_pair_cosines(l2n(emb.text["ensemble"].flatten(0, 1)), args.pairs, rng)}
 
+    # 2-D views: the joint ones of the normalised embeddings; for gap_raw_vs_normalised the
+    # small sample once more, raw (PCA and each --embed method) and normalised (PCA; its
+    # t-SNE/UMAP panels are the small joint views: the same points, the same fit).
+    views = joint_coordinates(img, y, cls, args)
+    small = sample_indices(len(y), args.tsne_small, args.seed)
+    raw = torch.cat([emb.img_test[small], text_raw])
+    views["pca_raw"], views["pca_raw_var"] = pca_2d(raw)
+    views["pca_normalised"], views["pca_normalised_var"] = pca_2d(torch.cat([img[small], cls]))
+    for m in methods(args):
+        views[f"raw_{m}"] = common.embed_2d(raw.numpy(), m, args.seed)
+    common.save_plot_data(args.out, "gap", classes=emb.classes, prompt=args.prompt, **views,
+                          **{f"cos_{k}": v for k, v in cos.items()})
+
+    image_norm = float(emb.img_test.norm(dim=1).mean())
+    text_norm = float(emb.text[args.prompt].norm(dim=-1).mean())
+    gap_raw_relative = g_raw / (0.5 * (image_norm + text_norm))       # in units of a typical raw norm
+    print(f"  gap (normalised) {g:.4f}   gap (raw) {g_raw:.4f} = {gap_raw_relative:.3f} of the mean "
+          f"raw norm   separation (gap / spread) normalised {sep:.3f}, raw {sep_raw:.3f}")
+    print(f"  matched cos {cos['matched'].mean():.3f}   image-image {cos['image_image'].mean():.3f}   "
+          f"text-text {cos['text_text'].mean():.3f}")
+    return {"prompt": args.prompt, "gap_normalised": g, "gap_raw": g_raw, "gap_raw_relative": gap_raw_relative,
+            "separation_normalised": sep, "separation_raw": sep_raw,
+            "image_norm_raw_mean": image_norm, "text_norm_raw_mean": text_norm,
+            **{f"cos_{k}_mean": float(v.mean()) for k, v in cos.items()},
+            "n_small": min(args.tsne_small, len(y)), "n_large": min(args.tsne_large, len(y))}
+
+
+def plot_gap(m: dict, out: Path) -> None:
+    d = common.load_plot_data(out, "gap")
     fig, ax = plt.subplots(figsize=(7.5, 4))
     bins = np.linspace(-1, 1, 101)
-    for vals, label in [(matched, "image - its class prompt"), (unmatched, "image - other class prompts"),
-                        (img_img, "image - image"), (txt_txt, "text - text (80 templates x classes)")]:
+    for k, label in [("matched", "image - its class prompt"), ("unmatched", "image - other class prompts"),
+                     ("image_image", "image - image"), ("text_text", "text - text (80 templates x classes)")]:
+        vals = d[f"cos_{k}"]
         ax.hist(vals, bins=bins, density=True, histtype="step", lw=1.5, label=f"{label} (mean {vals.mean():.2f})")
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
-    ax.set_title(f"Cosine similarities (prompt: {args.prompt}); modality gap ||centroid diff|| = {g.norm():.3f}")
+    ax.set_title(f"Cosine similarities (prompt: {m['prompt']}); modality gap ||centroid diff|| = "
+                 f"{m['gap_normalised']:.3f}")
     ax.legend(fontsize=7)
-    common.save_figure(fig, Path(args.out) / "gap_cosine_hist.png")
+    common.save_figure(fig, out / "gap_cosine_hist.png")
 
-    joint_figures(img, y, cls, classes, args, "test images", "gap_joint",
-                  "of L2-normalised image and text embeddings (one fit per panel): the modality gap")
-    raw_vs_normalised_figure(E["img_test"], y, text_raw, cls, classes, args,
-                             {"raw": (g_raw.norm().item(), sep_raw), "normalised": (g.norm().item(), sep)})
+    plot_joint(d, "test images", "gap_joint",
+               "of L2-normalised image and text embeddings (one fit per panel): the modality gap", out)
+    plot_raw_vs_normalised(m, d, out)
 
-    image_norm = float(E["img_test"].norm(dim=1).mean())
-    text_norm = float(E["text"][args.prompt].norm(dim=-1).mean())
-    gap_raw_relative = float(g_raw.norm()) / (0.5 * (image_norm + text_norm))  # in units of a typical raw norm
-    print(f"  gap (normalised) {g.norm():.4f}   gap (raw) {g_raw.norm():.4f} = {gap_raw_relative:.3f} of the mean "
-          f"raw norm   separation (gap / spread) normalised {sep:.3f}, raw {sep_raw:.3f}")
-    print(f"  matched cos {matched.mean():.3f}   image-image {img_img.mean():.3f}   text-text {txt_txt.mean():.3f}")
-    return {"prompt": args.prompt, "gap_normalised": float(g.norm()), "gap_raw": float(g_raw.norm()),
-            "gap_raw_relative": gap_raw_relative,
-            "separation_normalised": sep, "separation_raw": sep_raw,
-            "image_norm_raw_mean": image_norm, "text_norm_raw_mean": text_norm,
-            "cos_matched_mean": float(matched.mean()), "cos_unmatched_mean": float(unmatched.mean()),
-            "cos_image_image_mean": float(img_img.mean()), "cos_text_text_mean": float(txt_txt.mean()),
-            "n_small": min(args.tsne_small, len(y)), "n_large": min(args.tsne_large, len(y))}
+
+def plot_raw_vs_normalised(m: dict, d: dict, out: Path) -> None:
+    """gap_raw_vs_normalised.png: the --tsne-small test sample and the class prompts, raw
+    (the encoders' outputs) in the left column and L2-normalised (what CLIP compares) in
+    the right; top row PCA (linear, to scale), then one row per --embed method. The gap
+    numbers in the titles are those of the whole test split."""
+    classes, y = d["classes"].tolist(), d["y_small"]
+    rows = ["pca"] + [r for r in ("tsne", "umap") if f"raw_{r}" in d]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 5.2 * len(rows)), squeeze=False)
+    for c, name in enumerate(("raw", "normalised")):
+        head = (f"{'raw (unnormalised)' if name == 'raw' else 'L2-normalised'} embeddings: "
+                f"||gap|| {m[f'gap_{name}']:.3f}, gap / spread {m[f'separation_{name}']:.2f}")
+        pca_view(axes[0, c], d[f"pca_{name}"], d[f"pca_{name}_var"], y, classes,
+                 f"{head}\nPCA of {len(y)} images + {len(classes)} prompts")
+        for r, method in enumerate(rows[1:], 1):
+            xy = d[f"raw_{method}"] if name == "raw" else d[f"{method}_small"]
+            joint_view(axes[r, c], xy, y, classes, method, f"{method} of the same points (one fit per panel)")
+    fig.suptitle(f"Does normalisation change the modality gap? Same test sample, raw vs L2-normalised "
+                 f"(prompt: {m['prompt']}; gap numbers: all {len(d['cos_matched'])} test images)")
+    fig.tight_layout()
+    common.save_figure(fig, out / "gap_raw_vs_normalised.png")
 
 
 # ----------------------------------------------------------------------------
@@ -614,16 +633,15 @@ def gap(E: dict, classes: list[str], args) -> dict:
 # ----------------------------------------------------------------------------
 
 
-def procrustes(E: dict, classes: list[str], args) -> dict:
+def procrustes(emb: Embeddings, args) -> dict:
     """Peer repositories fit R on the very test images they then score, which turns the
     test labels into training targets. Here R sees only the train split's images and
     labels (fit_procrustes takes nothing else); test images are only rotated and scored."""
-    img_test, y_test = l2n(E["img_test"]), E["y_test"]
+    img_test, y_test = l2n(emb.img_test), emb.y_test
     out, rotations = {}, {}
     for s in STRATEGIES:
-        cls = class_embeddings(E["text"][s])
-        R = fit_procrustes(E["img_train"], E["y_train"], cls)        # [D, D], train only
-        rotations[s] = R
+        cls = class_embeddings(emb.text[s])
+        R = rotations[s] = fit_procrustes(emb.img_train, emb.y_train, cls)  # [D, D], train only
         aligned = img_test @ torch.from_numpy(R).float()              # rows stay unit norm
         out[s] = {"top1_before": topk_accuracy(img_test @ cls.T, y_test),
                   "top1_after": topk_accuracy(aligned @ cls.T, y_test),
@@ -637,31 +655,31 @@ def procrustes(E: dict, classes: list[str], args) -> dict:
     np.savez(Path(args.out) / "procrustes_rotations.npz", **rotations)
 
     # Context: a linear probe uses the same train labels with an unconstrained map.
-    probe = common.linear_probe(l2n(E["img_train"]).numpy(), E["y_train"].numpy(), img_test.numpy(),
+    probe = common.linear_probe(l2n(emb.img_train).numpy(), emb.y_train.numpy(), img_test.numpy(),
                                 y_test.numpy(), seed=args.seed)
     print(f"  linear probe on the same train split: top-1 {probe['test_acc']:.4f}")
 
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    x = np.arange(len(STRATEGIES))
-    ax.bar(x - 0.2, [out[s]["top1_before"] for s in STRATEGIES], 0.4, label="zero-shot (before)")
-    ax.bar(x + 0.2, [out[s]["top1_after"] for s in STRATEGIES], 0.4, label="after R (fit on train)")
-    ax.axhline(probe["test_acc"], color="black", ls=":", lw=1.2, label=f"linear probe ({probe['test_acc']:.2f})")
-    ax.axhline(1 / len(classes), color="grey", ls="--", lw=1, label="chance")
-    ax.set_xticks(x, STRATEGIES)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("prompt strategy")
-    ax.set_ylabel("top-1 accuracy on the test split")
-    ax.set_title("Orthogonal Procrustes image -> text map, fitted on STL-10 train only")
-    ax.legend(fontsize=7)
-    common.save_figure(fig, Path(args.out) / "procrustes_accuracy.png")
-
-    cls = class_embeddings(E["text"][args.prompt])
     aligned = img_test @ torch.from_numpy(rotations[args.prompt]).float()
-    joint_figures(aligned, y_test, cls, classes, args, "rotated test images", "procrustes_joint",
-                  "after the Procrustes rotation (fit on train): images move onto their prompts")
-
-    return {**out, "linear_probe_top1": probe["test_acc"], "n_train": len(E["y_train"]),
+    common.save_plot_data(args.out, "procrustes", classes=emb.classes, prompt=args.prompt,
+                          **joint_coordinates(aligned, y_test, class_embeddings(emb.text[args.prompt]), args))
+    return {**out, "linear_probe_top1": probe["test_acc"], "n_train": len(emb.y_train),
             "max_orthogonality_error": max(out[s]["orthogonality_error"] for s in STRATEGIES)}
+
+
+def plot_procrustes(m: dict, out: Path) -> None:
+    d = common.load_plot_data(out, "procrustes")
+    strategies, probe = [s for s in m if isinstance(m[s], dict)], m["linear_probe_top1"]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    grouped_bars(ax, {"zero-shot (before)": [m[s]["top1_before"] for s in strategies],
+                      "after R (fit on train)": [m[s]["top1_after"] for s in strategies]},
+                 strategies, "prompt strategy", "top-1 accuracy on the test split",
+                 "Orthogonal Procrustes image -> text map, fitted on STL-10 train only")
+    ax.axhline(probe, color="black", ls=":", lw=1.2, label=f"linear probe ({probe:.2f})")
+    ax.axhline(1 / len(d["classes"]), color="grey", ls="--", lw=1, label="chance")
+    ax.legend(fontsize=7)
+    common.save_figure(fig, out / "procrustes_accuracy.png")
+    plot_joint(d, "rotated test images", "procrustes_joint",
+               "after the Procrustes rotation (fit on train): images move onto their prompts", out)
 
 
 # ----------------------------------------------------------------------------
@@ -669,60 +687,63 @@ def procrustes(E: dict, classes: list[str], args) -> dict:
 # ----------------------------------------------------------------------------
 
 
-def gap_shift(E: dict, classes: list[str], args) -> dict:
+def gap_shift(emb: Embeddings, args) -> dict:
     """The gap direction comes from the TRAIN images and the class prompts; lambda is
     picked on train too, so the 'selected' accuracy is an honest test number (the
     best-on-test one is the oracle the paper reports)."""
     lambdas = np.linspace(args.shift_min, args.shift_max, args.shift_steps)
-    img_tr, img_te = l2n(E["img_train"]), l2n(E["img_test"])
+    img_tr, img_te = l2n(emb.img_train), l2n(emb.img_test)
     out, curves = {}, {}
     for s in STRATEGIES:
-        cls = class_embeddings(E["text"][s])
+        cls = class_embeddings(emb.text[s])
         direction = modality_gap(img_tr, cls)                         # [D], train images only
         acc_te, acc_tr, signed_gap = [], [], []
         for lam in lambdas:
             i_te, c = shift_along_gap(img_te, cls, direction, float(lam))
             i_tr, _ = shift_along_gap(img_tr, cls, direction, float(lam))
-            acc_te.append(topk_accuracy(i_te @ c.T, E["y_test"]))
-            acc_tr.append(topk_accuracy(i_tr @ c.T, E["y_train"]))
+            acc_te.append(topk_accuracy(i_te @ c.T, emb.y_test))
+            acc_tr.append(topk_accuracy(i_tr @ c.T, emb.y_train))
             d = modality_gap(i_te, c)                                 # resulting gap on test
             signed_gap.append(float(d.norm() * torch.sign(d @ direction)))  # < 0 once it crosses over
-        i0 = int(np.argmin(np.abs(lambdas)))
-        sel = int(np.argmax(acc_tr))
-        best = int(np.argmax(acc_te))
+        sel, best = int(np.argmax(acc_tr)), int(np.argmax(acc_te))
         # Baseline: subtract each modality's own centroid (images: train centroid), renormalise.
-        centred = topk_accuracy(l2n(img_te - img_tr.mean(0)) @ l2n(cls - cls.mean(0)).T, E["y_test"])
-        out[s] = {"top1_unshifted": topk_accuracy(img_te @ cls.T, E["y_test"]),
+        centred = topk_accuracy(l2n(img_te - img_tr.mean(0)) @ l2n(cls - cls.mean(0)).T, emb.y_test)
+        out[s] = {"top1_unshifted": topk_accuracy(img_te @ cls.T, emb.y_test),
                   "gap_unshifted": float(direction.norm()),
                   "lambda_selected_on_train": float(lambdas[sel]), "top1_selected": acc_te[sel],
                   "lambda_best_on_test": float(lambdas[best]), "top1_best_on_test": acc_te[best],
                   "top1_centred": centred}
-        curves[s] = (acc_te, signed_gap, i0, centred)
+        curves.update({f"top1_{s}": acc_te, f"signed_gap_{s}": signed_gap})
         print(f"  {s:<12} top-1 {out[s]['top1_unshifted']:.4f}  shifted (lambda {lambdas[sel]:+.2f} from train) "
               f"{acc_te[sel]:.4f}  oracle {acc_te[best]:.4f}  centred {centred:.4f}")
+    common.save_plot_data(args.out, "gap_shift", **curves)
+    return {**out, "lambdas": lambdas.tolist()}
 
+
+def plot_gap_shift(m: dict, out: Path) -> None:
+    d = common.load_plot_data(out, "gap_shift")
+    lambdas = np.asarray(m["lambdas"])
+    i0 = int(np.argmin(np.abs(lambdas)))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     cmap = plt.get_cmap("tab10")
-    for i, s in enumerate(STRATEGIES):
-        acc_te, signed_gap, i0, centred = curves[s]
-        axes[0].plot(lambdas, acc_te, marker="o", ms=2.5, color=cmap(i), label=s)
-        axes[0].axhline(centred, color=cmap(i), ls=":", lw=1)
-        axes[1].plot(signed_gap, acc_te, marker="o", ms=2.5, color=cmap(i), label=s)
-        axes[1].scatter([signed_gap[i0]], [acc_te[i0]], s=60, color=cmap(i), edgecolor="black", zorder=3)
+    for i, s in enumerate(s for s in m if isinstance(m[s], dict)):
+        acc, signed_gap = d[f"top1_{s}"], d[f"signed_gap_{s}"]
+        axes[0].plot(lambdas, acc, marker="o", ms=2.5, color=cmap(i), label=s)
+        axes[0].axhline(m[s]["top1_centred"], color=cmap(i), ls=":", lw=1)
+        axes[1].plot(signed_gap, acc, marker="o", ms=2.5, color=cmap(i), label=s)
+        axes[1].scatter([signed_gap[i0]], [acc[i0]], s=60, color=cmap(i), edgecolor="black", zorder=3)
     axes[0].axvline(0, color="grey", lw=1)
     axes[0].set_xlabel("shift lambda along the unit gap direction")
-    axes[0].set_ylabel("zero-shot top-1 (test)")
     axes[0].set_title("Accuracy vs shift (dotted: centring each modality)")
     axes[0].legend(fontsize=7)
     axes[1].axvline(0, color="grey", lw=1)
     axes[1].set_xlabel("resulting gap on test (signed: < 0 once the modalities cross)")
-    axes[1].set_ylabel("zero-shot top-1 (test)")
     axes[1].set_title("Accuracy vs resulting gap (circles: unshifted CLIP)")
     for ax in axes:
+        ax.set_ylabel("zero-shot top-1 (test)")
         ax.grid(alpha=0.3)
     fig.suptitle("Shifting image and text embeddings along the modality gap (Liang et al. 2022)")
-    common.save_figure(fig, Path(args.out) / "gap_shift_accuracy.png")
-    return {**out, "lambdas": lambdas.tolist()}
+    common.save_figure(fig, out / "gap_shift_accuracy.png")
 
 
 # ----------------------------------------------------------------------------
@@ -830,22 +851,30 @@ QUESTIONS = [
 # ----------------------------------------------------------------------------
 
 
-def main(argv=None):
+PLOTS = {"zeroshot": plot_zeroshot, "gap": plot_gap, "procrustes": plot_procrustes, "gap_shift": plot_gap_shift}
+
+
+def check_model(args) -> None:
+    """--model must be an open_clip model and --pretrained one of its tags, none or a file."""
+    import open_clip
+
+    if args.model not in open_clip.list_models():
+        near = [m for m in open_clip.list_models() if m.lower().startswith(args.model.lower()[:4])][:8]
+        raise common.UserError(f"unknown --model {args.model!r}; open_clip knows e.g. "
+                               f"{', '.join(near or open_clip.list_models()[:8])} (see open_clip.list_models())")
+    tags = open_clip.list_pretrained_tags_by_model(args.model)
+    if not args.smoke and args.pretrained not in tags + ["none"] and not os.path.isfile(args.pretrained):
+        raise common.UserError(f"--pretrained {args.pretrained!r} is neither an open_clip tag for {args.model} "
+                               f"({', '.join(tags[:6]) or 'no tags'}), none (random weights), nor a checkpoint file")
+
+
+def main(argv=None) -> dict:
     parser = build_parser()
     args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
     with common.user_errors(parser.prog, batch_flag="--batch-size"):
-        import open_clip
-
-        if args.model not in open_clip.list_models():
-            near = [m for m in open_clip.list_models() if m.lower().startswith(args.model.lower()[:4])][:8]
-            raise common.UserError(f"unknown --model {args.model!r}; open_clip knows e.g. "
-                                   f"{', '.join(near or open_clip.list_models()[:8])} (see open_clip.list_models())")
-        tags = open_clip.list_pretrained_tags_by_model(args.model)
-        if not args.smoke and args.pretrained not in tags + ["none"] and not os.path.isfile(args.pretrained):
-            raise common.UserError(f"--pretrained {args.pretrained!r} is neither an open_clip tag for {args.model} "
-                                   f"({', '.join(tags[:6]) or 'no tags'}), none (random weights), "
-                                   f"nor a checkpoint file")
-
+        if args.replot:
+            return common.replot(args.out, PLOTS)
+        check_model(args)
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)
         model, tokenizer, pp = load_clip(args.model, args.pretrained, args.smoke, device)
@@ -855,17 +884,17 @@ def main(argv=None):
         print(f"model: {weights}, activation {activation_name(model)}, input {pp['size']}; "
               f"STL-10: {len(y_train)} train, {len(y_test)} test images", flush=True)
 
-        E = {"img_train": cached_image_embeddings(model, x_train, pp, device, args, "train"), "y_train": y_train,
-             "img_test": cached_image_embeddings(model, x_test, pp, device, args, "test"), "y_test": y_test,
-             "text": {s: cached_text_embeddings(model, tokenizer, classes, device, args, s) for s in STRATEGIES}}
-
+        emb = Embeddings(img_train=cached_image_embeddings(model, x_train, pp, device, args, "train"), y_train=y_train,
+                         img_test=cached_image_embeddings(model, x_test, pp, device, args, "test"), y_test=y_test,
+                         text={s: cached_text_embeddings(model, tokenizer, classes, device, args, s)
+                               for s in STRATEGIES}, classes=list(classes))
         results = common.Results("task4", args, device, questions=QUESTIONS)
-        results.run({
-            "zeroshot": lambda: zeroshot(E, classes, args),
-            "gap": lambda: gap(E, classes, args),
-            "procrustes": lambda: procrustes(E, classes, args),
-            "gap_shift": lambda: gap_shift(E, classes, args),
-        })
+        return results.run({
+            "zeroshot": lambda: zeroshot(emb, args),
+            "gap": lambda: gap(emb, args),
+            "procrustes": lambda: procrustes(emb, args),
+            "gap_shift": lambda: gap_shift(emb, args),
+        }, PLOTS)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the embedding cache; one --smoke run checked figure by figure and metric by metr
 bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -179,24 +180,24 @@ def _procrustes_setup(tmp_path, K=4, D=8, seed=0):
     y_tr, y_te = torch.arange(60) % K, torch.arange(40) % K
     img_tr = cls[y_tr] @ Q.T + 0.01 * torch.randn(60, D, generator=g)
     img_te = cls[y_te] @ Q.T + 0.01 * torch.randn(40, D, generator=g)
-    E = {"img_train": img_tr, "y_train": y_tr, "img_test": img_te, "y_test": y_te,
-         "text": {s: text for s in Task4.STRATEGIES}}
+    emb = Task4.Embeddings(img_train=img_tr, y_train=y_tr, img_test=img_te, y_test=y_te,
+                           text={s: text for s in Task4.STRATEGIES}, classes=[f"c{k}" for k in range(K)])
     args = SimpleNamespace(out=str(tmp_path), prompt="photo", embed="tsne", tsne_small=10, tsne_large=20,
                            seed=0, smoke=True)
-    return E, [f"c{k}" for k in range(K)], args
+    return emb, args
 
 
 def test_procrustes_never_uses_test_labels_or_test_images_when_fitting(tmp_path):
-    E, classes, args = _procrustes_setup(tmp_path / "a")
-    m1 = Task4.procrustes(E, classes, args)
+    emb, args = _procrustes_setup(tmp_path / "a")
+    m1 = Task4.procrustes(emb, args)
     R1 = dict(np.load(tmp_path / "a" / "procrustes_rotations.npz"))
     assert m1["photo"]["top1_after"] == pytest.approx(1.0)   # the constructed test set is aligned exactly
 
     # permute the test labels and replace the test images by noise: R must not change at all
-    E2 = dict(E, y_test=E["y_test"][torch.randperm(40, generator=torch.Generator().manual_seed(1))],
-              img_test=torch.randn_like(E["img_test"]))
+    emb2 = dataclasses.replace(emb, y_test=emb.y_test[torch.randperm(40, generator=torch.Generator().manual_seed(1))],
+                               img_test=torch.randn_like(emb.img_test))
     args.out = str(tmp_path / "b")
-    m2 = Task4.procrustes(E2, classes, args)
+    m2 = Task4.procrustes(emb2, args)
     R2 = dict(np.load(tmp_path / "b" / "procrustes_rotations.npz"))
     assert R1.keys() == R2.keys() == set(Task4.STRATEGIES)
     for s in R1:
@@ -357,7 +358,7 @@ FIGURES = ["zeroshot_accuracy.png", "zeroshot_per_class.png", "zeroshot_confusio
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("task4_smoke")
-    Task4.main(["--smoke", "--out", str(out)])
+    assert list(Task4.main(["--smoke", "--out", str(out)])) == Task4.EXPERIMENTS  # main returns the recorded dict
     return out
 
 
@@ -444,6 +445,29 @@ def test_corrupt_cache_file_exits_2(tmp_path, smoke_run):
     victim = next((out / "cache").glob("clip-images-test-*.pt"))
     victim.write_bytes(b"not a torch file")
     assert_bad_input("Task4.py", ["--smoke"], out, expect="unreadable")
+
+
+def test_replot_redraws_every_figure_from_the_metrics(tmp_path, smoke_run):
+    """--replot computes nothing: with every PNG deleted, it draws them all again from
+    metrics.json and cache/plot/, the same pixels, and leaves metrics.json byte for byte."""
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run, out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert set(before) == set(FIGURES)
+    metrics = (out / "metrics.json").read_bytes()
+    for p in out.glob("*.png"):
+        p.unlink()
+    recorded = Task4.main(["--smoke", "--replot", "--out", str(out)])
+    assert list(recorded) == Task4.EXPERIMENTS
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
+    assert (out / "metrics.json").read_bytes() == metrics
+
+
+def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_run):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_run, out)
+    (out / "cache" / "plot" / "gap.npz").unlink()
+    assert_bad_input_in_process(Task4.main, ["--replot"], capsys, expect="gap.npz is missing", out=out)
 
 
 def test_smoke_answers_every_assignment_question(smoke_run):
