@@ -683,6 +683,9 @@ class Results:
     metrics.previous.json."""
 
     def __init__(self, task: str, args, device: torch.device, questions: list[Question] = ()):
+        if getattr(args, "replot", False):  # a task whose main handles --replot returns before this
+            raise UserError(f"{task.capitalize()}.py cannot redraw its figures without recomputing yet; "
+                            f"run it without --replot")
         self.task, self.args, self.out = task, args, Path(args.out)
         self.script, self.questions = f"{task.capitalize()}.py", list(questions)
         self.config = _jsonable({k: v for k, v in vars(args).items()})
