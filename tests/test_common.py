@@ -539,3 +539,14 @@ def test_help_shows_each_default_once():
     text = " ".join(_parser().format_help().split())
     assert "(default: 20)" in text and "(default: 0.001)" in text and text.count("(default: 0)") == 1
     assert "(default: all)" in text and "default: False" not in text
+
+
+@pytest.mark.parametrize("script", ["Task3", "Task5"])
+def test_tasks_without_replot_refuse_it_in_one_line_before_loading_anything(script, tmp_path, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main(["--smoke", "--replot", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "--replot is not supported" in err
+    assert not any(tmp_path.iterdir())
