@@ -1133,9 +1133,9 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
                               "G's samples": (ev["epoch"], ev["d_logit_fake"])},
                          name, "epoch", "mean D logit (eval mode)")
     common.line_plot(axes[-2], {n: (r["evals"]["epoch"], r["evals"]["d_gap"]) for n, r in recs.items()},
-                     "gap D(train) - D(held-out), probabilities", "epoch", "gap")
+                     "D(train) - D(held-out)", "epoch", "gap")
     common.line_plot(axes[-1], {n: (r["evals"]["epoch"], r["evals"]["overfit_rv"]) for n, r in recs.items()},
-                     "overfitting r_v on logits (Karras et al. 2020)", "epoch", "r_v")
+                     "r_v on logits (Karras 2020)", "epoch", "r_v")
     which = f"of digit {args.overfit_class}" if args.overfit_class >= 0 else "(the first of the train split)"
     fig.suptitle(f"Discriminator overfitting on {len(x_small)} training images {which}; held out: test images")
     common.save_figure(fig, f"{args.out}/d_overfit_gap.png")
