@@ -44,8 +44,12 @@ rerun with the same settings, and `reference` reusing `baseline`, costs nothing)
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,98 +74,91 @@ def build_parser() -> common.Parser:
     pi, pf, uf = common.positive_int, common.positive_float, common.unit_float
     beta = common.Bounded(float, lo=0, hi=1, hi_open=True)  # Adam needs 0 <= beta < 1
     g = p.add_argument_group("GAN training (baseline and reference; the other experiments start from these)")
-    g.add_argument("--epochs", type=pi, default=20, help="epochs of baseline (default: 20, the assignment's)")
+    g.add_argument("--epochs", type=pi, default=20, help="epochs of baseline (20 is the assignment's)")
     g.add_argument("--reference-epochs", type=pi, default=None,
                    help="epochs of the reference run (default: --epochs, the same budget as baseline; "
                         "PyTorch-GAN's gan.py trains 200)")
-    g.add_argument("--batch-size", type=pi, default=64, help="images per batch (default: 64)")
-    g.add_argument("--z-dim", type=pi, default=100, help="latent dimension (default: 100)")
-    g.add_argument("--lr", type=pf, default=2e-4, help="Adam learning rate of G and D (default: 2e-4)")
-    g.add_argument("--beta1", type=beta, default=0.5, help="Adam beta1 (default: 0.5)")
-    g.add_argument("--beta2", type=beta, default=0.999, help="Adam beta2 (default: 0.999)")
-    g.add_argument("--init-std", type=pf, default=0.02, help="std of the N(0, std) weight init (default: 0.02)")
+    g.add_argument("--batch-size", type=pi, default=64, help="images per batch")
+    g.add_argument("--z-dim", type=pi, default=100, help="latent dimension")
+    g.add_argument("--lr", type=pf, default=2e-4, help="Adam learning rate of G and D")
+    g.add_argument("--beta1", type=beta, default=0.5, help="Adam beta1")
+    g.add_argument("--beta2", type=beta, default=0.999, help="Adam beta2")
+    g.add_argument("--init-std", type=pf, default=0.02, help="std of the N(0, std) weight init")
     g.add_argument("--real-label", type=uf, default=1.0,
                    help="BCE target for real images in baseline/reference/mode_collapse/d_overfit; 0.9 = "
-                        "one-sided label smoothing (default: 1.0, none)")
+                        "one-sided label smoothing")
     g.add_argument("--d-dropout", type=uf, default=0.0,
-                   help="dropout after each hidden layer of the baseline D (default: 0.0)")
+                   help="dropout after each hidden layer of the baseline D")
     g.add_argument("--max-iters-per-epoch", type=common.non_negative_int, default=0,
-                   help="cap iterations per epoch, 0 = the whole training set (default: 0)")
+                   help="cap iterations per epoch, 0 = the whole training set")
     g.add_argument("--log-every", type=pi, default=200,
                    help="print epoch, D loss, G loss, mean D(x), mean D(G(z)) and D's accuracy every N batches "
-                        "(means over those N); also the resolution of the loss curves in metrics.json "
-                        "(default: 200)")
+                        "(means over those N); also the resolution of the loss curves in metrics.json")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-every", type=pi, default=2,
                    help="baseline/reference: quick evaluation and fixed-noise rendering every N epochs, plus "
-                        "start and end (default: 2)")
+                        "start and end")
     e.add_argument("--eval-samples", type=pi, default=5000,
                    help="generated (and real test) images scored in each run's final evaluation: coverage, KL, "
-                        "FD (default: 5000)")
+                        "FD")
     e.add_argument("--quick-samples", type=common.Bounded(int, lo=2), default=1000,
-                   help="generated images scored in every evaluation over training (default: 1000)")
+                   help="generated images scored in every evaluation over training")
     e.add_argument("--pair-samples", type=common.Bounded(int, lo=2), default=1000,
-                   help="samples for the diversity (pairwise distance) and D(train)/D(held-out) probes "
-                        "(default: 1000)")
+                   help="samples for the diversity (pairwise distance) and D(train)/D(held-out) probes")
     e.add_argument("--nn-samples", type=pi, default=500,
                    help="samples whose nearest training image is searched in the final evaluation "
-                        "(memorisation) (default: 500)")
+                        "(memorisation)")
     e.add_argument("--quick-nn-samples", type=pi, default=100,
-                   help="the same in every evaluation over training (default: 100)")
+                   help="the same in every evaluation over training")
     e.add_argument("--coverage-share", type=uf, default=common.COVERAGE_SHARE,
                    help="a digit counts as covered when it gets at least this fraction of its fair share "
-                        f"N/10 of the samples (default: {common.COVERAGE_SHARE}, i.e. 2%%; Task 5 uses the same)")
+                        "N/10 of the samples (0.2: 2%% of them; Task 5 uses the same)")
     e.add_argument("--clf-epochs", type=pi, default=3,
-                   help="epochs of the scoring classifier (common.scoring_classifier) (default: 3)")
+                   help="epochs of the scoring classifier (common.scoring_classifier)")
     e.add_argument("--clf-width", type=pi, default=16,
                    help="channels of the classifier's first conv; 16 reached the same accuracy as 32 on real "
-                        "digits at a third of the cost (default: 16)")
+                        "digits at a third of the cost")
     v = p.add_argument_group("vanishing: saturating loss against an overpowering D")
-    v.add_argument("--vanish-iters", type=pi, default=2000, help="iterations per arm (default: 2000)")
+    v.add_argument("--vanish-iters", type=pi, default=2000, help="iterations per arm")
     v.add_argument("--vanish-d-lr-mult", type=pf, default=5.0,
-                   help="D learning rate = this x --lr in the provoked arm and the same-D cures; G keeps --lr "
-                        "(default: 5)")
-    v.add_argument("--vanish-d-steps", type=pi, default=5, help="D steps per G step early on (default: 5)")
+                   help="D learning rate = this x --lr in the provoked arm and the same-D cures; G keeps --lr")
+    v.add_argument("--vanish-d-steps", type=pi, default=5, help="D steps per G step early on")
     v.add_argument("--vanish-warmup-iters", type=common.non_negative_int, default=500,
-                   help="iterations at the start with --vanish-d-steps D steps, at most --vanish-iters "
-                        "(default: 500)")
+                   help="iterations at the start with --vanish-d-steps D steps, at most --vanish-iters")
     v.add_argument("--smooth-label", type=uf, default=0.9,
-                   help="real-label target of the label-smoothing arms (default: 0.9)")
+                   help="real-label target of the label-smoothing arms")
     v.add_argument("--arm-eval-every", type=pi, default=250,
-                   help="vanishing and mode_collapse arms: quick evaluation every N iterations (default: 250)")
+                   help="vanishing and mode_collapse arms: quick evaluation every N iterations")
     m = p.add_argument_group("mode_collapse: a G that outruns D")
-    m.add_argument("--collapse-iters", type=pi, default=2000, help="iterations per arm (default: 2000)")
-    m.add_argument("--collapse-g-lr-mult", type=pf, default=5.0, help="G learning rate = this x --lr (default: 5)")
-    m.add_argument("--collapse-g-steps", type=pi, default=3, help="G steps per D step (default: 3)")
+    m.add_argument("--collapse-iters", type=pi, default=2000, help="iterations per arm")
+    m.add_argument("--collapse-g-lr-mult", type=pf, default=5.0, help="G learning rate = this x --lr")
+    m.add_argument("--collapse-g-steps", type=pi, default=3, help="G steps per D step")
     m.add_argument("--collapse-d-width", type=pi, default=256,
-                   help="hidden width of D in every arm (< 256 weakens D further) (default: 256)")
+                   help="hidden width of D in every arm (< 256 weakens D further)")
     m.add_argument("--cure-d-steps", type=pi, default=2,
-                   help="D steps per G step in the d_steps arm (which takes 1 G step) (default: 2)")
+                   help="D steps per G step in the d_steps arm (which takes 1 G step)")
     m.add_argument("--noise-std", type=pf, default=0.1,
                    help="instance_noise arm: initial std of Gaussian noise on D's real and fake inputs "
-                        "(pixels in [-1, 1]), annealed linearly to 0 (default: 0.1)")
+                        "(pixels in [-1, 1]), annealed linearly to 0")
     m.add_argument("--latent-noise-std", type=pf, default=0.1,
                    help="latent_noise arm: initial std of Gaussian noise added to G's input z, annealed "
-                        "linearly to 0 (default: 0.1)")
+                        "linearly to 0")
     o = p.add_argument_group("d_overfit: a small training set")
-    o.add_argument("--overfit-n", type=pi, default=1000, help="training images: the first N of the train split "
-                   "(default: 1000)")
+    o.add_argument("--overfit-n", type=pi, default=1000, help="training images: the first N of the train split")
     o.add_argument("--overfit-class", type=common.Bounded(int, lo=-1, hi=9), default=-1,
-                   help="0..9: instead train on --overfit-class-n images of this digit only (default: -1, off)")
-    o.add_argument("--overfit-class-n", type=pi, default=200, help="images of the single-class variant "
-                   "(default: 200)")
-    o.add_argument("--overfit-epochs", type=pi, default=300, help="epochs over the small set per arm (default: 300)")
-    o.add_argument("--overfit-eval-every", type=pi, default=25, help="quick evaluation every N epochs (default: 25)")
-    o.add_argument("--overfit-dropout", type=uf, default=0.4, help="D dropout of the dropout arm (default: 0.4)")
+                   help="0..9: instead train on --overfit-class-n images of this digit only; -1: off")
+    o.add_argument("--overfit-class-n", type=pi, default=200, help="images of the single-class variant")
+    o.add_argument("--overfit-epochs", type=pi, default=300, help="epochs over the small set per arm")
+    o.add_argument("--overfit-eval-every", type=pi, default=25, help="quick evaluation every N epochs")
+    o.add_argument("--overfit-dropout", type=uf, default=0.4, help="D dropout of the dropout arm")
     o.add_argument("--d-stop-frac", type=common.Bounded(float, lo=0, hi=1, lo_open=True), default=0.5,
-                   help="d_early_stop arm: D trains on this first fraction of each epoch's batches, G on all "
-                        "(default: 0.5)")
+                   help="d_early_stop arm: D trains on this first fraction of each epoch's batches, G on all")
     o.add_argument("--small-d-width", type=pi, default=64,
-                   help="small_d arm: hidden width of both D layers, less capacity than 256 (default: 64)")
+                   help="small_d arm: hidden width of both D layers, less capacity than 256")
     o.add_argument("--diffaug-translate", type=uf, default=0.125,
-                   help="DiffAugment: max shift as a fraction of the image side (default: 0.125)")
+                   help="DiffAugment: max shift as a fraction of the image side")
     o.add_argument("--diffaug-cutout", type=uf, default=0.5,
-                   help="DiffAugment: cutout square side as a fraction of the image side (default: 0.5)")
+                   help="DiffAugment: cutout square side as a fraction of the image side")
     return p
 
 
@@ -289,11 +286,6 @@ def get_classifier(args, x_train, y_train, x_test, y_test):
     return common.scoring_classifier(to_unit(x_train), y_train, to_unit(x_test), y_test, epochs=args.clf_epochs,
                                      width=args.clf_width, seed=args.seed, out=args.out, fresh=args.fresh,
                                      warn_below=None if args.smoke else 0.99)
-
-
-def classifier_key(args) -> dict:
-    """What identifies the classifier inside a GAN run's cache key (the data is keyed there too)."""
-    return {"recipe": common.CLASSIFIER_RECIPE["version"], "epochs": args.clf_epochs, "width": args.clf_width}
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -446,28 +438,63 @@ def overfit_rv(train: float, heldout: float, fake: float) -> float:
 LOG_KEYS = ["d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake", "g_grad_norm", "g_step_norm"]
 
 
-def base_config(args, **changes) -> dict:
-    """One training run's settings: the baseline, with `changes` applied. The length
-    is `epochs` over the training set, or `iters` iterations when that is set."""
-    cfg = {"arch": "assignment", "epochs": args.epochs, "iters": 0, "batch": args.batch_size, "z_dim": args.z_dim,
-           "g_lr": args.lr, "d_lr": args.lr, "betas": [args.beta1, args.beta2], "init_std": args.init_std,
-           "g_loss": "non_saturating", "real_label": args.real_label, "d_dropout": args.d_dropout,
-           "d_width": 256, "minibatch_std": False, "d_steps": 1, "g_steps": 1, "early_d_steps": 1,
-           "early_iters": 0, "noise_std": 0.0, "noise_on": "d_input", "diffaug": False, "d_stop_frac": 1.0,
-           "log_adam_step": False, "eval_every_iters": 0, "eval_every_epochs": args.eval_every,
-           "max_iters_per_epoch": args.max_iters_per_epoch}
-    cfg.update(changes)
-    return cfg
+@dataclass(frozen=True)
+class GanConfig:
+    """One training run's settings, and its cache key. `baseline_config(args)` is the
+    assignment's GAN; every arm is `dataclasses.replace(that, field=...)`, so a misspelt
+    field is a TypeError instead of an arm that quietly runs the baseline."""
+    arch: str = "assignment"         # "assignment" (architecture.Generator/Discriminator) or "reference" (gan.py's)
+    epochs: int = 20                 # run length in epochs over the training set ...
+    iters: int = 0                   # ... or in iterations, when > 0
+    batch: int = 64
+    z_dim: int = 100
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    init_std: float = 0.02           # N(0, std) weights (the reference networks keep PyTorch's init)
+    g_loss: str = "non_saturating"   # "saturating", "non_saturating" (g_loss_fn) or "feature_matching"
+    real_label: float = 1.0          # D's BCE target for real images; 0.9 = one-sided label smoothing
+    d_dropout: float = 0.0
+    d_width: int = 256               # hidden width of both D layers
+    minibatch_std: bool = False      # D sees the minibatch standard deviation (Karras et al. 2018)
+    d_steps: int = 1                 # D steps per iteration ...
+    g_steps: int = 1                 # ... and G steps
+    early_d_steps: int = 1           # D steps per iteration during the first `early_iters`
+    early_iters: int = 0
+    noise_std: float = 0.0           # initial std of noise annealed linearly to 0, on ...
+    noise_on: str = "d_input"        # ... D's input (instance noise) or "z" (G's input)
+    diffaug: tuple[float, float] | None = None   # DiffAugment (translate, cutout) fractions; None: off
+    d_stop_frac: float = 1.0         # D trains on this first fraction of each epoch's batches
+    log_adam_step: bool = False      # log the norm of G's Adam update (a pass over G: vanishing arms only)
+    eval_every_iters: int = 0        # quick evaluation every N iterations; 0: ...
+    eval_every_epochs: int = 2       # ... every N epochs
+    max_iters_per_epoch: int = 0     # 0: the whole training set
 
 
-def build_gan(cfg, device):
-    if cfg["arch"] == "reference":
-        G, D = ReferenceGenerator(cfg["z_dim"]), ReferenceDiscriminator()   # PyTorch default init, as there
+def baseline_config(args) -> GanConfig:
+    """The baseline run as the flags set it."""
+    return GanConfig(epochs=args.epochs, batch=args.batch_size, z_dim=args.z_dim, g_lr=args.lr, d_lr=args.lr,
+                     betas=(args.beta1, args.beta2), init_std=args.init_std, real_label=args.real_label,
+                     d_dropout=args.d_dropout, eval_every_epochs=args.eval_every,
+                     max_iters_per_epoch=args.max_iters_per_epoch)
+
+
+@dataclass(frozen=True, eq=False)   # eq=False: hashed by identity, so it can key functools.cache
+class TrainSet:
+    """A GAN's training images and what every evaluation on them compares against."""
+    x: torch.Tensor   # [N, 1, 28, 28] in [-1, 1], on the device
+    ctx: dict         # eval_context(...): held-out statistics, fixed noise, real-image yardsticks
+    tag: str          # the data's fingerprint: keys every cached run, so another --data-root never reuses one
+
+
+def build_gan(cfg: GanConfig, device):
+    if cfg.arch == "reference":
+        G, D = ReferenceGenerator(cfg.z_dim), ReferenceDiscriminator()   # PyTorch default init, as there
     else:
-        G = Generator(cfg["z_dim"])
-        D = Discriminator(hidden=(cfg["d_width"],) * 2, dropout=cfg["d_dropout"], minibatch_std=cfg["minibatch_std"])
-        G.apply(lambda m: init_gan_weights(m, cfg["init_std"]))
-        D.apply(lambda m: init_gan_weights(m, cfg["init_std"]))
+        G = Generator(cfg.z_dim)
+        D = Discriminator(hidden=(cfg.d_width,) * 2, dropout=cfg.d_dropout, minibatch_std=cfg.minibatch_std)
+        G.apply(lambda m: init_gan_weights(m, cfg.init_std))
+        D.apply(lambda m: init_gan_weights(m, cfg.init_std))
     return G.to(device), D.to(device)
 
 
@@ -504,7 +531,7 @@ def optimiser_step(loss: torch.Tensor, opt, scaler) -> None:
     scaler.update()
 
 
-def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: dict, it: int, total: int,
+def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: GanConfig, it: int, total: int,
                   train_d: bool, device, augment=None, scalers=None) -> torch.Tensor:
     """One iteration: n_d D steps, then n_g G steps, each on fresh noise (Goodfellow et
     al. 2014, algorithm 1). `real` [B, 1, 28, 28] is this iteration's batch; extra D
@@ -515,18 +542,18 @@ def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: dict
     B = real.shape[0]
     aug = augment or (lambda t: t)
     scaler_g, scaler_d = scalers or (common.grad_scaler(device), common.grad_scaler(device))
-    sigma = cfg["noise_std"] * max(0.0, 1.0 - it / max(1, total))        # annealed to 0 (Sonderby et al. 2016)
-    d_noise = sigma if cfg["noise_on"] == "d_input" else 0.0
-    z_noise = sigma if cfg["noise_on"] == "z" else 0.0
+    sigma = cfg.noise_std * max(0.0, 1.0 - it / max(1, total))        # annealed to 0 (Sonderby et al. 2016)
+    d_noise = sigma if cfg.noise_on == "d_input" else 0.0
+    z_noise = sigma if cfg.noise_on == "z" else 0.0
 
     def d_view(x):  # what D sees: noisy (instance noise), augmented
         return aug(x + d_noise * torch.randn_like(x) if d_noise else x)
 
     def latent(n):
-        z = torch.randn(n, cfg["z_dim"], device=device)
+        z = torch.randn(n, cfg.z_dim, device=device)
         return z + z_noise * torch.randn_like(z) if z_noise else z
 
-    n_d = cfg["early_d_steps"] if it < cfg["early_iters"] else cfg["d_steps"]
+    n_d = cfg.early_d_steps if it < cfg.early_iters else cfg.d_steps
     D.requires_grad_(True)
     for k in range(n_d):
         x = real if k == 0 else sample_real()
@@ -534,17 +561,17 @@ def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: dict
             fake = G(latent(B))
         with common.autocast(device, train=True):
             real_logits, fake_logits = D(d_view(x)), D(d_view(fake))
-        d_loss = d_loss_fn(real_logits, fake_logits, cfg["real_label"])
+        d_loss = d_loss_fn(real_logits, fake_logits, cfg.real_label)
         if train_d:
             optimiser_step(d_loss, opt_d, scaler_d)
     D.requires_grad_(False)   # the G step needs gradients through D, not into D's weights
-    for _ in range(cfg["g_steps"]):
+    for _ in range(cfg.g_steps):
         with common.autocast(device, train=True):
             fake = G(latent(B))
-            if cfg["g_loss"] == "feature_matching":
+            if cfg.g_loss == "feature_matching":
                 g_loss = feature_matching_loss(D.features(d_view(real)).detach(), D.features(d_view(fake)))
             else:
-                g_loss = g_loss_fn(D(d_view(fake)), cfg["g_loss"])
+                g_loss = g_loss_fn(D(d_view(fake)), cfg.g_loss)
         opt_g.zero_grad(set_to_none=True)
         scaler_g.scale(g_loss).backward()
         scaler_g.unscale_(opt_g)                # the norm of the true gradient, not the scaled one
@@ -553,144 +580,159 @@ def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: dict
         scaler_g.update()
     D.requires_grad_(True)
     rl, fl = real_logits.detach().float(), fake_logits.detach().float()
-    step = adam_step_norm(opt_g).float() if cfg["log_adam_step"] else torch.full((), float("nan"), device=rl.device)
+    step = adam_step_norm(opt_g).float() if cfg.log_adam_step else torch.full((), float("nan"), device=rl.device)
     return torch.stack([d_loss.detach().float(), g_loss.detach().float(), torch.sigmoid(rl).mean(),
                         torch.sigmoid(fl).mean(), (rl > 0).float().mean(), (fl < 0).float().mean(), g_norm.float(),
                         step.to(rl.device)])
 
 
-def run_length(cfg, n: int) -> tuple[int, int, int]:
+def run_length(cfg: GanConfig, n: int) -> tuple[int, int, int]:
     """(iterations per epoch, total iterations, evaluation interval in iterations)."""
-    ipe = math.ceil(n / cfg["batch"])
-    if cfg["max_iters_per_epoch"] > 0:
-        ipe = min(ipe, cfg["max_iters_per_epoch"])
-    total = cfg["iters"] or cfg["epochs"] * ipe
-    every = cfg["eval_every_iters"] or cfg["eval_every_epochs"] * ipe
+    ipe = math.ceil(n / cfg.batch)
+    if cfg.max_iters_per_epoch > 0:
+        ipe = min(ipe, cfg.max_iters_per_epoch)
+    total = cfg.iters or cfg.epochs * ipe
+    every = cfg.eval_every_iters or cfg.eval_every_epochs * ipe
     return ipe, total, max(1, every)
 
 
-def train_gan(name: str, cfg: dict, x_train: torch.Tensor, ctx: dict, args, device, data_tag: str,
-              memo: dict | None = None) -> dict:
-    """Train one GAN arm from a fixed seed and return its record: per-iteration logs
-    [T, len(LOG_KEYS)], quick evaluations at iteration 0, every evaluation interval and
-    the end, fixed-noise renderings, the full final evaluation, final samples and
-    timings. Cached under the settings (and kept in `memo` for this process, so
-    `--fresh` trains a run once); a NaN/inf stops this arm with `diverged` set, and the
-    caller goes on with the next arm."""
-    settings = {"cfg": cfg, "data": data_tag, "n_train": len(x_train), "seed": args.seed,
-                "classifier": classifier_key(args),
+def train_gan(name: str, cfg: GanConfig, data: TrainSet, args, device) -> dict:
+    """One GAN run's record (see fit_gan), from cache/ when these settings were trained
+    before (unless --fresh). A diverged run is not cached."""
+    settings = {"cfg": dataclasses.asdict(cfg), "data": data.tag, "n_train": len(data.x), "seed": args.seed,
+                "classifier": {"recipe": common.CLASSIFIER_RECIPE["version"], "epochs": args.clf_epochs,
+                               "width": args.clf_width},
                 "eval": [args.eval_samples, args.quick_samples, args.pair_samples, args.nn_samples,
-                         args.quick_nn_samples, args.coverage_share], "version": 2}
+                         args.quick_nn_samples, args.coverage_share], "version": 3}
     path = common.cache_path(args.out, "gan-run", settings)
-    if memo is not None and str(path) in memo:
-        print(f"[{name}] trained earlier in this run", flush=True)
-        return memo[str(path)]
     cached = common.load_cache(path, args.fresh)
     if cached is not None and cached.get("settings") == common._jsonable(settings):
         print(f"[{name}] cached run {path.name}", flush=True)
         return cached
+    rec = {"settings": common._jsonable(settings), **fit_gan(name, cfg, data, args, device)}
+    if not rec["diverged"]:
+        common.save_cache(path, rec)
+    return rec
 
+
+class QuickEvals:
+    """The evaluations over training: `evaluate(full=False)` and a fixed-noise rendering
+    at each call, kept as lists per metric (the run record's "evals" and "frames"); their
+    time is kept apart from the training time."""
+
+    def __init__(self, G, D, ctx: dict, args, iters_per_epoch: int):
+        self.G, self.D, self.ctx, self.args, self.ipe = G, D, ctx, args, iters_per_epoch
+        self.evals, self.frames, self.seconds = {"epoch": [], "iteration": [], "hist": []}, [], 0.0
+
+    def __call__(self, it: int) -> dict:
+        t = time.perf_counter()
+        m, hist = evaluate(self.G, self.D, self.ctx, self.args, full=False)
+        self.evals["epoch"].append(it / self.ipe)
+        self.evals["iteration"].append(it)
+        self.evals["hist"].append(hist)
+        for k, v in m.items():
+            self.evals.setdefault(k, []).append(v)
+        self.frames.append(to_uint8(generate(self.G, self.ctx["z_eval"][:10], self.args.batch_size)))
+        self.seconds += time.perf_counter() - t
+        return m
+
+
+def fit_gan(name: str, cfg: GanConfig, data: TrainSet, args, device) -> dict:
+    """Train one GAN arm from a fixed seed: per-iteration logs [T, len(LOG_KEYS)], quick
+    evaluations at iteration 0, every evaluation interval and the end, fixed-noise
+    renderings [E, 10, 1, 28, 28] uint8, the full final evaluation, 25 final samples and
+    the nearest training image of the first 8, timings. A NaN/inf stops this arm with
+    `diverged` set; the caller goes on with the next arm."""
     common.seed_everything(args.seed)
     G, D = build_gan(cfg, device)
     fused = device.type == "cuda"   # one kernel per Adam step instead of one per tensor
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["g_lr"], betas=tuple(cfg["betas"]), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg["d_lr"], betas=tuple(cfg["betas"]), fused=fused)
-    scalers = (common.grad_scaler(device), common.grad_scaler(device))    # one per optimiser
-    augment = None
-    if cfg["diffaug"]:                  # [translate, cutout] fractions
-        def augment(t):
-            return diff_augment(t, *cfg["diffaug"])
-
-    n, B = len(x_train), cfg["batch"]
-    ipe, total, every = run_length(cfg, n)
-    d_iters = max(1, math.ceil(cfg["d_stop_frac"] * ipe))   # D trains on the first d_iters batches per epoch
+    opts = [torch.optim.Adam(m.parameters(), lr=lr, betas=cfg.betas, fused=fused)
+            for m, lr in ((G, cfg.g_lr), (D, cfg.d_lr))]
+    ipe, total, every = run_length(cfg, len(data.x))
     log = torch.zeros(total, len(LOG_KEYS), device=device)
-    z_show = ctx["z_eval"][:25]
-    evals = {"epoch": [], "iteration": [], "hist": []}
-    frames, diverged, eval_seconds = [], "", 0.0
-
-    def do_eval(it):
-        nonlocal eval_seconds
-        t = time.perf_counter()
-        m, hist = evaluate(G, D, ctx, args, full=False)
-        evals["epoch"].append(it / ipe)
-        evals["iteration"].append(it)
-        evals["hist"].append(hist)
-        for k, v in m.items():
-            evals.setdefault(k, []).append(v)
-        frames.append(to_uint8(generate(G, z_show[:10], B)))
-        eval_seconds += time.perf_counter() - t
-        return m
-
-    def sample_real():
-        return x_train[torch.randint(0, n, (B,), device=device)]
-
-    watched = [j for j, k in enumerate(LOG_KEYS) if k != "g_step_norm" or cfg["log_adam_step"]]
-
-    def check(lo, hi):   # one sync per log window: the NaN/inf check
-        rows = log[lo:hi]
-        if not torch.isfinite(rows[:, watched]).all():
-            bad = int((~torch.isfinite(rows[:, watched])).any(1).nonzero()[0]) + lo
-            col = LOG_KEYS[watched[int((~torch.isfinite(log[bad, watched])).nonzero()[0])]]
-            raise common.Diverged(f"{col} became {log[bad].tolist()[LOG_KEYS.index(col)]} at iteration {bad}")
-        return dict(zip(LOG_KEYS, rows.mean(0).tolist()))
-
+    quick = QuickEvals(G, D, data.ctx, args, ipe)
     t0 = time.perf_counter()
-    do_eval(0)
+    quick(0)
+    it, diverged = train_loop(name, G, D, opts, cfg, data.x, log, quick, every, args, device)
+    seconds = time.perf_counter() - t0 - quick.seconds
+    t = time.perf_counter()
+    final, final_hist = evaluate(G, D, data.ctx, args, full=True) if not diverged else ({}, [0] * 10)
+    eval_seconds = quick.seconds + time.perf_counter() - t
+    samples = generate(G, data.ctx["z_eval"][:25], cfg.batch)
+    nn_idx = torch.cdist(to_unit(samples[:8]).flatten(1), to_unit(data.x).flatten(1)).argmin(1)
+    print(f"[{name}] {it} iterations in {seconds:.1f} s ({it / max(seconds, 1e-9):.1f} it/s), "
+          f"evaluations {eval_seconds:.1f} s", flush=True)
+    return {"logs": log[:it].cpu(), "evals": quick.evals, "final": final, "final_hist": final_hist,
+            "diverged": diverged, "iters_per_epoch": ipe, "iterations": it, "train_seconds": seconds,
+            "eval_seconds": eval_seconds, "frames": torch.stack(quick.frames), "samples": to_uint8(samples),
+            "nearest": to_uint8(data.x[nn_idx])}
+
+
+def train_loop(name: str, G, D, opts, cfg: GanConfig, x: torch.Tensor, log: torch.Tensor, quick: QuickEvals,
+               every: int, args, device) -> tuple[int, str]:
+    """Epochs of shuffled batches of x until len(log) iterations, one row of `log` per
+    iteration; a progress line every --log-every iterations (one sync: the NaN/inf
+    check) and quick(it) every `every`. Returns (iterations done, why it diverged or "")."""
+    n, B, total = len(x), cfg.batch, len(log)
+    ipe = run_length(cfg, n)[0]
+    d_iters = max(1, math.ceil(cfg.d_stop_frac * ipe))   # D trains on the first d_iters batches per epoch
+    scalers = (common.grad_scaler(device), common.grad_scaler(device))    # one per optimiser
+    augment = (lambda t: diff_augment(t, *cfg.diffaug)) if cfg.diffaug else None
+    watched = [j for j, k in enumerate(LOG_KEYS) if k != "g_step_norm" or cfg.log_adam_step]
     bar = common.progress(total=total, desc=name)
     it, last_log = 0, 0
     try:
         while it < total:
             perm = torch.randperm(n, device=device)
             for i in range(min(ipe, total - it)):
-                real = x_train[perm[i * B:(i + 1) * B]]
-                log[it] = gan_iteration(G, D, opt_g, opt_d, real, sample_real, cfg, it, total,
+                log[it] = gan_iteration(G, D, *opts, x[perm[i * B:(i + 1) * B]],
+                                        lambda: x[torch.randint(0, n, (B,), device=device)], cfg, it, total,
                                         train_d=i < d_iters, device=device, augment=augment, scalers=scalers)
                 it += 1
                 bar.update(1)
                 if it % args.log_every == 0 or it == total:
-                    mean = check(last_log, it)
+                    mean = window_mean(log, last_log, it, watched)
                     last_log = it
                     bar.write(f"[{name}] epoch {math.ceil(it / ipe)} it {it}/{total}  D {mean['d_loss']:.3f}  "
                               f"G {mean['g_loss']:.3f}  D(x) {mean['d_real']:.3f}  D(G(z)) {mean['d_fake']:.3f}  "
                               f"D acc real/fake {mean['d_acc_real']:.2f}/{mean['d_acc_fake']:.2f}  "
                               f"|grad G| {mean['g_grad_norm']:.2e}")
                 if it % every == 0 or it == total:
-                    m = do_eval(it)
+                    m = quick(it)
                     bar.write(f"[{name}] eval at it {it} (epoch {it / ipe:.1f}): coverage {m['coverage']}  "
                               f"KL {m['kl_uniform']:.3f}  FD {m['fd_mnist_classifier']:.2f}  "
                               f"diversity {m['diversity']:.2f}  D(train) {m['d_train']:.3f}  "
                               f"D(held-out) {m['d_heldout']:.3f}")
     except common.Diverged as e:
-        diverged = str(e)
-        print(f"[{name}] diverged: {diverged}; this arm stops, the others go on", flush=True)
-    bar.close()
-    seconds = time.perf_counter() - t0 - eval_seconds
-    t = time.perf_counter()
-    final, final_hist = evaluate(G, D, ctx, args, full=True) if not diverged else ({}, [0] * 10)
-    eval_seconds += time.perf_counter() - t
-    samples = generate(G, z_show, B)
-    nn_idx = torch.cdist(to_unit(samples[:8]).flatten(1), to_unit(x_train).flatten(1)).argmin(1)
-    rec = {"settings": common._jsonable(settings), "logs": log[:it].cpu(), "evals": evals, "final": final,
-           "final_hist": final_hist, "diverged": diverged, "iters_per_epoch": ipe, "iterations": it,
-           "train_seconds": seconds, "eval_seconds": eval_seconds, "frames": torch.stack(frames),
-           "samples": to_uint8(samples), "nearest": to_uint8(x_train[nn_idx])}
-    print(f"[{name}] {it} iterations in {seconds:.1f} s ({it / max(seconds, 1e-9):.1f} it/s), "
-          f"evaluations {eval_seconds:.1f} s", flush=True)
-    if not diverged:
-        common.save_cache(path, rec)
-    if memo is not None:
-        memo[str(path)] = rec
-    return rec
+        print(f"[{name}] diverged: {e}; this arm stops, the others go on", flush=True)
+        return it, str(e)
+    finally:
+        bar.close()
+    return it, ""
+
+
+def window_mean(log: torch.Tensor, lo: int, hi: int, watched: list[int]) -> dict:
+    """Mean of log rows [lo, hi) per LOG_KEYS column; Diverged names the first
+    non-finite watched value."""
+    rows = log[lo:hi]
+    if not torch.isfinite(rows[:, watched]).all():
+        bad = int((~torch.isfinite(rows[:, watched])).any(1).nonzero()[0]) + lo
+        col = LOG_KEYS[watched[int((~torch.isfinite(log[bad, watched])).nonzero()[0])]]
+        raise common.Diverged(f"{col} became {log[bad].tolist()[LOG_KEYS.index(col)]} at iteration {bad}")
+    return dict(zip(LOG_KEYS, rows.mean(0).tolist()))
 
 
 # ----------------------------------------------------------------------------
-# Summaries and figures shared by the experiments
+# Summaries, stored plot data and figures shared by the experiments
 # ----------------------------------------------------------------------------
 
 EVAL_KEYS = ["coverage", "kl_uniform", "confidence", "fd_mnist_classifier", "diversity", "memorisation_distance",
              "memorisation_ratio", "d_train", "d_heldout", "d_gap", "d_logit_train", "d_logit_heldout", "d_logit_fake",
              "overfit_rv"]
+EVAL_LABELS = {"coverage": "digits covered (of 10)", "kl_uniform": "KL(class hist || uniform) [nats]",
+               "fd_mnist_classifier": "FD-MNIST-classifier", "diversity": "mean pairwise L2 distance",
+               "confidence": "classifier confidence", "memorisation_distance": "L2 to nearest training image",
+               "d_gap": "D(train) - D(held-out)", "overfit_rv": "r_v on D logits (0: none, 1: full)"}
 
 
 def final_metrics(rec: dict) -> dict:
@@ -729,42 +771,55 @@ def over_training(rec: dict) -> dict:
     return {"iteration": ev["iteration"], "epoch": ev["epoch"], **{k: ev[k] for k in EVAL_KEYS if k in ev}}
 
 
-def smooth(y: np.ndarray, n: int) -> np.ndarray:
-    """Moving average over n iterations ('valid' part), for readable per-iteration curves."""
-    n = max(1, min(n, len(y)))
-    return np.convolve(y, np.ones(n) / n, mode="valid")
+def run_metrics(rec: dict, args) -> dict:
+    """What metrics.json keeps of one arm: final numbers, loss curves, quick evaluations over training."""
+    return {**final_metrics(rec), "final_histogram": rec["final_hist"],
+            "loss_curves": loss_curves(rec, args.log_every), "over_training": over_training(rec)}
+
+
+def arm_table(recs: dict, keys) -> str:
+    """A console table: one row per arm."""
+    rows = [f"{'arm':<18}" + "".join(f"{k[:14]:>16}" for k in keys)]
+    for name, r in recs.items():
+        m = final_metrics(r)
+        rows.append(f"{name:<18}" + "".join(
+            f"{m[k]:>16.4g}" if isinstance(m.get(k), (int, float)) else f"{str(m.get(k))[:14]:>16}" for k in keys))
+    return "\n".join(rows)
+
+
+def save_runs(out, experiment: str, recs: dict, real_quick: dict | None = None, **settings) -> None:
+    """What the figures of `experiment` need beyond metrics.json, in cache/plot/<experiment>.npz:
+    per run its per-iteration logs, quick evaluations (with class histograms), fixed-noise
+    frames, final samples and their nearest training images; the real-image yardstick of
+    the quick evaluations; the settings the titles name."""
+    arrays = {f"setting.{k}": v for k, v in settings.items()}
+    arrays.update({f"real_quick.{k}": v for k, v in (real_quick or {}).items()})
+    for name, r in recs.items():
+        arrays.update({f"{name}.{k}": r[k] for k in ("logs", "frames", "samples", "nearest", "iterations")})
+        arrays.update({f"{name}.evals.{k}": np.asarray(v, dtype=np.float64) for k, v in r["evals"].items()})
+    common.save_plot_data(out, experiment, runs=list(recs), **arrays)
+
+
+def load_runs(out, experiment: str) -> tuple[dict, dict, dict]:
+    """(runs, real_quick, settings) as save_runs stored them; each run shaped like a run
+    record (logs, evals, frames, samples, nearest, iterations)."""
+    d = common.load_plot_data(out, experiment)
+    runs = {}
+    for name in d["runs"].tolist():
+        r = {k: torch.from_numpy(d[f"{name}.{k}"]) for k in ("logs", "frames", "samples", "nearest")}
+        r["iterations"] = int(d[f"{name}.iterations"])
+        r["evals"] = {k[len(name) + 7:]: v for k, v in d.items() if k.startswith(f"{name}.evals.")}
+        runs[name] = r
+    real = {k[len("real_quick."):]: v.item() for k, v in d.items() if k.startswith("real_quick.")}
+    return runs, real, {k[len("setting."):]: v.item() for k, v in d.items() if k.startswith("setting.")}
 
 
 def curve(rec, key, window=None):
+    """(iterations, moving average over `window` iterations, default 1/200 of the run) of a LOG_KEYS column."""
     y = rec["logs"][:, LOG_KEYS.index(key)].numpy().astype(np.float64)
-    w = window or max(1, len(y) // 200)
-    ys = smooth(y, w)
-    return np.arange(len(ys)) + (w - 1), ys
-
-
-def mosaic(images: torch.Tensor, ncol: int) -> np.ndarray:
-    """uint8 [N, 1, H, W] -> one [rows*(H+2), ncol*(W+2)] image in [0, 1], 2-px white gutters
-    (visible against black backgrounds and against the flat grey of an untrained G)."""
-    n, _, h, w = images.shape
-    rows = math.ceil(n / ncol)
-    canvas = np.full((rows * (h + 2), ncol * (w + 2)), 1.0)
-    x = images[:, 0].numpy() / 255.0
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = x[i]
-    return canvas
-
-
-def show_grid(ax, images: torch.Tensor, ncol: int, title: str, row_labels: list[str] | None = None):
-    """One imshow per grid (fast, unlike one axis per image); row labels on the y axis."""
-    ax.imshow(mosaic(images, ncol), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    h = images.shape[-2] + 2
-    ax.set_xticks([])
-    if row_labels:
-        ax.set_yticks([h * (r + 0.5) for r in range(len(row_labels))], row_labels, fontsize=8)
-    else:
-        ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
+    n = max(1, min(window or max(1, len(y) // 200), len(y)))
+    ys = np.convolve(y, np.ones(n) / n, mode="valid")
+    return np.arange(len(ys)) + (n - 1), ys
 
 
 def plot_dynamics(rec, path, title):
@@ -775,11 +830,11 @@ def plot_dynamics(rec, path, title):
                      "losses (moving average)", "iteration", "BCE loss")
     common.line_plot(axes[1], {"D(x) real": curve(rec, "d_real"), "D(G(z)) fake": curve(rec, "d_fake")},
                      "discriminator outputs", "iteration", "mean D output")
-    axes[1].set_ylim(-0.02, 1.02)
     common.line_plot(axes[2], {"on real batches": curve(rec, "d_acc_real"),
                                "on fake batches": curve(rec, "d_acc_fake")},
                      "D accuracy (threshold 0.5)", "iteration", "fraction classified correctly")
-    axes[2].set_ylim(-0.02, 1.02)
+    for ax in axes[1:3]:
+        ax.set_ylim(-0.02, 1.02)
     x, y = curve(rec, "g_grad_norm")
     common.line_plot(axes[3], {"|grad G|": (x, np.maximum(y, 1e-30))}, "gradient norm reaching G", "iteration",
                      "L2 norm of G's parameter gradient", logy=True)
@@ -789,20 +844,13 @@ def plot_dynamics(rec, path, title):
 
 def plot_progression(rec, path, title, unit="epoch"):
     """Fixed-noise renderings: one row per evaluation, 10 fixed z per row."""
-    frames = rec["frames"]                                              # [E, 10, 1, 28, 28]
-    ev = rec["evals"]
+    frames, ev = rec["frames"], rec["evals"]                           # [E, 10, 1, 28, 28] uint8
     labels = ([f"epoch {e:g}" for e in np.round(ev["epoch"], 1)] if unit == "epoch"
-              else [f"iteration {i}" for i in ev["iteration"]])
+              else [f"iteration {i:.0f}" for i in ev["iteration"]])
     fig, ax = plt.subplots(figsize=(7, 0.75 * len(frames) + 0.9))
-    show_grid(ax, frames.flatten(0, 1), frames.shape[1], title, labels[:len(frames)])
+    common.image_grid(frames.flatten(0, 1), title=title, nrow=frames.shape[1], row_labels=labels[:len(frames)], ax=ax)
     ax.set_xlabel("10 fixed noise vectors (the same in every row and every run)")
     return common.save_figure(fig, path)
-
-
-EVAL_LABELS = {"coverage": "digits covered (of 10)", "kl_uniform": "KL(class hist || uniform) [nats]",
-               "fd_mnist_classifier": "FD-MNIST-classifier", "diversity": "mean pairwise L2 distance",
-               "confidence": "classifier confidence", "memorisation_distance": "L2 to nearest training image",
-               "d_gap": "D(train) - D(held-out)", "overfit_rv": "r_v on D logits (0: none, 1: full)"}
 
 
 def plot_eval_curves(recs: dict, path, title, keys=("coverage", "kl_uniform", "fd_mnist_classifier", "diversity"),
@@ -823,49 +871,27 @@ def plot_eval_curves(recs: dict, path, title, keys=("coverage", "kl_uniform", "f
 def plot_arm_losses(recs: dict, path, title):
     """D and G loss curves for every arm, one small panel per arm (same axes), so no
     arm's curves hide another's; D's accuracy on real/fake batches on the right axis."""
-    n = len(recs)
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
+    cols = min(4, len(recs))
+    rows = math.ceil(len(recs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     for ax, (name, r) in zip(axes.flat, recs.items()):
-        for key, colour in [("d_loss", "C0"), ("g_loss", "C1")]:
-            xs, ys = curve(r, key)
-            ax.plot(xs, ys, color=colour, label=key.replace("_", " ").replace("d ", "D ").replace("g ", "G "))
+        for key, colour, label in [("d_loss", "C0", "D loss"), ("g_loss", "C1", "G loss")]:
+            ax.plot(*curve(r, key), color=colour, label=label)
         ax.set(title=name, xlabel="iteration", ylabel="loss (moving average)")
         ax.grid(alpha=0.3)
         acc = ax.twinx()
-        xs, ys = curve(r, "d_acc_real")
-        xf, yf = curve(r, "d_acc_fake")
-        acc.plot(xs, ys, color="C2", lw=0.8, ls=":", label="D acc real")
-        acc.plot(xf, yf, color="C3", lw=0.8, ls=":", label="D acc fake")
+        acc.plot(*curve(r, "d_acc_real"), color="C2", lw=0.8, ls=":", label="D acc real")
+        acc.plot(*curve(r, "d_acc_fake"), color="C3", lw=0.8, ls=":", label="D acc fake")
         acc.set_ylim(-0.02, 1.02)
         acc.set_ylabel("D accuracy", fontsize=8)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = acc.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
-    for ax in list(axes.flat)[n:]:
+    for ax in list(axes.flat)[len(recs):]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
     return common.save_figure(fig, path)
-
-
-def arm_table(recs: dict, keys) -> str:
-    """A console table: one row per arm."""
-    head = f"{'arm':<18}" + "".join(f"{k[:14]:>16}" for k in keys)
-    rows = [head]
-    for name, r in recs.items():
-        m = final_metrics(r)
-        rows.append(f"{name:<18}" + "".join(
-            f"{m[k]:>16.4g}" if isinstance(m.get(k), (int, float)) else f"{str(m.get(k))[:14]:>16}" for k in keys))
-    return "\n".join(rows)
-
-
-def run_metrics(rec: dict, args) -> dict:
-    """What metrics.json keeps of one run: final numbers, loss curves, quick
-    evaluations over training."""
-    return {**final_metrics(rec), "final_histogram": rec["final_hist"],
-            "loss_curves": loss_curves(rec, args.log_every), "over_training": over_training(rec)}
 
 
 # ----------------------------------------------------------------------------
@@ -873,26 +899,25 @@ def run_metrics(rec: dict, args) -> dict:
 # ----------------------------------------------------------------------------
 
 
-def run_baseline(args, data, ctx, device) -> dict:
-    return train_gan("baseline", base_config(args), data["x_train"], ctx, args, device, data["tag"], data["memo"])
-
-
-def baseline(args, data, ctx, clf_acc, device) -> dict:
+def baseline(rec: dict, data: TrainSet, clf_acc: float, args) -> dict:
     """The assignment's GAN at the assignment's settings: dynamics (losses, D outputs,
     D accuracy, gradient reaching G), fixed-noise progression, final 5x5 grid,
     generator metrics over training."""
-    rec = run_baseline(args, data, ctx, device)
-    plot_dynamics(rec, f"{args.out}/baseline_dynamics.png", "Baseline GAN: training dynamics (non-saturating loss)")
-    plot_progression(rec, f"{args.out}/baseline_progression.png", "Baseline: fixed noise over training")
-    fig, ax = plt.subplots(figsize=(4.2, 4.6))
-    show_grid(ax, rec["samples"], 5, f"Baseline: 25 samples after {rec['iterations']} iterations")
-    common.save_figure(fig, f"{args.out}/baseline_samples.png")
-    plot_eval_curves({"baseline": rec}, f"{args.out}/baseline_eval.png",
-                     f"Baseline: generator metrics over training ({args.quick_samples} samples per point; "
-                     "dashed: real images)", real=ctx["real_quick"])
+    save_runs(args.out, "baseline", {"baseline": rec}, data.ctx["real_quick"], quick_samples=args.quick_samples)
     return {"classifier_test_acc": clf_acc, "final": final_metrics(rec), "final_histogram": rec["final_hist"],
-            "real_images": ctx["real"], "loss_curves": loss_curves(rec, args.log_every),
+            "real_images": data.ctx["real"], "loss_curves": loss_curves(rec, args.log_every),
             "over_training": over_training(rec)}
+
+
+def plot_baseline(m: dict, out: Path) -> None:
+    runs, real, s = load_runs(out, "baseline")
+    r = runs["baseline"]
+    plot_dynamics(r, out / "baseline_dynamics.png", "Baseline GAN: training dynamics (non-saturating loss)")
+    plot_progression(r, out / "baseline_progression.png", "Baseline: fixed noise over training")
+    common.image_grid(r["samples"], out / "baseline_samples.png",
+                      f"Baseline: 25 samples after {r['iterations']} iterations", nrow=5)
+    plot_eval_curves(runs, out / "baseline_eval.png", f"Baseline: generator metrics over training "
+                     f"({s['quick_samples']} samples per point; dashed: real images)", real=real)
 
 
 # ----------------------------------------------------------------------------
@@ -900,45 +925,71 @@ def baseline(args, data, ctx, clf_acc, device) -> dict:
 # ----------------------------------------------------------------------------
 
 
+def reference_config(args) -> GanConfig:
+    """PyTorch-GAN's gan.py networks with baseline's optimiser, loss, data and noise,
+    for --reference-epochs (default: baseline's budget; gan.py itself trains 200)."""
+    return dataclasses.replace(baseline_config(args), arch="reference", epochs=args.reference_epochs or args.epochs)
+
+
 def budget(rec, n_train) -> dict:
     return {"epochs": rec["iterations"] / rec["iters_per_epoch"], "iterations": rec["iterations"],
             "images_seen": rec["iterations"] * rec["settings"]["cfg"]["batch"], "train_images": n_train}
 
 
-def reference(args, data, ctx, clf_acc, device) -> dict:
-    """PyTorch-GAN's gan.py networks with baseline's optimiser, loss, data and noise,
-    for --reference-epochs (default: baseline's budget; gan.py itself trains 200
-    epochs). Baseline's run comes from this process or the cache when `baseline` ran."""
-    base = run_baseline(args, data, ctx, device)
-    epochs = args.reference_epochs or args.epochs
-    rec = train_gan("reference", base_config(args, arch="reference", epochs=epochs), data["x_train"], ctx, args,
-                    device, data["tag"], data["memo"])
-    plot_dynamics(rec, f"{args.out}/reference_dynamics.png",
-                  "Reference (PyTorch-GAN gan.py, BatchNorm G): training dynamics")
-    plot_progression(rec, f"{args.out}/reference_progression.png", "Reference: fixed noise over training")
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.8))
-    show_grid(axes[0], base["samples"], 5, f"baseline (assignment MLP)\n{base['iterations']} iterations")
-    show_grid(axes[1], rec["samples"], 5, f"reference (PyTorch-GAN gan.py)\n{rec['iterations']} iterations")
-    fig.suptitle("Same noise; budgets: baseline %g epochs, reference %g epochs (gan.py's own: 200)"
-                 % (args.epochs, epochs))
-    common.save_figure(fig, f"{args.out}/reference_vs_baseline.png")
-    plot_eval_curves({"baseline": base, "reference": rec}, f"{args.out}/reference_eval.png",
-                     "Baseline vs reference over training (dashed: real images)", real=ctx["real_quick"])
+def reference(base: dict, rec: dict, data: TrainSet, clf_acc: float, args) -> dict:
+    """The reference run (reference_config) against baseline's: quality, parameters, budget."""
     n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in
                 [("baseline_G", Generator(args.z_dim)), ("reference_G", ReferenceGenerator(args.z_dim)),
                  ("baseline_D", Discriminator()), ("reference_D", ReferenceDiscriminator())]}
     print(arm_table({"baseline": base, "reference": rec},
                     ["coverage", "kl_uniform", "fd_mnist_classifier", "diversity", "confidence", "iterations"]))
+    save_runs(args.out, "reference", {"baseline": base, "reference": rec}, data.ctx["real_quick"])
     return {"classifier_test_acc": clf_acc, "baseline": final_metrics(base), "reference": final_metrics(rec),
-            "budget": {"baseline": budget(base, len(data["x_train"])), "reference": budget(rec, len(data["x_train"])),
+            "budget": {"baseline": budget(base, len(data.x)), "reference": budget(rec, len(data.x)),
                        "gan_py_epochs": 200},
             "parameters": n_params, "reference_loss_curves": loss_curves(rec, args.log_every),
             "reference_over_training": over_training(rec)}
 
 
+def plot_reference(m: dict, out: Path) -> None:
+    runs, real, _ = load_runs(out, "reference")
+    base, ref = runs["baseline"], runs["reference"]
+    plot_dynamics(ref, out / "reference_dynamics.png", "Reference (PyTorch-GAN gan.py, BatchNorm G): training dynamics")
+    plot_progression(ref, out / "reference_progression.png", "Reference: fixed noise over training")
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.8))
+    common.image_grid(base["samples"], title=f"baseline (assignment MLP)\n{base['iterations']} iterations", nrow=5,
+                      ax=axes[0])
+    common.image_grid(ref["samples"], title=f"reference (PyTorch-GAN gan.py)\n{ref['iterations']} iterations", nrow=5,
+                      ax=axes[1])
+    b = m["budget"]
+    fig.suptitle(f"Same noise; budgets: baseline {b['baseline']['epochs']:g} epochs, reference "
+                 f"{b['reference']['epochs']:g} epochs (gan.py's own: {b['gan_py_epochs']})")
+    common.save_figure(fig, out / "reference_vs_baseline.png")
+    plot_eval_curves(runs, out / "reference_eval.png", "Baseline vs reference over training (dashed: real images)",
+                     real=real)
+
+
 # ----------------------------------------------------------------------------
 # Experiment 3: vanishing gradients
 # ----------------------------------------------------------------------------
+
+
+def vanishing_arms(args) -> dict:
+    """{arm: GanConfig}. Provoked: an overpowering D (D lr x --vanish-d-lr-mult,
+    --vanish-d-steps D steps per G step for the first --vanish-warmup-iters iterations)
+    against G's saturating minimax loss. The cures change only G's loss or the real
+    label at that same D, and are then retrained at equal learning rates (D lr = G lr;
+    the early extra D steps stay)."""
+    provoked = dataclasses.replace(
+        baseline_config(args), iters=args.vanish_iters, d_lr=args.lr * args.vanish_d_lr_mult, real_label=1.0,
+        early_d_steps=args.vanish_d_steps, early_iters=args.vanish_warmup_iters,
+        eval_every_iters=args.arm_eval_every, log_adam_step=True)
+    cures = {"non_saturating": dict(g_loss="non_saturating"),
+             "label_smoothing": dict(g_loss="saturating", real_label=args.smooth_label),
+             "both": dict(g_loss="non_saturating", real_label=args.smooth_label)}
+    arms = {"saturating": dict(g_loss="saturating"), **cures,
+            **{f"{k}_equal_lr": dict(a, d_lr=args.lr) for k, a in cures.items()}}
+    return {name: dataclasses.replace(provoked, **a) for name, a in arms.items()}
 
 
 def grad_stats(rec) -> dict:
@@ -964,6 +1015,19 @@ def grad_stats(rec) -> dict:
     return out
 
 
+def vanishing(recs: dict, clf_acc: float, args) -> dict:
+    """Once D rejects every fake, the saturating loss's gradient (proportional to
+    D(G(z)), see g_loss_fn) vanishes and G stops learning (Goodfellow et al. 2014,
+    section 3); the gradient norms and Adam's steps show it, the cures undo it."""
+    print(arm_table(recs, ["last_epoch_d_loss", "last_epoch_d_fake", "last_epoch_d_acc_fake",
+                           "last_epoch_g_grad_norm", "coverage", "fd_mnist_classifier"]))
+    save_runs(args.out, "vanishing", recs, None, d_lr_mult=args.vanish_d_lr_mult,
+              d_steps=args.vanish_d_steps, warmup_iters=args.vanish_warmup_iters)
+    return {"classifier_test_acc": clf_acc,
+            "arms": {name: {**grad_stats(r), **run_metrics(r, args)} for name, r in recs.items()},
+            "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
+
+
 VANISH_PANELS = [("d_loss", "D loss", False), ("g_loss", "G loss", False),
                  ("g_grad_norm", "|grad G|: gradient reaching G (log)", True),
                  ("d_real", "mean D(x), real", False), ("d_fake", "mean D(G(z)), fake", False),
@@ -972,34 +1036,14 @@ VANISH_PANELS = [("d_loss", "D loss", False), ("g_loss", "G loss", False),
                  ("d_acc_fake", "D accuracy on fake batches", False)]
 
 
-def vanishing_arms(args) -> dict:
-    """{arm: training config}. Provoked: an overpowering D under the saturating loss.
-    The cures change only G's loss or the real label at that same D, and are then
-    retrained at equal learning rates (D lr = G lr; the early extra D steps stay)."""
-    provoked = dict(iters=args.vanish_iters, d_lr=args.lr * args.vanish_d_lr_mult, real_label=1.0,
-                    early_d_steps=args.vanish_d_steps, early_iters=args.vanish_warmup_iters,
-                    eval_every_iters=args.arm_eval_every, log_adam_step=True)
-    cures = {"non_saturating": dict(g_loss="non_saturating"),
-             "label_smoothing": dict(g_loss="saturating", real_label=args.smooth_label),
-             "both": dict(g_loss="non_saturating", real_label=args.smooth_label)}
-    arms = {"saturating": dict(g_loss="saturating"), **cures,
-            **{f"{k}_equal_lr": dict(a, d_lr=args.lr) for k, a in cures.items()}}
-    return {name: base_config(args, **{**provoked, **a}) for name, a in arms.items()}
-
-
-def vanishing(args, data, ctx, clf_acc, device) -> dict:
-    """The provoked arm: an overpowering D (D lr x --vanish-d-lr-mult, --vanish-d-steps D
-    steps per G step for the first --vanish-warmup-iters iterations) against G's
-    saturating minimax loss, whose gradient is proportional to D(G(z)) (see g_loss_fn):
-    once D rejects every fake, G stops learning (Goodfellow et al. 2014, section 3).
-    Cures at that same D (only the loss or the labels change), then the same cures
-    retrained at equal learning rates (D lr = G lr; the early extra D steps stay)."""
-    recs = {name: train_gan(f"vanishing/{name}", cfg, data["x_train"], ctx, args, device, data["tag"], data["memo"])
-            for name, cfg in vanishing_arms(args).items()}
+def plot_vanishing(m: dict, out: Path) -> None:
+    """vanishing_curves.png: eight per-iteration panels (a cure and its equal-lr retrain
+    share a colour; the retrain is dashed) and the final samples of every arm."""
+    recs, _, s = load_runs(out, "vanishing")
     fig, axes = plt.subplots(3, 3, figsize=(17, 12.5))
     colour = {"saturating": "C0", "non_saturating": "C1", "label_smoothing": "C2", "both": "C3"}
     for ax, (key, label, logy) in zip(axes.flat, VANISH_PANELS):
-        for name, r in recs.items():   # a cure and its equal-lr retrain share a colour; the retrain is dashed
+        for name, r in recs.items():
             x, y = curve(r, key)
             ax.plot(x, np.maximum(y, 1e-30) if logy else y, color=colour[name.removesuffix("_equal_lr")],
                     ls="--" if name.endswith("_equal_lr") else "-", lw=1.2, label=name)
@@ -1009,21 +1053,17 @@ def vanishing(args, data, ctx, clf_acc, device) -> dict:
         elif key.startswith(("d_real", "d_fake", "d_acc")):
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        if args.vanish_warmup_iters:
-            ax.axvline(args.vanish_warmup_iters, color="grey", ls=":", lw=1)
+        if s["warmup_iters"]:
+            ax.axvline(s["warmup_iters"], color="grey", ls=":", lw=1)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper center", ncol=len(recs), fontsize=9,
                bbox_to_anchor=(0.5, 0.955))
-    show_grid(axes.flat[8], torch.cat([r["samples"][:8] for r in recs.values()]), 8, "final samples", list(recs))
+    common.image_grid(torch.cat([r["samples"][:8] for r in recs.values()]), title="final samples", nrow=8,
+                      row_labels=list(recs), ax=axes.flat[8])
     fig.subplots_adjust(hspace=0.35)
-    fig.suptitle(f"Vanishing gradients: D lr x{args.vanish_d_lr_mult:g} and {args.vanish_d_steps} D steps per G step "
-                 f"for the first {args.vanish_warmup_iters} iterations (dotted line); solid: that D, "
+    fig.suptitle(f"Vanishing gradients: D lr x{s['d_lr_mult']:g} and {s['d_steps']} D steps per G step "
+                 f"for the first {s['warmup_iters']} iterations (dotted line); solid: that D, "
                  f"dashed: cures retrained at equal learning rates")
-    common.save_figure(fig, f"{args.out}/vanishing_curves.png")
-    print(arm_table(recs, ["last_epoch_d_loss", "last_epoch_d_fake", "last_epoch_d_acc_fake",
-                           "last_epoch_g_grad_norm", "coverage", "fd_mnist_classifier"]))
-    return {"classifier_test_acc": clf_acc,
-            "arms": {name: {**grad_stats(r), **run_metrics(r, args)} for name, r in recs.items()},
-            "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
+    common.save_figure(fig, out / "vanishing_curves.png")
 
 
 # ----------------------------------------------------------------------------
@@ -1032,11 +1072,11 @@ def vanishing(args, data, ctx, clf_acc, device) -> dict:
 
 
 def collapse_arms(args) -> dict:
-    """{arm: training config}: the provoked G-outruns-D setting, and each cure as one
-    change on top of it."""
-    provoke = dict(iters=args.collapse_iters, g_lr=args.lr * args.collapse_g_lr_mult,
-                   g_steps=args.collapse_g_steps, d_width=args.collapse_d_width,
-                   eval_every_iters=args.arm_eval_every)
+    """{arm: GanConfig}: a G that outruns D (G lr x --collapse-g-lr-mult,
+    --collapse-g-steps G steps per D step), and each cure as one change on top of it."""
+    provoked = dataclasses.replace(
+        baseline_config(args), iters=args.collapse_iters, g_lr=args.lr * args.collapse_g_lr_mult,
+        g_steps=args.collapse_g_steps, d_width=args.collapse_d_width, eval_every_iters=args.arm_eval_every)
     arms = {"collapse": {},
             "normal_lr": dict(g_lr=args.lr),
             "more_d_steps": dict(g_steps=1, d_steps=args.cure_d_steps),
@@ -1044,50 +1084,56 @@ def collapse_arms(args) -> dict:
             "instance_noise": dict(noise_std=args.noise_std, noise_on="d_input"),
             "latent_noise": dict(noise_std=args.latent_noise_std, noise_on="z"),
             "feature_matching": dict(g_loss="feature_matching")}
-    return {name: base_config(args, **{**provoke, **a}) for name, a in arms.items()}
+    return {name: dataclasses.replace(provoked, **a) for name, a in arms.items()}
 
 
-def mode_collapse(args, data, ctx, clf_acc, device) -> dict:
-    """Provoke collapse with a G that outruns D (G lr x --collapse-g-lr-mult,
-    --collapse-g-steps G steps per D step); each cure is one change on top of that
-    setting. Coverage, KL and the class histogram (from the scoring classifier) show
-    which digits survive."""
-    recs = {name: train_gan(f"mode_collapse/{name}", cfg, data["x_train"], ctx, args, device, data["tag"],
-                            data["memo"]) for name, cfg in collapse_arms(args).items()}
-    # histograms: final class shares per arm; the provoked arm's shares over training
-    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
-    w = 0.8 / len(recs)
-    for j, (name, r) in enumerate(recs.items()):
-        h = np.asarray(r["final_hist"], dtype=float)
-        axes[0].bar(np.arange(10) + (j - (len(recs) - 1) / 2) * w, h / max(h.sum(), 1), w, label=name)
-    axes[0].axhline(0.1, color="k", ls="--", lw=1, label="uniform (real MNIST)")
-    axes[0].axhline(0.1 * args.coverage_share, color="grey", ls=":", lw=1, label="'covered' threshold")
-    axes[0].set(xticks=range(10), xlabel="digit predicted by the scoring classifier", ylabel="share of samples",
-                title=f"final class histogram per arm ({args.eval_samples} samples)")
-    axes[0].legend(fontsize=7)
-    hist = np.asarray(recs["collapse"]["evals"]["hist"], dtype=float)
-    share = hist / np.maximum(hist.sum(1, keepdims=True), 1)
-    im = axes[1].imshow(share.T, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.2, share.max()))
-    its = recs["collapse"]["evals"]["iteration"]
-    step = max(1, len(its) // 8)
-    axes[1].set(yticks=range(10), ylabel="digit", xlabel="iteration", title="collapse arm: class shares over training",
-                xticks=range(0, len(its), step), xticklabels=[str(i) for i in its[::step]])
-    fig.colorbar(im, ax=axes[1], label="share of samples")
-    fig.suptitle(f"Mode collapse: G lr x{args.collapse_g_lr_mult:g}, {args.collapse_g_steps} G steps per D step")
-    common.save_figure(fig, f"{args.out}/mode_collapse_histograms.png")
-    plot_eval_curves(recs, f"{args.out}/mode_collapse_coverage.png",
-                     f"Mode collapse and its cures over training ({args.quick_samples} samples per point)",
-                     real=ctx["real_quick"], x="iteration")
-    plot_progression(recs["collapse"], f"{args.out}/mode_collapse_progression.png",
-                     "Collapse arm: fixed noise over training", unit="iteration")
-    plot_arm_losses(recs, f"{args.out}/mode_collapse_losses.png", "Mode collapse: D and G losses of every arm")
-    fig, ax = plt.subplots(figsize=(8, 0.9 * len(recs) + 1))
-    show_grid(ax, torch.cat([r["samples"][:10] for r in recs.values()]), 10, "final samples (same noise per column)",
-              list(recs))
-    common.save_figure(fig, f"{args.out}/mode_collapse_samples.png")
+def mode_collapse(recs: dict, data: TrainSet, clf_acc: float, args) -> dict:
+    """Coverage, KL and the class histogram (from the scoring classifier) show which
+    digits survive the provoked setting and each cure."""
     print(arm_table(recs, ["coverage", "kl_uniform", "fd_mnist_classifier", "diversity", "last_epoch_d_loss"]))
+    save_runs(args.out, "mode_collapse", recs, data.ctx["real_quick"], coverage_share=args.coverage_share,
+              eval_samples=args.eval_samples, quick_samples=args.quick_samples,
+              g_lr_mult=args.collapse_g_lr_mult, g_steps=args.collapse_g_steps)
     return {"classifier_test_acc": clf_acc, "arms": {n: run_metrics(r, args) for n, r in recs.items()},
             "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
+
+
+def plot_mode_collapse(m: dict, out: Path) -> None:
+    recs, real, s = load_runs(out, "mode_collapse")
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    class_shares(axes, {n: a["final_histogram"] for n, a in m["arms"].items()}, recs["collapse"], s)
+    fig.colorbar(axes[1].images[0], ax=axes[1], label="share of samples")
+    fig.suptitle(f"Mode collapse: G lr x{s['g_lr_mult']:g}, {s['g_steps']} G steps per D step")
+    common.save_figure(fig, out / "mode_collapse_histograms.png")
+    plot_eval_curves(recs, out / "mode_collapse_coverage.png", f"Mode collapse and its cures over training "
+                     f"({s['quick_samples']} samples per point)", real=real, x="iteration")
+    plot_progression(recs["collapse"], out / "mode_collapse_progression.png",
+                     "Collapse arm: fixed noise over training", unit="iteration")
+    plot_arm_losses(recs, out / "mode_collapse_losses.png", "Mode collapse: D and G losses of every arm")
+    fig, ax = plt.subplots(figsize=(8, 0.9 * len(recs) + 1))
+    common.image_grid(torch.cat([r["samples"][:10] for r in recs.values()]),
+                      title="final samples (same noise per column)", nrow=10, row_labels=list(recs), ax=ax)
+    common.save_figure(fig, out / "mode_collapse_samples.png")
+
+
+def class_shares(axes, final_hists: dict, collapse: dict, s: dict) -> None:
+    """Left: every arm's final class shares; right: the collapse arm's over training."""
+    w = 0.8 / len(final_hists)
+    for j, (name, h) in enumerate(final_hists.items()):
+        h = np.asarray(h, dtype=float)
+        axes[0].bar(np.arange(10) + (j - (len(final_hists) - 1) / 2) * w, h / max(h.sum(), 1), w, label=name)
+    axes[0].axhline(0.1, color="k", ls="--", lw=1, label="uniform (real MNIST)")
+    axes[0].axhline(0.1 * s["coverage_share"], color="grey", ls=":", lw=1, label="'covered' threshold")
+    axes[0].set(xticks=range(10), xlabel="digit predicted by the scoring classifier", ylabel="share of samples",
+                title=f"final class histogram per arm ({s['eval_samples']} samples)")
+    axes[0].legend(fontsize=7)
+    hist = collapse["evals"]["hist"]
+    share = hist / np.maximum(hist.sum(1, keepdims=True), 1)
+    axes[1].imshow(share.T, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.2, share.max()))
+    its = [f"{i:.0f}" for i in collapse["evals"]["iteration"]]
+    step = max(1, len(its) // 8)
+    axes[1].set(yticks=range(10), ylabel="digit", xlabel="iteration", title="collapse arm: class shares over training",
+                xticks=range(0, len(its), step), xticklabels=its[::step])
 
 
 # ----------------------------------------------------------------------------
@@ -1095,36 +1141,49 @@ def mode_collapse(args, data, ctx, clf_acc, device) -> dict:
 # ----------------------------------------------------------------------------
 
 
-def small_training_set(args, data):
+def small_training_set(args, mnist: tuple, tag: str) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(x_small, x_heldout, tag): the first --overfit-n training images, or up to
     --overfit-class-n of one digit; held out: test images (of that digit)."""
+    x_train, y_train, x_test, y_test = mnist
     if args.overfit_class >= 0:
-        keep = (data["y_train"] == args.overfit_class).nonzero().squeeze(1)[:args.overfit_class_n]
-        held = (data["y_test"] == args.overfit_class).nonzero().squeeze(1)
-        return (data["x_train"][keep], data["x_test"][held],
-                f"{data['tag']}-class{args.overfit_class}-n{len(keep)}")
-    return data["x_train"][:args.overfit_n], data["x_test"], f"{data['tag']}-first{args.overfit_n}"
+        keep = (y_train == args.overfit_class).nonzero().squeeze(1)[:args.overfit_class_n]
+        held = (y_test == args.overfit_class).nonzero().squeeze(1)
+        return x_train[keep], x_test[held], f"{tag}-class{args.overfit_class}-n{len(keep)}"
+    return x_train[:args.overfit_n], x_test, f"{tag}-first{args.overfit_n}"
 
 
 def overfit_arms(args) -> dict:
-    """{arm: training config}: the baseline GAN on the small set, and each cure."""
-    common_cfg = dict(epochs=args.overfit_epochs, eval_every_epochs=args.overfit_eval_every)
+    """{arm: GanConfig}: the baseline GAN on the small set, and each cure."""
+    small = dataclasses.replace(baseline_config(args), epochs=args.overfit_epochs,
+                                eval_every_epochs=args.overfit_eval_every)
     arms = {"no_cure": {}, "dropout": dict(d_dropout=args.overfit_dropout),
             "d_early_stop": dict(d_stop_frac=args.d_stop_frac),
             "small_d": dict(d_width=args.small_d_width),
-            "diffaugment": dict(diffaug=[args.diffaug_translate, args.diffaug_cutout])}
-    return {name: base_config(args, **{**common_cfg, **a}) for name, a in arms.items()}
+            "diffaugment": dict(diffaug=(args.diffaug_translate, args.diffaug_cutout))}
+    return {name: dataclasses.replace(small, **a) for name, a in arms.items()}
 
 
-def d_overfit(args, data, clf, clf_acc, device) -> dict:
+def d_overfit(recs: dict, data: TrainSet, clf_acc: float, args) -> dict:
     """On a small training set D can memorise it: its output on training images rises
     above its output on held-out real images of the same distribution (the gap), and G,
-    chasing that D, drifts towards copies (memorisation distance). Evaluation is
-    against this small set (nearest neighbours) and the held-out test images."""
-    x_small, x_held, tag = small_training_set(args, data)
-    ctx = eval_context(args, clf, x_small, x_held, device)
-    recs = {name: train_gan(f"d_overfit/{name}", cfg, x_small, ctx, args, device, tag, data["memo"])
-            for name, cfg in overfit_arms(args).items()}
+    chasing that D, drifts towards copies (memorisation distance). `data` is that small
+    set: nearest neighbours are searched in it, held out are test images."""
+    print(arm_table(recs, ["d_gap", "overfit_rv", "memorisation_ratio", "fd_mnist_classifier"]))
+    which = f"of digit {args.overfit_class}" if args.overfit_class >= 0 else "(the first of the train split)"
+    save_runs(args.out, "d_overfit", recs, data.ctx["real_quick"], which=which)
+    out = {}
+    for name, r in recs.items():
+        gaps = [g for g in r["evals"]["d_gap"] if g is not None and math.isfinite(g)]
+        rvs = [v for v in r["evals"]["overfit_rv"] if v is not None and math.isfinite(v)]
+        out[name] = {**run_metrics(r, args), "max_d_gap": max(gaps) if gaps else None,
+                     "max_overfit_rv": max(rvs) if rvs else None}
+    return {"classifier_test_acc": clf_acc, "n_train": len(data.x), "real_images": data.ctx["real"], "arms": out,
+            "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
+
+
+def plot_d_overfit(m: dict, out: Path) -> None:
+    recs, real, s = load_runs(out, "d_overfit")
+    n = m["n_train"]
     fig, axes = plt.subplots(1, len(recs) + 2, figsize=(4.2 * (len(recs) + 2), 3.9))
     for ax, (name, r) in zip(axes, recs.items()):
         ev = r["evals"]
@@ -1132,34 +1191,24 @@ def d_overfit(args, data, clf, clf_acc, device) -> dict:
                               "held-out images": (ev["epoch"], ev["d_logit_heldout"]),
                               "G's samples": (ev["epoch"], ev["d_logit_fake"])},
                          name, "epoch", "mean D logit (eval mode)")
-    common.line_plot(axes[-2], {n: (r["evals"]["epoch"], r["evals"]["d_gap"]) for n, r in recs.items()},
-                     "D(train) - D(held-out)", "epoch", "gap")
-    common.line_plot(axes[-1], {n: (r["evals"]["epoch"], r["evals"]["overfit_rv"]) for n, r in recs.items()},
-                     "r_v on logits (Karras 2020)", "epoch", "r_v")
-    which = f"of digit {args.overfit_class}" if args.overfit_class >= 0 else "(the first of the train split)"
-    fig.suptitle(f"Discriminator overfitting on {len(x_small)} training images {which}; held out: test images")
-    common.save_figure(fig, f"{args.out}/d_overfit_gap.png")
-    plot_eval_curves(recs, f"{args.out}/d_overfit_memorisation.png",
+    for ax, key, title in [(axes[-2], "d_gap", "D(train) - D(held-out)"),
+                           (axes[-1], "overfit_rv", "r_v on logits (Karras 2020)")]:
+        common.line_plot(ax, {k: (r["evals"]["epoch"], r["evals"][key]) for k, r in recs.items()}, title, "epoch",
+                         "gap" if key == "d_gap" else "r_v")
+    fig.suptitle(f"Discriminator overfitting on {n} training images {s['which']}; held out: test images")
+    common.save_figure(fig, out / "d_overfit_gap.png")
+    plot_eval_curves(recs, out / "d_overfit_memorisation.png",
                      "Memorisation and quality on the small set (dashed: held-out real images)",
-                     keys=("memorisation_distance", "fd_mnist_classifier", "diversity"), real=ctx["real_quick"])
-    plot_arm_losses(recs, f"{args.out}/d_overfit_losses.png",
-                    f"D overfitting: D and G losses of every arm ({len(x_small)} training images)")
+                     keys=("memorisation_distance", "fd_mnist_classifier", "diversity"), real=real)
+    plot_arm_losses(recs, out / "d_overfit_losses.png", f"D overfitting: D and G losses of every arm ({n} training images)")
     fig, ax = plt.subplots(figsize=(8, 1.6 * len(recs) + 1))
     rows, labels = [], []
     for name, r in recs.items():
         rows += [r["samples"][:8], r["nearest"]]
         labels += [f"{name}: sample", "nearest train"]
-    show_grid(ax, torch.cat(rows), 8, "samples and their nearest training images (L2)", labels)
-    common.save_figure(fig, f"{args.out}/d_overfit_samples.png")
-    print(arm_table(recs, ["d_gap", "overfit_rv", "memorisation_ratio", "fd_mnist_classifier"]))
-    out = {}
-    for name, r in recs.items():
-        gaps = [g for g in r["evals"]["d_gap"] if g is not None and math.isfinite(g)]
-        rvs = [v for v in r["evals"]["overfit_rv"] if v is not None and math.isfinite(v)]
-        out[name] = {**run_metrics(r, args), "max_d_gap": max(gaps) if gaps else None,
-                     "max_overfit_rv": max(rvs) if rvs else None}
-    return {"classifier_test_acc": clf_acc, "n_train": len(x_small), "real_images": ctx["real"], "arms": out,
-            "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}
+    common.image_grid(torch.cat(rows), title="samples and their nearest training images (L2)", nrow=8,
+                      row_labels=labels, ax=ax)
+    common.save_figure(fig, out / "d_overfit_samples.png")
 
 
 # ----------------------------------------------------------------------------
@@ -1322,35 +1371,55 @@ QUESTIONS = [
 # Main
 # ----------------------------------------------------------------------------
 
+PLOTS = {"baseline": plot_baseline, "reference": plot_reference, "vanishing": plot_vanishing,
+         "mode_collapse": plot_mode_collapse, "d_overfit": plot_d_overfit}
 
-def main(argv=None):
+
+def main(argv=None) -> dict:
     parser = build_parser()
     args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
-    if args.replot:  # its figures are still drawn inside the experiments (see README, Conventions)
-        parser.error("--replot is not supported by Task3.py yet: run it without --replot")
     with common.user_errors(parser.prog, batch_flag="--batch-size"):
+        if args.replot:
+            return common.replot(args.out, PLOTS)
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)
-        x_train, y_train, x_test, y_test = load_mnist(args, device)
+        mnist = x_train, y_train, x_test, y_test = load_mnist(args, device)
         if "d_overfit" in args.experiments and args.overfit_class < 0 and args.overfit_n > len(x_train):
             raise common.UserError(f"--overfit-n {args.overfit_n} exceeds the {len(x_train)} training images")
         print(f"MNIST ({'smoke: scikit-learn digits' if args.smoke else args.data_root}): {len(x_train)} train, "
               f"{len(x_test)} test images", flush=True)
-        # the data's fingerprint keys every cached run, so another --data-root never reuses them
         tag = ("smoke-digits" if args.smoke else "mnist") + "-" + common.data_digest(to_unit(x_train), y_train)
-        data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "tag": tag,
-                "memo": {}}   # runs trained in this process: --fresh trains each once
-        clf, clf_acc = get_classifier(args, x_train, y_train, x_test, y_test)
-        ctx = eval_context(args, clf, x_train, x_test, device)
+        clf, clf_acc = get_classifier(args, *mnist)
+        full = TrainSet(x_train, eval_context(args, clf, x_train, x_test, device), tag)
+
+        @functools.cache
+        def small() -> TrainSet:  # d_overfit's small training set
+            x_small, x_held, small_tag = small_training_set(args, mnist, tag)
+            return TrainSet(x_small, eval_context(args, clf, x_small, x_held, device), small_tag)
+
+        @functools.cache
+        def gan(name: str, cfg: GanConfig, data: TrainSet) -> dict:  # once per process: --fresh trains each once
+            return train_gan(name, cfg, data, args, device)
+
+        def run(name: str, cfg: GanConfig, data: TrainSet = full) -> dict:
+            hits = gan.cache_info().hits
+            rec = gan(name, cfg, data)
+            if gan.cache_info().hits > hits:
+                print(f"[{name}] trained earlier in this run", flush=True)
+            return rec
+
+        def arms(experiment: str, configs: dict, data: TrainSet = full) -> dict:
+            return {name: run(f"{experiment}/{name}", cfg, data) for name, cfg in configs.items()}
+
         results = common.Results("task3", args, device, questions=QUESTIONS)
-        results.run({
-            "baseline": lambda: baseline(args, data, ctx, clf_acc, device),
-            "reference": lambda: reference(args, data, ctx, clf_acc, device),
-            "vanishing": lambda: vanishing(args, data, ctx, clf_acc, device),
-            "mode_collapse": lambda: mode_collapse(args, data, ctx, clf_acc, device),
-            "d_overfit": lambda: d_overfit(args, data, clf, clf_acc, device),
-        })
-    return results
+        return results.run({
+            "baseline": lambda: baseline(run("baseline", baseline_config(args)), full, clf_acc, args),
+            "reference": lambda: reference(run("baseline", baseline_config(args)),
+                                           run("reference", reference_config(args)), full, clf_acc, args),
+            "vanishing": lambda: vanishing(arms("vanishing", vanishing_arms(args)), clf_acc, args),
+            "mode_collapse": lambda: mode_collapse(arms("mode_collapse", collapse_arms(args)), full, clf_acc, args),
+            "d_overfit": lambda: d_overfit(arms("d_overfit", overfit_arms(args), small()), small(), clf_acc, args),
+        }, PLOTS)
 
 
 if __name__ == "__main__":

@@ -56,12 +56,12 @@ class InMemoryMNIST(torch.utils.data.Dataset):
 
 def make_models(device, seed=0):
     args = Task3.build_parser().parse_args([])
-    cfg = Task3.base_config(args)
+    cfg = Task3.baseline_config(args)
     torch.manual_seed(seed)
     G, D = Task3.build_gan(cfg, device)
     fused = device.type == "cuda"
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["g_lr"], betas=tuple(cfg["betas"]), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg["d_lr"], betas=tuple(cfg["betas"]), fused=fused)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=cfg.betas, fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=cfg.betas, fused=fused)
     return G, D, opt_g, opt_d, cfg
 
 
@@ -143,10 +143,10 @@ def seconds_per_iteration(cfg, images, device, iters: int, at: int) -> float:
     """Seconds per Task3.gan_iteration of this configuration at iteration index `at`
     (so the early extra-D-step phase can be timed on its own), after 3 warm-up ones."""
     G, D = Task3.build_gan(cfg, device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["g_lr"], betas=tuple(cfg["betas"]))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg["d_lr"], betas=tuple(cfg["betas"]))
-    augment = (lambda t: Task3.diff_augment(t, *cfg["diffaug"])) if cfg["diffaug"] else None
-    n, B = len(images), cfg["batch"]
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=cfg.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
+    augment = (lambda t: Task3.diff_augment(t, *cfg.diffaug)) if cfg.diffaug else None
+    n, B = len(images), cfg.batch
     sample = lambda: images[torch.randint(0, n, (B,), device=device)]      # noqa: E731
     total = Task3.run_length(cfg, n)[1]
 
@@ -179,7 +179,7 @@ def project(argv_task3: list[str], n_train: int, n_test: int, iters: int, device
     for n in sorted({n_train, n_small}):                                          # NN search cost grows with n
         contexts[n] = median_seconds(lambda: Task3.eval_context(args, clf, x[:n], x_test, device), 2)
         ctx = Task3.eval_context(args, clf, x[:n], x_test, device)
-        G, D = Task3.build_gan(Task3.base_config(args), device)
+        G, D = Task3.build_gan(Task3.baseline_config(args), device)
         eval_cost[n] = {full: median_seconds(lambda: Task3.evaluate(G, D, ctx, args, full), 3)
                         for full in (False, True)}
     # the classifier: one epoch of the recipe on a slice, scaled to clf_epochs x n_train images
@@ -190,9 +190,8 @@ def project(argv_task3: list[str], n_train: int, n_test: int, iters: int, device
                                                              warn_below=None), 1)
     out = {"classifier": t_clf / n_clf * n_train * args.clf_epochs,
            "eval_contexts": contexts[n_train] + (contexts[n_small] if "d_overfit" in args.experiments else 0.0)}
-    runs = {"baseline": {"baseline": (Task3.base_config(args), n_train)},
-            "reference": {"reference": (Task3.base_config(args, arch="reference",
-                                                          epochs=args.reference_epochs or args.epochs), n_train)},
+    runs = {"baseline": {"baseline": (Task3.baseline_config(args), n_train)},
+            "reference": {"reference": (Task3.reference_config(args), n_train)},
             "vanishing": {k: (c, n_train) for k, c in Task3.vanishing_arms(args).items()},
             "mode_collapse": {k: (c, n_train) for k, c in Task3.collapse_arms(args).items()},
             "d_overfit": {k: (c, n_small) for k, c in Task3.overfit_arms(args).items()}}
@@ -203,7 +202,7 @@ def project(argv_task3: list[str], n_train: int, n_test: int, iters: int, device
         total_s = 0.0
         for name, (cfg, n) in runs[exp].items():
             ipe, total, every = Task3.run_length(cfg, n)
-            early = min(cfg["early_iters"], total) if cfg["early_d_steps"] != cfg["d_steps"] else 0
+            early = min(cfg.early_iters, total) if cfg.early_d_steps != cfg.d_steps else 0
             s_it = seconds_per_iteration(cfg, x[:n], device, iters, at=early)
             s_early = seconds_per_iteration(cfg, x[:n], device, iters, at=0) if early else 0.0
             n_quick = 1 + total // every + (total % every != 0)                 # start, every interval, end

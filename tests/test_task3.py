@@ -2,7 +2,9 @@
 augmentation, the networks' shapes, divergence handling, one smoke run, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -169,7 +171,7 @@ def test_gan_iteration_augments_real_and_fake_in_both_steps():
     torch.manual_seed(0)
     G, D = Generator(8), Discriminator()
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-    cfg = Task3.base_config(Task3.build_parser().parse_args([]), z_dim=8)
+    cfg = dataclasses.replace(Task3.baseline_config(Task3.build_parser().parse_args([])), z_dim=8)
     for g_loss, expected in [("non_saturating", ["D:real", "D:fake", "G:fake"]),
                              ("feature_matching", ["D:real", "D:fake", "G:real", "G:fake"])]:
         calls, phase = [], {"now": "D"}
@@ -187,7 +189,7 @@ def test_gan_iteration_augments_real_and_fake_in_both_steps():
             return orig(flag)
 
         D.requires_grad_ = switch
-        row = Task3.gan_iteration(G, D, opt_g, opt_d, real, lambda: real, {**cfg, "g_loss": g_loss}, 0, 10,
+        row = Task3.gan_iteration(G, D, opt_g, opt_d, real, lambda: real, dataclasses.replace(cfg, g_loss=g_loss), 0, 10,
                                   train_d=True, device=torch.device("cpu"), augment=spy)
         D.requires_grad_ = orig
         assert calls == expected, (g_loss, calls)
@@ -257,13 +259,14 @@ def tiny_setup(tmp_path):
 
 def test_diverging_arm_is_recorded_not_raised(tmp_path):
     args, x, ctx = tiny_setup(tmp_path)
-    cfg = Task3.base_config(args, epochs=3, init_std=1e30)          # weights of 1e30: inf/NaN at once
-    rec = Task3.train_gan("nan-arm", cfg, x, ctx, args, torch.device("cpu"), "test")
+    cfg = dataclasses.replace(Task3.baseline_config(args), epochs=3, init_std=1e30)          # weights of 1e30: inf/NaN at once
+    rec = Task3.train_gan("nan-arm", cfg, Task3.TrainSet(x, ctx, "test"), args, torch.device("cpu"))
     assert rec["diverged"] and "iteration" in rec["diverged"]
     m = Task3.final_metrics(rec)
     assert m["diverged"] != "no"
     assert not list((tmp_path / "cache").glob("gan-run-*.pt"))      # a diverged run is not cached
-    ok = Task3.train_gan("ok-arm", Task3.base_config(args, epochs=2), x, ctx, args, torch.device("cpu"), "test")
+    ok = Task3.train_gan("ok-arm", dataclasses.replace(Task3.baseline_config(args), epochs=2), Task3.TrainSet(x, ctx, "test"),
+                          args, torch.device("cpu"))
     assert ok["diverged"] == "" and ok["iterations"] == 2 * 3 and len(ok["evals"]["epoch"]) == 3
     assert ok["logs"].shape == (6, len(Task3.LOG_KEYS)) and torch.isfinite(ok["logs"][:, :-1]).all()
     assert torch.isnan(ok["logs"][:, -1]).all()                     # Adam's step: logged in vanishing arms only
@@ -374,6 +377,45 @@ def test_smoke_rerun_uses_cached_runs(smoke_out, capsys):
     assert "[baseline] cached run" in text and "[reference] cached run" in text and "classifier: cached" in text
 
 
+def test_replot_redraws_every_figure_from_the_metrics(tmp_path, smoke_out):
+    """--replot computes nothing: with every PNG deleted, it draws them all again from
+    metrics.json and cache/plot/, the same pixels, and leaves metrics.json byte for byte."""
+    out = tmp_path / "out"
+    shutil.copytree(smoke_out, out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert set(before) == {f"{name}.png" for name in FIGURES}
+    metrics = (out / "metrics.json").read_bytes()
+    for p in out.glob("*.png"):
+        p.unlink()
+    recorded = Task3.main(["--smoke", "--replot", "--out", str(out)])
+    assert list(recorded) == Task3.EXPERIMENTS
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
+    assert (out / "metrics.json").read_bytes() == metrics
+
+
+def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_out, out)
+    (out / "cache" / "plot" / "vanishing.npz").unlink()
+    assert_bad_input_in_process(Task3.main, ["--replot"], capsys, expect="vanishing.npz is missing", out=out)
+
+
+def test_every_arm_is_a_distinct_typed_configuration():
+    """Arms are dataclasses.replace of the baseline's GanConfig: a misspelt setting is an
+    error, not an arm that quietly trains the baseline (or another arm) again."""
+    args = Task3.build_parser().parse_args([])
+    base = Task3.baseline_config(args)
+    for arms in (Task3.vanishing_arms, Task3.collapse_arms, Task3.overfit_arms):
+        cfgs = list(arms(args).values())
+        assert all(isinstance(c, Task3.GanConfig) for c in cfgs)
+        assert len(set(cfgs)) == len(cfgs) and base not in cfgs, arms.__name__
+    assert Task3.reference_config(args) != base
+    with pytest.raises(TypeError):
+        dataclasses.replace(base, g_los="saturating")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.g_lr = 1.0
+
+
 # ----------------------------------------------------------------------------
 # Bad input: exit 2, one line, earlier outputs kept
 # ----------------------------------------------------------------------------
@@ -449,7 +491,7 @@ def test_log_row_holds_d_outputs_and_accuracy_before_the_step():
             torch.nn.init.zeros_(m.bias)
     torch.nn.init.constant_(D.head.bias, 1.0)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-    cfg = Task3.base_config(Task3.build_parser().parse_args([]), z_dim=8, log_adam_step=True)
+    cfg = dataclasses.replace(Task3.baseline_config(Task3.build_parser().parse_args([])), z_dim=8, log_adam_step=True)
     real = torch.rand(6, 1, 28, 28) * 2 - 1
     row = dict(zip(Task3.LOG_KEYS, Task3.gan_iteration(G, D, opt_g, opt_d, real, lambda: real, cfg, 0, 10, True,
                                                         torch.device("cpu")).tolist()))
@@ -467,7 +509,8 @@ def test_progress_line_every_log_every_batches(tmp_path, capsys):
     args, x, ctx = tiny_setup(tmp_path)
     args.log_every = 2
     capsys.readouterr()
-    rec = Task3.train_gan("p", Task3.base_config(args, epochs=2), x, ctx, args, torch.device("cpu"), "test")
+    rec = Task3.train_gan("p", dataclasses.replace(Task3.baseline_config(args), epochs=2), Task3.TrainSet(x, ctx, "test"),
+                          args, torch.device("cpu"))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[p] epoch")]
     assert len(lines) == 3                                          # 6 iterations (3 per epoch), every 2
     curves = Task3.loss_curves(rec, 2)
