@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,32 @@ def empty_data_root(tmp_path) -> Path:
     d = tmp_path / "no-data"
     d.mkdir()
     return d
+
+
+def assert_replot_redraws(task, run_dir: Path, tmp_path: Path, monkeypatch, figures: list[str],
+                          must_not_run: list[str]) -> None:
+    """`--replot` on a copy of `run_dir`, with every PNG and every cache/*.pt deleted and
+    the task's named loaders/trainers (`must_not_run`, attributes of the task module)
+    raising: it draws exactly `figures` (file stems) again, the same pixels as the run,
+    from metrics.json and cache/plot/ alone, and leaves metrics.json byte for byte."""
+    out = tmp_path / "replot"
+    shutil.copytree(run_dir, out)
+    before = {p.stem: p.read_bytes() for p in out.glob("*.png")}
+    assert sorted(before) == sorted(figures)
+    metrics = (out / "metrics.json").read_bytes()
+    for p in [*out.glob("*.png"), *(out / "cache").glob("*.pt")]:
+        p.unlink()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("--replot loaded data, a model or a cached run")
+
+    for name in must_not_run:
+        monkeypatch.setattr(task, name, fail)
+    recorded = task.main(["--smoke", "--replot", "--out", str(out)])
+    assert list(recorded) == task.EXPERIMENTS
+    after = {p.stem: p.read_bytes() for p in out.glob("*.png")}
+    assert sorted(after) == sorted(figures)
+    for name in figures:
+        assert_png_ok(out / f"{name}.png")
+    assert after == before, [n for n in figures if after[n] != before[n]]
+    assert (out / "metrics.json").read_bytes() == metrics

@@ -15,6 +15,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import Task1
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+                      assert_replot_redraws,
                       load_metrics)
 
 # ----------------------------------------------------------------------------
@@ -593,28 +594,8 @@ def test_smoke_run_writes_every_figure_and_metric(smoke_run):
 
 
 def test_replot_redraws_every_figure_without_computing(smoke_run, tmp_path, monkeypatch):
-    """--replot draws every figure again from metrics.json and cache/plot/ alone: no data,
-    no model, no feature cache; metrics.json stays byte for byte what the run wrote."""
-    out = tmp_path / "out"
-    shutil.copytree(smoke_run, out)
-    metrics = (out / "metrics.json").read_bytes()
-    assert sorted(p.stem for p in out.glob("*.png")) == sorted(FIGURES)
-    for p in out.glob("*.png"):
-        p.unlink()
-    for p in (out / "cache").glob("*.pt"):  # features, heads, embeddings: replot must not need them
-        p.unlink()
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("--replot loaded data or a model")
-
-    monkeypatch.setattr(Task1, "load_dataset", must_not_run)
-    monkeypatch.setattr(Task1, "prepare_backbone", must_not_run)
-    recorded = Task1.main(["--smoke", "--replot", "--out", str(out)])
-    assert list(recorded) == Task1.EXPERIMENTS
-    for name in FIGURES:
-        assert_png_ok(out / f"{name}.png")
-    assert (out / "metrics.json").read_bytes() == metrics
-    assert not list((out / "cache").glob("*.pt"))
+    """--replot needs no data, no model and no feature/head/embedding cache."""
+    assert_replot_redraws(Task1, smoke_run, tmp_path, monkeypatch, FIGURES, ["load_dataset", "prepare_backbone"])
 
 
 @pytest.mark.filterwarnings("ignore:n_jobs value")  # umap: a fixed random_state means one thread

@@ -16,6 +16,7 @@ import Task3
 from architecture import (DigitClassifier, Discriminator, Generator, MinibatchStdDev, ReferenceDiscriminator,
                           ReferenceGenerator)
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+                      assert_replot_redraws,
                       load_metrics)
 
 # ----------------------------------------------------------------------------
@@ -377,20 +378,10 @@ def test_smoke_rerun_uses_cached_runs(smoke_out, capsys):
     assert "[baseline] cached run" in text and "[reference] cached run" in text and "classifier: cached" in text
 
 
-def test_replot_redraws_every_figure_from_the_metrics(tmp_path, smoke_out):
-    """--replot computes nothing: with every PNG deleted, it draws them all again from
-    metrics.json and cache/plot/, the same pixels, and leaves metrics.json byte for byte."""
-    out = tmp_path / "out"
-    shutil.copytree(smoke_out, out)
-    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
-    assert set(before) == {f"{name}.png" for name in FIGURES}
-    metrics = (out / "metrics.json").read_bytes()
-    for p in out.glob("*.png"):
-        p.unlink()
-    recorded = Task3.main(["--smoke", "--replot", "--out", str(out)])
-    assert list(recorded) == Task3.EXPERIMENTS
-    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
-    assert (out / "metrics.json").read_bytes() == metrics
+def test_replot_redraws_every_figure_without_computing(smoke_out, tmp_path, monkeypatch):
+    """--replot needs no data, no classifier and no cached GAN run."""
+    assert_replot_redraws(Task3, smoke_out, tmp_path, monkeypatch, FIGURES, ["load_mnist", "get_classifier",
+                                                                             "train_gan"])
 
 
 def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):

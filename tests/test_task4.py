@@ -16,6 +16,7 @@ import torch
 
 import Task4
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+                      assert_replot_redraws,
                       load_metrics)
 
 # ----------------------------------------------------------------------------
@@ -447,20 +448,10 @@ def test_corrupt_cache_file_exits_2(tmp_path, smoke_run):
     assert_bad_input("Task4.py", ["--smoke"], out, expect="unreadable")
 
 
-def test_replot_redraws_every_figure_from_the_metrics(tmp_path, smoke_run):
-    """--replot computes nothing: with every PNG deleted, it draws them all again from
-    metrics.json and cache/plot/, the same pixels, and leaves metrics.json byte for byte."""
-    out = tmp_path / "out"
-    shutil.copytree(smoke_run, out)
-    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
-    assert set(before) == set(FIGURES)
-    metrics = (out / "metrics.json").read_bytes()
-    for p in out.glob("*.png"):
-        p.unlink()
-    recorded = Task4.main(["--smoke", "--replot", "--out", str(out)])
-    assert list(recorded) == Task4.EXPERIMENTS
-    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
-    assert (out / "metrics.json").read_bytes() == metrics
+def test_replot_redraws_every_figure_without_computing(smoke_run, tmp_path, monkeypatch):
+    """--replot needs no model, no data and no embedding cache."""
+    assert_replot_redraws(Task4, smoke_run, tmp_path, monkeypatch, [Path(f).stem for f in FIGURES],
+                          ["load_clip", "load_stl10"])
 
 
 def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_run):
