@@ -65,66 +65,63 @@ SMOKE = dict(epochs=2, val_size=200, train_size=500, n_samples=64, clf_epochs=2,
 def build_parser():
     p = common.make_parser("task5", __doc__, EXPERIMENTS)
     # Every numeric flag's type states its valid range (common.Bounded): argparse refuses
-    # anything outside it in one line; check_args below refuses bad combinations.
+    # anything outside it in one line; check_args below refuses bad combinations. The
+    # formatter appends each flag's default.
     g = p.add_argument_group("task 5: the VAE (defaults are ours where the assignment is silent)")
     g.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"],
-                   help="training data (default: fashion-mnist, the assignment's)")
-    g.add_argument("--epochs", type=common.positive_int, default=20,
-                   help="epochs for every full-data VAE trained here (default: 20)")
-    g.add_argument("--batch-size", type=common.positive_int, default=128, help="(default: 128)")
-    g.add_argument("--lr", type=common.positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+                   help="training data (fashion-mnist is the assignment's)")
+    g.add_argument("--epochs", type=common.positive_int, default=20, help="epochs for every full-data VAE trained here")
+    g.add_argument("--batch-size", type=common.positive_int, default=128, help="images per minibatch")
+    g.add_argument("--lr", type=common.positive_float, default=1e-3, help="Adam learning rate")
     g.add_argument("--latent-dim", type=common.positive_int, default=20,
-                   help="latent dimensions (default: 20, the assignment's)")
+                   help="latent dimensions (20 is the assignment's)")
     g.add_argument("--recon", default="mse", choices=["mse", "bce"],
-                   help="reconstruction term, summed over pixels per image (default: mse)")
+                   help="reconstruction term, summed over pixels per image")
     g.add_argument("--val-size", type=common.positive_int, default=5000,
-                   help="training images held out for validation curves (default: 5000)")
+                   help="training images held out for validation curves")
     g.add_argument("--train-size", type=common.positive_int, default=None,
-                   help="train on a seeded subset of this many images (default: all the rest, 55,000)")
+                   help="train on a seeded subset of this many images; without it, all the rest (55,000)")
     g.add_argument("--n-samples", type=common.Bounded(int, lo=8), default=1000,
-                   help="samples per prior for the sample-quality proxies; mitigate's figure shows 8 per arm "
-                        "(default: 1000)")
+                   help="samples per prior for the sample-quality proxies; mitigate's figure shows 8 per arm")
     g.add_argument("--clf-epochs", type=common.positive_int, default=3,
-                   help="epochs of the small CNN that scores sample quality (default: 3)")
+                   help="epochs of the small CNN that scores sample quality")
     g.add_argument("--clf-width", type=common.positive_int, default=32,
-                   help="channels of the scoring CNN's first stage (default: 32)")
+                   help="channels of the scoring CNN's first stage")
     g.add_argument("--n-vis", type=common.Bounded(int, lo=5), default=2000,
-                   help="test images in the t-SNE of latent means (default: 2000)")
+                   help="test images in the t-SNE of latent means")
     g.add_argument("--iwae-k", type=common.positive_int, default=1000,
-                   help="importance samples per image for the IWAE bound (default: 1000)")
+                   help="importance samples per image for the IWAE bound")
     g.add_argument("--iwae-n", type=common.positive_int, default=1000,
-                   help="test images the likelihood is estimated on (default: 1000)")
+                   help="test images the likelihood is estimated on")
 
     g = p.add_argument_group("task 5: posterior collapse and its cures (collapse, collapse_sweep, mitigate)")
     g.add_argument("--mitigate-beta", type=common.positive_float, default=1.0,
                    help="KL weight at which `mitigate` compares the optimisation-side cures (warm-up, "
                         "aggressive encoder, learning rates) with plain training; collapse_sweep shows "
-                        "where they can work (default: 1)")
+                        "where they can work")
     g.add_argument("--warmup-epochs", type=common.positive_int, default=10,
-                   help="KL warm-up: epochs over which beta rises linearly from 0, below --epochs (default: 10)")
+                   help="KL warm-up: epochs over which beta rises linearly from 0, below --epochs")
     g.add_argument("--aggressive-window", type=common.positive_int, default=10,
                    help="aggressive encoder (He et al. 2019): the inner encoder loop stops when the mean loss of "
-                        "this many steps no longer falls (default: 10, their image setting)")
+                        "this many steps no longer falls (10: their image setting)")
     g.add_argument("--aggressive-max-steps", type=common.positive_int, default=100,
-                   help="...or after this many encoder steps per decoder step (default: 100, theirs)")
+                   help="...or after this many encoder steps per decoder step (100: theirs)")
     g.add_argument("--enc-lr", type=common.positive_float, default=1e-3,
-                   help="separate learning rates: the encoder's Adam learning rate (default: 1e-3)")
+                   help="separate learning rates: the encoder's Adam learning rate")
     g.add_argument("--dec-lr", type=common.positive_float, default=1e-4,
-                   help="separate learning rates: the decoder's, slower so the encoder keeps up (default: 1e-4)")
+                   help="separate learning rates: the decoder's, slower so the encoder keeps up")
     g.add_argument("--free-bits", type=common.positive_float, default=0.5,
-                   help="free bits (Kingma et al. 2016): KL floor per latent dimension, nats (default: 0.5)")
+                   help="free bits (Kingma et al. 2016): KL floor per latent dimension, nats")
     g.add_argument("--sweep-betas", type=common.BoundedList(common.positive_float),
                    default=[1.0, 3.0, 10.0, 30.0, 100.0, 784.0], metavar="B,B",
-                   help="collapse_sweep: KL weights (784 = the assignment's literal loss) "
-                        "(default: 1,3,10,30,100,784)")
+                   help="collapse_sweep: KL weights (784 = the assignment's literal loss)")
     g.add_argument("--sweep-size", type=common.positive_int, default=5000,
-                   help="collapse_sweep: seeded training subset per run (default: 5000)")
+                   help="collapse_sweep: seeded training subset per run")
     g.add_argument("--sweep-val", type=common.positive_int, default=2000,
-                   help="collapse_sweep: validation images its numbers are measured on (default: 2000)")
-    g.add_argument("--sweep-epochs", type=common.positive_int, default=5,
-                   help="collapse_sweep: epochs per run (default: 5)")
+                   help="collapse_sweep: validation images its numbers are measured on")
+    g.add_argument("--sweep-epochs", type=common.positive_int, default=5, help="collapse_sweep: epochs per run")
     g.add_argument("--sweep-warmup-epochs", type=common.positive_int, default=2,
-                   help="collapse_sweep: KL warm-up epochs, below --sweep-epochs (default: 2)")
+                   help="collapse_sweep: KL warm-up epochs, below --sweep-epochs")
     return p
 
 
