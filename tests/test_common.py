@@ -541,7 +541,7 @@ def test_help_shows_each_default_once():
     assert "(default: all)" in text and "default: False" not in text
 
 
-@pytest.mark.parametrize("script", ["Task3", "Task5"])
+@pytest.mark.parametrize("script", ["Task3"])
 def test_tasks_without_replot_refuse_it_in_one_line_before_loading_anything(script, tmp_path, capsys):
     import importlib
 

@@ -1,6 +1,7 @@
 """Task 5 (VAE): known-answer tests of the ELBO pieces, the smoke run, bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import shutil
@@ -325,8 +326,8 @@ def test_aggressive_training_moves_each_half_only_in_its_own_step(monkeypatch):
 
     monkeypatch.setattr(VAE, "__init__", capture)
     monkeypatch.setattr(Task5, "encoder_catch_up", spy)
-    arm = Task5.make_arm(args, aggressive=True, epochs=1)
-    model, hist = Task5.train_vae(x, x[:8], args, torch.device("cpu"), "t", arm)
+    cfg = dataclasses.replace(Task5.VaeConfig.from_args(args), aggressive=True, epochs=1)
+    model, hist = Task5.train_vae(x, x[:8], cfg, args, torch.device("cpu"))
     assert len(log) == 2 and hist["encoder_steps_per_decoder_step"][0] == pytest.approx(4.0)  # window 2, cap 4
     for n, moved, dec_grads in log:
         assert moved and all(m.startswith(VAE.ENCODER) for m in moved)
@@ -335,7 +336,7 @@ def test_aggressive_training_moves_each_half_only_in_its_own_step(monkeypatch):
     monkeypatch.setattr(Task5, "encoder_catch_up", lambda *a: 0)
     common.seed_everything(args.seed)
     init = {k: v.clone() for k, v in VAE(args.latent_dim).state_dict().items()}  # train_vae seeds the same way
-    model, _ = Task5.train_vae(x, x[:8], args, torch.device("cpu"), "t", arm)
+    model, _ = Task5.train_vae(x, x[:8], cfg, args, torch.device("cpu"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, init[k]) == k.startswith(VAE.ENCODER), k
 
