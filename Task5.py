@@ -874,7 +874,8 @@ def mitigate(arms: list[tuple[VaeConfig, str]], net, tested, scorer: tuple[Digit
 
 
 def plot_mitigate(m: dict, out: Path) -> None:
-    d, ok = common.load_plot_data(out, "mitigate"), [n for n in m if "label" in m[n]]  # the arms that finished
+    d = common.load_plot_data(out, "mitigate")
+    ok = [n for n, v in m.items() if isinstance(v, dict) and "label" in v]  # the arms that finished
     labels, real, s = [m[n]["label"] for n in ok], m["real_test_images"], m["settings"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
     for n, label in zip(ok, labels):
