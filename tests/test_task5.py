@@ -290,6 +290,27 @@ def test_free_bits_stop_the_kl_gradient_below_the_floor():
     assert loss.item() == pytest.approx((rec + 0.5 + kl_d[1:].sum()).item(), rel=1e-6)
 
 
+def test_a_misspelt_arm_field_is_a_type_error_and_the_cache_key_keeps_its_fields():
+    args = common.parse_args(Task5.build_parser(), ["--smoke"], Task5.SMOKE)
+    base = Task5.VaeConfig.from_args(args)
+    with pytest.raises(TypeError):
+        dataclasses.replace(base, warmup_epoch=3)                        # warmup_epochs misspelt
+    with pytest.raises(TypeError):
+        Task5.VaeConfig(**dataclasses.asdict(base), free_bit=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.beta = 2.0
+    arms = Task5.arm_configs(args)
+    assert {n for n, _ in Task5.mitigate_arms(args)} <= set(arms)
+    # --mitigate-beta 1: `plain` is the recipe of `vae` (one network), whatever its name
+    assert arms["plain"] == arms["vae"] and hash(arms["plain"]) == hash(arms["vae"]) and arms["plain"].name == "plain"
+    assert arms["literal"] != arms["vae"]
+    # the disk cache key holds make_arm's fields: the aggressive loop's two only where it runs
+    assert set(arms["vae"].recipe()) == {"loss", "beta", "warmup_epochs", "free_bits", "aggressive", "enc_lr", "dec_lr",
+                                         "latent_dim", "epochs"}
+    assert arms["aggressive"].recipe() == {**arms["plain"].recipe(), "aggressive": True, "aggressive_window": 2,
+                                           "aggressive_max_steps": 4}
+
+
 def test_encoder_catch_up_stops_as_he_et_al():
     """Scripted losses, window 3: windows average 10, 9, 9.5 -> stop after the third
     window (9 steps); a loss that keeps falling runs to the cap."""
@@ -378,6 +399,20 @@ def test_a_diverged_network_is_trained_once(tmp_path, monkeypatch):
     assert ex["train"]["error"].startswith("diverged") and ex["reconstruct"]["error"].startswith("diverged")
     Task5.main(args)                                                       # a rerun remembers it too
     assert len(calls) == 1 and "remembered" in load_metrics(tmp_path)["experiments"]["train"]["error"]
+
+
+def test_each_network_is_trained_once_per_run_and_fresh_retrains_it_once(tmp_path, monkeypatch):
+    """train, reconstruct and collapse share `vae`; collapse adds `literal`."""
+    names = []
+    orig = Task5.train_vae
+    monkeypatch.setattr(Task5, "train_vae", lambda x, xv, cfg, *a: (names.append(cfg.name), orig(x, xv, cfg, *a))[1])
+    args = ["--smoke", "--out", str(tmp_path), "--experiments", "train,reconstruct,collapse", "--epochs", "1"]
+    Task5.main(args)
+    assert names == ["vae", "literal"]
+    Task5.main(args)                                                       # both from the disk cache
+    assert names == ["vae", "literal"]
+    Task5.main([*args, "--fresh"])
+    assert names == ["vae", "literal"] * 2
 
 
 def test_changed_training_code_does_not_reuse_cached_weights(tmp_path, monkeypatch, capsys):
@@ -503,6 +538,29 @@ def test_divergence_is_recorded_and_the_next_experiment_runs(tmp_path):
     ex = load_metrics(tmp_path)["experiments"]
     assert ex["train"]["error"].startswith("diverged")
     assert set(ex) == {"train", "likelihood"}
+
+
+def test_replot_redraws_every_figure_from_the_metrics(tmp_path, smoke_out):
+    """--replot computes nothing: with every PNG deleted, it draws them all again from
+    metrics.json and cache/plot/, the same pixels, and leaves metrics.json byte for byte."""
+    out = tmp_path / "out"
+    shutil.copytree(smoke_out, out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert set(before) == {f"{name}.png" for name in FIGURES}
+    metrics = (out / "metrics.json").read_bytes()
+    for p in out.glob("*.png"):
+        p.unlink()
+    recorded = Task5.main(["--smoke", "--replot", "--out", str(out)])
+    assert list(recorded) == Task5.EXPERIMENTS
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
+    assert (out / "metrics.json").read_bytes() == metrics
+
+
+def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_out, out)
+    (out / "cache" / "plot" / "collapse.npz").unlink()
+    assert_bad_input_in_process(Task5.main, ["--replot"], capsys, expect="collapse.npz is missing", out=out)
 
 
 # ----------------------------------------------------------------------------
