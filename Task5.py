@@ -235,7 +235,6 @@ def format_mi(estimate: float, se: float) -> str:
     return f"{estimate:.2f}+-{se:.2f}"
 
 
-
 # ----------------------------------------------------------------------------
 # Training: one loop for every VAE here; arms differ in their loss and schedule
 # ----------------------------------------------------------------------------
@@ -359,7 +358,6 @@ def evaluate(model, x, args, batch: int = 1000) -> dict:
     return {"recon": rec, "kl": float(kl_dims.sum()), "total": rec + float(kl_dims.sum()),
             "kl_per_dim": kl_dims.tolist(), "active_units": active_units(mu),
             "mutual_info": max(0.0, mi), "mutual_info_estimate": mi, "mutual_info_se": mi_se}
-
 
 
 def vae_loss(model: VAE, xb: torch.Tensor, cfg: VaeConfig, beta_t: float, recon: str, device,
@@ -566,7 +564,6 @@ def decode_prior(model: VAE, n: int, device, prior: str = "gaussian", seed: int 
         u = torch.rand(n, model.latent_dim, generator=g).clamp(1e-6, 1 - 1e-6) - 0.5
         z = -(1 / math.sqrt(2)) * torch.sign(u) * torch.log1p(-2 * u.abs())  # inverse CDF
     return model.decode(z.to(device))
-
 
 
 # ----------------------------------------------------------------------------
@@ -1000,7 +997,6 @@ def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
 
 
-
 @torch.no_grad()
 def likelihood(model: VAE, x_test: torch.Tensor, args) -> dict:
     """Test log-likelihood by importance sampling next to the ELBO, in nats per image."""
@@ -1165,7 +1161,6 @@ QUESTIONS = [
     common.Question("4.4", "Does a cure that keeps the architecture restore the latent code?", ("mitigate",),
                     _answer_mitigate),
 ]
-
 
 
 # ----------------------------------------------------------------------------

@@ -304,7 +304,7 @@ def test_a_misspelt_arm_field_is_a_type_error_and_the_cache_key_keeps_its_fields
     # --mitigate-beta 1: `plain` is the recipe of `vae` (one network), whatever its name
     assert arms["plain"] == arms["vae"] and hash(arms["plain"]) == hash(arms["vae"]) and arms["plain"].name == "plain"
     assert arms["literal"] != arms["vae"]
-    # the disk cache key holds make_arm's fields: the aggressive loop's two only where it runs
+    # the disk cache key holds the old recipe dict's fields: the aggressive loop's two only where it runs
     assert set(arms["vae"].recipe()) == {"loss", "beta", "warmup_epochs", "free_bits", "aggressive", "enc_lr", "dec_lr",
                                          "latent_dim", "epochs"}
     assert arms["aggressive"].recipe() == {**arms["plain"].recipe(), "aggressive": True, "aggressive_window": 2,
