@@ -541,12 +541,15 @@ def test_help_shows_each_default_once():
     assert "(default: all)" in text and "default: False" not in text
 
 
-@pytest.mark.parametrize("script", ["Task5"])
-def test_tasks_without_replot_refuse_it_in_one_line_before_loading_anything(script, tmp_path, capsys):
-    import importlib
-
-    with pytest.raises(SystemExit) as e:
-        importlib.import_module(script).main(["--smoke", "--replot", "--out", str(tmp_path)])
+def test_a_task_whose_main_ignores_replot_refuses_it_in_one_line(tmp_path, capsys):
+    """Every task's main returns common.replot(...) under --replot before it builds its
+    Results; one that forgets reaches Results, which refuses in one line (exit 2)
+    instead of recomputing, and writes nothing."""
+    args = common.parse_args(_parser(), ["--replot", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e, common.user_errors("Task9.py"):
+        common.Results("task9", args, torch.device("cpu"))
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and len(err.splitlines()) == 1 and "--replot is not supported" in err
-    assert not any(tmp_path.iterdir())
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "without --replot" in err
+    assert not (tmp_path / "out").exists()
+
+

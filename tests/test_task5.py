@@ -1,6 +1,7 @@
 """Task 5 (VAE): known-answer tests of the ELBO pieces, the smoke run, bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import shutil
@@ -12,7 +13,8 @@ import torch
 import common
 import Task5
 from architecture import VAE
-from conftest import assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok, load_metrics
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+                      assert_replot_redraws, load_metrics)
 
 # ----------------------------------------------------------------------------
 # Architecture
@@ -289,6 +291,27 @@ def test_free_bits_stop_the_kl_gradient_below_the_floor():
     assert loss.item() == pytest.approx((rec + 0.5 + kl_d[1:].sum()).item(), rel=1e-6)
 
 
+def test_a_misspelt_arm_field_is_a_type_error_and_the_cache_key_keeps_its_fields():
+    args = common.parse_args(Task5.build_parser(), ["--smoke"], Task5.SMOKE)
+    base = Task5.VaeConfig.from_args(args)
+    with pytest.raises(TypeError):
+        dataclasses.replace(base, warmup_epoch=3)                        # warmup_epochs misspelt
+    with pytest.raises(TypeError):
+        Task5.VaeConfig(**dataclasses.asdict(base), free_bit=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.beta = 2.0
+    arms = Task5.arm_configs(args)
+    assert {n for n, _ in Task5.mitigate_arms(args)} <= set(arms)
+    # --mitigate-beta 1: `plain` is the recipe of `vae` (one network), whatever its name
+    assert arms["plain"] == arms["vae"] and hash(arms["plain"]) == hash(arms["vae"]) and arms["plain"].name == "plain"
+    assert arms["literal"] != arms["vae"]
+    # the disk cache key holds the old recipe dict's fields: the aggressive loop's two only where it runs
+    assert set(arms["vae"].recipe()) == {"loss", "beta", "warmup_epochs", "free_bits", "aggressive", "enc_lr", "dec_lr",
+                                         "latent_dim", "epochs"}
+    assert arms["aggressive"].recipe() == {**arms["plain"].recipe(), "aggressive": True, "aggressive_window": 2,
+                                           "aggressive_max_steps": 4}
+
+
 def test_encoder_catch_up_stops_as_he_et_al():
     """Scripted losses, window 3: windows average 10, 9, 9.5 -> stop after the third
     window (9 steps); a loss that keeps falling runs to the cap."""
@@ -325,8 +348,8 @@ def test_aggressive_training_moves_each_half_only_in_its_own_step(monkeypatch):
 
     monkeypatch.setattr(VAE, "__init__", capture)
     monkeypatch.setattr(Task5, "encoder_catch_up", spy)
-    arm = Task5.make_arm(args, aggressive=True, epochs=1)
-    model, hist = Task5.train_vae(x, x[:8], args, torch.device("cpu"), "t", arm)
+    cfg = dataclasses.replace(Task5.VaeConfig.from_args(args), aggressive=True, epochs=1)
+    model, hist = Task5.train_vae(x, x[:8], cfg, args, torch.device("cpu"))
     assert len(log) == 2 and hist["encoder_steps_per_decoder_step"][0] == pytest.approx(4.0)  # window 2, cap 4
     for n, moved, dec_grads in log:
         assert moved and all(m.startswith(VAE.ENCODER) for m in moved)
@@ -335,7 +358,7 @@ def test_aggressive_training_moves_each_half_only_in_its_own_step(monkeypatch):
     monkeypatch.setattr(Task5, "encoder_catch_up", lambda *a: 0)
     common.seed_everything(args.seed)
     init = {k: v.clone() for k, v in VAE(args.latent_dim).state_dict().items()}  # train_vae seeds the same way
-    model, _ = Task5.train_vae(x, x[:8], args, torch.device("cpu"), "t", arm)
+    model, _ = Task5.train_vae(x, x[:8], cfg, args, torch.device("cpu"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, init[k]) == k.startswith(VAE.ENCODER), k
 
@@ -377,6 +400,20 @@ def test_a_diverged_network_is_trained_once(tmp_path, monkeypatch):
     assert ex["train"]["error"].startswith("diverged") and ex["reconstruct"]["error"].startswith("diverged")
     Task5.main(args)                                                       # a rerun remembers it too
     assert len(calls) == 1 and "remembered" in load_metrics(tmp_path)["experiments"]["train"]["error"]
+
+
+def test_each_network_is_trained_once_per_run_and_fresh_retrains_it_once(tmp_path, monkeypatch):
+    """train, reconstruct and collapse share `vae`; collapse adds `literal`."""
+    names = []
+    orig = Task5.train_vae
+    monkeypatch.setattr(Task5, "train_vae", lambda x, xv, cfg, *a: (names.append(cfg.name), orig(x, xv, cfg, *a))[1])
+    args = ["--smoke", "--out", str(tmp_path), "--experiments", "train,reconstruct,collapse", "--epochs", "1"]
+    Task5.main(args)
+    assert names == ["vae", "literal"]
+    Task5.main(args)                                                       # both from the disk cache
+    assert names == ["vae", "literal"]
+    Task5.main([*args, "--fresh"])
+    assert names == ["vae", "literal"] * 2
 
 
 def test_changed_training_code_does_not_reuse_cached_weights(tmp_path, monkeypatch, capsys):
@@ -502,6 +539,19 @@ def test_divergence_is_recorded_and_the_next_experiment_runs(tmp_path):
     ex = load_metrics(tmp_path)["experiments"]
     assert ex["train"]["error"].startswith("diverged")
     assert set(ex) == {"train", "likelihood"}
+
+
+def test_replot_redraws_every_figure_without_computing(smoke_out, tmp_path, monkeypatch):
+    """--replot needs no data, no VAE and no classifier (nor their cache files)."""
+    assert_replot_redraws(Task5, smoke_out, tmp_path, monkeypatch, FIGURES, ["load_data", "fit_or_load",
+                                                                             "classifier"])
+
+
+def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):
+    out = tmp_path / "out"
+    shutil.copytree(smoke_out, out)
+    (out / "cache" / "plot" / "collapse.npz").unlink()
+    assert_bad_input_in_process(Task5.main, ["--replot"], capsys, expect="collapse.npz is missing", out=out)
 
 
 # ----------------------------------------------------------------------------
