@@ -246,7 +246,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.option_strings and "default" not in text and d is not None and d is not argparse.SUPPRESS \
                 and not isinstance(d, bool):
             text += " (default: %(default)s)" if not isinstance(d, (list, tuple)) else \
-                f" (default: {','.join(map(str, d)) or 'none'})"
+                f" (default: {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in d) or 'none'})"
         kind = getattr(action.type, "element", action.type)
         if isinstance(kind, Bounded):
             text += f" [{'each ' if kind is not action.type else ''}{kind.describe()}]"
