@@ -142,3 +142,12 @@ def assert_replot_redraws(task, run_dir: Path, tmp_path: Path, monkeypatch, figu
         assert_png_ok(out / f"{name}.png")
     assert after == before, [n for n in figures if after[n] != before[n]]
     assert (out / "metrics.json").read_bytes() == metrics
+
+
+def assert_replot_needs_plot_data(task, run_dir: Path, tmp_path: Path, capsys, experiment: str) -> None:
+    """`--replot` where cache/plot/<experiment>.npz is gone: one line naming it, exit 2,
+    every file kept."""
+    out = tmp_path / "no-plot-data"
+    shutil.copytree(run_dir, out)
+    (out / "cache" / "plot" / f"{experiment}.npz").unlink()
+    assert_bad_input_in_process(task.main, ["--replot"], capsys, expect=f"{experiment}.npz is missing", out=out)

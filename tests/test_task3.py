@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import Task3
 from architecture import (DigitClassifier, Discriminator, Generator, MinibatchStdDev, ReferenceDiscriminator,
                           ReferenceGenerator)
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
-                      assert_replot_redraws,
+                      assert_replot_needs_plot_data, assert_replot_redraws,
                       load_metrics)
 
 # ----------------------------------------------------------------------------
@@ -385,10 +384,7 @@ def test_replot_redraws_every_figure_without_computing(smoke_out, tmp_path, monk
 
 
 def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):
-    out = tmp_path / "out"
-    shutil.copytree(smoke_out, out)
-    (out / "cache" / "plot" / "vanishing.npz").unlink()
-    assert_bad_input_in_process(Task3.main, ["--replot"], capsys, expect="vanishing.npz is missing", out=out)
+    assert_replot_needs_plot_data(Task3, smoke_out, tmp_path, capsys, "vanishing")
 
 
 def test_every_arm_is_a_distinct_typed_configuration():

@@ -16,7 +16,7 @@ import torch
 
 import Task4
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
-                      assert_replot_redraws,
+                      assert_replot_needs_plot_data, assert_replot_redraws,
                       load_metrics)
 
 # ----------------------------------------------------------------------------
@@ -455,10 +455,7 @@ def test_replot_redraws_every_figure_without_computing(smoke_run, tmp_path, monk
 
 
 def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_run):
-    out = tmp_path / "out"
-    shutil.copytree(smoke_run, out)
-    (out / "cache" / "plot" / "gap.npz").unlink()
-    assert_bad_input_in_process(Task4.main, ["--replot"], capsys, expect="gap.npz is missing", out=out)
+    assert_replot_needs_plot_data(Task4, smoke_run, tmp_path, capsys, "gap")
 
 
 def test_smoke_answers_every_assignment_question(smoke_run):

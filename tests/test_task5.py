@@ -14,7 +14,7 @@ import common
 import Task5
 from architecture import VAE
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
-                      assert_replot_redraws, load_metrics)
+                      assert_replot_needs_plot_data, assert_replot_redraws, load_metrics)
 
 # ----------------------------------------------------------------------------
 # Architecture
@@ -548,10 +548,7 @@ def test_replot_redraws_every_figure_without_computing(smoke_out, tmp_path, monk
 
 
 def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):
-    out = tmp_path / "out"
-    shutil.copytree(smoke_out, out)
-    (out / "cache" / "plot" / "collapse.npz").unlink()
-    assert_bad_input_in_process(Task5.main, ["--replot"], capsys, expect="collapse.npz is missing", out=out)
+    assert_replot_needs_plot_data(Task5, smoke_out, tmp_path, capsys, "collapse")
 
 
 # ----------------------------------------------------------------------------
