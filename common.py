@@ -789,8 +789,9 @@ class Results:
 
 def replot(out: str | Path, plots: dict[str, Callable[[dict, Path], None]]) -> dict:
     """`--replot`: redraw the figures of every experiment recorded in out/metrics.json
-    with its plot function (figures only; metrics.json, summary.md and caches are left
-    as they are). Returns the recorded experiments."""
+    with its plot function, given the metrics as run() gave them (without "seconds").
+    Figures only: metrics.json, summary.md and caches are left as they are. Returns the
+    recorded experiments."""
     out = Path(out)
     try:
         recorded = json.loads((out / "metrics.json").read_text())["experiments"]
@@ -799,8 +800,8 @@ def replot(out: str | Path, plots: dict[str, Callable[[dict, Path], None]]) -> d
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"--replot: {out / 'metrics.json'} is not a metrics file of this suite") from None
     for name, metrics in recorded.items():
-        if name in plots and "error" not in metrics:
-            plots[name](metrics, out)
+        if name in plots and "error" not in metrics:  # the dict run() gave it: without the timing
+            plots[name]({k: v for k, v in metrics.items() if k != "seconds"}, out)
             print(f"replot: {name}", flush=True)
     return recorded
 

@@ -510,7 +510,7 @@ def test_figures_are_drawn_from_the_recorded_metrics_and_replot_redraws_them(tmp
     (tmp_path / "a_grid.png").unlink()
     recorded = common.replot(tmp_path, {"a": plot_a})
     assert (tmp_path / "a_grid.png").exists() and recorded["a"]["acc"] == 0.5
-    assert seen[1] == {"acc": 0.5, "curve": [1.0, 2.0], "seconds": recorded["a"]["seconds"]}
+    assert seen[1] == seen[0] and "seconds" in recorded["a"]   # the same dict as in the run
     (tmp_path / "cache" / "plot" / "a.npz").unlink()
     with pytest.raises(common.UserError, match="a.npz is missing"):
         common.replot(tmp_path, {"a": plot_a})
