@@ -1145,10 +1145,7 @@ def fine_tune(model: nn.Module, strategy: str, data: Data, args, device: torch.d
             with common.autocast(device, train=True):
                 logits = model(preprocess(x[idx], args.img_size)).float()
             loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            common.optimiser_step(loss, opt, scaler)
             sched.step()
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
@@ -1372,10 +1369,7 @@ def train_from_scratch(model: nn.Module, data: Data, mean: torch.Tensor, std: to
             with common.autocast(device, train=True):
                 logits = model(preprocess(x[idx], 32, args.scratch_augment, gen, mean, std)).float()
             loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            common.optimiser_step(loss, opt, scaler)
             sched.step()
             losses.append(loss.detach())
             accs.append((logits.argmax(1) == y[idx]).float().mean())

@@ -525,15 +525,6 @@ def adam_step_norm(opt: torch.optim.Adam) -> torch.Tensor:
     return lr / (1 - b1 ** t) * torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ratio)))
 
 
-def optimiser_step(loss: torch.Tensor, opt, scaler) -> None:
-    """backward + step through the loss scaler (enabled only for fp16 training, see
-    common.grad_scaler; a no-op wrapper elsewhere)."""
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-
-
 def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: GanConfig, it: int, total: int,
                   train_d: bool, device, augment=None, scalers=None) -> torch.Tensor:
     """One iteration: n_d D steps, then n_g G steps, each on fresh noise (Goodfellow et
@@ -566,7 +557,7 @@ def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: GanC
             real_logits, fake_logits = D(d_view(x)), D(d_view(fake))
         d_loss = d_loss_fn(real_logits, fake_logits, cfg.real_label)
         if train_d:
-            optimiser_step(d_loss, opt_d, scaler_d)
+            common.optimiser_step(d_loss, opt_d, scaler_d)
     D.requires_grad_(False)   # the G step needs gradients through D, not into D's weights
     for _ in range(cfg.g_steps):
         with common.autocast(device, train=True):

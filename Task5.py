@@ -437,10 +437,7 @@ def train_vae(x_train: torch.Tensor, x_val: torch.Tensor, cfg: VaeConfig, args, 
     scaler = common.grad_scaler(device)
 
     def update(loss):
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        common.optimiser_step(loss, opt, scaler)
 
     steps_per_epoch, aggressive, hist = math.ceil(len(x_train) / args.batch_size), cfg.aggressive, {}
     for epoch in range(cfg.epochs):

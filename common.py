@@ -381,9 +381,17 @@ def autocast(device: torch.device, train: bool = False):
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     """Loss scaling for fp16 training (`autocast(device, train=True)` on GPUs below
     compute capability 8): small gradients would underflow fp16's 6e-8 floor. A
-    disabled scaler elsewhere, so a training loop is written once:
-    `scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`."""
+    disabled scaler elsewhere, so a training loop is written once (optimiser_step)."""
     return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+
+
+def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """One optimiser step from `loss`: zero the gradients, backward and step through the
+    loss scaler of grad_scaler (a pass-through where it is disabled)."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
 def precision_name(device: torch.device) -> str:
@@ -656,8 +664,8 @@ def answer_questions(script: str, questions: list[Question], experiments: dict) 
             except KeyError as k:  # metrics written by an older version of the script
                 e["todo"] = f"metric {k} missing: rerun python {script} --experiments {','.join(q.needs)}"
             except (TypeError, ValueError, ZeroDivisionError):  # a metric this run left undefined (null)
-                e["todo"] = (f"not answered: a metric it reads is undefined in this run (null in metrics.json); "
-                             f"see the tables below")
+                e["todo"] = ("not answered: a metric it reads is undefined in this run (null in metrics.json); "
+                             "see the tables below")
             else:
                 e.update(finding=finding, evidence=list(evidence), figures=list(figures))
         entries.append(e)
@@ -1293,10 +1301,7 @@ def scoring_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
             x = random_affine(x_train[idx], r["rotate_deg"], r["scale"], r["shift_px"])
             with autocast(device, train=True):
                 loss = F.cross_entropy(model(x).float(), y_train[idx], label_smoothing=r["label_smoothing"])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            optimiser_step(loss, opt, scaler)
             sched.step()
             bar.update(1)
     bar.close()
