@@ -10,6 +10,9 @@
                  Task 3: PyTorch-GAN's implementations/gan/gan.py, layer for layer
                  (100 -> 128 -> 256 -> 512 -> 1024 -> 784 with BatchNorm; 784 -> 512
                  -> 256 -> 1).
+    CifarBlock, CifarResNet
+                 Task 1 (scratch_shortcuts): He et al. 2016's CIFAR ResNet (depth 6n + 2,
+                 option A shortcuts) and the plain net of the same depth.
     DigitClassifier
                  Tasks 3 and 5: a small CNN that scores generated 1x28x28 images
                  (class, confidence, penultimate features). Not part of any model
@@ -232,3 +235,61 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
+
+
+# ----------------------------------------------------------------------------
+# Task 1: He et al. 2016's CIFAR ResNet, with and without shortcuts
+# ----------------------------------------------------------------------------
+
+
+class CifarBlock(nn.Module):
+    """The CIFAR ResNet's basic block (He et al. 2016, sec. 4.2): 3x3 conv-BN-ReLU,
+    3x3 conv-BN, then relu(F(x) + shortcut(x)). Option A shortcut: the identity, or
+    where the block halves the resolution and doubles the channels, x subsampled by 2
+    with the new channels zero-padded, so the shortcut has no parameters and the plain
+    network (shortcut=False: relu(F(x))) has exactly the same ones."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, shortcut: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.extra_channels, self.shortcut = stride, c_out - c_in, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        if self.shortcut:
+            s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+            out = out + (F.pad(s, (0, 0, 0, 0, 0, self.extra_channels)) if self.extra_channels else s)
+        return F.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR-10 network with depth = 6n + 2 weighted layers: a 3x3 conv with
+    `width` filters, three stages of n blocks at 32, 16, 8 px with width, 2 width and
+    4 width filters, global average pooling and a linear classifier. ResNet-20 has
+    0.27 M parameters and ResNet-56 0.85 M (their Table 6). shortcuts=False is their
+    plain net of the same depth. Convolutions start as in He et al. 2015 (Kaiming
+    normal, fan_out), BatchNorm at weight 1, bias 0."""
+
+    def __init__(self, depth: int, width: int = 16, n_classes: int = 10, shortcuts: bool = True):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        blocks, c_in = [], width
+        for stage in range(3):
+            c_out = width * 2 ** stage
+            for i in range(n):
+                blocks.append(CifarBlock(c_in, c_out, 2 if stage > 0 and i == 0 else 1, shortcuts))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c_in, n_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, 32, 32] -> logits [B, K]
+        x = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

@@ -14,6 +14,7 @@ import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 import Task1
+from architecture import CifarBlock
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       assert_replot_redraws,
                       load_metrics)
@@ -457,7 +458,7 @@ def test_option_a_shortcut_is_subsampled_zero_padded_identity():
     channels appended; the plain block returns relu(0) = 0."""
     x = torch.randn(2, 16, 8, 8)
     for stride, c_out in ((1, 16), (2, 32)):
-        block, plain = Task1.CifarBlock(16, c_out, stride, True), Task1.CifarBlock(16, c_out, stride, False)
+        block, plain = CifarBlock(16, c_out, stride, True), CifarBlock(16, c_out, stride, False)
         for b in (block, plain):
             nn.init.zeros_(b.bn2.weight)
             b.eval()
