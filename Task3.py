@@ -667,8 +667,7 @@ def train_loop(name: str, G, D, opts, cfg: GanConfig, x: torch.Tensor, log: torc
     """Epochs of shuffled batches of x until len(log) iterations, one row of `log` per
     iteration; a progress line every --log-every iterations (one sync: the NaN/inf
     check) and quick(it) every `every`. Returns (iterations done, why it diverged or "")."""
-    n, B, total = len(x), cfg.batch, len(log)
-    ipe = run_length(cfg, n)[0]
+    n, B, total, ipe = len(x), cfg.batch, len(log), quick.ipe
     d_iters = max(1, math.ceil(cfg.d_stop_frac * ipe))   # D trains on the first d_iters batches per epoch
     scalers = (common.grad_scaler(device), common.grad_scaler(device))    # one per optimiser
     augment = (lambda t: diff_augment(t, *cfg.diffaug)) if cfg.diffaug else None

@@ -434,10 +434,7 @@ def train_vae(x_train: torch.Tensor, x_val: torch.Tensor, cfg: VaeConfig, args, 
     # Adam skips parameters whose .grad is None, so one optimiser serves joint, encoder-only
     # and decoder-only steps.
     opt = torch.optim.Adam([{"params": enc, "lr": cfg.enc_lr}, {"params": dec, "lr": cfg.dec_lr}])
-    scaler = common.grad_scaler(device)
-
-    def update(loss):
-        common.optimiser_step(loss, opt, scaler)
+    update = functools.partial(common.optimiser_step, opt=opt, scaler=common.grad_scaler(device))
 
     steps_per_epoch, aggressive, hist = math.ceil(len(x_train) / args.batch_size), cfg.aggressive, {}
     for epoch in range(cfg.epochs):
