@@ -1188,7 +1188,7 @@ def plot_d_overfit(m: dict, out: Path) -> None:
                            (axes[-1], "overfit_rv", "r_v on logits (Karras 2020)")]:
         common.line_plot(ax, {k: (r["evals"]["epoch"], r["evals"][key]) for k, r in recs.items()}, title, "epoch",
                          "gap" if key == "d_gap" else "r_v")
-    fig.suptitle(f"Discriminator overfitting on {n} training images {s['which']}; held out: test images")
+    fig.suptitle(f"Discriminator overfitting on {n} training images {s['which']}; held out: test images", y=1.04)
     common.save_figure(fig, out / "d_overfit_gap.png")
     plot_eval_curves(recs, out / "d_overfit_memorisation.png",
                      "Memorisation and quality on the small set (dashed: held-out real images)",
