@@ -48,9 +48,10 @@ import torch.nn.functional as F
 from scipy.linalg import orthogonal_procrustes
 
 import common
-import matplotlib.pyplot as plt  # after common, which selects the Agg backend
+import harness
+from reports import task4 as report
 
-EXPERIMENTS = ["zeroshot", "gap", "procrustes", "gap_shift"]  # PLOTS, their figures: above main
+EXPERIMENTS = ["zeroshot", "gap", "procrustes", "gap_shift"]  # their figures: reports/task4.py
 
 # ----------------------------------------------------------------------------
 # Prompts
@@ -103,9 +104,9 @@ def build_prompts(strategy: str, classes: list[str]) -> list[list[str]]:
 SMOKE = {"tsne_large": 150, "batch_size": 64}
 
 
-def build_parser() -> common.Parser:
-    parser = common.make_parser("task4", __doc__, EXPERIMENTS)
-    # Every numeric flag's type states its valid range (common.Bounded): argparse refuses
+def build_parser() -> harness.Parser:
+    parser = harness.make_parser("task4", __doc__, EXPERIMENTS)
+    # Every numeric flag's type states its valid range (harness.Bounded): argparse refuses
     # anything outside it in one line; check_args below refuses bad combinations.
     g = parser.add_argument_group("task 4")
     g.add_argument("--model", default="ViT-B-32",
@@ -114,24 +115,24 @@ def build_parser() -> common.Parser:
                    help="open_clip pretrained tag (e.g. openai, laion2b_s34b_b79k), a checkpoint file, or none: "
                         "the full model with random weights and the activation the openai tag needs, nothing "
                         "downloaded; --smoke ignores it and uses a small random CLIP")
-    g.add_argument("--batch-size", type=common.positive_int, default=256,
+    g.add_argument("--batch-size", type=harness.positive_int, default=256,
                    help="images / prompts per encoder forward pass")
     g.add_argument("--prompt", default="photo", choices=STRATEGIES,
                    help="prompt strategy whose class embeddings gap and the 2-D views use")
     g.add_argument("--embed", default="tsne", choices=["tsne", "umap", "both"],
                    help="2-D method for the joint views; UMAP costs ~20 s of numba start-up")
-    g.add_argument("--tsne-small", type=common.Bounded(int, lo=5), default=100,
+    g.add_argument("--tsne-small", type=harness.Bounded(int, lo=5), default=100,
                    help="test images in the small joint 2-D view, plus their class prompts")
-    g.add_argument("--tsne-large", type=common.Bounded(int, lo=5), default=2000,
+    g.add_argument("--tsne-large", type=harness.Bounded(int, lo=5), default=2000,
                    help="test images in the large joint 2-D view")
-    g.add_argument("--pairs", type=common.positive_int, default=20000,
+    g.add_argument("--pairs", type=harness.positive_int, default=20000,
                    help="random pairs per cosine-similarity histogram")
     g = parser.add_argument_group("gap_shift: shifting image and text embeddings along the modality gap")
-    g.add_argument("--shift-min", type=common.Bounded(float), default=-1.0,
+    g.add_argument("--shift-min", type=harness.Bounded(float), default=-1.0,
                    help="smallest shift lambda along the unit gap direction")
-    g.add_argument("--shift-max", type=common.Bounded(float), default=2.0,
+    g.add_argument("--shift-max", type=harness.Bounded(float), default=2.0,
                    help="largest shift lambda; lambda = gap closes the centroids before renormalising")
-    g.add_argument("--shift-steps", type=common.Bounded(int, lo=2), default=31,
+    g.add_argument("--shift-steps", type=harness.Bounded(int, lo=2), default=31,
                    help="number of lambdas from --shift-min to --shift-max")
     return parser
 
@@ -142,10 +143,10 @@ def check_args(args) -> None:
     n_test = 300 if args.smoke else 8000
     if {"gap", "procrustes"} & set(args.experiments):  # the joint 2-D views
         for flag in ("tsne_small", "tsne_large"):
-            common.require(getattr(args, flag) <= n_test,
+            harness.require(getattr(args, flag) <= n_test,
                            f"--{flag.replace('_', '-')} {getattr(args, flag)} exceeds the {n_test} STL-10 test images")
     if "gap_shift" in args.experiments:
-        common.require(args.shift_min < args.shift_max,
+        harness.require(args.shift_min < args.shift_max,
                        f"--shift-min {args.shift_min:g} must be below --shift-max {args.shift_max:g}")
 
 
@@ -213,7 +214,7 @@ def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.devic
         except Exception as e:  # RuntimeError (no network / unknown file), OSError (disk), ...
             reason = " ".join(str(e).split())[:160] or type(e).__name__
             hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-            raise common.UserError(
+            raise harness.UserError(
                 f"could not get open_clip weights {model_name} pretrained={pretrained} ({reason}); open_clip caches "
                 f"them under HF_HOME={hf_home} (or ~/.cache/clip): fetch them there on a machine with internet, "
                 f"pass --pretrained /path/to/checkpoint, or run with --smoke") from None
@@ -221,7 +222,6 @@ def load_clip(model_name: str, pretrained: str, smoke: bool, device: torch.devic
             logging.disable(logging.NOTSET)
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     return model.to(device).eval(), tokenizer, pp
-
 
 
 def load_stl10(data_root: str, smoke: bool, seed: int):
@@ -261,7 +261,7 @@ def encode_images(model, images: torch.Tensor, pp: dict, device: torch.device, b
                   desc: str = "images", progress: bool = True) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> raw (unnormalised) image embeddings float32 [N, D] on CPU."""
     out = []
-    for i in common.progress(range(0, len(images), batch_size), desc=desc, disable=None if progress else True):
+    for i in harness.progress(range(0, len(images), batch_size), desc=desc, disable=None if progress else True):
         x = preprocess(images[i:i + batch_size].to(device, non_blocking=True), pp)
         with common.autocast(device):
             out.append(model.encode_image(x).float().cpu())
@@ -289,30 +289,23 @@ def model_key(args) -> dict:
     return {**key, "seed": args.seed} if args.pretrained == "none" else key
 
 
-def cached_image_embeddings(model, images, pp, device, args, split: str) -> torch.Tensor:
+def image_embeddings(model, images, pp, device, args, split: str, cached: harness.Cache) -> torch.Tensor:
+    """Raw image embeddings [N, D] of one STL-10 split, computed once per model and data."""
     settings = {**model_key(args), "split": split, "n": len(images), "smoke_data": args.smoke,
                 "data_seed": args.seed if args.smoke else None, "preprocess": pp}
-    path = common.cache_path(args.out, f"clip-images-{split}", settings)
-    hit = common.load_cache(path, args.fresh)
-    if hit is not None and tuple(hit["emb"].shape[:1]) == (len(images),):
-        return hit["emb"]
-    emb = encode_images(model, images, pp, device, args.batch_size, desc=f"encode {split} images")
-    common.save_cache(path, {"config": settings, "emb": emb})
-    return emb
+    return cached(f"clip-images-{split}", settings, code=(encode_images, preprocess), compute=lambda: encode_images(
+        model, images, pp, device, args.batch_size, desc=f"encode {split} images"))
 
 
-def cached_text_embeddings(model, tokenizer, classes, device, args, strategy: str) -> torch.Tensor:
+def text_embeddings(model, tokenizer, classes, device, args, strategy: str, cached: harness.Cache) -> torch.Tensor:
     """Raw text embeddings [K classes, T prompts per class, D] of one prompt strategy."""
     prompts = build_prompts(strategy, classes)
     settings = {**model_key(args), "strategy": strategy, "prompts": prompts}
-    path = common.cache_path(args.out, f"clip-text-{strategy}", settings)
-    hit = common.load_cache(path, args.fresh)
-    if hit is not None:
-        return hit["emb"]
-    flat = [p for per_class in prompts for p in per_class]
-    emb = encode_texts(model, tokenizer, flat, device, args.batch_size).view(len(classes), len(prompts[0]), -1)
-    common.save_cache(path, {"config": settings, "emb": emb})
-    return emb
+
+    def encode() -> torch.Tensor:
+        flat = [p for per_class in prompts for p in per_class]
+        return encode_texts(model, tokenizer, flat, device, args.batch_size).view(len(classes), len(prompts[0]), -1)
+    return cached(f"clip-text-{strategy}", settings, encode, code=(encode_texts,))
 
 
 @dataclass(frozen=True)
@@ -387,7 +380,7 @@ def shift_along_gap(images: torch.Tensor, texts: torch.Tensor, direction: torch.
 
 
 # ----------------------------------------------------------------------------
-# 2-D views: coordinates computed in the experiments, drawn by the plot functions
+# 2-D views: coordinates computed here, drawn by reports/task4.py
 # ----------------------------------------------------------------------------
 
 
@@ -422,70 +415,12 @@ def pca_2d(points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return x @ vt[:2].T, (s**2 / (s**2).sum())[:2]
 
 
-def joint_view(ax, xy: np.ndarray, labels: np.ndarray, classes: list[str], method: str, title: str) -> None:
-    """One 2-D fit: images are dots (the first len(labels) rows), prompts labelled stars."""
-    n = len(labels)
-    common.scatter_by_class(ax, xy[:n], labels, classes, title, size=8)
-    cmap = plt.get_cmap("tab10")
-    for k, name in enumerate(classes):
-        ax.scatter(*xy[n + k], s=220, marker="*", color=cmap(k % 10), edgecolor="black", linewidth=0.8, zorder=3)
-        ax.annotate(name, xy[n + k], fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel(f"{method} 1 (dots: images, stars: class prompts)")
-    ax.set_ylabel(f"{method} 2")
-
-
-def plot_joint(d: dict, what: str, name: str, caption: str, out: Path) -> None:
-    """<name>_<method>.png per embedding method in `d` (joint_coordinates): small | large view."""
-    classes, prompt = d["classes"].tolist(), str(d["prompt"])
-    for m in [m for m in ("tsne", "umap") if f"{m}_small" in d]:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-        for ax, size in zip(axes, ("small", "large")):
-            y = d[f"y_{size}"]
-            joint_view(ax, d[f"{m}_{size}"], y, classes, m,
-                       f"{len(y)} {what} + {len(classes)} class prompts ({prompt})")
-        fig.suptitle(f"Joint {m} {caption}")
-        common.save_figure(fig, out / f"{name}_{m}.png")
-
-
-def pca_view(ax, xy: np.ndarray, var: np.ndarray, labels: np.ndarray, classes: list[str], title: str) -> None:
-    """Images (dots) and class prompts (stars, the last K rows) on the first two principal
-    axes of both together (pca_2d), with equal axis scales, so the arrow between the two
-    modality centroids shows the gap (its part in this plane) in the embedding's own units."""
-    n = len(labels)
-    common.scatter_by_class(ax, xy[:n], labels, classes, title, size=8, legend=False)
-    cmap = plt.get_cmap("tab10")
-    for k in range(len(xy) - n):
-        ax.scatter(*xy[n + k], s=160, marker="*", color=cmap(k % 10), edgecolor="black", linewidth=0.8, zorder=3)
-    ci, ct = xy[:n].mean(0), xy[n:].mean(0)
-    ax.annotate("", xy=ct, xytext=ci, arrowprops=dict(arrowstyle="->", color="black", lw=1.5), zorder=4)
-    ax.scatter(*np.stack([ci, ct]).T, s=60, marker="X", color="black", zorder=4, label="modality centroids")
-    ax.scatter([], [], s=8, color="grey", label="test images (colour: class)")
-    ax.scatter([], [], s=120, marker="*", color="grey", edgecolor="black", label="class prompts")
-    ax.xaxis.set_major_locator(plt.AutoLocator()), ax.yaxis.set_major_locator(plt.AutoLocator())  # units matter here
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.set_xlabel(f"PC 1 ({100 * var[0]:.0f}% of variance; embedding units)")
-    ax.set_ylabel(f"PC 2 ({100 * var[1]:.0f}%)")
-    ax.legend(fontsize=7, loc="best")
-
-
-def grouped_bars(ax, series: dict[str, list[float]], ticks: list[str], xlabel: str, ylabel: str, title: str):
-    """One group of bars per tick, one bar per series, on a 0..1 scale."""
-    w = 0.8 / len(series)
-    for i, (label, values) in enumerate(series.items()):
-        ax.bar(np.arange(len(ticks)) + (i - (len(series) - 1) / 2) * w, values, w, label=label)
-    ax.set_xticks(np.arange(len(ticks)), ticks)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-
-
 # ----------------------------------------------------------------------------
 # Experiment 1: zero-shot accuracy per prompt strategy
 # ----------------------------------------------------------------------------
 
 
-def zeroshot(emb: Embeddings, args) -> dict:
+def zeroshot(emb: Embeddings, args) -> tuple[dict, dict]:
     K, y = len(emb.classes), emb.y_test
     top1, top5, per_class, preds = {}, {}, {}, {}
     for s in STRATEGIES:
@@ -495,30 +430,9 @@ def zeroshot(emb: Embeddings, args) -> dict:
         per_class[s] = per_class_accuracy(preds[s], y, K)
         print(f"  {s:<12} ({emb.text[s].shape[1]:>2} prompt(s)/class)  top-1 {top1[s]:.4f}  top-5 {top5[s]:.4f}")
     best = max(STRATEGIES, key=lambda s: top1[s])
-    common.save_plot_data(args.out, "zeroshot", classes=emb.classes,
-                          confusion=common.confusion_matrix(y.numpy(), preds[best].numpy(), K))
     return {"top1": top1, "top5": top5, "per_class_top1": {s: per_class[s].tolist() for s in STRATEGIES},
-            "best_strategy": best, "best_top1": top1[best], "n_test": len(y)}
-
-
-def plot_zeroshot(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "zeroshot")
-    classes, strategies, best = d["classes"].tolist(), list(m["top1"]), m["best_strategy"]
-    chance = 1 / len(classes)
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    grouped_bars(ax, {"top-1": [m["top1"][s] for s in strategies], "top-5": [m["top5"][s] for s in strategies]},
-                 strategies, "prompt strategy", "accuracy", f"Zero-shot accuracy on {m['n_test']} STL-10 test images")
-    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.2f})")
-    ax.legend(fontsize=8)
-    common.save_figure(fig, out / "zeroshot_accuracy.png")
-
-    fig, ax = plt.subplots(figsize=(10, 4))
-    grouped_bars(ax, m["per_class_top1"], classes, "true class", "top-1 accuracy",
-                 "Zero-shot accuracy per class and prompt strategy")
-    ax.legend(fontsize=7, ncol=len(strategies))
-    common.save_figure(fig, out / "zeroshot_per_class.png")
-    common.plot_confusion(d["confusion"], classes, out / "zeroshot_confusion.png",
-                          f"Zero-shot confusion, best strategy: {best} (top-1 {m['top1'][best]:.3f})")
+            "best_strategy": best, "best_top1": top1[best], "n_test": len(y)}, \
+        {"classes": emb.classes, "confusion": common.confusion_matrix(y.numpy(), preds[best].numpy(), K)}
 
 
 # ----------------------------------------------------------------------------
@@ -544,7 +458,7 @@ def separation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(modality_gap(a, b).norm() / spread)
 
 
-def gap(emb: Embeddings, args) -> dict:
+def gap(emb: Embeddings, args) -> tuple[dict, dict]:
     img, y = l2n(emb.img_test), emb.y_test
     cls = class_embeddings(emb.text[args.prompt])                     # [K, D] unit
     text_raw = emb.text[args.prompt].mean(1)                          # [K, D] unnormalised class means
@@ -569,8 +483,6 @@ def gap(emb: Embeddings, args) -> dict:
     views["pca_normalised"], views["pca_normalised_var"] = pca_2d(torch.cat([img[small], cls]))
     for m in methods(args):
         views[f"raw_{m}"] = common.embed_2d(raw.numpy(), m, args.seed)
-    common.save_plot_data(args.out, "gap", classes=emb.classes, prompt=args.prompt, **views,
-                          **{f"cos_{k}": v for k, v in cos.items()})
 
     image_norm = float(emb.img_test.norm(dim=1).mean())
     text_norm = float(emb.text[args.prompt].norm(dim=-1).mean())
@@ -583,49 +495,8 @@ def gap(emb: Embeddings, args) -> dict:
             "separation_normalised": sep, "separation_raw": sep_raw,
             "image_norm_raw_mean": image_norm, "text_norm_raw_mean": text_norm,
             **{f"cos_{k}_mean": float(v.mean()) for k, v in cos.items()},
-            "n_small": min(args.tsne_small, len(y)), "n_large": min(args.tsne_large, len(y))}
-
-
-def plot_gap(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "gap")
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    bins = np.linspace(-1, 1, 101)
-    for k, label in [("matched", "image - its class prompt"), ("unmatched", "image - other class prompts"),
-                     ("image_image", "image - image"), ("text_text", "text - text (80 templates x classes)")]:
-        vals = d[f"cos_{k}"]
-        ax.hist(vals, bins=bins, density=True, histtype="step", lw=1.5, label=f"{label} (mean {vals.mean():.2f})")
-    ax.set_xlabel("cosine similarity")
-    ax.set_ylabel("density")
-    ax.set_title(f"Cosine similarities (prompt: {m['prompt']}); modality gap ||centroid diff|| = "
-                 f"{m['gap_normalised']:.3f}")
-    ax.legend(fontsize=7)
-    common.save_figure(fig, out / "gap_cosine_hist.png")
-
-    plot_joint(d, "test images", "gap_joint",
-               "of L2-normalised image and text embeddings (one fit per panel): the modality gap", out)
-    plot_raw_vs_normalised(m, d, out)
-
-
-def plot_raw_vs_normalised(m: dict, d: dict, out: Path) -> None:
-    """gap_raw_vs_normalised.png: the --tsne-small test sample and the class prompts, raw
-    (the encoders' outputs) in the left column and L2-normalised (what CLIP compares) in
-    the right; top row PCA (linear, to scale), then one row per --embed method. The gap
-    numbers in the titles are those of the whole test split."""
-    classes, y = d["classes"].tolist(), d["y_small"]
-    rows = ["pca"] + [r for r in ("tsne", "umap") if f"raw_{r}" in d]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 5.2 * len(rows)), squeeze=False)
-    for c, name in enumerate(("raw", "normalised")):
-        head = (f"{'raw (unnormalised)' if name == 'raw' else 'L2-normalised'} embeddings: "
-                f"||gap|| {m[f'gap_{name}']:.3f}, gap / spread {m[f'separation_{name}']:.2f}")
-        pca_view(axes[0, c], d[f"pca_{name}"], d[f"pca_{name}_var"], y, classes,
-                 f"{head}\nPCA of {len(y)} images + {len(classes)} prompts")
-        for r, method in enumerate(rows[1:], 1):
-            xy = d[f"raw_{method}"] if name == "raw" else d[f"{method}_small"]
-            joint_view(axes[r, c], xy, y, classes, method, f"{method} of the same points (one fit per panel)")
-    fig.suptitle(f"Does normalisation change the modality gap? Same test sample, raw vs L2-normalised "
-                 f"(prompt: {m['prompt']}; gap numbers: all {len(d['cos_matched'])} test images)")
-    fig.tight_layout()
-    common.save_figure(fig, out / "gap_raw_vs_normalised.png")
+            "n_small": min(args.tsne_small, len(y)), "n_large": min(args.tsne_large, len(y))}, \
+        {"classes": emb.classes, **views, **{f"cos_{k}": v for k, v in cos.items()}}
 
 
 # ----------------------------------------------------------------------------
@@ -633,7 +504,7 @@ def plot_raw_vs_normalised(m: dict, d: dict, out: Path) -> None:
 # ----------------------------------------------------------------------------
 
 
-def procrustes(emb: Embeddings, args) -> dict:
+def procrustes(emb: Embeddings, args) -> tuple[dict, dict]:
     """Peer repositories fit R on the very test images they then score, which turns the
     test labels into training targets. Here R sees only the train split's images and
     labels (fit_procrustes takes nothing else); test images are only rotated and scored."""
@@ -660,26 +531,9 @@ def procrustes(emb: Embeddings, args) -> dict:
     print(f"  linear probe on the same train split: top-1 {probe['test_acc']:.4f}")
 
     aligned = img_test @ torch.from_numpy(rotations[args.prompt]).float()
-    common.save_plot_data(args.out, "procrustes", classes=emb.classes, prompt=args.prompt,
-                          **joint_coordinates(aligned, y_test, class_embeddings(emb.text[args.prompt]), args))
     return {**out, "linear_probe_top1": probe["test_acc"], "n_train": len(emb.y_train),
-            "max_orthogonality_error": max(out[s]["orthogonality_error"] for s in STRATEGIES)}
-
-
-def plot_procrustes(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "procrustes")
-    strategies, probe = [s for s in m if isinstance(m[s], dict)], m["linear_probe_top1"]
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    grouped_bars(ax, {"zero-shot (before)": [m[s]["top1_before"] for s in strategies],
-                      "after R (fit on train)": [m[s]["top1_after"] for s in strategies]},
-                 strategies, "prompt strategy", "top-1 accuracy on the test split",
-                 "Orthogonal Procrustes image -> text map, fitted on STL-10 train only")
-    ax.axhline(probe, color="black", ls=":", lw=1.2, label=f"linear probe ({probe:.2f})")
-    ax.axhline(1 / len(d["classes"]), color="grey", ls="--", lw=1, label="chance")
-    ax.legend(fontsize=7)
-    common.save_figure(fig, out / "procrustes_accuracy.png")
-    plot_joint(d, "rotated test images", "procrustes_joint",
-               "after the Procrustes rotation (fit on train): images move onto their prompts", out)
+            "max_orthogonality_error": max(out[s]["orthogonality_error"] for s in STRATEGIES)}, \
+        {"classes": emb.classes, **joint_coordinates(aligned, y_test, class_embeddings(emb.text[args.prompt]), args)}
 
 
 # ----------------------------------------------------------------------------
@@ -687,7 +541,7 @@ def plot_procrustes(m: dict, out: Path) -> None:
 # ----------------------------------------------------------------------------
 
 
-def gap_shift(emb: Embeddings, args) -> dict:
+def gap_shift(emb: Embeddings, args) -> tuple[dict, dict]:
     """The gap direction comes from the TRAIN images and the class prompts; lambda is
     picked on train too, so the 'selected' accuracy is an honest test number (the
     best-on-test one is the oracle the paper reports)."""
@@ -716,142 +570,12 @@ def gap_shift(emb: Embeddings, args) -> dict:
         curves.update({f"top1_{s}": acc_te, f"signed_gap_{s}": signed_gap})
         print(f"  {s:<12} top-1 {out[s]['top1_unshifted']:.4f}  shifted (lambda {lambdas[sel]:+.2f} from train) "
               f"{acc_te[sel]:.4f}  oracle {acc_te[best]:.4f}  centred {centred:.4f}")
-    common.save_plot_data(args.out, "gap_shift", **curves)
-    return {**out, "lambdas": lambdas.tolist()}
-
-
-def plot_gap_shift(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "gap_shift")
-    lambdas = np.asarray(m["lambdas"])
-    i0 = int(np.argmin(np.abs(lambdas)))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    cmap = plt.get_cmap("tab10")
-    for i, s in enumerate(s for s in m if isinstance(m[s], dict)):
-        acc, signed_gap = d[f"top1_{s}"], d[f"signed_gap_{s}"]
-        axes[0].plot(lambdas, acc, marker="o", ms=2.5, color=cmap(i), label=s)
-        axes[0].axhline(m[s]["top1_centred"], color=cmap(i), ls=":", lw=1)
-        axes[1].plot(signed_gap, acc, marker="o", ms=2.5, color=cmap(i), label=s)
-        axes[1].scatter([signed_gap[i0]], [acc[i0]], s=60, color=cmap(i), edgecolor="black", zorder=3)
-    axes[0].axvline(0, color="grey", lw=1)
-    axes[0].set_xlabel("shift lambda along the unit gap direction")
-    axes[0].set_title("Accuracy vs shift (dotted: centring each modality)")
-    axes[0].legend(fontsize=7)
-    axes[1].axvline(0, color="grey", lw=1)
-    axes[1].set_xlabel("resulting gap on test (signed: < 0 once the modalities cross)")
-    axes[1].set_title("Accuracy vs resulting gap (circles: unshifted CLIP)")
-    for ax in axes:
-        ax.set_ylabel("zero-shot top-1 (test)")
-        ax.grid(alpha=0.3)
-    fig.suptitle("Shifting image and text embeddings along the modality gap (Liang et al. 2022)")
-    common.save_figure(fig, out / "gap_shift_accuracy.png")
-
-
-# ----------------------------------------------------------------------------
-# Findings: the assignment's questions (shared/HANDOUT.md; the assignment calls
-# CLIP part 5), answered from this run's metrics. Each rule computes its sentence
-# from the numbers, so its direction and size change with the run;
-# tests/test_findings.py feeds every rule constructed metrics that make it come
-# out both ways.
-# ----------------------------------------------------------------------------
-
-
-def _pts(a: float, b: float) -> str:
-    """Difference of two accuracies in percentage points, unsigned: 0.951, 0.942 -> '0.9'."""
-    return f"{abs(100 * (a - b)):.1f}"
-
-
-def _answer_zeroshot(E: dict):
-    z = E["zeroshot"]
-    top1, best = z["top1"], z["best_strategy"]
-    plain = top1["label"]
-    versus = ("plain class names are the best prompt" if best == "label" else
-              f"{_pts(top1[best], plain)} points above plain class names ({common.pct(plain)})")
-    finding = f"{best} prompts are the most accurate: {common.pct(top1[best])} top-1 on {z['n_test']:,} test images, " \
-              f"{versus}"
-    evidence = [f"{s}: top-1 {common.pct(top1[s])}, top-5 {common.pct(z['top5'][s])}" for s in top1]
-    evidence.append(f"whole STL-10 test split used: {z['n_test']:,} images")
-    return finding, evidence, ["zeroshot_accuracy.png", "zeroshot_per_class.png", "zeroshot_confusion.png"]
-
-
-def _answer_gap(E: dict):
-    g = E["gap"]
-    sep, sep_raw = g["separation_normalised"], g["separation_raw"]
-    apart = "sit apart" if sep > 1 else "overlap"
-    margin = g["cos_matched_mean"] - g["cos_unmatched_mean"]
-    finding = (f"images and texts {apart}: their centroids are {sep:.2f} times as far apart as the modalities are "
-               f"wide after L2 normalisation ({sep_raw:.2f} raw, so normalisation "
-               f"{'narrows' if sep < sep_raw else 'widens'} the separation); zero-shot still works because an image "
-               f"is {'closer' if margin > 0 else 'not closer'} to its own class prompt than to the others "
-               f"(mean cosine {g['cos_matched_mean']:.3f} vs {g['cos_unmatched_mean']:.3f}) even though both are far "
-               f"below image-image cosine {g['cos_image_image_mean']:.3f}")
-    evidence = [f"prompt strategy {g['prompt']}; test images",
-                f"gap = ||centroid(images) - centroid(texts)||: {g['gap_normalised']:.3f} normalised, "
-                f"{g['gap_raw']:.3f} raw ({g['gap_raw_relative']:.3f} of the mean raw norm; image norm "
-                f"{g['image_norm_raw_mean']:.2f}, text norm {g['text_norm_raw_mean']:.2f})",
-                f"separation (gap / spread): normalised {sep:.3f}, raw {sep_raw:.3f}",
-                f"mean cosine: image-own prompt {g['cos_matched_mean']:.3f}, image-other prompts "
-                f"{g['cos_unmatched_mean']:.3f}, image-image {g['cos_image_image_mean']:.3f}, text-text "
-                f"{g['cos_text_text_mean']:.3f}",
-                f"2-D views: {g['n_small']} and {g['n_large']} images"]
-    # one joint view per --embed method; the report keeps the figures this run wrote
-    return finding, evidence, ["gap_joint_tsne.png", "gap_joint_umap.png", "gap_raw_vs_normalised.png",
-                               "gap_cosine_hist.png"]
-
-
-def _answer_gap_shift(E: dict):
-    s = E["gap_shift"]
-    strategies = [k for k in s if isinstance(s[k], dict)]
-    d = {k: s[k]["top1_selected"] - s[k]["top1_unshifted"] for k in strategies}
-    k = E.get("gap", {}).get("prompt", "photo")   # the strategy of the 2-D views (--prompt), when gap ran
-    k = k if k in s else strategies[0]
-    finding = (f"closing the gap does not decide accuracy: shifting along it (lambda {s[k]['lambda_selected_on_train']:+.2f}"
-               f", chosen on train) {'raises' if d[k] > 0 else 'lowers' if d[k] < 0 else 'keeps'} {k} top-1 "
-               f"{'by ' + _pts(d[k], 0) + ' points ' if d[k] else ''}({common.pct(s[k]['top1_unshifted'])} -> "
-               f"{common.pct(s[k]['top1_selected'])}); over {len(strategies)} strategies the change is "
-               f"{min(100 * v for v in d.values()):+.1f} to {max(100 * v for v in d.values()):+.1f} points")
-    evidence = [f"{k}: unshifted {common.pct(s[k]['top1_unshifted'])} (gap {s[k]['gap_unshifted']:.3f}), shifted "
-                f"{common.pct(s[k]['top1_selected'])}, best on test {common.pct(s[k]['top1_best_on_test'])} "
-                f"(lambda {s[k]['lambda_best_on_test']:+.2f}), each modality centred {common.pct(s[k]['top1_centred'])}"
-                for k in strategies]
-    return finding, evidence, ["gap_shift_accuracy.png"]
-
-
-def _answer_procrustes(E: dict):
-    p = E["procrustes"]
-    strategies = [k for k in p if isinstance(p[k], dict)]
-    k = E.get("gap", {}).get("prompt", "photo")   # the strategy of the 2-D views (--prompt), when gap ran
-    k = k if k in p else strategies[0]
-    r = p[k]
-    d = r["top1_after"] - r["top1_before"]
-    mean_d = float(np.mean([p[s]["top1_after"] - p[s]["top1_before"] for s in strategies]))
-    finding = (f"the rotation fitted on {p['n_train']:,} train images {'shrinks' if r['gap_after'] < r['gap_before'] else 'widens'}"
-               f" the {k} gap from {r['gap_before']:.3f} to {r['gap_after']:.3f} and {'raises' if d > 0 else 'lowers'}"
-               f" test top-1 by {_pts(d, 0)} points ({common.pct(r['top1_before'])} -> {common.pct(r['top1_after'])});"
-               f" mean change over {len(strategies)} prompt strategies {100 * mean_d:+.1f} points; a linear probe on "
-               f"the same labels reaches {common.pct(p['linear_probe_top1'])}")
-    evidence = [f"{s}: top-1 {common.pct(p[s]['top1_before'])} -> {common.pct(p[s]['top1_after'])}, gap "
-                f"{p[s]['gap_before']:.3f} -> {p[s]['gap_after']:.3f}" for s in strategies]
-    evidence.append(f"R fitted on the train split only; ||R^T R - I|| at most {p['max_orthogonality_error']:.1e}")
-    return finding, evidence, ["procrustes_accuracy.png", "procrustes_joint_tsne.png", "procrustes_joint_umap.png"]
-
-
-QUESTIONS = [
-    common.Question("5.1", "Zero-shot accuracy per prompt strategy", ("zeroshot",), _answer_zeroshot),
-    common.Question("5.2", "How separated are the modalities? Does normalisation change the gap? Why does CLIP "
-                           "still work?", ("gap",), _answer_gap),
-    common.Question("5.2", "Does closing the gap change accuracy (Liang et al. 2022)?", ("gap_shift",),
-                    _answer_gap_shift),
-    common.Question("5.3", "How does Procrustes alignment change the gap and the accuracy?", ("procrustes",),
-                    _answer_procrustes),
-]
+    return {**out, "lambdas": lambdas.tolist()}, curves
 
 
 # ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
-
-
-PLOTS = {"zeroshot": plot_zeroshot, "gap": plot_gap, "procrustes": plot_procrustes, "gap_shift": plot_gap_shift}
 
 
 def check_model(args) -> None:
@@ -860,20 +584,20 @@ def check_model(args) -> None:
 
     if args.model not in open_clip.list_models():
         near = [m for m in open_clip.list_models() if m.lower().startswith(args.model.lower()[:4])][:8]
-        raise common.UserError(f"unknown --model {args.model!r}; open_clip knows e.g. "
-                               f"{', '.join(near or open_clip.list_models()[:8])} (see open_clip.list_models())")
+        raise harness.UserError(f"unknown --model {args.model!r}; open_clip knows e.g. "
+                                f"{', '.join(near or open_clip.list_models()[:8])} (see open_clip.list_models())")
     tags = open_clip.list_pretrained_tags_by_model(args.model)
     if not args.smoke and args.pretrained not in tags + ["none"] and not os.path.isfile(args.pretrained):
-        raise common.UserError(f"--pretrained {args.pretrained!r} is neither an open_clip tag for {args.model} "
-                               f"({', '.join(tags[:6]) or 'no tags'}), none (random weights), nor a checkpoint file")
+        raise harness.UserError(f"--pretrained {args.pretrained!r} is neither an open_clip tag for {args.model} "
+                                f"({', '.join(tags[:6]) or 'no tags'}), none (random weights), nor a checkpoint file")
 
 
 def main(argv=None) -> dict:
     parser = build_parser()
-    args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
-    with common.user_errors(parser.prog, batch_flag="--batch-size"):
+    args = harness.parse_args(parser, argv, smoke=SMOKE, check=check_args)
+    with harness.user_errors(parser.prog, batch_flag="--batch-size"):
         if args.replot:
-            return common.replot(args.out, PLOTS)
+            return harness.replot(report, args.out)
         check_model(args)
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)
@@ -884,17 +608,17 @@ def main(argv=None) -> dict:
         print(f"model: {weights}, activation {activation_name(model)}, input {pp['size']}; "
               f"STL-10: {len(y_train)} train, {len(y_test)} test images", flush=True)
 
-        emb = Embeddings(img_train=cached_image_embeddings(model, x_train, pp, device, args, "train"), y_train=y_train,
-                         img_test=cached_image_embeddings(model, x_test, pp, device, args, "test"), y_test=y_test,
-                         text={s: cached_text_embeddings(model, tokenizer, classes, device, args, s)
+        cached = harness.Cache(args.out, args.fresh)
+        emb = Embeddings(img_train=image_embeddings(model, x_train, pp, device, args, "train", cached), y_train=y_train,
+                         img_test=image_embeddings(model, x_test, pp, device, args, "test", cached), y_test=y_test,
+                         text={s: text_embeddings(model, tokenizer, classes, device, args, s, cached)
                                for s in STRATEGIES}, classes=list(classes))
-        results = common.Results("task4", args, device, questions=QUESTIONS)
-        return results.run({
+        return harness.run(report, args, device, {
             "zeroshot": lambda: zeroshot(emb, args),
             "gap": lambda: gap(emb, args),
             "procrustes": lambda: procrustes(emb, args),
             "gap_shift": lambda: gap_shift(emb, args),
-        }, PLOTS)
+        })
 
 
 if __name__ == "__main__":

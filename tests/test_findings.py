@@ -1,46 +1,60 @@
-"""The findings: every rule that answers an assignment question (TaskN.QUESTIONS) is
-fed constructed metrics that make it come out both ways, and the sentence must
-follow the numbers (direction and size). `assert_findings` checks a smoke run's
-summary.md and metrics.json answer every question of that task; each task's test
+"""The findings: every rule that answers an assignment question (QUESTIONS of
+reports/taskN.py) is fed constructed metrics that make it come out both ways, and the
+sentence must follow the numbers (direction and size). `assert_findings` checks a smoke
+run's summary.md and metrics.json answer every question of that task; each task's test
 file calls it on the smoke run it already makes (no extra runs here).
 """
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import re
 from pathlib import Path
 
-import Task1
-import Task2
-import Task3
-import Task4
-import Task5
 import common
+import harness
+from harness.report import _text as html_text
+from harness.results import answer_questions
+
+
+class _Lazy:
+    """A module imported at first use, so one task's rules are tested without importing
+    the other tasks."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+Task1, Task2, Task3, Task4, Task5 = (_Lazy(f"Task{n}") for n in range(1, 6))
+R1, R2, R3, R4, R5 = (_Lazy(f"reports.task{n}") for n in range(1, 6))
 
 # The assignment's questions per script (shared/HANDOUT.md; the assignment numbers
 # the VAE part 4 and CLIP part 5, so Task5.py answers 4.x and Task4.py 5.x).
-HANDOUT_REFS = {Task1: {"1.1", "1.2", "1.3", "1.4"}, Task2: {"2.3", "2.4", "2.5"},
-                Task3: {"3.2", "3.4", "3.5", "3.6"}, Task5: {"4.2", "4.3", "4.4"}, Task4: {"5.2", "5.3"}}
+HANDOUT_REFS = {"task1": {"1.1", "1.2", "1.3", "1.4"}, "task2": {"2.3", "2.4", "2.5"},
+                "task3": {"3.2", "3.4", "3.5", "3.6"}, "task5": {"4.2", "4.3", "4.4"}, "task4": {"5.2", "5.3"}}
 
 
-def answer(module, ref: str, experiments: dict, ask: str | None = None) -> dict:
+def answer(report, ref: str, experiments: dict, ask: str | None = None) -> dict:
     """The entry of question `ref` (the one whose `ask` contains `ask` when a ref has several)."""
-    entries = [e for q, e in zip(module.QUESTIONS, common.answer_questions("x.py", module.QUESTIONS, experiments))
+    entries = [e for q, e in zip(report.QUESTIONS, answer_questions("x.py", report.QUESTIONS, experiments))
                if q.ref == ref and (ask is None or ask in q.ask)]
     assert len(entries) == 1, (ref, ask)
     assert "finding" in entries[0], entries[0]
     return entries[0]
 
 
-def assert_findings(out: Path, module) -> None:
+def assert_findings(out: Path, report) -> None:
     """A smoke run answered every question of its task: one finding (not a todo) per
     Question in metrics.json and in summary.md (with each of its evidence lines and
     figure links), every figure named exists, and every Q of the handout is covered."""
     doc = json.loads((out / "metrics.json").read_text())
     findings = doc["findings"]
-    assert [f["ref"] for f in findings] == [q.ref for q in module.QUESTIONS]
-    assert {q.ref for q in module.QUESTIONS} >= HANDOUT_REFS[module]
+    assert [f["ref"] for f in findings] == [q.ref for q in report.QUESTIONS]
+    assert {q.ref for q in report.QUESTIONS} >= HANDOUT_REFS[report.TASK]
     summary = (out / "summary.md").read_text()
     head = summary.split("## Findings")[1]
     for f in findings:
@@ -53,7 +67,7 @@ def assert_findings(out: Path, module) -> None:
             assert (out / p).is_file(), p
             assert f"- figure: [{p}]({p})" in head
     page = (out.parent / "index.html").read_text()
-    assert all(common._html_text(f["finding"]) in page for f in findings)
+    assert all(html_text(f["finding"]) in page for f in findings)
 
 
 def numbers(text: str) -> list[float]:
@@ -372,11 +386,11 @@ def test_task3_overfit_both_ways():
 def test_task4_zeroshot_both_ways():
     top1 = {"label": 0.90, "photo": 0.95, "descriptive": 0.93, "clip_stl10": 0.951, "ensemble": 0.96}
     z = {"top1": top1, "top5": top1, "best_strategy": "ensemble", "best_top1": 0.96, "n_test": 8000}
-    e = answer(Task4, "5.1", {"zeroshot": z})["finding"]
+    e = answer(R4, "5.1", {"zeroshot": z})["finding"]
     assert e == ("ensemble prompts are the most accurate: 96.0% top-1 on 8,000 test images, 6.0 points above plain "
                  "class names (90.0%)")
     z = {**z, "top1": {**top1, "label": 0.97}, "best_strategy": "label"}
-    assert "plain class names are the best prompt" in answer(Task4, "5.1", {"zeroshot": z})["finding"]
+    assert "plain class names are the best prompt" in answer(R4, "5.1", {"zeroshot": z})["finding"]
 
 
 def t4_gap(sep, sep_raw, matched):
@@ -387,10 +401,10 @@ def t4_gap(sep, sep_raw, matched):
 
 
 def test_task4_gap_both_ways():
-    e = answer(Task4, "5.2", {"gap": t4_gap(3.0, 4.0, 0.3)}, "separated")["finding"]
+    e = answer(R4, "5.2", {"gap": t4_gap(3.0, 4.0, 0.3)}, "separated")["finding"]
     assert e.startswith("images and texts sit apart: their centroids are 3.00 times as far apart")
     assert "(4.00 raw, so normalisation narrows" in e and "is closer to its own class prompt" in e
-    e = answer(Task4, "5.2", {"gap": t4_gap(0.5, 0.4, 0.1)}, "separated")["finding"]
+    e = answer(R4, "5.2", {"gap": t4_gap(0.5, 0.4, 0.1)}, "separated")["finding"]
     assert "overlap" in e and "normalisation widens" in e and "is not closer" in e
 
 
@@ -402,9 +416,9 @@ def t4_shift(selected):
 
 
 def test_task4_gap_shift_both_ways():
-    e = answer(Task4, "5.2", {"gap_shift": t4_shift(0.93)}, "closing")["finding"]
+    e = answer(R4, "5.2", {"gap_shift": t4_shift(0.93)}, "closing")["finding"]
     assert "raises photo top-1 by 3.0 points (90.0% -> 93.0%)" in e and "+3.0 to +3.0 points" in e
-    e = answer(Task4, "5.2", {"gap_shift": t4_shift(0.85)}, "closing")["finding"]
+    e = answer(R4, "5.2", {"gap_shift": t4_shift(0.85)}, "closing")["finding"]
     assert "lowers photo top-1 by 5.0 points" in e
 
 
@@ -415,10 +429,10 @@ def t4_procrustes(after, gap_after):
 
 
 def test_task4_procrustes_both_ways():
-    e = answer(Task4, "5.3", {"procrustes": t4_procrustes(0.95, 0.1)})["finding"]
+    e = answer(R4, "5.3", {"procrustes": t4_procrustes(0.95, 0.1)})["finding"]
     assert e.startswith("the rotation fitted on 5,000 train images shrinks the photo gap from 0.800 to 0.100 and "
                         "raises test top-1 by 5.0 points (90.0% -> 95.0%)") and "+5.0 points" in e
-    e = answer(Task4, "5.3", {"procrustes": t4_procrustes(0.80, 0.9)})["finding"]
+    e = answer(R4, "5.3", {"procrustes": t4_procrustes(0.80, 0.9)})["finding"]
     assert "widens the photo gap" in e and "lowers test top-1 by 10.0 points" in e
 
 
@@ -511,16 +525,17 @@ def test_task5_mitigate_both_ways():
 
 
 def test_missing_experiment_is_a_todo():
-    entries = common.answer_questions("Task2.py", Task2.QUESTIONS, {})
-    assert all(e["todo"].startswith("not run yet: python Task2.py --experiments ") for e in entries)
-    assert len(entries) == len(Task2.QUESTIONS)
+    entries = answer_questions("Task4.py", R4.QUESTIONS, {})
+    assert all(e["todo"].startswith("not run yet: python Task4.py --experiments ") for e in entries)
+    assert len(entries) == len(R4.QUESTIONS)
 
 
 def test_every_handout_question_has_a_rule():
-    for module, refs in HANDOUT_REFS.items():
-        assert {q.ref for q in module.QUESTIONS} >= refs, module.__name__
-        for q in module.QUESTIONS:
-            assert set(q.needs) <= set(module.EXPERIMENTS), (module.__name__, q.ref)
+    for task, refs in HANDOUT_REFS.items():
+        report, script = importlib.import_module(f"reports.{task}"), importlib.import_module(task.capitalize())
+        assert report.TASK == task and {q.ref for q in report.QUESTIONS} >= refs, task
+        for q in report.QUESTIONS:
+            assert set(q.needs) <= set(script.EXPERIMENTS), (task, q.ref)
 
 
 def test_report_page_shows_figures_in_run_order(tmp_path):
@@ -537,7 +552,7 @@ def test_report_page_shows_figures_in_run_order(tmp_path):
     doc = {"task": "task3", "config": {"seed": 0}, "env": {}, "findings": [],
            "experiments": {"reference": {}, "baseline": {}, "d_overfit": {}}}
     (out / "metrics.json").write_text(json.dumps(doc))
-    page = common.write_report(tmp_path).read_text()
+    page = harness.write_report(tmp_path).read_text()
     heads = re.findall(r"<h3>([^<]+)</h3>", page)
     assert heads == ["reference", "baseline", "d_overfit"]
     assert "seed 0" in page

@@ -1,9 +1,9 @@
 """Every numeric flag of every task, generated from the parsers (issue 12).
 
 For each task's parser, every option that takes numbers must declare its range with a
-common.Bounded type (or a common.BoundedList of them): a new flag without one fails
+harness.Bounded type (or a harness.BoundedList of them): a new flag without one fails
 here. Each is given -1, 0 and a value far above its range through the task's own
-parsing (common.parse_args with its smoke values and check_args): it is either
+parsing (harness.parse_args with its smoke values and check_args): it is either
 accepted, and then inside its range, or refused with exit 2 and one line naming the
 flag. Then every flag whose range admits 0 (often "0 = all" or "off") runs end to end
 in smoke mode, grouped into as few runs as check_args allows, each run restricted to
@@ -22,6 +22,7 @@ import json
 import pytest
 
 import common
+import harness
 
 TASKS = ["Task1", "Task2", "Task3", "Task4", "Task5"]
 
@@ -47,7 +48,7 @@ def _takes_numbers(action) -> bool:
     return False
 
 
-def numeric_flags(parser) -> list[tuple[str, common.Bounded, bool, object]]:
+def numeric_flags(parser) -> list[tuple[str, harness.Bounded, bool, object]]:
     """[(option string, its Bounded, whether it is a list, the action)] for every option
     that takes numbers."""
     flags = []
@@ -55,7 +56,7 @@ def numeric_flags(parser) -> list[tuple[str, common.Bounded, bool, object]]:
         if not a.option_strings or a.nargs == 0 or a.choices is not None:
             continue
         kind = getattr(a.type, "element", a.type)  # list flags ("0.1,0.5") declare their element's range
-        if isinstance(kind, common.Bounded):
+        if isinstance(kind, harness.Bounded):
             flags.append((a.option_strings[-1], kind, kind is not a.type, a))
     return flags
 
@@ -67,10 +68,10 @@ def unranged_numeric_flags(parser) -> list[str]:
 
 
 def parse(mod, argv):
-    return common.parse_args(mod.build_parser(), argv, mod.SMOKE, mod.check_args)
+    return harness.parse_args(mod.build_parser(), argv, mod.SMOKE, mod.check_args)
 
 
-def probe_values(b: common.Bounded) -> list[str]:
+def probe_values(b: harness.Bounded) -> list[str]:
     far = b.hi * 10 + 10 if b.hi is not None else 10 ** 9
     return ["-1", "0", str(b.kind(far))]
 
@@ -80,7 +81,7 @@ def test_every_numeric_flag_declares_its_range(task):
     mod = importlib.import_module(task)
     parser = mod.build_parser()
     assert len(numeric_flags(parser)) >= 5, f"{task}: the sweep found almost no numeric flags"
-    assert unranged_numeric_flags(parser) == [], f"{task}: numeric flags without a common.Bounded type"
+    assert unranged_numeric_flags(parser) == [], f"{task}: numeric flags without a harness.Bounded type"
     # and --help states each range
     text = " ".join(parser.format_help().split())
     for _, b, _, _ in numeric_flags(parser):
@@ -88,12 +89,12 @@ def test_every_numeric_flag_declares_its_range(task):
 
 
 def test_the_sweep_notices_a_flag_without_a_range():
-    p = common.make_parser("task9", "Task 9.", ["a"])
-    p.add_argument("--ranged", type=common.positive_int, default=3)
+    p = harness.make_parser("task9", "Task 9.", ["a"])
+    p.add_argument("--ranged", type=harness.positive_int, default=3)
     p.add_argument("--plain-int", type=int, default=3)
     p.add_argument("--hand-made", type=lambda t: max(0.0, float(t)), default=None)
     p.add_argument("--name", default="x")
-    p.add_argument("--fractions", type=common.BoundedList(common.unit_float), default=[0.5])
+    p.add_argument("--fractions", type=harness.BoundedList(harness.unit_float), default=[0.5])
     assert unranged_numeric_flags(p) == ["--plain-int", "--hand-made"]
     assert [f[0] for f in numeric_flags(p)] == ["--seed", "--ranged", "--fractions"]
 

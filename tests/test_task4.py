@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+import harness
 import Task4
+from reports import task4 as report
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       assert_replot_needs_plot_data, assert_replot_redraws,
                       load_metrics)
@@ -190,7 +192,7 @@ def _procrustes_setup(tmp_path, K=4, D=8, seed=0):
 
 def test_procrustes_never_uses_test_labels_or_test_images_when_fitting(tmp_path):
     emb, args = _procrustes_setup(tmp_path / "a")
-    m1 = Task4.procrustes(emb, args)
+    m1, _ = Task4.procrustes(emb, args)
     R1 = dict(np.load(tmp_path / "a" / "procrustes_rotations.npz"))
     assert m1["photo"]["top1_after"] == pytest.approx(1.0)   # the constructed test set is aligned exactly
 
@@ -198,7 +200,7 @@ def test_procrustes_never_uses_test_labels_or_test_images_when_fitting(tmp_path)
     emb2 = dataclasses.replace(emb, y_test=emb.y_test[torch.randperm(40, generator=torch.Generator().manual_seed(1))],
                                img_test=torch.randn_like(emb.img_test))
     args.out = str(tmp_path / "b")
-    m2 = Task4.procrustes(emb2, args)
+    m2, _ = Task4.procrustes(emb2, args)
     R2 = dict(np.load(tmp_path / "b" / "procrustes_rotations.npz"))
     assert R1.keys() == R2.keys() == set(Task4.STRATEGIES)
     for s in R1:
@@ -233,16 +235,17 @@ def test_image_embeddings_are_cached_and_fresh_recomputes(tmp_path):
             return model.encode_image(x)
 
     images = torch.randint(0, 256, (5, 3, 96, 96), dtype=torch.uint8)
-    args = SimpleNamespace(smoke=True, seed=0, out=str(tmp_path), fresh=False, batch_size=2)
+    args = SimpleNamespace(smoke=True, seed=0, batch_size=2)
     cpu = torch.device("cpu")
-    emb = Task4.cached_image_embeddings(Counting(), images, pp, cpu, args, "test")
+    emb = Task4.image_embeddings(Counting(), images, pp, cpu, args, "test", harness.Cache(tmp_path))
     assert emb.shape == (5, Task4.SMOKE_CLIP["embed_dim"]) and calls == [2, 2, 1]
     assert len(list((tmp_path / "cache").glob("clip-images-test-*.pt"))) == 1
-    torch.testing.assert_close(Task4.cached_image_embeddings(Counting(), images, pp, cpu, args, "test"), emb)
+    torch.testing.assert_close(Task4.image_embeddings(Counting(), images, pp, cpu, args, "test",
+                                                      harness.Cache(tmp_path)), emb)
     assert calls == [2, 2, 1]                                   # second call: read from the cache
-    Task4.cached_image_embeddings(Counting(), images, pp, cpu, SimpleNamespace(**{**vars(args), "fresh": True}), "test")
+    Task4.image_embeddings(Counting(), images, pp, cpu, args, "test", harness.Cache(tmp_path, fresh=True))
     assert calls == [2, 2, 1] * 2                               # --fresh: encoded again
-    Task4.cached_image_embeddings(Counting(), images, pp, cpu, args, "train")
+    Task4.image_embeddings(Counting(), images, pp, cpu, args, "train", harness.Cache(tmp_path))
     assert len(list((tmp_path / "cache").glob("clip-images-*.pt"))) == 2  # the split is part of the key
 
 
@@ -324,7 +327,7 @@ def test_activation_is_part_of_the_embedding_cache_key(tmp_path, monkeypatch):
     paths = {}
     for quick in (True, False):
         monkeypatch.setattr(Task4, "clip_quick_gelu", lambda m, p, q=quick: q)
-        paths[quick] = Task4.common.cache_path(args.out, "clip-images-test", {**Task4.model_key(args), "split": "test"})
+        paths[quick] = harness.Cache(args.out).path("clip-images-test", {**Task4.model_key(args), "split": "test"})
     assert paths[True] != paths[False]
 
 
@@ -440,12 +443,20 @@ def test_bad_knobs_exit_2_before_writing_anything(tmp_path, capsys, flags, expec
     assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_cache_file_exits_2(tmp_path, smoke_run):
+def test_a_corrupt_cache_file_is_said_in_one_line_and_recomputed(tmp_path, smoke_run, capsys):
+    """A cache is recomputable: a file that cannot be read costs one line and the
+    computation, never the run; the numbers are those of a clean run."""
     out = tmp_path / "out"
     shutil.copytree(smoke_run, out)
     victim = next((out / "cache").glob("clip-images-test-*.pt"))
     victim.write_bytes(b"not a torch file")
-    assert_bad_input("Task4.py", ["--smoke"], out, expect="unreadable")
+    capsys.readouterr()
+    Task4.main(["--smoke", "--out", str(out), "--experiments", "zeroshot"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "unreadable" in ln]
+    assert len(err) == 1 and victim.name in err[0] and "computing it again" in err[0]
+    assert torch.load(victim, weights_only=True)["value"].shape[0] == 300   # rewritten, whole
+    assert load_metrics(out)["experiments"]["zeroshot"] == load_metrics(smoke_run)["experiments"]["zeroshot"] | \
+        {"seconds": load_metrics(out)["experiments"]["zeroshot"]["seconds"]}
 
 
 def test_replot_redraws_every_figure_without_computing(smoke_run, tmp_path, monkeypatch):
@@ -462,4 +473,4 @@ def test_smoke_answers_every_assignment_question(smoke_run):
     """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
     from test_findings import assert_findings
 
-    assert_findings(smoke_run, Task4)
+    assert_findings(smoke_run, report)

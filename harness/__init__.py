@@ -1,0 +1,24 @@
+"""How a run runs, the same for every task (imports neither common.py nor a script):
+
+    errors    UserError (one line, exit 2; also GPU out-of-memory), Diverged (NaN/inf:
+              stop this experiment only), user_errors
+    cli       make_parser (the flags every task has), Bounded ranges, parse_args
+              (smoke overrides, combination checks, a writable --out)
+    results   run (the experiment loop: metrics.json, summary.md, figure arrays,
+              findings), replot, Question, pct
+    store     Cache (cached results keyed by settings and code), atomic writes
+    report    write_report (outputs/index.html)
+    console   progress (tqdm on a terminal, periodic plain lines in a log)
+"""
+from .cli import (Bounded, BoundedList, Parser, any_int, make_parser, non_negative_float, non_negative_int,
+                  parse_args, positive_float, positive_int, require, unit_float)
+from .errors import Diverged, UserError, user_errors
+from .console import progress
+from .report import TASK_TITLES, write_report
+from .results import Question, Results, flatten, pct, replot, run
+from .store import Cache, atomic_path, fmt, jsonable, save_torch, write_atomic
+
+__all__ = ["Bounded", "BoundedList", "Parser", "any_int", "make_parser", "non_negative_float", "non_negative_int",
+           "parse_args", "positive_float", "positive_int", "require", "unit_float", "Diverged", "UserError",
+           "user_errors", "progress", "TASK_TITLES", "write_report", "Question", "Results", "flatten", "pct",
+           "replot", "run", "Cache", "atomic_path", "fmt", "jsonable", "save_torch", "write_atomic"]

@@ -1,0 +1,243 @@
+"""The experiment loop of a run and what it records: metrics.json (rewritten after
+every experiment), summary.md, the arrays each figure is drawn from, the findings
+(the assignment's questions answered from the metrics), and --replot."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Callable
+
+import torch
+
+from .errors import Diverged, UserError
+from .report import figures_by_experiment, write_report
+from .store import as_arrays, fmt, jsonable, load_plot_data, save_plot_data, write_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of the assignment (shared/HANDOUT.md, the items marked Q), and
+    the rule that answers it from this run's metrics. `answer(experiments)` gets
+    metrics.json's "experiments" dict and returns (finding, evidence, figures): one
+    sentence whose direction and size are computed from the numbers (never canned
+    prose), the metric values it used with their split, n and seeds, and the figure
+    files to look at. `needs` names the experiments it reads."""
+    ref: str                      # the assignment's numbering, e.g. "1.2"
+    ask: str                      # the question in a few words
+    needs: tuple[str, ...]
+    answer: Callable[[dict], tuple[str, list[str], list[str]]]
+
+
+def answer_questions(script: str, questions: list[Question], experiments: dict) -> list[dict]:
+    """Each question's entry: {ref, ask, finding, evidence, figures}, or {ref, ask,
+    todo} when an experiment it needs has not run (or did not finish)."""
+    entries = []
+    for q in questions:
+        e = {"ref": q.ref, "ask": q.ask}
+        missing = [n for n in q.needs if n not in experiments]
+        failed = [n for n in q.needs if n in experiments and "error" in experiments[n]]
+        if missing:
+            e["todo"] = f"not run yet: python {script} --experiments {','.join(q.needs)}"
+        elif failed:
+            e["todo"] = f"{failed[0]} did not finish ({experiments[failed[0]]['error']})"
+        else:
+            try:
+                finding, evidence, figures = q.answer(experiments)
+            except KeyError as k:  # metrics written by an older version of the script
+                e["todo"] = f"metric {k} missing: rerun python {script} --experiments {','.join(q.needs)}"
+            except (TypeError, ValueError, ZeroDivisionError):  # a metric this run left undefined (null)
+                e["todo"] = ("not answered: a metric it reads is undefined in this run (null in metrics.json); "
+                             "see the tables below")
+            else:
+                e.update(finding=finding, evidence=list(evidence), figures=list(figures))
+        entries.append(e)
+    return entries
+
+
+def pct(x: float, digits: int = 1) -> str:
+    """0.8743 -> '87.4%' (findings quote accuracies this way)."""
+    return f"{100 * x:.{digits}f}%"
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a/b": 1}; lists are kept as values."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# Flags that change what runs, not what a result means: a rerun with other values
+# keeps the earlier experiments' metrics.
+_RUN_ONLY = {"experiments", "fresh", "device", "out", "replot"}
+
+
+def _plot(report: ModuleType, name: str, metrics: dict, arrays: dict, config: dict, out: Path) -> None:
+    """Draw `name`'s figures with report.plot_<name>(metrics, arrays, cfg, out), if any."""
+    fn = getattr(report, f"plot_{name}", None)
+    if fn is not None:
+        fn(metrics, arrays, SimpleNamespace(**config), out)
+
+
+class Results:
+    """metrics.json and summary.md for one task's run, rewritten atomically after
+    every experiment so an interrupted run keeps what finished. Nothing is written
+    until the first experiment ends, so an early error leaves `--out` untouched.
+    A rerun with the same settings keeps the entries of experiments it does not
+    rerun; a rerun with other settings first moves the old metrics.json aside to
+    metrics.previous.json."""
+
+    def __init__(self, report: ModuleType, args, device: torch.device):
+        if getattr(args, "replot", False):  # a task's main handles --replot before it gets here
+            raise UserError(f"{report.TASK.capitalize()}.py cannot redraw its figures without recomputing yet; "
+                            f"run it without --replot")
+        self.report, self.task, self.args, self.out = report, report.TASK, args, Path(args.out)
+        self.script = f"{self.task.capitalize()}.py"
+        self.config = jsonable(dict(vars(args)))
+        self.env = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+                    "data": "smoke" if args.smoke else "real", "git_commit": git_commit(),
+                    "date": datetime.now().isoformat(timespec="seconds")}
+        self.experiments: dict[str, dict] = {}
+        self._previous: Path | None = None
+        path = self.out / "metrics.json"
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+                same = {k: v for k, v in old.get("config", {}).items() if k not in _RUN_ONLY} == \
+                       {k: v for k, v in self.config.items() if k not in _RUN_ONLY}
+            except (json.JSONDecodeError, AttributeError):
+                old, same = {}, False
+            if same:
+                self.experiments = dict(old.get("experiments", {}))
+            else:
+                self._previous = path
+
+    def record(self, name: str, metrics: dict) -> None:
+        if self._previous is not None:  # keep the other settings' results, once
+            try:
+                os.replace(self._previous, self.out / "metrics.previous.json")
+            except OSError as e:
+                raise UserError(f"could not move {self._previous} aside ({e.strerror}); choose another --out") from None
+            self._previous = None
+        self.experiments[name] = jsonable(metrics)
+        findings = answer_questions(self.script, getattr(self.report, "QUESTIONS", []), self.experiments)
+        for f in findings:  # a rule may name optional figures (e.g. one per --embed method): keep those written
+            if "figures" in f:
+                f["figures"] = [p for p in f["figures"] if (self.out / p).exists()]
+        doc = {"task": self.task, "config": self.config, "env": self.env, "experiments": self.experiments,
+               "findings": findings}
+        write_atomic(self.out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        write_atomic(self.out / "summary.md", self._summary(findings))
+        write_report(self.out.parent)
+
+    def _summary(self, findings: list[dict]) -> str:
+        figures = figures_by_experiment(self.out, list(self.experiments))
+        lines = [f"# {self.task}: summary", "",
+                 f"data: {self.env['data']}, device: {self.env['device']}, torch {self.env['torch']}, "
+                 f"commit {self.env['git_commit']}, {self.env['date']}", "",
+                 "config: " + ", ".join(f"`{k}={v}`" for k, v in self.config.items()), ""]
+        if findings:
+            lines += ["## Findings: the assignment's questions, answered from this run", "",
+                      f"_Every number below comes from this run: seed {self.config.get('seed')}, "
+                      f"{self.env['data']} data (all settings in the config line above)._", ""]
+            for f in findings:
+                lines += [f"### {f['ref']}. {f['ask']}", ""]
+                if "todo" in f:
+                    lines += [f"_{f['todo']}_", ""]
+                    continue
+                lines += [f"**Finding.** {f['finding']}", ""]
+                lines += [f"- {ev}" for ev in f["evidence"]]
+                lines += [f"- figure: [{p}]({p})" for p in f["figures"]] + [""]
+        for name, m in self.experiments.items():
+            lines += [f"## {name}", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {fmt(v)} |" for k, v in flatten(m).items()]
+            lines += [""] + [f"![{p}]({p})" for p in figures.get(name, [])] + [""]
+        return "\n".join(lines)
+
+    def run(self, experiments: dict[str, Callable[[], dict | tuple[dict, dict]]]) -> dict:
+        """Run the chosen experiments in order. Each returns its metrics dict, or
+        (metrics, arrays): the arrays its figures need beyond the metrics, stored in
+        cache/plot/<name>.npz. Then the report's plot_<name> draws the figures from the
+        metrics exactly as metrics.json holds them (a JSON round trip) and the arrays,
+        so `--replot` redraws the same figures later without computing anything. A
+        Diverged run is recorded with its reason (no figures) and the next one runs."""
+        for name in self.args.experiments:
+            print(f"\n=== {self.task}: {name} ===", flush=True)
+            t0 = time.perf_counter()
+            try:
+                result = experiments[name]()
+                metrics, arrays = result if isinstance(result, tuple) else (result, {})
+            except Diverged as e:
+                print(f"{name}: training diverged ({e}); continuing with the next experiment", flush=True)
+                metrics, arrays = {"error": f"diverged: {e}"}, {}
+            metrics = json.loads(json.dumps(jsonable(metrics)))
+            if arrays:
+                arrays = as_arrays(arrays)
+                save_plot_data(self.out, name, arrays)
+            if "error" not in metrics:
+                _plot(self.report, name, metrics, arrays, self.config, self.out)
+            metrics["seconds"] = round(time.perf_counter() - t0, 3)
+            self.record(name, metrics)
+        self.print_headline()
+        print(f"\nwrote {self.out / 'metrics.json'} and {self.out / 'summary.md'}")
+        return self.experiments
+
+    def print_headline(self) -> None:
+        """Final console table: every scalar metric of this run's experiments."""
+        rows = [(n, k, fmt(v)) for n in self.args.experiments if n in self.experiments
+                for k, v in flatten(self.experiments[n]).items() if isinstance(v, (int, float, str)) or v is None]
+        if not rows:
+            return
+        w0, w1 = max(len(r[0]) for r in rows), min(48, max(len(r[1]) for r in rows))
+        print(f"\n{'experiment':<{w0}}  {'metric':<{w1}}  value")
+        for n, k, v in rows:
+            print(f"{n:<{w0}}  {k:<{w1}}  {v}")
+
+
+def run(report: ModuleType, args, device: torch.device,
+        experiments: dict[str, Callable[[], dict | tuple[dict, dict]]]) -> dict:
+    """Run the chosen experiments of `args` (see Results.run); returns the recorded ones."""
+    return Results(report, args, device).run(experiments)
+
+
+def replot(report: ModuleType, out: str | Path) -> dict:
+    """`--replot`: redraw the figures of every experiment recorded in out/metrics.json
+    with the report's plot functions, given the metrics as the run gave them (without
+    "seconds"), the arrays of cache/plot/ and the run's config. Figures only:
+    metrics.json, summary.md and caches are left as they are. Returns the recorded
+    experiments."""
+    out = Path(out)
+    try:
+        doc = json.loads((out / "metrics.json").read_text())
+        recorded, config = doc["experiments"], doc["config"]
+    except FileNotFoundError:
+        raise UserError(f"--replot: no {out / 'metrics.json'}; run the experiments first") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"--replot: {out / 'metrics.json'} is not a metrics file of this suite") from None
+    for name, metrics in recorded.items():
+        if "error" not in metrics and hasattr(report, f"plot_{name}"):
+            m = {k: v for k, v in metrics.items() if k != "seconds"}  # the dict the run gave it
+            _plot(report, name, m, load_plot_data(out, name), config, out)
+            print(f"replot: {name}", flush=True)
+    return recorded
