@@ -3,6 +3,7 @@ every experiment), summary.md, the arrays each figure is drawn from, the finding
 (the assignment's questions answered from the metrics), and --replot."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -93,11 +94,13 @@ def git_commit() -> str | None:
 _RUN_ONLY = {"experiments", "fresh", "device", "out", "replot"}
 
 
-def _plot(report: ModuleType, name: str, metrics: dict, arrays: dict, config: dict, out: Path) -> None:
-    """Draw `name`'s figures with report.plot_<name>(metrics, arrays, cfg, out), if any."""
+def _plot(report: ModuleType, name: str, metrics: dict, arrays: dict, doc: dict, out: Path) -> None:
+    """Draw `name`'s figures with report.plot_<name>(metrics, arrays, cfg, out), if any;
+    cfg holds the run's flags as attributes, its recipe as cfg.recipe (a dict) and
+    cfg.smoke."""
     fn = getattr(report, f"plot_{name}", None)
     if fn is not None:
-        fn(metrics, arrays, SimpleNamespace(**config), out)
+        fn(metrics, arrays, SimpleNamespace(**doc.get("config", {}), recipe=doc.get("recipe", {})), out)
 
 
 class Results:
@@ -108,13 +111,15 @@ class Results:
     rerun; a rerun with other settings first moves the old metrics.json aside to
     metrics.previous.json."""
 
-    def __init__(self, report: ModuleType, args, device: torch.device):
+    def __init__(self, report: ModuleType, args, device: torch.device, recipe=None):
         if getattr(args, "replot", False):  # a task's main handles --replot before it gets here
             raise UserError(f"{report.TASK.capitalize()}.py cannot redraw its figures without recomputing yet; "
                             f"run it without --replot")
         self.report, self.task, self.args, self.out = report, report.TASK, args, Path(args.out)
         self.script = f"{self.task.capitalize()}.py"
         self.config = jsonable(dict(vars(args)))
+        # The constants a task keeps out of its flags (its config dataclass), recorded beside them.
+        self.recipe = jsonable(dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else recipe or {})
         self.env = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
                     "data": "smoke" if args.smoke else "real", "git_commit": git_commit(),
                     "date": datetime.now().isoformat(timespec="seconds")}
@@ -125,7 +130,8 @@ class Results:
             try:
                 old = json.loads(path.read_text())
                 same = {k: v for k, v in old.get("config", {}).items() if k not in _RUN_ONLY} == \
-                       {k: v for k, v in self.config.items() if k not in _RUN_ONLY}
+                       {k: v for k, v in self.config.items() if k not in _RUN_ONLY} and \
+                    old.get("recipe", {}) == self.recipe
             except (json.JSONDecodeError, AttributeError):
                 old, same = {}, False
             if same:
@@ -145,8 +151,8 @@ class Results:
         for f in findings:  # a rule may name optional figures (e.g. one per --embed method): keep those written
             if "figures" in f:
                 f["figures"] = [p for p in f["figures"] if (self.out / p).exists()]
-        doc = {"task": self.task, "config": self.config, "env": self.env, "experiments": self.experiments,
-               "findings": findings}
+        doc = {"task": self.task, "config": self.config, **({"recipe": self.recipe} if self.recipe else {}),
+               "env": self.env, "experiments": self.experiments, "findings": findings}
         write_atomic(self.out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
         write_atomic(self.out / "summary.md", self._summary(findings))
         write_report(self.out.parent)
@@ -157,6 +163,8 @@ class Results:
                  f"data: {self.env['data']}, device: {self.env['device']}, torch {self.env['torch']}, "
                  f"commit {self.env['git_commit']}, {self.env['date']}", "",
                  "config: " + ", ".join(f"`{k}={v}`" for k, v in self.config.items()), ""]
+        if self.recipe:
+            lines += ["recipe: " + ", ".join(f"`{k}={v}`" for k, v in self.recipe.items()), ""]
         if findings:
             lines += ["## Findings: the assignment's questions, answered from this run", "",
                       f"_Every number below comes from this run: seed {self.config.get('seed')}, "
@@ -196,7 +204,7 @@ class Results:
                 arrays = as_arrays(arrays)
                 save_plot_data(self.out, name, arrays)
             if "error" not in metrics:
-                _plot(self.report, name, metrics, arrays, self.config, self.out)
+                _plot(self.report, name, metrics, arrays, {"config": self.config, "recipe": self.recipe}, self.out)
             metrics["seconds"] = round(time.perf_counter() - t0, 3)
             self.record(name, metrics)
         self.print_headline()
@@ -216,9 +224,11 @@ class Results:
 
 
 def run(report: ModuleType, args, device: torch.device,
-        experiments: dict[str, Callable[[], dict | tuple[dict, dict]]]) -> dict:
-    """Run the chosen experiments of `args` (see Results.run); returns the recorded ones."""
-    return Results(report, args, device).run(experiments)
+        experiments: dict[str, Callable[[], dict | tuple[dict, dict]]], recipe=None) -> dict:
+    """Run the chosen experiments of `args` (see Results.run); returns the recorded ones.
+    `recipe`: the task's config dataclass (the constants that are not flags), recorded
+    in metrics.json beside the flags."""
+    return Results(report, args, device, recipe).run(experiments)
 
 
 def replot(report: ModuleType, out: str | Path) -> dict:
@@ -230,7 +240,7 @@ def replot(report: ModuleType, out: str | Path) -> dict:
     out = Path(out)
     try:
         doc = json.loads((out / "metrics.json").read_text())
-        recorded, config = doc["experiments"], doc["config"]
+        recorded = doc["experiments"]
     except FileNotFoundError:
         raise UserError(f"--replot: no {out / 'metrics.json'}; run the experiments first") from None
     except (json.JSONDecodeError, KeyError, TypeError):
@@ -238,6 +248,6 @@ def replot(report: ModuleType, out: str | Path) -> dict:
     for name, metrics in recorded.items():
         if "error" not in metrics and hasattr(report, f"plot_{name}"):
             m = {k: v for k, v in metrics.items() if k != "seconds"}  # the dict the run gave it
-            _plot(report, name, m, load_plot_data(out, name), config, out)
+            _plot(report, name, m, load_plot_data(out, name), doc, out)
             print(f"replot: {name}", flush=True)
     return recorded

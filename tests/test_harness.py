@@ -375,3 +375,27 @@ def test_a_task_whose_main_ignores_replot_refuses_it_in_one_line(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+
+
+def test_a_recipe_is_recorded_beside_the_flags_and_reaches_the_figures(tmp_path):
+    """A task's config dataclass (its constants that are not flags) goes into metrics.json
+    as "recipe" and into summary.md; plot functions see it as cfg.recipe; a rerun with
+    another recipe moves the earlier metrics aside like other flags would."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Recipe:
+        momentum: float = 0.9      # He et al. 2016, sec. 4.2
+        warmup_steps: int = 10
+
+    seen = []
+    report = types.SimpleNamespace(TASK="task9", QUESTIONS=[], plot_a=lambda m, a, cfg, out: seen.append(cfg.recipe))
+    args = harness.parse_args(_parser(), ["--out", str(tmp_path), "--experiments", "a"])
+    harness.run(report, args, torch.device("cpu"), {"a": lambda: {"v": 1}}, recipe=Recipe())
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["recipe"] == {"momentum": 0.9, "warmup_steps": 10} and seen == [doc["recipe"]]
+    assert "recipe: `momentum=0.9`, `warmup_steps=10`" in (tmp_path / "summary.md").read_text()
+    harness.replot(report, tmp_path)
+    assert seen[1] == seen[0]
+    harness.run(report, args, torch.device("cpu"), {"a": lambda: {"v": 2}}, recipe=Recipe(momentum=0.5))
+    assert json.loads((tmp_path / "metrics.previous.json").read_text())["recipe"]["momentum"] == 0.9
