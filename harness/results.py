@@ -69,6 +69,11 @@ def pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
+def pts(a: float, b: float) -> str:
+    """Difference of two accuracies in percentage points, unsigned: 0.951, 0.942 -> '0.9'."""
+    return f"{abs(100 * (a - b)):.1f}"
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a/b": 1}; lists are kept as values."""
     out = {}

@@ -12,7 +12,7 @@ import numpy as np
 
 import common
 import matplotlib.pyplot as plt  # after common, which selects the Agg backend
-from harness import Question, pct
+from harness import Question, pct, pts
 
 TASK = "task4"
 
@@ -192,17 +192,12 @@ def plot_gap_shift(m: dict, d: dict, cfg, out: Path) -> None:
 # ----------------------------------------------------------------------------
 
 
-def _pts(a: float, b: float) -> str:
-    """Difference of two accuracies in percentage points, unsigned: 0.951, 0.942 -> '0.9'."""
-    return f"{abs(100 * (a - b)):.1f}"
-
-
 def _answer_zeroshot(E: dict):
     z = E["zeroshot"]
     top1, best = z["top1"], z["best_strategy"]
     plain = top1["label"]
     versus = ("plain class names are the best prompt" if best == "label" else
-              f"{_pts(top1[best], plain)} points above plain class names ({pct(plain)})")
+              f"{pts(top1[best], plain)} points above plain class names ({pct(plain)})")
     finding = f"{best} prompts are the most accurate: {pct(top1[best])} top-1 on {z['n_test']:,} test images, " \
               f"{versus}"
     evidence = [f"{s}: top-1 {pct(top1[s])}, top-5 {pct(z['top5'][s])}" for s in top1]
@@ -243,7 +238,7 @@ def _answer_gap_shift(E: dict):
     k = k if k in s else strategies[0]
     finding = (f"closing the gap does not decide accuracy: shifting along it (lambda {s[k]['lambda_selected_on_train']:+.2f}"
                f", chosen on train) {'raises' if d[k] > 0 else 'lowers' if d[k] < 0 else 'keeps'} {k} top-1 "
-               f"{'by ' + _pts(d[k], 0) + ' points ' if d[k] else ''}({pct(s[k]['top1_unshifted'])} -> "
+               f"{'by ' + pts(d[k], 0) + ' points ' if d[k] else ''}({pct(s[k]['top1_unshifted'])} -> "
                f"{pct(s[k]['top1_selected'])}); over {len(strategies)} strategies the change is "
                f"{min(100 * v for v in d.values()):+.1f} to {max(100 * v for v in d.values()):+.1f} points")
     evidence = [f"{k}: unshifted {pct(s[k]['top1_unshifted'])} (gap {s[k]['gap_unshifted']:.3f}), shifted "
@@ -263,7 +258,7 @@ def _answer_procrustes(E: dict):
     mean_d = float(np.mean([p[s]["top1_after"] - p[s]["top1_before"] for s in strategies]))
     finding = (f"the rotation fitted on {p['n_train']:,} train images {'shrinks' if r['gap_after'] < r['gap_before'] else 'widens'}"
                f" the {k} gap from {r['gap_before']:.3f} to {r['gap_after']:.3f} and {'raises' if d > 0 else 'lowers'}"
-               f" test top-1 by {_pts(d, 0)} points ({pct(r['top1_before'])} -> {pct(r['top1_after'])});"
+               f" test top-1 by {pts(d, 0)} points ({pct(r['top1_before'])} -> {pct(r['top1_after'])});"
                f" mean change over {len(strategies)} prompt strategies {100 * mean_d:+.1f} points; a linear probe on "
                f"the same labels reaches {pct(p['linear_probe_top1'])}")
     evidence = [f"{s}: top-1 {pct(p[s]['top1_before'])} -> {pct(p[s]['top1_after'])}, gap "

@@ -399,3 +399,8 @@ def test_a_recipe_is_recorded_beside_the_flags_and_reaches_the_figures(tmp_path)
     assert seen[1] == seen[0]
     harness.run(report, args, torch.device("cpu"), {"a": lambda: {"v": 2}}, recipe=Recipe(momentum=0.5))
     assert json.loads((tmp_path / "metrics.previous.json").read_text())["recipe"]["momentum"] == 0.9
+
+
+def test_pct_and_pts_known_answers():
+    assert harness.pct(0.8743) == "87.4%" and harness.pct(1, 0) == "100%"
+    assert harness.pts(0.951, 0.942) == "0.9" and harness.pts(0.5, 0.75) == "25.0"
