@@ -20,5 +20,5 @@ from .store import Cache, atomic_path, fmt, jsonable, save_torch, write_atomic
 
 __all__ = ["Bounded", "BoundedList", "Parser", "any_int", "make_parser", "non_negative_float", "non_negative_int",
            "parse_args", "positive_float", "positive_int", "require", "unit_float", "Diverged", "UserError",
-           "user_errors", "progress", "TASK_TITLES", "write_report", "Question", "Results", "flatten", "pct", "pts", "pts",
+           "user_errors", "progress", "TASK_TITLES", "write_report", "Question", "Results", "flatten", "pct", "pts",
            "replot", "run", "Cache", "atomic_path", "fmt", "jsonable", "save_torch", "write_atomic"]
