@@ -279,19 +279,20 @@ def encode_texts(model, tokenizer, prompts: list[str], device: torch.device, bat
     return torch.cat(out)
 
 
-def model_key(args) -> dict:
+def model_key(args, device: torch.device) -> dict:
     """What determines the embeddings: the weights (the smoke model's and `none`'s random
-    init depend on the seed) and the activation they run through (QuickGELU or GELU)."""
+    init depend on the seed), the activation they run through (QuickGELU or GELU) and the
+    precision they are computed in (bf16 autocast moves them by ~1e-2)."""
     if args.smoke:
-        return {"model": "smoke-clip", "config": SMOKE_CLIP, "seed": args.seed}
-    key = {"model": args.model, "pretrained": args.pretrained,
+        return {"model": "smoke-clip", "config": SMOKE_CLIP, "seed": args.seed, "precision": common.compute_dtype(device)}
+    key = {"model": args.model, "pretrained": args.pretrained, "precision": common.compute_dtype(device),
            "quick_gelu": clip_quick_gelu(args.model, args.pretrained)}
     return {**key, "seed": args.seed} if args.pretrained == "none" else key
 
 
 def image_embeddings(model, images, pp, device, args, split: str, cached: harness.Cache) -> torch.Tensor:
     """Raw image embeddings [N, D] of one STL-10 split, computed once per model and data."""
-    settings = {**model_key(args), "split": split, "n": len(images), "smoke_data": args.smoke,
+    settings = {**model_key(args, device), "split": split, "n": len(images), "smoke_data": args.smoke,
                 "data_seed": args.seed if args.smoke else None, "preprocess": pp}
     return cached(f"clip-images-{split}", settings, code=(encode_images, preprocess), compute=lambda: encode_images(
         model, images, pp, device, args.batch_size, desc=f"encode {split} images"))
@@ -300,7 +301,7 @@ def image_embeddings(model, images, pp, device, args, split: str, cached: harnes
 def text_embeddings(model, tokenizer, classes, device, args, strategy: str, cached: harness.Cache) -> torch.Tensor:
     """Raw text embeddings [K classes, T prompts per class, D] of one prompt strategy."""
     prompts = build_prompts(strategy, classes)
-    settings = {**model_key(args), "strategy": strategy, "prompts": prompts}
+    settings = {**model_key(args, device), "strategy": strategy, "prompts": prompts}
 
     def encode() -> torch.Tensor:
         flat = [p for per_class in prompts for p in per_class]
@@ -599,7 +600,7 @@ def main(argv=None) -> dict:
         if args.replot:
             return harness.replot(report, args.out)
         check_model(args)
-        device = common.pick_device(args.device)
+        device = common.pick_device(args.device, args.precision)
         common.seed_everything(args.seed)
         model, tokenizer, pp = load_clip(args.model, args.pretrained, args.smoke, device)
         x_train, y_train, x_test, y_test, classes = load_stl10(args.data_root, args.smoke, args.seed)

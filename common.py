@@ -39,8 +39,18 @@ from harness import Cache, UserError, atomic_path, progress  # noqa: E402
 # ----------------------------------------------------------------------------
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """cuda > mps > cpu for "auto"; an explicit choice that is unavailable is a UserError."""
+# --precision of this process (set by pick_device): "auto", "fp32", "bf16" or "fp16".
+PRECISION = "auto"
+# fp16 loss scaling starts here, not at torch's 65,536: from 65,536 the scaler skipped the
+# first 7-8 steps of every Task 3 GAN (their scaled gradients overflow until the scale has
+# halved that often), 4% of a 200-step arm; it still doubles after 2,000 clean steps.
+FP16_INIT_SCALE = 2.0 ** 8
+
+
+def pick_device(name: str = "auto", precision: str = "auto") -> torch.device:
+    """cuda > mps > cpu for "auto"; an explicit choice that is unavailable is a UserError.
+    Sets the process's --precision (amp_dtype), then prints both."""
+    global PRECISION
     mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
@@ -48,50 +58,74 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UserError("--device cuda was asked for but this torch sees no CUDA GPU; use --device auto or cpu")
     elif name == "mps" and not mps_ok:
         raise UserError("--device mps was asked for but MPS is not available; use --device auto or cpu")
-    device = torch.device(name)
+    device, PRECISION = torch.device(name), precision
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {device} ({what}), precision: {precision_name(device)}", flush=True)
     return device
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `device`, or None for full precision.
+    """The autocast dtype on `device` under PRECISION, or None for full precision.
 
-    bf16 on CUDA GPUs of compute capability >= 8 (A100, RTX 30xx and later, H100):
+    auto: bf16 on CUDA GPUs of compute capability >= 8 (A100, RTX 30xx and later, H100):
     their tensor cores run bf16 natively, and bf16 has fp32's exponent range, so no
     loss scaling. Below 8 (T4, V100, the free notebook GPUs) bf16 is emulated and
     cuDNN has no bf16 convolutions: fp16 there, and only where a model trains (with
     `grad_scaler`), since fp16's 65,504 ceiling is reached by random full-size
-    networks' activations. CPU and MPS stay in fp32."""
+    networks' activations. CPU and MPS stay in fp32. fp32/bf16/fp16 choose the same
+    on every device: on the CPU, torch's CPU autocast and GradScaler("cpu") run the
+    very code a GPU runs."""
+    if PRECISION != "auto":
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[PRECISION]
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
 def autocast(device: torch.device, train: bool = False):
-    """Mixed precision for a forward pass: bf16 on capable GPUs (`amp_dtype`); fp16
-    on older GPUs only when `train` (the step then uses `grad_scaler`); otherwise
-    full precision."""
+    """Mixed precision for a forward pass: bf16 where amp_dtype says so; fp16 only when
+    `train` (the step then uses `grad_scaler`); otherwise full precision."""
     dtype = amp_dtype(device)
     if dtype is None or (dtype == torch.float16 and not train):
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 training (`autocast(device, train=True)` on GPUs below
-    compute capability 8): small gradients would underflow fp16's 6e-8 floor. A
-    disabled scaler elsewhere, so a training loop is written once (optimiser_step)."""
-    return torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+    """Loss scaling for fp16 training (`autocast(device, train=True)` in fp16): small
+    gradients would underflow fp16's 6e-8 floor. A disabled scaler elsewhere, so a
+    training loop is written once (optimiser_step). A step whose scaled gradients
+    overflow is skipped and the scale halved: normal, not divergence (step_skipped)."""
+    fp16 = amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE, enabled=fp16)
 
 
-def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> bool:
     """One optimiser step from `loss`: zero the gradients, backward and step through the
-    loss scaler of grad_scaler (a pass-through where it is disabled)."""
+    loss scaler of grad_scaler (a pass-through where it is disabled). Returns whether
+    the optimiser stepped (False: loss scaling skipped it), so a learning-rate schedule
+    steps only with it."""
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    before = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(opt)
     scaler.update()
+    return not step_skipped(scaler, before)
+
+
+def step_skipped(scaler: torch.amp.GradScaler, scale_before: float | None) -> bool:
+    """Whether the last scaler.step skipped the optimiser: the scale fell at update()
+    (it only falls when the scaled gradients held inf/NaN)."""
+    return scaler.is_enabled() and scale_before is not None and scaler.get_scale() < scale_before
+
+
+def compute_dtype(device: torch.device, train: bool = False) -> str:
+    """"fp32", "bf16" or "fp16": what autocast(device, train) computes in. Part of the key
+    of every cached result whose numbers depend on it (features, embeddings, weights)."""
+    dtype = amp_dtype(device)
+    if dtype is None or (dtype == torch.float16 and not train):
+        return "fp32"
+    return "bf16" if dtype == torch.bfloat16 else "fp16"
 
 
 def precision_name(device: torch.device) -> str:

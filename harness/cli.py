@@ -144,6 +144,9 @@ def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
                    help="offline and tiny: smoke data, small randomly initialised models, a few steps")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="auto picks cuda, then mps, then cpu")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on CUDA compute capability >= 8, fp16 with loss scaling below, fp32 on "
+                        "CPU and MPS; bf16/fp16 run the same mixed-precision code on any device")
     g.add_argument("--data-root", default="data", metavar="DIR",
                    help="datasets in torchvision's layout; downloaded here if missing")
     g.add_argument("--out", default=f"outputs/{task}", metavar="DIR",

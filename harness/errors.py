@@ -20,6 +20,8 @@ class Diverged(Exception):
 
 # cuDNN and cuBLAS report a failed allocation in their own words, without "out of memory".
 _OOM_WORDS = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+# torch.OutOfMemoryError exists from torch 2.5; torch.cuda.OutOfMemoryError before (both RuntimeErrors).
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 @contextlib.contextmanager
@@ -36,8 +38,8 @@ def user_errors(prog: str, batch_flag: str = "--batch-size"):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished experiments are kept in metrics.json", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
-    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
-        if not isinstance(e, torch.OutOfMemoryError) and not any(w in str(e) for w in _OOM_WORDS):
+    except RuntimeError as e:  # torch's out-of-memory errors are RuntimeErrors
+        if not isinstance(e, _OOM) and not any(w in str(e) for w in _OOM_WORDS):
             raise
         one_line_exit(prog, f"out of GPU memory ({str(e).splitlines()[0][:120]}); lower {batch_flag} "
                             "(finished experiments are kept in metrics.json)")

@@ -238,3 +238,46 @@ def test_classify_digits_matches_the_classifier():
     probs, feats = common.classify_digits(clf, x, chunk=3)
     with torch.no_grad():
         assert torch.allclose(probs, clf(x).softmax(1), atol=1e-6) and feats.shape == (7, 128)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_explicit_precision_runs_the_gpu_code_path_on_the_cpu(monkeypatch, precision, dtype):
+    """--precision bf16/fp16 on the CPU: torch's CPU autocast and GradScaler("cpu"), the
+    code a GPU runs; fp16 autocasts only training (inference stays fp32, as on a T4)."""
+    monkeypatch.setattr(common, "PRECISION", precision)
+    cpu = torch.device("cpu")
+    assert common.amp_dtype(cpu) == dtype
+    train = common.autocast(cpu, train=True)
+    assert (train.fast_dtype if isinstance(train, torch.autocast) else None) == dtype
+    assert isinstance(common.autocast(cpu), torch.autocast) == (dtype == torch.bfloat16)
+    scaler = common.grad_scaler(cpu)
+    assert scaler.is_enabled() == (dtype == torch.float16)
+    lin = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    with common.autocast(cpu, train=True):
+        out = lin(torch.randn(8, 4))
+    assert out.dtype == (dtype or torch.float32)
+    assert common.optimiser_step(out.float().square().mean(), opt, scaler) is True
+
+
+def test_a_step_loss_scaling_skips_is_reported_as_skipped_not_taken(monkeypatch):
+    """An fp16 step whose scaled gradients overflow is skipped by the scaler (weights
+    unchanged, scale halved): optimiser_step says so, and the next step goes through."""
+    monkeypatch.setattr(common, "PRECISION", "fp16")
+    monkeypatch.setattr(common, "FP16_INIT_SCALE", 2.0 ** 40)    # 1e12 x any gradient overflows fp16
+    cpu = torch.device("cpu")
+    lin = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    scaler = common.grad_scaler(cpu)
+    before = [p.detach().clone() for p in lin.parameters()]
+    x = torch.randn(16, 4)
+    with common.autocast(cpu, train=True):
+        loss = lin(x).float().square().mean()
+    assert common.optimiser_step(loss, opt, scaler) is False
+    assert all(torch.equal(a, b) for a, b in zip(before, lin.parameters())) and scaler.get_scale() == 2.0 ** 39
+    stepped = []
+    for _ in range(40):                                              # the scale halves until the step fits
+        with common.autocast(cpu, train=True):
+            loss = lin(x).float().square().mean()
+        stepped.append(common.optimiser_step(loss, opt, scaler))
+    assert stepped[-1] is True and not all(torch.equal(a, b) for a, b in zip(before, lin.parameters()))

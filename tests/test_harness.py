@@ -65,6 +65,13 @@ def test_gpu_out_of_memory_is_one_line_naming_the_batch_flag(capsys):
         with harness.user_errors("Task9.py"):
             raise RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)")
     assert "--batch-size" in capsys.readouterr().err
+    for words in ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                                                            "`cublasCreate(handle)`"):
+        with pytest.raises(SystemExit) as e:  # cuDNN and cuBLAS say it in their own words
+            with harness.user_errors("Task9.py", batch_flag="--eval-batch-size"):
+                raise RuntimeError(words)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "out of GPU memory" in err and "--eval-batch-size" in err
     with pytest.raises(RuntimeError, match="shape"):  # any other RuntimeError is a bug: traceback
         with harness.user_errors("Task9.py"):
             raise RuntimeError("shape mismatch")

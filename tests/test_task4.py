@@ -324,11 +324,23 @@ def test_pretrained_none_downloads_nothing(monkeypatch):
 
 def test_activation_is_part_of_the_embedding_cache_key(tmp_path, monkeypatch):
     args = SimpleNamespace(smoke=False, model="ViT-B-32", pretrained="openai", out=str(tmp_path), seed=0)
+    cpu = torch.device("cpu")
     paths = {}
     for quick in (True, False):
         monkeypatch.setattr(Task4, "clip_quick_gelu", lambda m, p, q=quick: q)
-        paths[quick] = harness.Cache(args.out).path("clip-images-test", {**Task4.model_key(args), "split": "test"})
+        paths[quick] = harness.Cache(args.out).path("clip-images-test", {**Task4.model_key(args, cpu), "split": "test"})
     assert paths[True] != paths[False]
+
+
+def test_precision_is_part_of_the_embedding_cache_key(monkeypatch):
+    """Embeddings computed under bf16 autocast differ from fp32 ones: never the same file.
+    fp16 computes inference in fp32 (as on a T4), so it shares fp32's embeddings."""
+    args = SimpleNamespace(smoke=True, seed=0)
+    keys = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        monkeypatch.setattr(Task4.common, "PRECISION", precision)
+        keys[precision] = Task4.model_key(args, torch.device("cpu"))
+    assert keys["bf16"] != keys["fp32"] == keys["fp16"]
 
 
 def test_stl10_is_checked_once_per_run(tmp_path, monkeypatch):
