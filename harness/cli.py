@@ -10,6 +10,7 @@ generated flag test (tests/test_flags.py) reads each flag's range from its Bound
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -155,6 +156,8 @@ def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
     g.add_argument("--experiments", default=experiments, type=experiment_list, metavar="A,B",
                    help=f"comma-separated subset of: {', '.join(experiments)} (default: all)")
     g.add_argument("--fresh", action="store_true", help="ignore cached weights/features and recompute")
+    g.add_argument("--print-metrics", action="store_true",
+                   help="end with every metric of the run on the console (metrics.json always has them)")
     g.add_argument("--replot", action="store_true",
                    help="compute nothing: redraw every figure of --out from its metrics.json (and cache/plot/), "
                         "e.g. after changing a plot function")
@@ -184,15 +187,28 @@ def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None
 
 
 def check_writable(out: str | Path) -> None:
-    """--out must be a directory we can create and write in. Checked without creating
-    anything: the nearest existing ancestor must be a writable directory."""
+    """--out must be a directory we can create and write in: checked by creating it and a
+    probe file there (then removing both again, so a refused run leaves nothing), which
+    also catches what permission bits do not say (a read-only file system, a full disk,
+    root on a read-only mount)."""
     p = Path(out).absolute()
-    while not p.exists():
-        p = p.parent
-    if not p.is_dir():
-        raise UserError(f"--out {out}: {p} is a file, not a directory")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: {p} is not writable; choose another --out")
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, not a directory")
+    created = [d for d in [p, *p.parents] if not d.exists()]
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-probe.{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e}); choose another --out") from None
+    finally:
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def _explicit_flags(parser: Parser, argv: list[str] | None) -> set[str]:

@@ -17,9 +17,14 @@ TASK_TITLES = {
     "task1": "Task1.py: ResNet-152 on CIFAR-10 (assignment part 1)",
     "task2": "Task2.py: Vision Transformer ViT-B/16 (assignment part 2)",
     "task3": "Task3.py: MLP GAN on MNIST (assignment part 3)",
-    "task5": "Task5.py: convolutional VAE on FashionMNIST (assignment part 4)",
     "task4": "Task4.py: CLIP ViT-B/32 on STL-10 (assignment part 5)",
+    "task5": "Task5.py: convolutional VAE on FashionMNIST (assignment part 4)",
 }
+SMOKE_NOTE = ("smoke: small random models on generated or stand-in data; these numbers say nothing about the "
+              "real models")
+# A figure this much wider than tall (multi-panel rows) is shown at the page's full width:
+# at half width its text cannot be read.
+WIDE = 1.6
 
 _CSS = """
 body{font:15px/1.45 system-ui,sans-serif;max-width:1150px;margin:1.5em auto;padding:0 1em;color:#222}
@@ -27,9 +32,10 @@ nav a{margin-right:1.2em} section{border-top:3px solid #ccd;margin-top:2.2em;pad
 .meta{color:#555;font-size:.9em} .finding{background:#f5f7fa;border-left:4px solid #3b6fd8;
 padding:.4em 1em;margin:.7em 0} .finding h4{margin:.3em 0} .todo{color:#888;font-style:italic}
 .finding ul{margin:.3em 0;font-size:.9em;color:#333} figure{display:inline-block;vertical-align:top;
-margin:.4em;width:47%} figure img{width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
+margin:.4em;width:47%} figure.wide{width:98%} figure img{width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
 code{background:#eef;padding:0 .25em;border-radius:3px} table{border-collapse:collapse;font-size:.85em}
 td{border:1px solid #ddd;padding:1px 6px} details{margin:.4em 0}
+.smoke{background:#fff3cd;border:1px solid #e0c060;padding:.3em .8em;font-weight:600}
 @media (max-width:800px){figure{width:100%}}
 """
 
@@ -44,6 +50,22 @@ def figures_by_experiment(folder: Path, names: list[str]) -> dict[str, list[str]
         if owner is not None:
             out.setdefault(owner, []).append(png)
     return out
+
+
+def report_page(out: str | Path) -> Path:
+    """Where a run with --out `out` writes the report page: index.html beside `out`
+    (outputs/index.html for the default outputs/taskN), one section per run folder there."""
+    return Path(out).absolute().parent / "index.html"
+
+
+def _is_wide(png: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(png) as im:
+            return im.width > WIDE * im.height
+    except (OSError, ValueError):
+        return False
 
 
 def _text(text: str) -> str:
@@ -67,13 +89,16 @@ def _runs(root: Path) -> list[tuple[int, str, dict]]:
 def _section(root: Path, name: str, doc: dict) -> list[str]:
     """One task run: title, run line, settings, findings, then every figure in run order."""
     env, cfg, q = doc.get("env", {}), doc.get("config", {}), html.escape(name)
+    smoke = env.get("data") == "smoke"
     body = [f'<section id="{q}"><h2>{html.escape(TASK_TITLES[doc["task"]])}'
-            + (f" <small>({q})</small>" if name != doc["task"] else "") + "</h2>",
+            + (f" <small>({q})</small>" if name != doc["task"] else "") + (" <small>[smoke]</small>" if smoke else "")
+            + "</h2>",
             f"<p class=meta>run {html.escape(str(env.get('date', '?')))} &middot; seed "
             f"{html.escape(str(cfg.get('seed')))} &middot; data {html.escape(str(env.get('data')))} &middot; device "
             f"{html.escape(str(env.get('device')))} &middot; torch {html.escape(str(env.get('torch')))} &middot; "
             f"commit {html.escape(str(env.get('git_commit')))} &middot; <a href=\"{q}/summary.md\">summary.md</a> "
             f"&middot; <a href=\"{q}/metrics.json\">metrics.json</a></p>",
+            *([f"<p class=smoke>{html.escape(SMOKE_NOTE)}.</p>"] if smoke else []),
             "<details><summary>settings</summary><table>" + "".join(
                 f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(fmt(v))}</td></tr>" for k, v in cfg.items())
             + "</table></details>"]
@@ -89,9 +114,9 @@ def _section(root: Path, name: str, doc: dict) -> list[str]:
     figs = figures_by_experiment(root / name, list(doc.get("experiments", {})))
     for exp in (e for e in doc.get("experiments", {}) if e in figs):  # in run order
         body.append(f"<h3>{html.escape(exp)}</h3>")
-        body += [f'<figure id="{q}-{html.escape(p)}"><a href="{q}/{html.escape(p)}"><img loading=lazy '
-                 f'src="{q}/{html.escape(p)}" alt="{html.escape(p)}"></a><figcaption>{html.escape(p)}'
-                 "</figcaption></figure>" for p in figs[exp]]
+        body += [f'<figure id="{q}-{html.escape(p)}"{" class=wide" if _is_wide(root / name / p) else ""}>'
+                 f'<a href="{q}/{html.escape(p)}"><img loading=lazy src="{q}/{html.escape(p)}" alt="{html.escape(p)}">'
+                 f"</a><figcaption>{html.escape(p)}</figcaption></figure>" for p in figs[exp]]
     return body + ["</section>"]
 
 

@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 
 from .errors import Diverged, UserError
-from .report import figures_by_experiment, write_report
+from .report import SMOKE_NOTE as SMOKE_BANNER
+from .report import figures_by_experiment, report_page, write_report
 from .store import as_arrays, fmt, jsonable, load_plot_data, save_plot_data, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +153,8 @@ class Results:
                 raise UserError(f"could not move {self._previous} aside ({e.strerror}); choose another --out") from None
             self._previous = None
         self.experiments[name] = jsonable(metrics)
-        findings = answer_questions(self.script, getattr(self.report, "QUESTIONS", []), self.experiments)
+        self.findings = findings = answer_questions(self.script, getattr(self.report, "QUESTIONS", []),
+                                                    self.experiments)
         for f in findings:  # a rule may name optional figures (e.g. one per --embed method): keep those written
             if "figures" in f:
                 f["figures"] = [p for p in f["figures"] if (self.out / p).exists()]
@@ -164,7 +166,7 @@ class Results:
 
     def _summary(self, findings: list[dict]) -> str:
         figures = figures_by_experiment(self.out, list(self.experiments))
-        lines = [f"# {self.task}: summary", "",
+        lines = [f"# {self.task}: summary", ""] + ([f"**{SMOKE_BANNER}.**", ""] if self.args.smoke else []) + [
                  f"data: {self.env['data']}, device: {self.env['device']}, torch {self.env['torch']}, "
                  f"commit {self.env['git_commit']}, {self.env['date']}", "",
                  "config: " + ", ".join(f"`{k}={v}`" for k, v in self.config.items()), ""]
@@ -195,6 +197,8 @@ class Results:
         metrics exactly as metrics.json holds them (a JSON round trip) and the arrays,
         so `--replot` redraws the same figures later without computing anything. A
         Diverged run is recorded with its reason (no figures) and the next one runs."""
+        if self.args.smoke:
+            print(SMOKE_BANNER, flush=True)
         for name in self.args.experiments:
             print(f"\n=== {self.task}: {name} ===", flush=True)
             t0 = time.perf_counter()
@@ -212,20 +216,29 @@ class Results:
                 _plot(self.report, name, metrics, arrays, {"config": self.config, "recipe": self.recipe}, self.out)
             metrics["seconds"] = round(time.perf_counter() - t0, 3)
             self.record(name, metrics)
-        self.print_headline()
-        print(f"\nwrote {self.out / 'metrics.json'} and {self.out / 'summary.md'}")
+        if getattr(self.args, "print_metrics", False):
+            self.print_metrics()
+        self.print_findings()
         return self.experiments
 
-    def print_headline(self) -> None:
-        """Final console table: every scalar metric of this run's experiments."""
+    def print_metrics(self) -> None:
+        """--print-metrics: every scalar metric of this run's experiments, one per line."""
         rows = [(n, k, fmt(v)) for n in self.args.experiments if n in self.experiments
                 for k, v in flatten(self.experiments[n]).items() if isinstance(v, (int, float, str)) or v is None]
-        if not rows:
-            return
-        w0, w1 = max(len(r[0]) for r in rows), min(48, max(len(r[1]) for r in rows))
+        w0, w1 = max([10] + [len(r[0]) for r in rows]), max([6] + [len(r[1]) for r in rows])
         print(f"\n{'experiment':<{w0}}  {'metric':<{w1}}  value")
         for n, k, v in rows:
             print(f"{n:<{w0}}  {k:<{w1}}  {v}")
+
+    def print_findings(self) -> None:
+        """The end of a run: the findings, one line each, then where to read them."""
+        print("\nfindings" + (f" ({SMOKE_BANNER})" if self.args.smoke else "") + ":")
+        for f in getattr(self, "findings", []):
+            print(f"  {f['ref']} {f['ask']}: {f.get('finding', f.get('todo'))}")
+        print(f"\nsummary: {self.out / 'summary.md'} (every metric: metrics.json, or --print-metrics)")
+        print(f"report page: {report_page(self.out)}")
+        if self.args.smoke:
+            print(SMOKE_BANNER, flush=True)
 
 
 def run(report: ModuleType, args, device: torch.device,

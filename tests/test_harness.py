@@ -411,3 +411,61 @@ def test_a_recipe_is_recorded_beside_the_flags_and_reaches_the_figures(tmp_path)
 def test_pct_and_pts_known_answers():
     assert harness.pct(0.8743) == "87.4%" and harness.pct(1, 0) == "100%"
     assert harness.pts(0.951, 0.942) == "0.9" and harness.pts(0.5, 0.75) == "25.0"
+
+
+def test_a_run_ends_with_its_findings_and_where_to_read_them(tmp_path, capsys):
+    """The console ends with the findings, one line each, then summary.md and the report
+    page; the metric table only with --print-metrics. A smoke run says it is one at the
+    start and the end of the console, atop summary.md and in its section of the page."""
+    report = types.SimpleNamespace(TASK="task2", QUESTIONS=[_question()])
+    out = tmp_path / "task2"
+    args = harness.parse_args(_parser(), ["--smoke", "--out", str(out), "--experiments", "a"])
+    harness.run(report, args, torch.device("cpu"), {"a": lambda: {"v": 1}})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("smoke: small random models") and lines[-1] == lines[0]
+    assert lines[-3] == f"summary: {out / 'summary.md'} (every metric: metrics.json, or --print-metrics)"
+    assert lines[-2] == f"report page: {tmp_path / 'index.html'}" and (tmp_path / "index.html").exists()
+    assert "  2.5 CLS or mean pooling?: not run yet: python Task2.py --experiments probe" in lines
+    assert not any(ln.startswith("experiment ") for ln in lines)           # no metric table
+    assert (out / "summary.md").read_text().splitlines()[2].startswith("**smoke: small random models")
+    page = (tmp_path / "index.html").read_text()
+    assert "<small>[smoke]</small>" in page and "class=smoke" in page
+    args = harness.parse_args(_parser(), ["--out", str(out), "--experiments", "a", "--print-metrics"])
+    harness.run(report, args, torch.device("cpu"), {"a": lambda: {"v": 1, "nested": {"longer_name": 2.5}}})
+    text = capsys.readouterr().out
+    assert "a           nested/longer_name  2.5" in text and "smoke:" not in text
+    assert "[smoke]" not in (tmp_path / "index.html").read_text()
+
+
+def test_the_report_page_orders_tasks_and_gives_wide_figures_the_full_width(tmp_path):
+    import matplotlib.pyplot as plt
+
+    for task, size in (("task5", (12, 4)), ("task4", (5, 5))):
+        out = tmp_path / task
+        out.mkdir()
+        fig = plt.figure(figsize=size)
+        plt.plot([0, 1])
+        common.save_figure(fig, out / "a_fig.png")
+        (out / "metrics.json").write_text(json.dumps({"task": task, "config": {}, "env": {}, "findings": [],
+                                                      "experiments": {"a": {}}}))
+    page = harness.write_report(tmp_path).read_text()
+    assert page.index('<section id="task4">') < page.index('<section id="task5">')
+    assert '<figure id="task5-a_fig.png" class=wide>' in page and '<figure id="task4-a_fig.png">' in page
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """Permission bits do not tell root about a read-only file system: --out is probed by
+    writing, and the refused run leaves no folder behind."""
+    import errno
+
+    def read_only(self, data):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(harness.cli.Path, "write_bytes", read_only)
+    with pytest.raises(SystemExit) as e:
+        harness.parse_args(_parser(), ["--out", str(tmp_path / "new" / "out")])
+    assert e.value.code == 2 and "Read-only file system" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    harness.parse_args(_parser(), ["--out", str(tmp_path / "new" / "out")])
+    assert not (tmp_path / "new").exists()                         # probed, then removed again
