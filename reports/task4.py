@@ -22,13 +22,14 @@ TASK = "task4"
 
 
 def joint_view(ax, xy: np.ndarray, labels: np.ndarray, classes: list[str], method: str, title: str) -> None:
-    """One 2-D fit: images are dots (the first len(labels) rows), prompts labelled stars."""
+    """One 2-D fit: images are dots (the first len(labels) rows), prompts stars in their
+    class's colour (the legend names the colours: with the modality gap the prompts sit in
+    one tight cluster, where name labels would pile up on each other)."""
     n = len(labels)
     common.scatter_by_class(ax, xy[:n], labels, classes, title, size=8)
     cmap = plt.get_cmap("tab10")
-    for k, name in enumerate(classes):
+    for k in range(len(classes)):
         ax.scatter(*xy[n + k], s=220, marker="*", color=cmap(k % 10), edgecolor="black", linewidth=0.8, zorder=3)
-        ax.annotate(name, xy[n + k], fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(f"{method} 1 (dots: images, stars: class prompts)")
     ax.set_ylabel(f"{method} 2")
 
@@ -37,7 +38,7 @@ def plot_joint(d: dict, prompt: str, what: str, name: str, caption: str, out: Pa
     """<name>_<method>.png per embedding method in `d` (Task4.joint_coordinates): small | large view."""
     classes = d["classes"].tolist()
     for m in [m for m in ("tsne", "umap") if f"{m}_small" in d]:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
         for ax, size in zip(axes, ("small", "large")):
             y = d[f"y_{size}"]
             joint_view(ax, d[f"{m}_{size}"], y, classes, m,
@@ -129,7 +130,7 @@ def plot_raw_vs_normalised(m: dict, d: dict, out: Path) -> None:
     numbers in the titles are those of the whole test split."""
     classes, y = d["classes"].tolist(), d["y_small"]
     rows = ["pca"] + [r for r in ("tsne", "umap") if f"raw_{r}" in d]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 5.2 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 5.2 * len(rows)), squeeze=False, layout="constrained")
     for c, name in enumerate(("raw", "normalised")):
         head = (f"{'raw (unnormalised)' if name == 'raw' else 'L2-normalised'} embeddings: "
                 f"||gap|| {m[f'gap_{name}']:.3f}, gap / spread {m[f'separation_{name}']:.2f}")
@@ -140,7 +141,6 @@ def plot_raw_vs_normalised(m: dict, d: dict, out: Path) -> None:
             joint_view(axes[r, c], xy, y, classes, method, f"{method} of the same points (one fit per panel)")
     fig.suptitle(f"Does normalisation change the modality gap? Same test sample, raw vs L2-normalised "
                  f"(prompt: {m['prompt']}; gap numbers: all {len(d['cos_matched'])} test images)")
-    fig.tight_layout()
     common.save_figure(fig, out / "gap_raw_vs_normalised.png")
 
 
@@ -162,7 +162,7 @@ def plot_procrustes(m: dict, d: dict, cfg, out: Path) -> None:
 def plot_gap_shift(m: dict, d: dict, cfg, out: Path) -> None:
     lambdas = np.asarray(m["lambdas"])
     i0 = int(np.argmin(np.abs(lambdas)))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
     cmap = plt.get_cmap("tab10")
     for i, s in enumerate(s for s in m if isinstance(m[s], dict)):
         acc, signed_gap = d[f"top1_{s}"], d[f"signed_gap_{s}"]

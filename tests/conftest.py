@@ -107,6 +107,39 @@ def assert_bad_input_in_process(main, args: list[str], capsys, expect: str = "",
     return line
 
 
+# Every figure a test draws is checked as it is saved (tests/figure_check.py): its
+# problems (overlapping text, empty panels) are kept here by path; each task's smoke
+# test asserts that its figures have none.
+FIGURE_PROBLEMS: dict[Path, list[str]] = {}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def check_every_figure():
+    import common
+    from figure_check import figure_problems
+
+    save = common.save_figure
+
+    def checked(fig, path):
+        FIGURE_PROBLEMS[Path(path).absolute()] = figure_problems(fig)
+        return save(fig, path)
+
+    common.save_figure = checked
+    yield
+    common.save_figure = save
+
+
+def assert_figures_readable(out: Path) -> None:
+    """Every PNG in `out` was drawn in this test session and has no overlapping text and
+    no empty panel."""
+    pngs = sorted(Path(out).absolute().glob("*.png"))
+    assert pngs, f"no figures in {out}"
+    unchecked = [p.name for p in pngs if p not in FIGURE_PROBLEMS]
+    assert not unchecked, f"figures not drawn through common.save_figure: {unchecked}"
+    problems = [f"{p.name}: {msg}" for p in pngs for msg in FIGURE_PROBLEMS[p]]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.fixture
 def empty_data_root(tmp_path) -> Path:
     """A --data-root with no datasets in it (so a full run must try to download)."""

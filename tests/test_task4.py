@@ -17,7 +17,7 @@ import torch
 import harness
 import Task4
 from reports import task4 as report
-from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+from conftest import (assert_bad_input, assert_figures_readable, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       assert_replot_needs_plot_data, assert_replot_redraws,
                       load_metrics)
 
@@ -385,6 +385,12 @@ def test_smoke_writes_every_figure(smoke_run):
     assert set(R.files) == set(Task4.STRATEGIES)
     caches = sorted(p.name.rsplit("-", 1)[0] for p in (smoke_run / "cache").glob("*.pt"))
     assert caches == sorted(["clip-images-train", "clip-images-test"] + [f"clip-text-{s}" for s in Task4.STRATEGIES])
+
+
+def test_smoke_figures_are_readable(smoke_run):
+    """No two texts overlap (the class prompts sit in one tight cluster, so they are told
+    apart by colour and legend, not by name labels) and no panel is empty."""
+    assert_figures_readable(smoke_run)
 
 
 def test_smoke_writes_every_metric(smoke_run):
