@@ -209,13 +209,15 @@ def _answer_gap(E: dict):
     g = E["gap"]
     sep, sep_raw = g["separation_normalised"], g["separation_raw"]
     apart = "sit apart" if sep > 1 else "overlap"
-    margin = g["cos_matched_mean"] - g["cos_unmatched_mean"]
+    matched, unmatched = round(g["cos_matched_mean"], 3), round(g["cos_unmatched_mean"], 3)  # as printed
+    why = (f"zero-shot still works because an image is closer to its own class prompt than to the others "
+           f"(mean cosine {matched:.3f} vs {unmatched:.3f}), even though both are far below image-image cosine "
+           f"{g['cos_image_image_mean']:.3f}" if matched > unmatched else
+           f"and zero-shot has nothing to work with here: an image is no closer to its own class prompt than to "
+           f"the others (mean cosine {matched:.3f} vs {unmatched:.3f})")
     finding = (f"images and texts {apart}: their centroids are {sep:.2f} times as far apart as the modalities are "
                f"wide after L2 normalisation ({sep_raw:.2f} raw, so normalisation "
-               f"{'narrows' if sep < sep_raw else 'widens'} the separation); zero-shot still works because an image "
-               f"is {'closer' if margin > 0 else 'not closer'} to its own class prompt than to the others "
-               f"(mean cosine {g['cos_matched_mean']:.3f} vs {g['cos_unmatched_mean']:.3f}) even though both are far "
-               f"below image-image cosine {g['cos_image_image_mean']:.3f}")
+               f"{'narrows' if sep < sep_raw else 'widens'} the separation); {why}")
     evidence = [f"prompt strategy {g['prompt']}; test images",
                 f"gap = ||centroid(images) - centroid(texts)||: {g['gap_normalised']:.3f} normalised, "
                 f"{g['gap_raw']:.3f} raw ({g['gap_raw_relative']:.3f} of the mean raw norm; image norm "
