@@ -2,16 +2,14 @@
 each patch, and where its class information lives (CLS token vs mean of patch tokens).
 
 Model: Hugging Face google/vit-base-patch16-224 (Dosovitskiy et al. 2021; ImageNet-21k
-pretrained, ImageNet-1k fine-tuned): 12 layers x 12 heads, 16x16 patches, so a 224x224
-image is a 14x14 grid of 196 patch tokens plus one CLS token (197 tokens). Images are
-resized and normalised on the device with the settings of the model's own
-ViTImageProcessor (bilinear, antialiased, mean/std 0.5).
+pretrained, ImageNet-1k fine-tuned): 12 layers x 12 heads, 16x16 patches, so a 224x224 image
+is a 14x14 grid of 196 patch tokens plus one CLS token (197 tokens). Images are resized and
+normalised on the device as the model's own ViTImageProcessor does (bilinear, mean/std 0.5).
 
 Experiments (--experiments, default all):
   classify   top-1 and top-5 ImageNet labels with probabilities for each image
   attention  last layer's CLS->patch attention (mean over heads, and each head) as red
-             overlays, and attention rollout (Abnar & Zuidema 2020) with mean/max/min
-             head fusion
+             overlays; attention rollout (Abnar & Zuidema 2020), mean/max/min head fusion
   heads      per layer and head: entropy of the CLS attention and mean attention
              distance in pixels (ViT paper, Fig. 7); head similarity in the last layer
   masking    CIFAR-10 accuracy (linear probe on unmasked CLS features) when a fraction of
@@ -21,10 +19,9 @@ Experiments (--experiments, default all):
   probe      linear probes on the CLS token vs the mean of patch tokens, final layer and
              every layer; cosine similarity between the two
 
-Images: --images PATH... (your own pictures); by default scikit-learn's two sample photos
-(china.jpg, flower.jpg), clean 427x640 photographs that ship with scikit-learn
-(--cifar-images N adds N upsampled 32x32 CIFAR-10 test images). CIFAR-10 (downloaded
-under --data-root) is used for heads, masking and probe.
+Images: --images PATH... (your own pictures); by default scikit-learn's two clean 427x640
+sample photos, china.jpg and flower.jpg (--cifar-images N adds N upsampled CIFAR-10 test
+images). CIFAR-10 (downloaded under --data-root) serves heads, masking and probe.
 
 Run:
   python Task2.py                                   # everything; a GPU is recommended
@@ -35,28 +32,32 @@ Run:
   python Task2.py --replot                          # redraw the figures of outputs/task2 only
 
 Writes into --out: classify_top5.png, attention_map_<image>.png (one per image),
-attention_heads.png, heads_entropy.png, heads_distance.png, heads_similarity.png,
-masking_accuracy.png, masking_agreement.png, masking_examples.png, probe_layers.png,
-probe_cosine.png, metrics.json, summary.md, and cache/ (features, rollout maps, and
-cache/plot/: the arrays the figures need besides metrics.json, so --replot redraws every
-figure without a model or data).
+attention_heads.png, heads_{entropy,distance,similarity}.png, masking_{accuracy,agreement,
+examples}.png, probe_{layers,cosine}.png (drawn by reports/task2.py), metrics.json, summary.md,
+cache/ (features and rollout maps, keyed by settings and code; plot/<experiment>.npz, the
+arrays --replot redraws every figure from, without a model or data).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import common  # first: it selects matplotlib's file-only Agg backend
-import matplotlib.pyplot as plt
 import transformers
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+import common
+import harness
+from reports import task2 as report
+from reports.task2 import FUSIONS, STRATEGIES  # masking orders, rollout fusions: the figures use them too
 
 # A user's mistake must print one line: silence transformers' and the hub's warnings, and
 # transformers 5's "Loading weights" bar (drawn on stderr for every from_pretrained, under a
@@ -64,67 +65,57 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 transformers.logging.set_verbosity_error()
 with contextlib.suppress(Exception):
     import huggingface_hub
-
     huggingface_hub.utils.logging.set_verbosity_error()
 with contextlib.suppress(AttributeError):
     transformers.utils.logging.set_tqdm_hook(
         lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})
         if kwargs.get("desc") == "Loading weights" else factory(*args, **kwargs))
 
-EXPERIMENTS = ["classify", "attention", "heads", "masking", "probe"]  # PLOTS, their figures: above main
+EXPERIMENTS = ["classify", "attention", "heads", "masking", "probe"]  # their figures: reports/task2.py
 VIT_B16 = "google/vit-base-patch16-224"  # the default checkpoint (ImageNet-21k pretrained, 1k fine-tuned)
-STRATEGIES = ["random", "centre", "border", "most-attended", "least-attended"]
-FUSIONS = ["mean", "max", "min"]
 
 # ----------------------------------------------------------------------------
-# Arguments
+# Arguments and the probe recipe
 # ----------------------------------------------------------------------------
 
 
 # --discard-ratio 1 would zero every attention weight (rollout undefined); a mask fraction
 # of 1 is fine: every patch masked (only CLS left) gives the chance-level end of the curve.
-DISCARD = common.Bounded(float, lo=0, hi=1, hi_open=True)
+DISCARD = harness.Bounded(float, lo=0, hi=1, hi_open=True)
 
 
-def build_parser() -> common.Parser:
-    parser = common.make_parser("task2", __doc__, EXPERIMENTS)
-    # Every numeric flag's type states its valid range (common.Bounded): argparse refuses
+def build_parser() -> harness.Parser:
+    parser = harness.make_parser("task2", __doc__, EXPERIMENTS)
+    # Every numeric flag's type states its valid range (harness.Bounded): argparse refuses
     # anything outside it in one line; check_args below refuses bad combinations.
     g = parser.add_argument_group("task 2")
     g.add_argument("--model", default=VIT_B16,
                    help="Hugging Face ViT image classifier (with its ImageNet head) and its image processor")
     g.add_argument("--weights", default="pretrained", choices=["pretrained", "none"],
-                   help="pretrained: the checkpoint's weights from the hub; none: the same architecture with random "
-                        f"weights (for {VIT_B16} built offline from its config, 1,000 ImageNet labels), a dry run "
-                        "that downloads no weights")
+                   help="pretrained: the checkpoint's weights from the hub; none: its architecture with random "
+                        f"weights, nothing downloaded (a dry run; {VIT_B16}: built offline, 1,000 labels)")
     g.add_argument("--images", nargs="+", metavar="PATH", default=None,
-                   help="your own images for classify/attention/heads (default: scikit-learn's two sample photos, "
-                        "china.jpg and flower.jpg)")
-    g.add_argument("--cifar-images", type=common.Bounded(int, lo=0, hi=10), default=0, metavar="N",
-                   help="CIFAR-10 test images (one per class, so at most 10, upsampled from 32x32) added to the "
-                        "sample photos")
-    g.add_argument("--batch-size", type=common.positive_int, default=64, metavar="N",
+                   help="your own images for classify/attention/heads (default: scikit-learn's china.jpg, flower.jpg)")
+    g.add_argument("--cifar-images", type=harness.Bounded(int, lo=0, hi=10), default=0, metavar="N",
+                   help="CIFAR-10 test images added to the sample photos (one per class, at most 10; 32x32, upsampled)")
+    g.add_argument("--batch-size", type=harness.positive_int, default=64, metavar="N",
                    help="images per forward pass")
-    g.add_argument("--train-images", type=common.positive_int, default=5000, metavar="N",
+    g.add_argument("--train-images", type=harness.positive_int, default=5000, metavar="N",
                    help="CIFAR-10 training subset the linear probes are fitted on")
-    g.add_argument("--test-images", type=common.positive_int, default=2000, metavar="N",
+    g.add_argument("--test-images", type=harness.positive_int, default=2000, metavar="N",
                    help="CIFAR-10 test subset for probe accuracy and the masking evaluation")
-    g.add_argument("--probe-max-iter", type=common.positive_int, default=1000, metavar="N",
-                   help="L-BFGS iterations per logistic-regression fit of the linear probes")
     g.add_argument("--discard-ratio", type=DISCARD, default=0.0, metavar="R",
-                   help="rollout: zero this fraction of the lowest attention weights per layer, in attention "
-                        "and masking")
+                   help="rollout (attention, masking): zero this fraction of the lowest attention weights per layer")
     g = parser.add_argument_group("heads: per-head statistics")
-    g.add_argument("--heads-images", type=common.non_negative_int, default=64, metavar="N",
-                   help="CIFAR-10 test images (the first of --test-images) added to the images for the head "
-                        "statistics")
+    g.add_argument("--heads-images", type=harness.non_negative_int, default=64, metavar="N",
+                   help="CIFAR-10 test images (the first of --test-images) added to the images for head statistics")
     g = parser.add_argument_group("masking: accuracy as patches are masked")
     g.add_argument("--rollout-fusion", default="mean", choices=FUSIONS,
                    help="how rollout fuses heads for the masking experiment")
-    g.add_argument("--mask-fractions", type=common.BoundedList(common.unit_float),
+    g.add_argument("--mask-fractions", type=harness.BoundedList(harness.unit_float),
                    default=[round(0.1 * i, 1) for i in range(10)], metavar="F,F",
                    help="fractions of patches to mask; 1 masks all, the chance-level end")
-    g.add_argument("--mask-seeds", type=common.positive_int, default=3, metavar="N",
+    g.add_argument("--mask-seeds", type=harness.positive_int, default=3, metavar="N",
                    help="seeds for random masking; the figure shows mean and spread")
     return parser
 
@@ -132,14 +123,25 @@ def build_parser() -> common.Parser:
 def check_args(args) -> None:
     """Flags that only make sense together, checked right after parsing (one line, exit 2)."""
     if "heads" in args.experiments:
-        common.require(args.heads_images <= args.test_images,
-                       f"--heads-images {args.heads_images} exceeds --test-images {args.test_images} (the head "
-                       f"statistics use the first images of that subset)")
+        harness.require(args.heads_images <= args.test_images,
+                        f"--heads-images {args.heads_images} exceeds --test-images {args.test_images} (the head "
+                        f"statistics use the first images of that subset)")
 
 
 # --smoke: values for knobs left at their defaults (an explicit flag wins).
 SMOKE = {"train_images": 300, "test_images": 150, "heads_images": 8, "batch_size": 150, "mask_seeds": 2,
-         "mask_fractions": [0.0, 0.25, 0.5, 0.75], "probe_max_iter": 100}
+         "mask_fractions": [0.0, 0.25, 0.5, 0.75]}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the linear probes are fitted (common.linear_probe, fit_probe): constants, not flags."""
+    probe_max_iter: int = 1000        # ours: L-BFGS iterations per fit, 10x scikit-learn's default of 100
+    probe_Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # ours: C on a decade grid around scikit-learn's C = 1
+    probe_val_fraction: float = 0.2   # ours: the share of the training subset held out to choose C
+
+
+SMOKE_RECIPE = dataclasses.replace(Recipe(), probe_max_iter=100)  # --smoke: scikit-learn's default; 64-wide probes
 
 # ----------------------------------------------------------------------------
 # Data
@@ -149,7 +151,6 @@ SMOKE = {"train_images": 300, "test_images": 150, "heads_images": 8, "batch_size
 def read_images(paths: list[str]) -> list[tuple[str, torch.Tensor]]:
     """The user's pictures as (name, uint8 [3, H, W]); an unreadable one is a UserError."""
     from PIL import Image, UnidentifiedImageError
-
     out, seen = [], set()
     for p in paths:
         try:
@@ -157,8 +158,8 @@ def read_images(paths: list[str]) -> list[tuple[str, torch.Tensor]]:
                 arr = np.asarray(im.convert("RGB"))
         except (OSError, ValueError, UnidentifiedImageError) as e:
             reason = type(e).__name__ if isinstance(e, UnidentifiedImageError) else (str(e) or type(e).__name__)
-            raise common.UserError(f"cannot read image {p} ({reason.splitlines()[0][:120]}); "
-                                   f"pass readable image files to --images") from None
+            raise harness.UserError(f"cannot read image {p} ({reason.splitlines()[0][:120]}); "
+                                    f"pass readable image files to --images") from None
         name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(p).stem) or "image"
         while name in seen:  # two files called cat.jpg in different folders
             name += "_"
@@ -170,16 +171,9 @@ def read_images(paths: list[str]) -> list[tuple[str, torch.Tensor]]:
 def sample_photos() -> list[tuple[str, torch.Tensor]]:
     """scikit-learn's two bundled photos (427x640): a Chinese temple and a flower."""
     from sklearn.datasets import load_sample_images
-
     d = load_sample_images()
     return [(Path(f).stem, torch.from_numpy(np.array(img)).permute(2, 0, 1))
             for f, img in zip(d.filenames, d.images)]
-
-
-def one_per_class(x: torch.Tensor, y: torch.Tensor, classes: list[str], n: int) -> list[tuple[str, torch.Tensor]]:
-    """The first test image of each of the first n classes, named cifar<index>_<class>."""
-    first = [int((y == c).nonzero()[0]) for c in range(min(n, len(classes)))]
-    return [(f"cifar{i}_{classes[c]}", x[i]) for c, i in enumerate(first)]
 
 
 def subset(n_total: int, n: int, seed: int) -> torch.Tensor:
@@ -192,24 +186,18 @@ def processor_settings(processor) -> dict:
     (H, W), scale to [0, 1], subtract mean, divide by std (per channel)."""
     mode = {2: "bilinear", 3: "bicubic"}.get(int(processor.resample), "bilinear")
     if not (processor.size.get("height") and processor.size.get("width")):
-        raise common.UserError(f"the image processor resizes to {processor.size}, not to a fixed height and "
-                               f"width; Task2.py supports fixed-size ViT processors only")
+        raise harness.UserError(f"the image processor resizes to {processor.size}, not to a fixed height and "
+                                f"width; Task2.py supports fixed-size ViT processors only")
     return {"size": (int(processor.size["height"]), int(processor.size["width"])), "mode": mode,
             "mean": torch.tensor(processor.image_mean, dtype=torch.float32),
             "std": torch.tensor(processor.image_std, dtype=torch.float32)}
 
 
 def preprocess(images: torch.Tensor, pre: dict, device: torch.device) -> torch.Tensor:
-    """uint8 [B, 3, h, w] -> model input float [B, 3, H, W], as ViTImageProcessor does
-    (common.resize_normalise: antialiased like PIL; agrees with the processor to about 0.01
-    on the [-1, 1] scale, tested). On the device: upsampling 2,000 CIFAR images costs nothing."""
+    """uint8 [B, 3, h, w] -> model input float [B, 3, H, W] on the device (cheap there), as ViTImageProcessor
+    does (common.resize_normalise, antialiased like PIL: within about 0.01 on the [-1, 1] scale, tested)."""
     return common.resize_normalise(images.to(device, non_blocking=True), pre["size"], pre["mean"], pre["std"],
                                    pre["mode"])
-
-
-def preprocess_each(named: list[tuple[str, torch.Tensor]], pre: dict, device: torch.device) -> torch.Tensor:
-    """Images of different sizes -> one model-input batch [n, 3, H, W] (on CPU)."""
-    return torch.cat([preprocess(img[None], pre, device).cpu() for _, img in named])
 
 
 def display_images(pixels: torch.Tensor, pre: dict) -> np.ndarray:
@@ -220,9 +208,8 @@ def display_images(pixels: torch.Tensor, pre: dict) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Cifar:
-    """The run's CIFAR-10 subsets: x uint8 [N, 3, 32, 32], y int64 [N]; None where no chosen
-    experiment needs them. Test: --test-images seeded from the test split (the head
-    statistics use its first --heads-images); train: --train-images for the probes."""
+    """The run's CIFAR-10 subsets (x uint8 [N, 3, 32, 32], y int64 [N]; None where unused): test,
+    --test-images (the head statistics use its first --heads-images); train, --train-images."""
     x_train: torch.Tensor | None = None
     y_train: torch.Tensor | None = None
     x_test: torch.Tensor | None = None
@@ -233,23 +220,24 @@ def load_cifar(args) -> tuple[Cifar, list[tuple[str, torch.Tensor]]]:
     """The subsets the chosen experiments need, and the --cifar-images shown beside the
     sample photos (the first test image of each class, named by its index in the split)."""
     exps = set(args.experiments)
-    shows_images = args.images is None and args.cifar_images > 0 and bool(exps & {"classify", "attention", "heads"})
-    need_test = bool(exps & {"masking", "probe"}) or ("heads" in exps and args.heads_images > 0) or shows_images
+    n_shown = args.cifar_images if args.images is None and exps & {"classify", "attention", "heads"} else 0
+    need_test = bool(exps & {"masking", "probe"}) or ("heads" in exps and args.heads_images > 0) or n_shown > 0
     data, shown = {}, []
     if need_test:
         n_test = max(args.test_images, args.heads_images)
         x, y, classes = common.load_split("cifar10", args.data_root, train=False, smoke=args.smoke, seed=args.seed,
                                           smoke_size=max(n_test, 500))
         if n_test > len(x):
-            raise common.UserError(f"--test-images/--heads-images {n_test} exceed the {len(x)} CIFAR-10 test images")
-        shown = one_per_class(x, y, classes, args.cifar_images) if shows_images else []
+            raise harness.UserError(f"--test-images/--heads-images {n_test} exceed the {len(x)} CIFAR-10 test images")
+        first = [int((y == c).nonzero()[0]) for c in range(min(n_shown, len(classes)))]  # each class's first image
+        shown = [(f"cifar{i}_{classes[c]}", x[i]) for c, i in enumerate(first)]
         idx = subset(len(x), args.test_images, args.seed)
         data.update(x_test=x[idx], y_test=y[idx])
     if exps & {"masking", "probe"}:
         x, y, _ = common.load_split("cifar10", args.data_root, train=True, smoke=args.smoke, seed=args.seed,
                                     smoke_size=max(args.train_images, 1000))
         if args.train_images > len(x):
-            raise common.UserError(f"--train-images {args.train_images} exceeds the {len(x)} CIFAR-10 training images")
+            raise harness.UserError(f"--train-images {args.train_images} exceeds the {len(x)} CIFAR-10 training images")
         idx = subset(len(x), args.train_images, args.seed + 1)
         data.update(x_train=x[idx], y_train=y[idx])
     return Cifar(**data), shown
@@ -265,23 +253,20 @@ SMOKE_LABELS = ["tench", "goldfish", "great white shark", "tiger shark", "hammer
 
 
 def smoke_vit_config() -> ViTConfig:
-    """A tiny ViT of the same family: 32x32 input, 8x8 patches (4x4 grid = 16 tokens + CLS),
-    3 layers x 4 heads, width 64. Random weights; nothing is downloaded. The weights are
-    drawn 10x wider than transformers' default (std 0.2, not 0.02) so that attention is not
-    uniform and the smoke maps exercise the overlays, rollout and masking orders."""
+    """A tiny random ViT of the same family: 32x32 input, 8x8 patches (4x4 grid = 16 tokens +
+    CLS), 3 layers x 4 heads, width 64; weights drawn 10x wider than transformers' default (std
+    0.2) so that attention is not uniform and the smoke maps exercise overlays, rollout, masking."""
     return ViTConfig(image_size=32, patch_size=8, num_hidden_layers=3, num_attention_heads=4, hidden_size=64,
                      intermediate_size=128, num_labels=len(SMOKE_LABELS), initializer_range=0.2,
                      id2label=dict(enumerate(SMOKE_LABELS)), label2id={n: i for i, n in enumerate(SMOKE_LABELS)})
 
 
 def vit_b16_config() -> ViTConfig:
-    """google/vit-base-patch16-224's architecture (its config.json): 224x224 input, 16x16
-    patches, 12 layers x 12 heads, width 768, MLP 3072, exact GELU, LayerNorm eps 1e-12,
-    no dropout, and the 1,000 ImageNet-1k labels in their class-index order (torchvision's
-    list, bundled: "tench", "goldfish", ...; the hub's config spells some out, e.g.
-    "tench, Tinca tinca"). Built offline for --weights none."""
+    """google/vit-base-patch16-224's architecture (its config.json), built offline for --weights
+    none: 224x224 input, 16x16 patches, 12 layers x 12 heads, width 768, MLP 3072, exact GELU,
+    LayerNorm eps 1e-12, no dropout, the 1,000 ImageNet-1k labels in class-index order
+    (torchvision's bundled list: "tench", ...; the hub's config says "tench, Tinca tinca")."""
     from torchvision.models._meta import _IMAGENET_CATEGORIES as labels
-
     return ViTConfig(image_size=224, patch_size=16, num_channels=3, hidden_size=768, num_hidden_layers=12,
                      num_attention_heads=12, intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12, qkv_bias=True, initializer_range=0.02,
@@ -306,11 +291,10 @@ class Vit:
 
 
 def load_vit(args, device: torch.device) -> Vit:
-    """The classifier (SDPA attention; switched to eager only where attention weights are
-    read) and its preprocessing settings. A failed fetch is a UserError, and so is a
-    checkpoint without a classification head when classify is asked for: transformers would
-    quietly add a randomly initialised one (google/vit-base-patch16-224-in21k gets 2 random
-    labels)."""
+    """The classifier (SDPA attention; eager only where attention weights are read) and its
+    preprocessing settings. A failed fetch is a UserError, and so is a checkpoint without a
+    classification head when classify runs: transformers would quietly add a random one
+    (google/vit-base-patch16-224-in21k gets 2 random labels)."""
     if args.smoke:
         config = smoke_vit_config()
         model = ViTForImageClassification(config)  # seeded by seed_everything
@@ -331,16 +315,15 @@ def load_vit(args, device: torch.device) -> Vit:
                 missing = sorted(k for k in info["missing_keys"] if k.startswith("classifier."))
         except Exception as e:  # OSError (offline, unknown id), ValueError (not a ViT), disk full ...
             from huggingface_hub import constants
-
             reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
-            raise common.UserError(
+            raise harness.UserError(
                 f"could not load {args.model} from the Hugging Face hub or its cache {constants.HF_HUB_CACHE} "
                 f"({reason}); check the model id, connect to the internet or set HF_HOME to a cache that has it, "
                 f"or run with --weights none (random weights) or --smoke") from None
         # Only classify reads the head; attention, heads, masking and probe use the backbone
         # (the probes fit their own linear heads), which such a checkpoint does hold.
         if missing and "classify" in args.experiments:
-            raise common.UserError(
+            raise harness.UserError(
                 f"{args.model} has no image-classification head (its checkpoint lacks {', '.join(missing)}); "
                 f"transformers would add a random {model.config.num_labels}-label head and every prediction would "
                 f"be noise. Pass a checkpoint fine-tuned for classification, e.g. --model {VIT_B16}, or leave "
@@ -348,8 +331,8 @@ def load_vit(args, device: torch.device) -> Vit:
         if missing:
             print(f"note: {args.model} has no classification head; its backbone is used, classify is not run")
     if not hasattr(model.vit, "layers"):
-        raise common.UserError(f"Task2.py needs transformers >= 5 (found {transformers.__version__}); "
-                               f"pip install -U transformers")
+        raise harness.UserError(f"Task2.py needs transformers >= 5 (found {transformers.__version__}); "
+                                f"pip install -U transformers")
     model.set_attn_implementation("sdpa")
     return Vit(model.to(device).eval(), processor_settings(processor), device, args.batch_size)
 
@@ -367,10 +350,9 @@ def eager_attention(model):
 
 
 def weights_fingerprint(model) -> str:
-    """A short digest of the weights (sum and sum of squares of all parameters), so a
-    cache made by other weights (another checkpoint, another random init) is never reused.
-    Computed on the CPU in float64, one parameter at a time: Apple's MPS has no float64,
-    and the digest must not depend on the device the model sits on."""
+    """A digest of the weights (sum and sum of squares of all parameters): a cache made by other
+    weights (another checkpoint or random init) is never reused. On the CPU in float64, one
+    parameter at a time: MPS has no float64, and the digest must not depend on the device."""
     s = s2 = 0.0
     with torch.no_grad():
         for p in model.parameters():
@@ -387,12 +369,10 @@ def grid_shape(model) -> tuple[int, int]:
 
 
 def embed_tokens(model, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Patch embedding + position embedding + CLS, optionally keeping only some patches.
-
-    pixels [B, 3, H, W] -> tokens [B, 1 + K, D]. keep: [B, K] patch indices in 0..N-1
-    (row-major over the grid), or None for all N. The position embedding is added before
-    the selection, so every kept token carries its own position: dropping a patch removes
-    it from the sequence without shifting the others (a shorter sequence, not a mask)."""
+    """Patch embedding + position embedding + CLS, optionally keeping only some patches:
+    pixels [B, 3, H, W] -> tokens [B, 1 + K, D]; keep [B, K]: patch indices in 0..N-1 (row-major
+    over the grid), None for all N. Positions are added before the selection, so every kept token
+    carries its own: dropping a patch shortens the sequence without shifting the others (no mask)."""
     emb = model.vit.embeddings
     pos = emb.position_embeddings                                   # [1, 1 + N, D]
     patches = emb.patch_embeddings(pixels) + pos[:, 1:]             # [B, N, D]
@@ -428,7 +408,7 @@ def vit_forward(model, pixels: torch.Tensor, keep: torch.Tensor | None = None, a
 
 def batches(x: torch.Tensor, size: int, desc: str):
     """x in consecutive chunks of `size` along dim 0, with a progress bar."""
-    return (x[i:i + size] for i in common.progress(range(0, len(x), size), desc=desc))
+    return (x[i:i + size] for i in harness.progress(range(0, len(x), size), desc=desc))
 
 
 def forward(vit: Vit, pixels: torch.Tensor, **kwargs) -> dict:
@@ -438,7 +418,7 @@ def forward(vit: Vit, pixels: torch.Tensor, **kwargs) -> dict:
 
 
 # ----------------------------------------------------------------------------
-# Attention analysis (pure functions; tested against constructed cases)
+# Attention analysis and masking (pure functions; tested against constructed cases)
 # ----------------------------------------------------------------------------
 
 
@@ -486,10 +466,9 @@ def patch_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
 
 
 def mean_attention_distance(attn: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
-    """Mean attention distance (ViT paper, Fig. 7 / App. D.7): for every patch query, the
-    distance in pixels to each patch key weighted by the attention weight, averaged over
-    queries. CLS is left out and each query's patch weights are renormalised to sum to 1,
-    so the value is a true weighted mean. [B, heads, T, T] -> [B, heads] in pixels."""
+    """Mean attention distance (ViT paper, Fig. 7 / App. D.7): for every patch query, the pixel
+    distance to each patch key weighted by attention, averaged over queries; CLS left out, each
+    query's patch weights renormalised to sum to 1. [B, heads, T, T] -> [B, heads] in pixels."""
     a = attn[:, :, 1:, 1:].float()
     a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
     d = patch_distances(grid, patch_size).to(a.device)
@@ -501,29 +480,6 @@ def head_similarity(attn: torch.Tensor) -> torch.Tensor:
     [B, heads, T, T] -> [heads, heads]."""
     v = F.normalize(attn.flatten(2).float(), dim=-1)  # [B, heads, T*T]
     return (v @ v.transpose(1, 2)).mean(0)
-
-
-def upsample_map(amap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[rows, cols] map -> [H, W], bilinear, scaled to [0, 1] (min -> 0, max -> 1)."""
-    up = F.interpolate(amap[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    return (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
-
-
-def draw_overlay(ax, image: np.ndarray, amap: np.ndarray | None, title: str) -> None:
-    """image uint8 [H, W, 3]; amap [rows, cols] drawn as red, opacity 0.75 at its max."""
-    ax.imshow(image)
-    if amap is not None:
-        up = upsample_map(torch.as_tensor(amap), image.shape[:2]).numpy()
-        rgba = np.zeros((*image.shape[:2], 4))
-        rgba[..., 0], rgba[..., 3] = 1.0, 0.75 * up
-        ax.imshow(rgba)
-    ax.set_title(title, fontsize=8)
-    ax.set_xticks([]), ax.set_yticks([])
-
-
-# ----------------------------------------------------------------------------
-# Masking (pure functions; tested)
-# ----------------------------------------------------------------------------
 
 
 def n_masked(fraction: float, n_patches: int) -> int:
@@ -540,11 +496,8 @@ def spatial_order(strategy: str, grid: tuple[int, int]) -> torch.Tensor:
     r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     dy, dx = (r.flatten() + 0.5 - rows / 2).abs(), (c.flatten() + 0.5 - cols / 2).abs()
     cheb, eucl = torch.maximum(dy, dx), torch.sqrt(dy**2 + dx**2)
-    idx = torch.arange(rows * cols)
-    keys = sorted(idx.tolist(), key=lambda i: (cheb[i].item(), eucl[i].item(), i))
-    if strategy == "border":
-        keys = sorted(idx.tolist(), key=lambda i: (-cheb[i].item(), -eucl[i].item(), i))
-    return torch.tensor(keys)
+    sign = -1 if strategy == "border" else 1
+    return torch.tensor(sorted(range(rows * cols), key=lambda i: (sign * cheb[i].item(), sign * eucl[i].item(), i)))
 
 
 def mask_orders(strategy: str, n_images: int, grid: tuple[int, int], rollout: torch.Tensor | None = None,
@@ -604,55 +557,50 @@ def extract_features(vit: Vit, images: torch.Tensor, desc: str) -> dict:
 
 
 def cache_settings(vit: Vit, images: torch.Tensor, args) -> dict:
-    """What a cached feature or rollout file depends on: a change of any is a new file."""
+    """What a cached feature or rollout file depends on besides its code (harness.Cache)."""
     return {"model": args.model, "weights": weights_fingerprint(vit.model), "smoke": args.smoke, "n": len(images),
-            "seed": args.seed, "bf16": vit.device.type == "cuda"}
+            "seed": args.seed, "preprocess": vit.pre, "precision": common.precision_name(vit.device)}
 
 
-def cached_features(vit: Vit, images: torch.Tensor, split: str, args) -> dict:
-    settings = {**cache_settings(vit, images, args), "split": split, "size": vit.pre["size"]}
-    path = common.cache_path(args.out, "features", settings)
-    feats = common.load_cache(path, args.fresh)
-    if feats is None:
-        feats = extract_features(vit, images, f"features ({split})")
-        common.save_cache(path, {**feats, "settings": settings})
-    return feats
+FORWARD_CODE = (forward, vit_forward, embed_tokens, preprocess, common.resize_normalise)  # in every cache key
 
 
-@torch.inference_mode()
-def rollout_maps(vit: Vit, images: torch.Tensor, args) -> torch.Tensor:
+def cached_features(vit: Vit, images: torch.Tensor, split: str, args, cached: harness.Cache) -> dict:
+    """extract_features of one CIFAR split, computed once per model, subset and code."""
+    return cached("features", {**cache_settings(vit, images, args), "split": split},
+                  lambda: extract_features(vit, images, f"features ({split})"), code=(extract_features, *FORWARD_CODE))
+
+
+def rollout_maps(vit: Vit, images: torch.Tensor, args, cached: harness.Cache) -> torch.Tensor:
     """Per-image rollout of CLS onto the patches, [N, patches] float32 (cached; eager attention)."""
+    def compute() -> torch.Tensor:
+        maps = []
+        with torch.inference_mode(), eager_attention(vit.model):
+            for x in batches(images, vit.batch_size, "rollout"):
+                attns = forward(vit, preprocess(x, vit.pre, vit.device), attentions=True)["attentions"]
+                maps.append(attention_rollout(attns, args.rollout_fusion, args.discard_ratio)[:, 0, 1:].cpu())
+            return torch.cat(maps)
+
     settings = {**cache_settings(vit, images, args), "fusion": args.rollout_fusion, "discard": args.discard_ratio}
-    path = common.cache_path(args.out, "rollout", settings)
-    cached = common.load_cache(path, args.fresh)
-    if cached is not None:
-        return cached["maps"]
-    maps = []
-    with eager_attention(vit.model):
-        for x in batches(images, vit.batch_size, "rollout"):
-            attns = forward(vit, preprocess(x, vit.pre, vit.device), attentions=True)["attentions"]
-            maps.append(attention_rollout(attns, args.rollout_fusion, args.discard_ratio)[:, 0, 1:].cpu())
-    maps = torch.cat(maps)
-    common.save_cache(path, {"maps": maps, "settings": settings})
-    return maps
+    return cached("rollout", settings, compute, code=(rollout_maps, attention_rollout, *FORWARD_CODE))
 
 
-def fit_probe(train_x, y_train, test_x, y_test, seed: int, max_iter: int = 1000) -> dict:
-    """common.linear_probe (standardised logistic regression, C chosen on a validation
-    split, refitted on all training features); returns test_acc, val_acc, C, model, scaler."""
-    import warnings
+def fit_probe(train_x, y_train, test_x, y_test, seed: int, recipe: Recipe = Recipe()) -> dict:
+    """common.linear_probe (standardised logistic regression, C chosen on a validation split,
+    refitted on all training features) with the recipe; returns test_acc, val_acc, C, model, scaler."""
     from sklearn.exceptions import ConvergenceWarning
-
     with warnings.catch_warnings():  # an unconverged fit is still a valid probe; say nothing
         warnings.simplefilter("ignore", ConvergenceWarning)
         return common.linear_probe(np.asarray(train_x, np.float32), np.asarray(y_train),
-                                   np.asarray(test_x, np.float32), np.asarray(y_test), seed=seed, max_iter=max_iter)
+                                   np.asarray(test_x, np.float32), np.asarray(y_test), Cs=recipe.probe_Cs,
+                                   val_fraction=recipe.probe_val_fraction, seed=seed, max_iter=recipe.probe_max_iter)
 
 
-def probe_per_layer(train: torch.Tensor, y_train, test: torch.Tensor, y_test, seed: int, max_iter: int) -> list[float]:
+def probe_per_layer(train: torch.Tensor, y_train, test: torch.Tensor, y_test, seed: int,
+                    recipe: Recipe = Recipe()) -> list[float]:
     """Test accuracy of a linear probe on each layer's features: train/test [N, L, D]."""
-    return [fit_probe(train[:, l].float(), y_train, test[:, l].float(), y_test, seed, max_iter)["test_acc"]
-            for l in common.progress(range(train.shape[1]), desc="per-layer probes")]
+    return [fit_probe(train[:, l].float(), y_train, test[:, l].float(), y_test, seed, recipe)["test_acc"]
+            for l in harness.progress(range(train.shape[1]), desc="per-layer probes")]
 
 
 # ----------------------------------------------------------------------------
@@ -661,7 +609,7 @@ def probe_per_layer(train: torch.Tensor, y_train, test: torch.Tensor, y_test, se
 
 
 @torch.inference_mode()
-def classify(vit: Vit, names: list[str], pixels: torch.Tensor, out: Path) -> dict:
+def classify(vit: Vit, names: list[str], pixels: torch.Tensor) -> tuple[dict, dict]:
     """Top-1/top-5 ImageNet labels with softmax probabilities for each image (pixels
     [n, 3, H, W] model input on CPU, sent through in batches of --batch-size)."""
     probs = torch.cat([forward(vit, x)["logits"].float().cpu()
@@ -673,26 +621,8 @@ def classify(vit: Vit, names: list[str], pixels: torch.Tensor, out: Path) -> dic
         per_image[name] = {"top1": labels[0], "top1_prob": float(p[0]), "top5_prob_mass": float(p.sum()),
                            "top5": [[l, float(q)] for l, q in zip(labels, p)]}  # [label, probability]
         print(f"  {name:<28} top-1 {labels[0]} ({p[0]:.3f}); top-5 {', '.join(labels[1:])}")
-    common.save_plot_data(out, "classify", images=display_images(pixels, vit.pre))
     return {"mean_top1_prob": float(top_p[:, 0].mean()), "mean_top5_prob_mass": float(top_p.sum(1).mean()),
-            "images": per_image}
-
-
-def plot_classify(m: dict, out: Path) -> None:
-    images = common.load_plot_data(out, "classify")["images"]                   # uint8 [n, H, W, 3]
-    fig, axes = plt.subplots(len(images), 2, figsize=(8, 2.0 * len(images)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.6]})
-    for (name, v), image, (left, ax) in zip(m["images"].items(), images, axes):
-        labels, probs = zip(*v["top5"])
-        draw_overlay(left, image, None, name)
-        ax.barh(range(len(labels))[::-1], probs, color="tab:blue")
-        ax.set_yticks(range(len(labels))[::-1], labels, fontsize=8)
-        ax.set(xlim=(0, 1), xlabel="softmax probability")
-        ax.set_title(f"top-1: {labels[0]} ({probs[0]:.2f})", fontsize=9)
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("ViT top-5 ImageNet predictions")
-    fig.tight_layout()
-    common.save_figure(fig, out / "classify_top5.png")
+            "images": per_image}, {"images": display_images(pixels, vit.pre)}
 
 
 # ----------------------------------------------------------------------------
@@ -701,12 +631,11 @@ def plot_classify(m: dict, out: Path) -> None:
 
 
 @torch.inference_mode()
-def attention(vit: Vit, names: list[str], pixels: torch.Tensor, discard_ratio: float, out: Path) -> dict:
+def attention(vit: Vit, names: list[str], pixels: torch.Tensor, discard_ratio: float) -> tuple[dict, dict]:
     """Last layer's CLS->patch attention (mean over heads, and each head) and attention
     rollout with mean/max/min head fusion. Per image: the entropy of the maps (how spread
     the attention is), their Spearman rank correlation, and CLS's attention to itself."""
     from scipy.stats import spearmanr
-
     grid = grid_shape(vit.model)
     # In batches of --batch-size: the weights of all 12 layers of ViT-B/16 take 22 MB per
     # image (12 x 12 heads x 197 x 197 x 4 bytes); only the CLS rows are kept.
@@ -728,39 +657,14 @@ def attention(vit: Vit, names: list[str], pixels: torch.Tensor, discard_ratio: f
                            "rollout_entropy_bits": float(entropy_bits(p_roll)),
                            "spearman_last_vs_rollout": float(spearmanr(p_last.numpy(), p_roll.numpy())[0]),
                            "cls_self_attention_last_layer": float(self_attention[n])}
-    common.save_plot_data(out, "attention", images=display_images(pixels, vit.pre), last=last,
-                          discard_ratio=discard_ratio, **{f"rollout_{f}": r for f, r in rollouts.items()})
     avg = lambda k: float(np.mean([v[k] for v in per_image.values()]))
     uniform = math.log2(grid[0] * grid[1])
     print(f"  entropy of CLS attention: last layer {avg('last_layer_entropy_bits'):.2f} bits, rollout "
           f"{avg('rollout_entropy_bits'):.2f} bits (uniform: {uniform:.2f})")
     return {"uniform_entropy_bits": uniform, "mean_last_layer_entropy_bits": avg("last_layer_entropy_bits"),
             "mean_rollout_entropy_bits": avg("rollout_entropy_bits"),
-            "mean_spearman_last_vs_rollout": avg("spearman_last_vs_rollout"), "images": per_image}
-
-
-def plot_attention(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "attention")
-    images, last, names = d["images"], d["last"], list(m["images"])              # last: [n, heads, rows, cols]
-    last_mean, n_heads = last.mean(1), last.shape[1]
-    for n, name in enumerate(names):
-        fig, axes = plt.subplots(1, 5, figsize=(13, 3))
-        draw_overlay(axes[0], images[n], None, name)
-        draw_overlay(axes[1], images[n], last_mean[n], f"last layer CLS attention\n(mean of {n_heads} heads)")
-        for ax, f in zip(axes[2:], FUSIONS):
-            draw_overlay(ax, images[n], d[f"rollout_{f}"][n], f"rollout, {f} fusion\n(discard {d['discard_ratio']:g})")
-        fig.suptitle(f"Where the CLS token looks ({name}); red = more attention")
-        common.save_figure(fig, out / f"attention_map_{name}.png")
-    # Per-head grid: rows = images, columns = the mean map and every head of the last layer.
-    fig, axes = plt.subplots(len(names), n_heads + 1, figsize=(1.3 * (n_heads + 1), 1.3 * len(names) + 0.8),
-                             squeeze=False)
-    for n, name in enumerate(names):
-        draw_overlay(axes[n, 0], images[n], last_mean[n], "mean" if n == 0 else "")
-        axes[n, 0].set_ylabel(name, fontsize=7)
-        for h in range(n_heads):
-            draw_overlay(axes[n, h + 1], images[n], last[n, h], f"head {h}" if n == 0 else "")
-    fig.suptitle("Last layer CLS->patch attention per head (red = more attention; each map scaled to its max)")
-    common.save_figure(fig, out / "attention_heads.png")
+            "mean_spearman_last_vs_rollout": avg("spearman_last_vs_rollout"), "images": per_image}, \
+        {"images": display_images(pixels, vit.pre), "last": last, **{f"rollout_{f}": r for f, r in rollouts.items()}}
 
 
 # ----------------------------------------------------------------------------
@@ -769,12 +673,11 @@ def plot_attention(m: dict, out: Path) -> None:
 
 
 @torch.inference_mode()
-def heads(vit: Vit, pixels: torch.Tensor, cifar: torch.Tensor | None, out: Path) -> dict:
-    """Per layer and head, over the images (pixels: model input) and the CIFAR images
-    (uint8, the first --heads-images of the test subset): entropy (bits) of the CLS
-    attention over all tokens, and mean attention distance in input pixels (ViT paper
-    Fig. 7: early layers mix local and global heads, later layers are global). Last layer:
-    head similarity."""
+def heads(vit: Vit, pixels: torch.Tensor, cifar: torch.Tensor | None) -> tuple[dict, dict]:
+    """Per layer and head, over the images (pixels: model input) and the CIFAR images (uint8,
+    the first --heads-images of the test subset): entropy (bits) of the CLS attention over all
+    tokens, and mean attention distance in input pixels (ViT paper Fig. 7: early layers mix
+    local and global heads, later layers are global). Last layer: head similarity."""
     if cifar is not None:
         pixels = torch.cat([pixels, preprocess(cifar, vit.pre, vit.device).cpu()])
     grid, patch = grid_shape(vit.model), vit.model.config.patch_size
@@ -790,7 +693,6 @@ def heads(vit: Vit, pixels: torch.Tensor, cifar: torch.Tensor | None, out: Path)
     ent, dist, sim = ent / n, dist / n, sim / n
     uniform_dist = float(patch_distances(grid, patch).mean())
     off = sim[~torch.eye(len(sim), dtype=torch.bool)]
-    common.save_plot_data(out, "heads", tokens=grid[0] * grid[1] + 1)
     print(f"  mean attention distance: layer 1 {dist[0].min():.1f}-{dist[0].max():.1f} px, "
           f"layer {len(dist)} {dist[-1].min():.1f}-{dist[-1].max():.1f} px (uniform {uniform_dist:.1f} px)")
     return {"images": n, "entropy_bits": ent, "distance_px": dist, "uniform_distance_px": uniform_dist,
@@ -798,38 +700,7 @@ def heads(vit: Vit, pixels: torch.Tensor, cifar: torch.Tensor | None, out: Path)
             "last_layer_distance_mean_px": float(dist[-1].mean()),
             "first_layer_entropy_mean_bits": float(ent[0].mean()),
             "last_layer_entropy_mean_bits": float(ent[-1].mean()), "last_layer_head_similarity": sim,
-            "last_layer_mean_offdiag_similarity": float(off.mean())}
-
-
-def plot_heads(m: dict, out: Path) -> None:
-    tokens = int(common.load_plot_data(out, "heads")["tokens"])                  # 197 for ViT-B/16
-    for key, what, ref, ref_label in [
-            ("entropy_bits", "entropy of CLS attention (bits)", math.log2(tokens), f"uniform over {tokens} tokens"),
-            ("distance_px", "mean attention distance (pixels)", m["uniform_distance_px"],
-             "uniform attention over patches")]:
-        values = np.asarray(m[key])                                              # [layers, heads]
-        layers, n_heads = values.shape
-        x, colours = np.arange(1, layers + 1), plt.get_cmap("tab20")(np.arange(n_heads) % 20)
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for h in range(n_heads):
-            ax.scatter(x, values[:, h], s=14, color=colours[h], label=f"head {h}" if n_heads <= 12 else None)
-        ax.plot(x, values.mean(1), color="black", lw=1, label="mean over heads")
-        ax.axhline(ref, color="grey", ls="--", lw=1, label=ref_label)
-        ax.set(xlabel="layer (network depth)", xticks=x, ylabel=what,
-               title=f"{what[0].upper() + what[1:]} per head, {m['images']} images")
-        ax.legend(fontsize=6, ncol=2, loc="best")
-        ax.grid(alpha=0.3)
-        common.save_figure(fig, out / f"heads_{key.split('_')[0]}.png")
-    sim = np.asarray(m["last_layer_head_similarity"])
-    fig, ax = plt.subplots(figsize=(5.5, 4.6))
-    im = ax.imshow(sim, cmap="viridis", vmin=0, vmax=1)
-    for (r, c), v in np.ndenumerate(sim):
-        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=5 if len(sim) > 8 else 7,
-                color="white" if v < 0.6 else "black")
-    ax.set(xticks=range(len(sim)), yticks=range(len(sim)), xlabel="head", ylabel="head",
-           title=f"Last layer: cosine similarity of heads' attention\npatterns (T x T), mean over {m['images']} images")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
-    common.save_figure(fig, out / "heads_similarity.png")
+            "last_layer_mean_offdiag_similarity": float(off.mean())}, {"tokens": grid[0] * grid[1] + 1}
 
 
 # ----------------------------------------------------------------------------
@@ -852,11 +723,10 @@ def masked_cls(vit: Vit, images: torch.Tensor, orders: torch.Tensor, k: int, how
 
 
 def masking(vit: Vit, data: Cifar, probe: dict, unmasked_cls: torch.Tensor, rollout: torch.Tensor,
-            fractions: list[float], n_seeds: int, seed: int, out: Path) -> dict:
-    """CIFAR-10 test accuracy of the linear probe (fitted on unmasked training features) when
-    round(f*N) patches are masked, and agreement with the unmasked prediction; per strategy,
-    for pixel masking and token dropping. unmasked_cls [N, D]: the test subset's final CLS
-    features; rollout [N, patches]: its rollout maps (for the attention-ranked orders)."""
+            fractions: list[float], n_seeds: int, seed: int) -> tuple[dict, dict]:
+    """CIFAR-10 test accuracy of the linear probe (fitted on unmasked training features) with
+    round(f*N) patches masked, and agreement with the unmasked prediction, per strategy, for pixel
+    masking and token dropping. unmasked_cls [N, D]: final CLS features; rollout [N, patches]."""
     grid, y, hows = grid_shape(vit.model), data.y_test.numpy(), ("pixel", "token")
     n_patches = grid[0] * grid[1]
     # Masked patches are filled with the training images' mean colour, in model-input units.
@@ -868,7 +738,7 @@ def masking(vit: Vit, data: Cifar, probe: dict, unmasked_cls: torch.Tensor, roll
     acc = {(how, s): np.zeros((len(orders[s]), len(fractions))) for how in hows for s in STRATEGIES}
     agree = {key: np.zeros_like(a) for key, a in acc.items()}
     jobs = [(how, s, j, fi) for how, s in acc for j in range(len(orders[s])) for fi in range(len(fractions))]
-    for how, s, j, fi in common.progress(jobs, desc="masking"):
+    for how, s, j, fi in harness.progress(jobs, desc="masking"):
         k = n_masked(fractions[fi], n_patches)
         pred = base_pred if k == 0 else predict(masked_cls(vit, data.x_test, orders[s][j], k, how, fill))
         acc[how, s][j, fi], agree[how, s][j, fi] = (pred == y).mean(), (pred == base_pred).mean()
@@ -884,15 +754,12 @@ def masking(vit: Vit, data: Cifar, probe: dict, unmasked_cls: torch.Tensor, roll
         print(f"  {how:<5} mean accuracy over fractions: " +
               ", ".join(f"{s} {metrics[how][s]['mean_acc_over_fractions']:.3f}" for s in STRATEGIES))
     shown, examples = masking_examples(vit, data.x_test[:1], orders, fractions, fill)
-    common.save_plot_data(out, "masking", examples=examples, shown_fractions=shown, n_classes=len(np.unique(y)),
-                          mask_seeds=n_seeds)
-    return metrics
+    return metrics, {"examples": examples, "shown_fractions": shown, "n_classes": len(np.unique(y))}
 
 
 def masking_examples(vit: Vit, image: torch.Tensor, orders: dict, fractions: list[float], fill):
-    """What the model sees under pixel masking (token dropping removes the same patches):
-    image uint8 [1, 3, h, w] masked by each strategy's first order at up to five nonzero
-    fractions -> (those fractions, uint8 [strategies * fractions, H, W, 3])."""
+    """Pixel masking as the model sees it (token dropping removes the same patches): image uint8
+    [1, 3, h, w], each strategy's first order, up to five nonzero fractions -> (them, uint8 [S*F, H, W, 3])."""
     grid = grid_shape(vit.model)
     nonzero = [f for f in fractions if f > 0] or fractions
     shown = [nonzero[i] for i in np.unique(np.linspace(0, len(nonzero) - 1, min(5, len(nonzero))).round().astype(int))]
@@ -902,55 +769,21 @@ def masking_examples(vit: Vit, image: torch.Tensor, orders: dict, fractions: lis
     return shown, display_images(torch.cat(tiles), vit.pre)
 
 
-def plot_masking(m: dict, out: Path) -> None:
-    d, fractions = common.load_plot_data(out, "masking"), m["fractions"]
-    titles = {"pixel": "pixel masking (patch := dataset mean)", "token": "token dropping (patch token removed)"}
-    for key, ylabel, fname in [("acc", "CIFAR-10 accuracy (linear probe)", "accuracy"),
-                               ("agree", "agreement with unmasked prediction", "agreement")]:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        for ax, how in zip(axes, ("pixel", "token")):
-            for s in STRATEGIES:
-                v = np.asarray(m[how][s][key])
-                ax.plot(fractions, v, marker="o", markersize=3, label=s)
-                if s == "random":
-                    sd = np.asarray(m[how][s][key + "_std"])
-                    ax.fill_between(fractions, v - sd, v + sd, alpha=0.25,
-                                    label=f"random: ±1 std over {int(d['mask_seeds'])} seeds")
-            if key == "acc":
-                ax.axhline(1 / int(d["n_classes"]), color="grey", ls=":", lw=1, label="chance")
-            ax.set_title(titles[how], fontsize=10)
-            ax.set(xlabel="fraction of patches masked", ylabel=ylabel, ylim=(0, 1.02))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{ylabel[0].upper() + ylabel[1:]} vs fraction of patches masked ({m['eval_images']} test images)")
-        fig.tight_layout()
-        common.save_figure(fig, out / f"masking_{fname}.png")
-    shown, examples = d["shown_fractions"], torch.from_numpy(d["examples"]).permute(0, 3, 1, 2)  # [S*F, 3, H, W]
-    fig, ax = plt.subplots(figsize=(1.6 * len(shown) + 1.2, 1.6 * len(STRATEGIES) + 0.6))
-    common.image_grid(examples, nrow=len(shown), row_labels=STRATEGIES, ax=ax,
-                      title="Masked patches (pixel masking; token dropping removes the same patches)")
-    w, pad = examples.shape[-1], 2                                               # image_grid's gutter: 2 px
-    ax.set_xticks([pad + c * (w + pad) + w / 2 for c in range(len(shown))], [f"f = {f:g}" for f in shown])
-    ax.xaxis.tick_top()
-    common.save_figure(fig, out / "masking_examples.png")
-
-
 # ----------------------------------------------------------------------------
 # Experiment 5: CLS token vs mean of patch tokens
 # ----------------------------------------------------------------------------
 
 
-def probe(train: dict, y_train, test: dict, y_test, cls_probe: dict, seed: int, max_iter: int, out: Path) -> dict:
+def probe(train: dict, y_train, test: dict, y_test, cls_probe: dict, seed: int, recipe: Recipe) -> tuple[dict, dict]:
     """Linear probes on the final (LayerNorm'd) CLS token (`cls_probe`, shared with the
     masking experiment) vs the mean of patch tokens, the same for every block's output,
     and the cosine similarity between the two feature kinds. train/test: extract_features."""
     final = {"cls": cls_probe,
-             "mean": fit_probe(train["mean_final"], y_train, test["mean_final"], y_test, seed, max_iter)}
-    layers = {kind: probe_per_layer(train[kind], y_train, test[kind], y_test, seed, max_iter)
+             "mean": fit_probe(train["mean_final"], y_train, test["mean_final"], y_test, seed, recipe)}
+    layers = {kind: probe_per_layer(train[kind], y_train, test[kind], y_test, seed, recipe)
               for kind in ("cls", "mean")}
     cos_layers = F.cosine_similarity(test["cls"].float(), test["mean"].float(), dim=-1)  # [N, L]
     cos_final = F.cosine_similarity(test["cls_final"], test["mean_final"], dim=-1)        # [N]
-    common.save_plot_data(out, "probe", cosine_layer_std=cos_layers.std(0), n_classes=len(np.unique(y_test.numpy())))
     print(f"  test accuracy: CLS {final['cls']['test_acc']:.3f} (C={final['cls']['C']}), "
           f"mean of patches {final['mean']['test_acc']:.3f} (C={final['mean']['C']}); "
           f"cosine(CLS, mean) {cos_final.mean():.3f}")
@@ -959,152 +792,8 @@ def probe(train: dict, y_train, test: dict, y_test, cls_probe: dict, seed: int, 
             "cls_C": final["cls"]["C"], "mean_C": final["mean"]["C"],
             "cls_layer_acc": layers["cls"], "mean_layer_acc": layers["mean"],
             "cosine_final_mean": float(cos_final.mean()), "cosine_final_std": float(cos_final.std()),
-            "cosine_layer_mean": cos_layers.mean(0), "train_images": len(y_train), "test_images": len(y_test)}
-
-
-def plot_probe(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "probe")
-    n_layers = len(m["cls_layer_acc"])
-    x = np.arange(1, n_layers + 1)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    common.line_plot(ax, {"CLS token": (x, m["cls_layer_acc"]), "mean of patch tokens": (x, m["mean_layer_acc"])},
-                     f"Linear probe test accuracy per layer ({m['train_images']} train / {m['test_images']} test)",
-                     "layer (block output)", "CIFAR-10 test accuracy")
-    for kind, colour in (("cls", "tab:blue"), ("mean", "tab:orange")):
-        ax.scatter([n_layers], [m[f"{kind}_test_acc"]], marker="*", s=120, color=colour, zorder=3,
-                   label=f"{'CLS' if kind == 'cls' else 'mean'} after final LayerNorm")
-    ax.axhline(1 / int(d["n_classes"]), color="grey", ls=":", lw=1, label="chance")
-    ax.set(xticks=x, ylim=(0, 1.02))
-    ax.legend(fontsize=8)
-    common.save_figure(fig, out / "probe_layers.png")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    mu, sd = np.asarray(m["cosine_layer_mean"]), d["cosine_layer_std"]
-    ax.plot(x, mu, marker="o", label="mean over test images")
-    ax.fill_between(x, mu - sd, mu + sd, alpha=0.25, label="±1 std")
-    ax.scatter([n_layers], [m["cosine_final_mean"]], marker="*", s=120, color="tab:red", zorder=3,
-               label="after final LayerNorm")
-    ax.set(xlabel="layer (block output)", xticks=x, ylabel="cosine similarity",
-           title="Cosine similarity of CLS token and mean patch token")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    common.save_figure(fig, out / "probe_cosine.png")
-
-
-PLOTS = {"classify": plot_classify, "attention": plot_attention, "heads": plot_heads, "masking": plot_masking,
-         "probe": plot_probe}
-
-
-# ----------------------------------------------------------------------------
-# Findings: the assignment's questions (shared/HANDOUT.md, part 2), answered
-# from this run's metrics. Each rule computes its sentence from the numbers, so
-# its direction and size change with the run; tests/test_findings.py feeds every
-# rule constructed metrics that make it come out both ways.
-# ----------------------------------------------------------------------------
-
-
-def _pts(a: float, b: float) -> str:
-    """Difference of two accuracies in percentage points, unsigned: 0.951, 0.942 -> '0.9'."""
-    return f"{abs(100 * (a - b)):.1f}"
-
-
-def _answer_classify(E: dict):
-    c = E["classify"]
-    images = c["images"]
-    sure = [n for n, v in images.items() if v["top1_prob"] >= 0.5]
-    finding = (f"the model gives its top-1 label at least 50% probability on {len(sure)} of {len(images)} images "
-               f"(mean top-1 probability {common.pct(c['mean_top1_prob'])}); judge each label against the picture")
-    evidence = [f"{n}: top-1 {v['top1']} ({common.pct(v['top1_prob'])}), top-5 "
-                + ", ".join(f"{l} {common.pct(p)}" for l, p in v["top5"][1:]) for n, v in images.items()]
-    return finding, evidence, ["classify_top5.png"]
-
-
-def _answer_attention(E: dict):
-    a = E["attention"]
-    uniform = a["uniform_entropy_bits"]
-    share = a["mean_last_layer_entropy_bits"] / uniform
-    kind = "concentrated on a few patches" if share < 0.8 else "spread out" if share < 0.95 else "close to uniform"
-    rho = a["mean_spearman_last_vs_rollout"]
-    selfa = [v["cls_self_attention_last_layer"] for v in a["images"].values()]
-    finding = (f"last-layer CLS attention is {kind}: {a['mean_last_layer_entropy_bits']:.2f} bits of a uniform "
-               f"{uniform:.2f} ({common.pct(share, 0)}); attention rollout ranks patches "
-               f"{'like' if rho >= 0.5 else 'unlike'} the last layer (Spearman {rho:.2f})")
-    evidence = [f"{n}: last-layer entropy {v['last_layer_entropy_bits']:.2f} bits, rollout "
-                f"{v['rollout_entropy_bits']:.2f} bits, Spearman(last, rollout) {v['spearman_last_vs_rollout']:.2f}, "
-                f"CLS->CLS attention {v['cls_self_attention_last_layer']:.3f}" for n, v in a["images"].items()]
-    evidence.append(f"mean rollout entropy {a['mean_rollout_entropy_bits']:.2f} bits; CLS attends to itself with "
-                    f"weight {min(selfa):.3f}-{max(selfa):.3f} in the last layer (mean of heads)")
-    figs = [f"attention_map_{n}.png" for n in a["images"]] + ["attention_heads.png"]
-    return finding, evidence, figs
-
-
-def _answer_heads(E: dict):
-    h = E["heads"]
-    sim = h["last_layer_mean_offdiag_similarity"]
-    kind = "attend differently (specialised)" if sim < 0.5 else "partly overlap" if sim < 0.8 else \
-        "attend alike (redundant)"
-    lo, hi = h["first_layer_distance_min_px"], h["first_layer_distance_max_px"]
-    last = h["last_layer_distance_mean_px"]
-    finding = (f"last-layer heads {kind}: mean cosine similarity of their attention patterns {sim:.2f}; first-layer "
-               f"heads attend over {lo:.1f}-{hi:.1f} px, last-layer heads {last:.1f} px on average "
-               f"({'more' if last > (lo + hi) / 2 else 'less'} global with depth)")
-    evidence = [f"{h['images']} images; mean attention distance, uniform attention: {h['uniform_distance_px']:.1f} px",
-                f"entropy of CLS attention, mean over heads: first layer {h['first_layer_entropy_mean_bits']:.2f} bits, "
-                f"last layer {h['last_layer_entropy_mean_bits']:.2f} bits",
-                f"last-layer head similarity (off-diagonal mean): {sim:.3f}"]
-    return finding, evidence, ["heads_distance.png", "heads_entropy.png", "heads_similarity.png"]
-
-
-def _answer_masking(E: dict):
-    m = E["masking"]
-    fr = m["fractions"]
-    nonzero = [i for i, f in enumerate(fr) if f > 0]
-    i = min(nonzero or [0], key=lambda j: abs(fr[j] - 0.5))   # the fraction nearest one half
-    f, base = fr[i], m["unmasked_acc"]
-    rnd, ctr = m["pixel"]["random"]["acc"][i], m["pixel"]["centre"]["acc"][i]
-    tok = m["token"]["random"]["acc"][i]
-    worse = "centre" if ctr < rnd else "random"
-    finding = (f"with {common.pct(f, 0)} of patches masked, accuracy falls from {common.pct(base)} to "
-               f"{common.pct(rnd)} (random patches) and {common.pct(ctr)} (centre block): {worse} masking hurts more "
-               f"by {_pts(rnd, ctr)} points; dropping the same random tokens instead keeps {common.pct(tok)}")
-    evidence = [f"{m['eval_images']} CIFAR-10 test images, linear probe on unmasked CLS features (C = {m['probe_C']})"]
-    for how in ("pixel", "token"):
-        for s, v in m[how].items():
-            evidence.append(f"{how} masking, {s}: accuracy " + ", ".join(
-                f"{common.pct(x, 0)} masked {common.pct(a)}" for x, a in zip(fr, v["acc"])))
-    return finding, evidence, ["masking_accuracy.png", "masking_agreement.png", "masking_examples.png"]
-
-
-def _answer_probe(E: dict):
-    p = E["probe"]
-    cls, mean = p["cls_test_acc"], p["mean_test_acc"]
-    winner, loser = ("mean pooling", "CLS") if mean > cls else ("CLS", "mean pooling")
-    lead = (f"{winner} beats {loser} at the last layer by {_pts(mean, cls)} points" if _pts(mean, cls) != "0.0"
-            else "CLS and mean pooling tie at the last layer")   # equal at the precision quoted
-    layers = len(p["cls_layer_acc"])
-    mean_wins = sum(m > c for m, c in zip(p["mean_layer_acc"], p["cls_layer_acc"]))
-    best_cls = int(np.argmax(p["cls_layer_acc"])) + 1
-    best_mean = int(np.argmax(p["mean_layer_acc"])) + 1
-    finding = (f"{lead}: {common.pct(max(cls, mean))} vs "
-               f"{common.pct(min(cls, mean))}, {p['test_images']:,} test images; the mean of patch tokens is ahead at "
-               f"{mean_wins} of {layers} layers")
-    evidence = [f"final layer (after LayerNorm), {p['train_images']:,} train / {p['test_images']:,} test images: CLS "
-                f"{common.pct(cls)} (C = {p['cls_C']}), mean of patches {common.pct(mean)} (C = {p['mean_C']})",
-                f"best block output: CLS layer {best_cls} ({common.pct(max(p['cls_layer_acc']))}), mean layer "
-                f"{best_mean} ({common.pct(max(p['mean_layer_acc']))})",
-                f"cosine(CLS, mean of patches) after the final LayerNorm {p['cosine_final_mean']:.3f} "
-                f"± {p['cosine_final_std']:.3f}"]
-    return finding, evidence, ["probe_layers.png", "probe_cosine.png"]
-
-
-QUESTIONS = [
-    common.Question("2.1", "Top-1 predictions: are they reasonable?", ("classify",), _answer_classify),
-    common.Question("2.3", "Does the model attend to the object it predicts? Odd behaviour?", ("attention",),
-                    _answer_attention),
-    common.Question("2.3", "Are heads specialised, and how can you tell?", ("heads",), _answer_heads),
-    common.Question("2.4", "How robust is the model to masked patches (random vs structured), and why?",
-                    ("masking",), _answer_masking),
-    common.Question("2.5", "CLS token or mean of patch tokens: which probes better?", ("probe",), _answer_probe),
-]
+            "cosine_layer_mean": cos_layers.mean(0), "train_images": len(y_train), "test_images": len(y_test)}, \
+        {"cosine_layer_std": cos_layers.std(0), "n_classes": len(np.unique(y_test.numpy()))}
 
 
 # ----------------------------------------------------------------------------
@@ -1112,33 +801,14 @@ QUESTIONS = [
 # ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def smoke_threads(active: bool):
-    """Smoke runs use one CPU thread (torch and the BLAS under scikit-learn): the smoke
-    matrices are tiny, and on a busy machine a second thread waiting for a core made them
-    ~20x slower (measured). Thread counts are restored afterwards for in-process callers."""
-    if not active:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
-    args = common.parse_args(parser, argv, smoke=SMOKE, check=check_args)
-    with common.user_errors(parser.prog, batch_flag="--batch-size"):
+    args = harness.parse_args(parser, argv, smoke=SMOKE, check=check_args)
+    with harness.user_errors(parser.prog, batch_flag="--batch-size"):
         if args.replot:  # figures only, from metrics.json and cache/plot/: no model, no data
-            return common.replot(args.out, PLOTS)
+            return harness.replot(report, args.out)
         user_images = read_images(args.images) if args.images else None  # checked before anything is loaded
-        device, out = common.pick_device(args.device), Path(args.out)
+        device, recipe = common.pick_device(args.device), SMOKE_RECIPE if args.smoke else Recipe()
         common.seed_everything(args.seed)
         vit = load_vit(args, device)
         grid, cfg = grid_shape(vit.model), vit.model.config
@@ -1149,31 +819,31 @@ def main(argv: list[str] | None = None) -> dict:
         data, cifar_shown = load_cifar(args)
         named = user_images or (sample_photos() + cifar_shown
                                 if set(args.experiments) & {"classify", "attention", "heads"} else [])
-        names, pixels = [n for n, _ in named], preprocess_each(named, vit.pre, device) if named else None
+        names = [n for n, _ in named]  # images of different sizes -> one model-input batch [n, 3, H, W] on the CPU
+        pixels = torch.cat([preprocess(img[None], vit.pre, device).cpu() for _, img in named]) if named else None
+        cached = harness.Cache(args.out, args.fresh)
 
         # Results two experiments share, computed once per run on first use (and cached on disk).
         @functools.cache
         def features(split: str) -> dict:
-            return cached_features(vit, data.x_train if split == "train" else data.x_test, split, args)
+            return cached_features(vit, data.x_train if split == "train" else data.x_test, split, args, cached)
 
         @functools.cache
         def cls_probe() -> dict:  # the final-layer CLS probe: probe reports it, masking predicts with it
             return fit_probe(features("train")["cls_final"], data.y_train, features("test")["cls_final"],
-                             data.y_test, args.seed, args.probe_max_iter)
+                             data.y_test, args.seed, recipe)
 
-        results = common.Results("task2", args, device, questions=QUESTIONS)
-        with smoke_threads(args.smoke and device.type == "cpu"):
-            return results.run({
-                "classify": lambda: classify(vit, names, pixels, out),
-                "attention": lambda: attention(vit, names, pixels, args.discard_ratio, out),
-                "heads": lambda: heads(vit, pixels, data.x_test[:args.heads_images] if args.heads_images else None,
-                                       out),
+        with common.one_thread(args.smoke and device.type == "cpu"):
+            return harness.run(report, args, device, {
+                "classify": lambda: classify(vit, names, pixels),
+                "attention": lambda: attention(vit, names, pixels, args.discard_ratio),
+                "heads": lambda: heads(vit, pixels, data.x_test[:args.heads_images] if args.heads_images else None),
                 "masking": lambda: masking(vit, data, cls_probe(), features("test")["cls_final"],
-                                           rollout_maps(vit, data.x_test, args), args.mask_fractions,
-                                           args.mask_seeds, args.seed, out),
+                                           rollout_maps(vit, data.x_test, args, cached), args.mask_fractions,
+                                           args.mask_seeds, args.seed),
                 "probe": lambda: probe(features("train"), data.y_train, features("test"), data.y_test, cls_probe(),
-                                       args.seed, args.probe_max_iter, out),
-            }, PLOTS)
+                                       args.seed, recipe),
+            }, recipe=recipe)
 
 
 if __name__ == "__main__":

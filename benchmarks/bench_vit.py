@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+import harness  # noqa: E402
 import Task2  # noqa: E402
 
 
@@ -41,19 +42,19 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
     p.add_argument("--full", action="store_true",
                    help="ViT-B/16 at 224 (12 layers, 12 heads, width 768): the size Task 2 runs; for a GPU")
-    p.add_argument("--image-size", type=common.positive_int, default=64, help="input side in pixels")
-    p.add_argument("--patch-size", type=common.positive_int, default=8, help="patch side in pixels")
-    p.add_argument("--layers", type=common.positive_int, default=4, help="transformer blocks")
-    p.add_argument("--heads", type=common.positive_int, default=4, help="attention heads")
-    p.add_argument("--hidden", type=common.positive_int, default=128, help="model width")
-    p.add_argument("--batch-size", type=common.positive_int, default=32, help="images per forward pass")
-    p.add_argument("--repeats", type=common.positive_int, default=7, help="timed passes per side (median quoted)")
+    p.add_argument("--image-size", type=harness.positive_int, default=64, help="input side in pixels")
+    p.add_argument("--patch-size", type=harness.positive_int, default=8, help="patch side in pixels")
+    p.add_argument("--layers", type=harness.positive_int, default=4, help="transformer blocks")
+    p.add_argument("--heads", type=harness.positive_int, default=4, help="attention heads")
+    p.add_argument("--hidden", type=harness.positive_int, default=128, help="model width")
+    p.add_argument("--batch-size", type=harness.positive_int, default=32, help="images per forward pass")
+    p.add_argument("--repeats", type=harness.positive_int, default=7, help="timed passes per side (median quoted)")
     p.add_argument("--warmup", type=int, default=2, help="untimed passes per side first")
-    p.add_argument("--threads", type=common.positive_int, default=None,
+    p.add_argument("--threads", type=harness.positive_int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
     p.add_argument("--flops", action="store_true",
                    help="count the FLOPs of Task 2's experiments at its defaults instead of timing")
-    p.add_argument("--gpu-tflops", type=common.positive_float, default=100.0,
+    p.add_argument("--gpu-tflops", type=harness.positive_float, default=100.0,
                    help="--flops: sustained GPU throughput assumed for the time estimate, in TFLOP/s")
     args = p.parse_args(argv)
     if args.full:

@@ -210,7 +210,7 @@ def test_task1_depth_both_ways():
 
 def test_task2_classify_both_ways():
     img = lambda p: {"top1": "tabby", "top1_prob": p, "top5_prob_mass": 0.9, "top5": [["tabby", p], ["tiger", 0.1]]}  # noqa
-    e = answer(Task2, "2.1", {"classify": {"mean_top1_prob": 0.7, "images": {"a": img(0.9), "b": img(0.2)}}})
+    e = answer(R2, "2.1", {"classify": {"mean_top1_prob": 0.7, "images": {"a": img(0.9), "b": img(0.2)}}})
     assert "on 1 of 2 images (mean top-1 probability 70.0%)" in e["finding"]
     assert e["evidence"][0] == "a: top-1 tabby (90.0%), top-5 tiger 10.0%"
 
@@ -223,11 +223,11 @@ def t2_attention(last_bits, rho):
 
 
 def test_task2_attention_both_ways():
-    e = answer(Task2, "2.3", {"attention": t2_attention(4.0, 0.8)}, "attend to the object")
+    e = answer(R2, "2.3", {"attention": t2_attention(4.0, 0.8)}, "attend to the object")
     assert e["finding"].startswith("last-layer CLS attention is concentrated on a few patches: 4.00 bits of a "
                                    "uniform 7.61 (53%)") and "ranks patches like" in e["finding"]
     assert e["figures"] == ["attention_map_china.png", "attention_heads.png"]
-    e = answer(Task2, "2.3", {"attention": t2_attention(7.5, 0.1)}, "attend to the object")["finding"]
+    e = answer(R2, "2.3", {"attention": t2_attention(7.5, 0.1)}, "attend to the object")["finding"]
     assert "close to uniform" in e and "ranks patches unlike" in e
 
 
@@ -239,27 +239,27 @@ def t2_heads(sim, last_px):
 
 
 def test_task2_heads_both_ways():
-    e = answer(Task2, "2.3", {"heads": t2_heads(0.3, 100.0)}, "specialised")["finding"]
+    e = answer(R2, "2.3", {"heads": t2_heads(0.3, 100.0)}, "specialised")["finding"]
     assert e.startswith("last-layer heads attend differently (specialised): mean cosine similarity of their "
                         "attention patterns 0.30") and "(more global with depth)" in e
-    e = answer(Task2, "2.3", {"heads": t2_heads(0.9, 30.0)}, "specialised")["finding"]
+    e = answer(R2, "2.3", {"heads": t2_heads(0.9, 30.0)}, "specialised")["finding"]
     assert "attend alike (redundant)" in e and "(less global with depth)" in e
 
 
 def t2_masking(random_acc, centre_acc):
     fr = [0.0, 0.25, 0.5, 0.75]
     arm = lambda a: {"acc": [0.9, 0.8, a, 0.3], "agree": [1.0] * 4}  # noqa: E731
-    per = {s: arm(0.5) for s in Task2.STRATEGIES}
+    per = {s: arm(0.5) for s in R2.STRATEGIES}
     pixel = {**per, "random": arm(random_acc), "centre": arm(centre_acc)}
     return {"unmasked_acc": 0.9, "probe_C": 1.0, "eval_images": 2000, "patches": 196, "fractions": fr,
             "pixel": pixel, "token": {**per, "random": arm(0.7)}}
 
 
 def test_task2_masking_both_ways():
-    e = answer(Task2, "2.4", {"masking": t2_masking(0.8, 0.4)})["finding"]
+    e = answer(R2, "2.4", {"masking": t2_masking(0.8, 0.4)})["finding"]
     assert e == ("with 50% of patches masked, accuracy falls from 90.0% to 80.0% (random patches) and 40.0% (centre "
                  "block): centre masking hurts more by 40.0 points; dropping the same random tokens instead keeps 70.0%")
-    e = answer(Task2, "2.4", {"masking": t2_masking(0.4, 0.6)})["finding"]
+    e = answer(R2, "2.4", {"masking": t2_masking(0.4, 0.6)})["finding"]
     assert "random masking hurts more by 20.0 points" in e
 
 
@@ -270,12 +270,12 @@ def t2_probe(cls, mean):
 
 
 def test_task2_probe_both_ways():
-    e = answer(Task2, "2.5", {"probe": t2_probe(0.942, 0.951)})["finding"]
+    e = answer(R2, "2.5", {"probe": t2_probe(0.942, 0.951)})["finding"]
     assert e.startswith("mean pooling beats CLS at the last layer by 0.9 points: 95.1% vs 94.2%, 2,000 test images")
     assert "ahead at 2 of 3 layers" in e
-    e = answer(Task2, "2.5", {"probe": t2_probe(0.9501, 0.9500)})["finding"]
+    e = answer(R2, "2.5", {"probe": t2_probe(0.9501, 0.9500)})["finding"]
     assert e.startswith("CLS and mean pooling tie at the last layer: 95.0% vs 95.0%")
-    e = answer(Task2, "2.5", {"probe": t2_probe(0.96, 0.90)})["finding"]
+    e = answer(R2, "2.5", {"probe": t2_probe(0.96, 0.90)})["finding"]
     assert e.startswith("CLS beats mean pooling at the last layer by 6.0 points: 96.0% vs 90.0%")
 
 

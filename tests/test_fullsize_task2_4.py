@@ -223,8 +223,8 @@ def test_task2_full_size_through_from_pretrained(fakes):
     t0 = time.perf_counter()
     r = run_task("Task2.py", ["--device", "cpu", "--data-root", str(fakes["data"]), "--out", str(out),
                               "--train-images", "20", "--test-images", "10", "--heads-images", "2",
-                              "--mask-fractions", "0,0.5", "--mask-seeds", "1", "--batch-size", "8",
-                              "--probe-max-iter", "50"], fakes["hf_home"])
+                              "--mask-fractions", "0,0.5", "--mask-seeds", "1", "--batch-size", "8"],
+                 fakes["hf_home"])
     seconds = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr[-3000:]
     print(f"\nTask 2 at full size: {seconds:.1f} s\n{r.stdout[-1500:]}")

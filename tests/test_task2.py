@@ -6,6 +6,7 @@ Offline and on CPU: the model is the tiny randomly initialised smoke ViT (32x32 
 8x8 patches, a 4x4 grid, 3 layers x 4 heads)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import Task2
+from reports import task2 as report
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       assert_replot_redraws,
                       load_metrics)
@@ -96,7 +98,7 @@ def test_cls_attention_peak_lights_up_its_cell():
         want = torch.zeros(1, 2, *grid)
         want[:, :, r, c] = 1.0
         assert torch.equal(m, want)
-        up = Task2.upsample_map(m[0, 0], (24, 32))  # 8x8 pixels per cell
+        up = report.upsample_map(m[0, 0], (24, 32))  # 8x8 pixels per cell
         y, x = divmod(int(up.argmax()), 32)
         assert 8 * r <= y < 8 * r + 8 and 8 * c <= x < 8 * c + 8
 
@@ -167,7 +169,7 @@ def test_head_similarity_identical_and_disjoint_heads():
 def test_exactly_round_f_times_n_patches_are_masked():
     want = {0.0: 0, 0.1: 20, 0.2: 39, 0.3: 59, 0.4: 78, 0.5: 98, 0.6: 118, 0.7: 137, 0.8: 157, 0.9: 176}  # by hand
     rollout = torch.rand(3, 196)
-    for strategy in Task2.STRATEGIES:
+    for strategy in report.STRATEGIES:
         order = Task2.mask_orders(strategy, 3, (14, 14), rollout, seed=0)
         assert sorted(order[0].tolist()) == list(range(196))  # every row is a permutation
         for f, k in want.items():
@@ -286,7 +288,8 @@ def test_probe_on_separable_and_on_noise_features():
     separable = rng.normal(size=(400, 8)) * 0.1
     separable[np.arange(400), y.numpy()] += 3.0  # class c: a bump on axis c
     feats = torch.tensor(np.stack([noise, separable], 1), dtype=torch.float32)  # [N, 2 layers, 8]
-    acc = Task2.probe_per_layer(feats[:300], y[:300], feats[300:], y[300:], seed=0, max_iter=200)
+    recipe = dataclasses.replace(Task2.Recipe(), probe_max_iter=200)
+    acc = Task2.probe_per_layer(feats[:300], y[:300], feats[300:], y[300:], seed=0, recipe=recipe)
     assert acc[1] == 1.0
     assert acc[0] < 0.5  # chance is 0.25
 
@@ -451,6 +454,10 @@ def test_replot_without_a_run_is_one_line(tmp_path, capsys):
 def test_smoke_metrics(smoke_out):
     doc = load_metrics(smoke_out)
     assert doc["env"]["data"] == "smoke"
+    # the probe recipe (constants, not flags) is recorded; --smoke fits with fewer iterations
+    assert doc["recipe"] == {"probe_max_iter": 100, "probe_Cs": [0.01, 0.1, 1.0, 10.0], "probe_val_fraction": 0.2}
+    assert Task2.SMOKE_RECIPE == dataclasses.replace(Task2.Recipe(), probe_max_iter=100)
+    assert "probe_max_iter" not in doc["config"]
     m = doc["experiments"]
     assert set(m) == set(Task2.EXPERIMENTS)
     for name in Task2.EXPERIMENTS:
@@ -482,7 +489,7 @@ def test_smoke_metrics(smoke_out):
     assert mk["fractions"] == [0.0, 0.25, 0.5, 0.75] and mk["masked_patches"] == [0, 4, 8, 12]
     assert_in_range(m, "masking/unmasked_acc", 0, 1)
     for how in ("pixel", "token"):
-        for s in Task2.STRATEGIES:
+        for s in report.STRATEGIES:
             assert_in_range(m, f"masking/{how}/{s}/mean_acc_over_fractions", 0, 1)
             assert_in_range(m, f"masking/{how}/{s}/mean_agree_over_fractions", 0, 1)
             assert len(mk[how][s]["acc"]) == 4
@@ -519,12 +526,24 @@ def test_unknown_model_offline(tmp_path):
     assert "--smoke" in line and "HF_HOME" in line
 
 
-def test_corrupt_feature_cache(tmp_path, smoke_out, capsys):
+def test_a_corrupt_feature_cache_is_said_in_one_line_and_recomputed(tmp_path, smoke_out, capsys):
+    """A cache is recomputable: each file that cannot be read costs one line and the
+    computation, never the run; the numbers are those of a clean run."""
     out = tmp_path / "out"
-    shutil.copytree(smoke_out / "cache", out / "cache")
-    for p in (out / "cache").glob("features-*.pt"):
+    shutil.copytree(smoke_out, out)
+    victims = sorted((out / "cache").glob("features-*.pt"))
+    assert len(victims) == 2                                          # train and test
+    for p in victims:
         p.write_bytes(b"not a torch file")
-    assert_bad_input_in_process(Task2.main, ["--smoke", "--experiments", "probe"], capsys, expect="--fresh", out=out)
+    capsys.readouterr()
+    Task2.main(["--smoke", "--experiments", "probe", "--out", str(out)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "unreadable" in ln]
+    assert len(err) == 2 and all("computing it again" in ln for ln in err)
+    assert all(sum(v.name in ln for ln in err) == 1 for v in victims)  # one line each, naming it
+    for p in victims:                                                 # rewritten, whole
+        assert set(torch.load(p, weights_only=True)["value"]) == {"cls", "mean", "cls_final", "mean_final"}
+    after, before = load_metrics(out)["experiments"]["probe"], load_metrics(smoke_out)["experiments"]["probe"]
+    assert after == before | {"seconds": after["seconds"]}
 
 
 def test_bad_flag_values(tmp_path, capsys):
@@ -538,4 +557,4 @@ def test_smoke_answers_every_assignment_question(smoke_out):
     """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
     from test_findings import assert_findings
 
-    assert_findings(smoke_out, Task2)
+    assert_findings(smoke_out, report)
