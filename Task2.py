@@ -559,7 +559,7 @@ def extract_features(vit: Vit, images: torch.Tensor, desc: str) -> dict:
 def cache_settings(vit: Vit, images: torch.Tensor, args) -> dict:
     """What a cached feature or rollout file depends on besides its code (harness.Cache)."""
     return {"model": args.model, "weights": weights_fingerprint(vit.model), "smoke": args.smoke, "n": len(images),
-            "seed": args.seed, "preprocess": vit.pre, "precision": common.precision_name(vit.device)}
+            "seed": args.seed, "preprocess": vit.pre, "precision": common.compute_dtype(vit.device)}
 
 
 FORWARD_CODE = (forward, vit_forward, embed_tokens, preprocess, common.resize_normalise)  # in every cache key
@@ -808,7 +808,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.replot:  # figures only, from metrics.json and cache/plot/: no model, no data
             return harness.replot(report, args.out)
         user_images = read_images(args.images) if args.images else None  # checked before anything is loaded
-        device, recipe = common.pick_device(args.device), SMOKE_RECIPE if args.smoke else Recipe()
+        device, recipe = common.pick_device(args.device, args.precision), SMOKE_RECIPE if args.smoke else Recipe()
         common.seed_everything(args.seed)
         vit = load_vit(args, device)
         grid, cfg = grid_shape(vit.model), vit.model.config

@@ -17,7 +17,7 @@ import torch
 
 import Task2
 from reports import task2 as report
-from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+from conftest import (assert_bad_input, assert_figures_readable, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       assert_replot_redraws,
                       load_metrics)
 
@@ -449,6 +449,10 @@ def test_replot_without_a_run_is_one_line(tmp_path, capsys):
     out.mkdir()
     (out / "metrics.json").write_text('{"experiments": {"probe": {"cls_test_acc": 0.5}}}')
     assert_bad_input_in_process(Task2.main, ["--smoke", "--replot"], capsys, expect="probe.npz is missing", out=out)
+
+
+def test_smoke_figures_are_readable(smoke_out):
+    assert_figures_readable(smoke_out)
 
 
 def test_smoke_metrics(smoke_out):
