@@ -201,6 +201,17 @@ def _answer_classify(E: dict):
     return finding, evidence, ["classify_top5.png"]
 
 
+def _answer_overlay(E: dict):
+    a = E["attention"]
+    figs = [f"attention_map_{n}.png" for n in a["images"]]
+    finding = (f"{len(figs)} red overlays of the last layer's CLS attention (the CLS token's row, mean over heads, "
+               f"reshaped to the patch grid and upsampled to the image, semi-transparent over it), one per image, "
+               f"beside attention rollout; each head's own map is in attention_heads.png")
+    evidence = [f"{n}: last-layer attention entropy {v['last_layer_entropy_bits']:.2f} bits (uniform "
+                f"{a['uniform_entropy_bits']:.2f})" for n, v in a["images"].items()]
+    return finding, evidence, figs + ["attention_heads.png"]
+
+
 def _answer_attention(E: dict):
     a = E["attention"]
     uniform = a["uniform_entropy_bits"]
@@ -245,15 +256,16 @@ def _answer_masking(E: dict):
     f, base = fr[i], m["unmasked_acc"]
     rnd, ctr = m["pixel"]["random"]["acc"][i], m["pixel"]["centre"]["acc"][i]
     tok = m["token"]["random"]["acc"][i]
-    worse = "centre" if ctr < rnd else "random"
+    worse = ("random and centre masking hurt alike" if pts(rnd, ctr) == "0.0" else   # equal as quoted
+             f"{'centre' if ctr < rnd else 'random'} masking hurts more by {pts(rnd, ctr)} points")
     finding = (f"with {pct(f, 0)} of patches masked, accuracy falls from {pct(base)} to "
-               f"{pct(rnd)} (random patches) and {pct(ctr)} (centre block): {worse} masking hurts more "
-               f"by {pts(rnd, ctr)} points; dropping the same random tokens instead keeps {pct(tok)}")
+               f"{pct(rnd)} (random patches) and {pct(ctr)} (centre block): {worse}; "
+               f"dropping the same random tokens instead keeps {pct(tok)}")
     evidence = [f"{m['eval_images']} CIFAR-10 test images, linear probe on unmasked CLS features (C = {m['probe_C']})"]
     for how in ("pixel", "token"):
         for s, v in m[how].items():
             evidence.append(f"{how} masking, {s}: accuracy " + ", ".join(
-                f"{pct(x, 0)} masked {pct(a)}" for x, a in zip(fr, v["acc"])))
+                f"{pct(a)} with {pct(x, 0)} masked" for x, a in zip(fr, v["acc"])))
     return finding, evidence, ["masking_accuracy.png", "masking_agreement.png", "masking_examples.png"]
 
 
@@ -281,6 +293,7 @@ def _answer_probe(E: dict):
 
 QUESTIONS = [
     Question("2.1", "Top-1 predictions: are they reasonable?", ("classify",), _answer_classify),
+    Question("2.2", "The last layer's CLS attention as a red overlay on each image", ("attention",), _answer_overlay),
     Question("2.3", "Does the model attend to the object it predicts? Odd behaviour?", ("attention",),
                     _answer_attention),
     Question("2.3", "Are heads specialised, and how can you tell?", ("heads",), _answer_heads),

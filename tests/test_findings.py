@@ -34,7 +34,7 @@ R1, R2, R3, R4, R5 = (_Lazy(f"reports.task{n}") for n in range(1, 6))
 
 # The assignment's questions per script (shared/HANDOUT.md; the assignment numbers
 # the VAE part 4 and CLIP part 5, so Task5.py answers 4.x and Task4.py 5.x).
-HANDOUT_REFS = {"task1": {"1.1", "1.2", "1.3", "1.4"}, "task2": {"2.3", "2.4", "2.5"},
+HANDOUT_REFS = {"task1": {"1.1", "1.2", "1.3", "1.4"}, "task2": {"2.2", "2.3", "2.4", "2.5"},
                 "task3": {"3.2", "3.4", "3.5", "3.6"}, "task5": {"4.2", "4.3", "4.4"}, "task4": {"5.2", "5.3"}}
 
 
@@ -261,6 +261,21 @@ def test_task2_masking_both_ways():
                  "block): centre masking hurts more by 40.0 points; dropping the same random tokens instead keeps 70.0%")
     e = answer(R2, "2.4", {"masking": t2_masking(0.4, 0.6)})["finding"]
     assert "random masking hurts more by 20.0 points" in e
+    e = answer(R2, "2.4", {"masking": t2_masking(0.5, 0.5004)})         # equal to the 0.1 point quoted
+    assert "random and centre masking hurt alike" in e["finding"] and "hurts more" not in e["finding"]
+    # evidence reads accuracy first, then how much was masked (it once read "accuracy 0% masked 75.3%")
+    assert "pixel masking, random: accuracy 90.0% with 0% masked, 80.0% with 25% masked, 50.0% with 50% " \
+           "masked, 30.0% with 75% masked" in e["evidence"]
+
+
+def test_task2_overlay_entry_names_every_overlay():
+    images = {n: {"last_layer_entropy_bits": 3.0, "rollout_entropy_bits": 3.5, "spearman_last_vs_rollout": 0.6,
+                  "cls_self_attention_last_layer": 0.1} for n in ("china", "flower")}
+    a = {"uniform_entropy_bits": 7.6, "mean_last_layer_entropy_bits": 3.0, "mean_rollout_entropy_bits": 3.5,
+         "mean_spearman_last_vs_rollout": 0.6, "images": images}
+    e = answer(R2, "2.2", {"attention": a})
+    assert e["finding"].startswith("2 red overlays of the last layer's CLS attention")
+    assert e["figures"] == ["attention_map_china.png", "attention_map_flower.png", "attention_heads.png"]
 
 
 def t2_probe(cls, mean):
