@@ -8,24 +8,10 @@ Run:   python Task5.py                          (FashionMNIST, all experiments)
        python Task5.py --dataset mnist --experiments train,generate
        python Task5.py --smoke --out /tmp/t5    (offline, seconds)
        python Task5.py --replot                 (redraw the figures from metrics.json, computing nothing)
-Writes into --out (default outputs/task5/); each experiment computes its metrics, plot_<experiment> draws:
-  train_curves.png            total / reconstruction / KL per epoch, train and validation
-  reconstruct_grid.png        test images above their reconstructions
-  generate_samples.png        decoded samples, Gaussian prior vs variance-matched Laplace
-  collapse_kl_per_dim.png     KL of each latent dimension: summed-SSE VAE vs the assignment's literal loss
-  collapse_dynamics.png       per-dimension KL, active units and I(x;z) over epochs
-  collapse_reconstructions.png  originals, both models' reconstructions, the mean image
-  collapse_sweep_beta.png     active units, reconstruction and KL against beta, per cure
-  mitigate_comparison.png     reconstructions and samples of every arm
-  mitigate_metrics.png        reconstruction, KL, active units, I(x;z), sample proxies per arm
-  mitigate_curves.png         active units and KL over epochs for every arm
-  latent_tsne.png             t-SNE of 20-d test means coloured by class
-  latent_2d_scatter.png       the latent-2 model's test means, coloured by class
-  latent_2d_manifold.png      the latent-2 model's decoder over a grid of Gaussian quantiles
-  latent_interpolations.png   decoded straight lines between test images of different classes
-  likelihood_bound_vs_k.png   IWAE bound vs number of importance samples, with the ELBO
-  metrics.json, summary.md, cache/ (trained weights with their config and history;
-  plot/<experiment>.npz, the arrays the figures are drawn from)
+Writes into --out (default outputs/task5/): each experiment's figures, <experiment>_<what>.png
+(listed, and drawn, in reports/task5.py), metrics.json (flags as "config", Recipe constants as
+"recipe"), summary.md, cache/ (trained weights with their history; plot/<experiment>.npz, the
+arrays the figures are drawn from)
 
 The loss is the negative ELBO (Kingma & Welling 2014) per image:
   reconstruction  sum over 784 pixels of (x - x_hat)^2          (or BCE with --recon bce)
@@ -38,115 +24,118 @@ mean over pixels) + KL, is (SSE + 784 KL) / 784: beta = 784, variance 392.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
-import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-import architecture
 import common
-import matplotlib.pyplot as plt  # after common, which selects the Agg backend
-from architecture import VAE, DigitClassifier
-
-# ----------------------------------------------------------------------------
-# Arguments
-# ----------------------------------------------------------------------------
+import harness
+from architecture import VAE
+from reports import task5 as report
+from reports.task5 import SWEEP_METHODS, TERMS, format_mi
 
 EXPERIMENTS = ["train", "reconstruct", "generate", "collapse", "collapse_sweep", "mitigate", "latent", "likelihood"]
-SWEEP_METHODS = ["plain", "warmup", "aggressive", "lr_split", "free_bits"]  # the sigma-VAE has no beta: one run
 
-# --smoke: every knob left at its default takes these values (seconds on CPU).
-SMOKE = dict(epochs=2, val_size=200, train_size=500, n_samples=64, clf_epochs=2, clf_width=16, n_vis=200,
-             iwae_k=32, iwae_n=32, warmup_epochs=1, batch_size=64, aggressive_window=2, aggressive_max_steps=4,
-             sweep_size=64, sweep_val=64, sweep_epochs=2, sweep_warmup_epochs=1)
+# ----------------------------------------------------------------------------
+# Config: the flags a student varies, and the recipe's constants
+# ----------------------------------------------------------------------------
 
 
-def build_parser():
-    p = common.make_parser("task5", __doc__, EXPERIMENTS)
-    # Every numeric flag's type states its valid range (common.Bounded): argparse refuses
-    # anything outside it in one line; check_args below refuses bad combinations. The
-    # formatter appends each flag's default.
+@dataclass(frozen=True)
+class Recipe:
+    """Task 5's constants that are not flags, each with its source; metrics.json records them."""
+    # KL warm-up (Bowman et al. 2016) in collapse_sweep: epochs over which beta rises linearly from
+    # 0. Ours: 2 of its 5 epochs per run (mitigate's warm-up is the flag --warmup-epochs).
+    sweep_warmup_epochs: int = 2
+    # Aggressive encoder (He et al. 2019, "Lagging Inference Networks", Algorithm 1): the inner
+    # encoder loop stops when the mean loss of `aggressive_window` steps no longer falls, or after
+    # `aggressive_max_steps` encoder steps per decoder step; 10 and 100 are their image setting.
+    aggressive_window: int = 10
+    aggressive_max_steps: int = 100
+    # Free bits (Kingma et al. 2016, appendix C.8): KL floor per latent dimension in nats. Ours.
+    free_bits: float = 0.5
+    # The scoring CNN (common.scoring_classifier, shared with Task 3): epochs and first-stage
+    # channels. Ours; on MNIST it warns when it ends below 99% test accuracy.
+    clf_epochs: int = 3
+    clf_width: int = 32
+    # Evaluation sample counts, ours:
+    n_samples: int = 1000   # decoded samples per prior for the sample-quality proxies (mitigate shows 8 per arm)
+    n_vis: int = 2000       # test images in the t-SNE of posterior means
+    iwae_k: int = 1000      # importance samples per image, IWAE bound (Burda et al. 2016 evaluate with 5,000)
+    iwae_n: int = 1000      # test images the likelihood is estimated on
+
+    def __post_init__(self):  # every field is positive; mitigate's figure shows 8 samples, a t-SNE needs 5 points
+        for name, lo in ({f.name: 0 for f in dataclasses.fields(self)} | {"n_samples": 7, "n_vis": 4}).items():
+            if not getattr(self, name) > lo:
+                raise ValueError(f"Recipe.{name} = {getattr(self, name)} must exceed {lo}")
+
+
+# --smoke: seconds on a CPU; SMOKE the flags a user left at their defaults, SMOKE_RECIPE the recipe.
+SMOKE = dict(epochs=2, val_size=200, train_size=500, batch_size=64, warmup_epochs=1, sweep_size=64, sweep_val=64,
+             sweep_epochs=2)
+SMOKE_RECIPE = replace(Recipe(), sweep_warmup_epochs=1, aggressive_window=2, aggressive_max_steps=4,
+                       clf_epochs=2, clf_width=16, n_samples=64, n_vis=200, iwae_k=32, iwae_n=32)
+
+
+def build_parser() -> harness.Parser:
+    p = harness.make_parser("task5", __doc__, EXPERIMENTS)
+    # Each numeric flag's type states its range (harness.Bounded); check_args refuses bad combinations.
     g = p.add_argument_group("task 5: the VAE (defaults are ours where the assignment is silent)")
     g.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"],
                    help="training data (fashion-mnist is the assignment's)")
-    g.add_argument("--epochs", type=common.positive_int, default=20, help="epochs for every full-data VAE trained here")
-    g.add_argument("--batch-size", type=common.positive_int, default=128, help="images per minibatch")
-    g.add_argument("--lr", type=common.positive_float, default=1e-3, help="Adam learning rate")
-    g.add_argument("--latent-dim", type=common.positive_int, default=20,
-                   help="latent dimensions (20 is the assignment's)")
+    g.add_argument("--epochs", type=harness.positive_int, default=20, help="epochs for every full-data VAE here")
+    g.add_argument("--batch-size", type=harness.positive_int, default=128, help="images per minibatch")
+    g.add_argument("--lr", type=harness.positive_float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--latent-dim", type=harness.positive_int, default=20, help="latent dimensions (the assignment's)")
     g.add_argument("--recon", default="mse", choices=["mse", "bce"],
                    help="reconstruction term, summed over pixels per image")
-    g.add_argument("--val-size", type=common.positive_int, default=5000,
+    g.add_argument("--val-size", type=harness.positive_int, default=5000,
                    help="training images held out for validation curves")
-    g.add_argument("--train-size", type=common.positive_int, default=None,
+    g.add_argument("--train-size", type=harness.positive_int, default=None,
                    help="train on a seeded subset of this many images; without it, all the rest (55,000)")
-    g.add_argument("--n-samples", type=common.Bounded(int, lo=8), default=1000,
-                   help="samples per prior for the sample-quality proxies; mitigate's figure shows 8 per arm")
-    g.add_argument("--clf-epochs", type=common.positive_int, default=3,
-                   help="epochs of the small CNN that scores sample quality")
-    g.add_argument("--clf-width", type=common.positive_int, default=32,
-                   help="channels of the scoring CNN's first stage")
-    g.add_argument("--n-vis", type=common.Bounded(int, lo=5), default=2000,
-                   help="test images in the t-SNE of latent means")
-    g.add_argument("--iwae-k", type=common.positive_int, default=1000,
-                   help="importance samples per image for the IWAE bound")
-    g.add_argument("--iwae-n", type=common.positive_int, default=1000,
-                   help="test images the likelihood is estimated on")
 
     g = p.add_argument_group("task 5: posterior collapse and its cures (collapse, collapse_sweep, mitigate)")
-    g.add_argument("--mitigate-beta", type=common.positive_float, default=1.0,
-                   help="KL weight at which `mitigate` compares the optimisation-side cures (warm-up, "
-                        "aggressive encoder, learning rates) with plain training; collapse_sweep shows "
-                        "where they can work")
-    g.add_argument("--warmup-epochs", type=common.positive_int, default=10,
-                   help="KL warm-up: epochs over which beta rises linearly from 0, below --epochs")
-    g.add_argument("--aggressive-window", type=common.positive_int, default=10,
-                   help="aggressive encoder (He et al. 2019): the inner encoder loop stops when the mean loss of "
-                        "this many steps no longer falls (10: their image setting)")
-    g.add_argument("--aggressive-max-steps", type=common.positive_int, default=100,
-                   help="...or after this many encoder steps per decoder step (100: theirs)")
-    g.add_argument("--enc-lr", type=common.positive_float, default=1e-3,
+    g.add_argument("--mitigate-beta", type=harness.positive_float, default=1.0,
+                   help="KL weight at which `mitigate` compares the optimisation-side cures (warm-up, aggressive "
+                        "encoder, learning rates) with plain training; collapse_sweep shows where they can work")
+    g.add_argument("--warmup-epochs", type=harness.positive_int, default=10,
+                   help="KL warm-up (Bowman et al. 2016): beta rises linearly from 0 over this many of the epochs")
+    g.add_argument("--enc-lr", type=harness.positive_float, default=1e-3,
                    help="separate learning rates: the encoder's Adam learning rate")
-    g.add_argument("--dec-lr", type=common.positive_float, default=1e-4,
+    g.add_argument("--dec-lr", type=harness.positive_float, default=1e-4,
                    help="separate learning rates: the decoder's, slower so the encoder keeps up")
-    g.add_argument("--free-bits", type=common.positive_float, default=0.5,
-                   help="free bits (Kingma et al. 2016): KL floor per latent dimension, nats")
-    g.add_argument("--sweep-betas", type=common.BoundedList(common.positive_float),
+    g.add_argument("--sweep-betas", type=harness.BoundedList(harness.positive_float),
                    default=[1.0, 3.0, 10.0, 30.0, 100.0, 784.0], metavar="B,B",
                    help="collapse_sweep: KL weights (784 = the assignment's literal loss)")
-    g.add_argument("--sweep-size", type=common.positive_int, default=5000,
-                   help="collapse_sweep: seeded training subset per run")
-    g.add_argument("--sweep-val", type=common.positive_int, default=2000,
+    g.add_argument("--sweep-size", type=harness.positive_int, default=5000, help="collapse_sweep: seeded subset")
+    g.add_argument("--sweep-val", type=harness.positive_int, default=2000,
                    help="collapse_sweep: validation images its numbers are measured on")
-    g.add_argument("--sweep-epochs", type=common.positive_int, default=5, help="collapse_sweep: epochs per run")
-    g.add_argument("--sweep-warmup-epochs", type=common.positive_int, default=2,
-                   help="collapse_sweep: KL warm-up epochs, below --sweep-epochs")
+    g.add_argument("--sweep-epochs", type=harness.positive_int, default=5, help="collapse_sweep: epochs per run")
     return p
 
 
 def check_args(args) -> None:
-    """Flags that only make sense together, checked right after parsing (one line, exit 2)."""
+    """Flags that only make sense together or with the recipe: one line, exit 2, before anything runs."""
+    r = SMOKE_RECIPE if args.smoke else Recipe()
     if "mitigate" in args.experiments:
-        common.require(args.warmup_epochs < args.epochs,
-                       f"--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}: otherwise beta "
-                       f"never reaches its final value and the warm-up arm trains a different objective")
+        harness.require(args.warmup_epochs < args.epochs,
+                        f"--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}: otherwise beta "
+                        f"never reaches its final value and the warm-up arm trains a different objective")
     if "collapse_sweep" in args.experiments:
-        common.require(args.sweep_warmup_epochs < args.sweep_epochs,
-                       f"--sweep-warmup-epochs {args.sweep_warmup_epochs} must be below --sweep-epochs "
-                       f"{args.sweep_epochs}")
-        common.require(args.sweep_val <= args.val_size,
-                       f"--sweep-val {args.sweep_val} exceeds --val-size {args.val_size} (it measures on the "
-                       f"first images of the validation split)")
-        if args.train_size is not None:
-            common.require(args.sweep_size <= args.train_size,
-                           f"--sweep-size {args.sweep_size} exceeds --train-size {args.train_size}")
+        harness.require(r.sweep_warmup_epochs < args.sweep_epochs,
+                        f"--sweep-epochs {args.sweep_epochs} must exceed collapse_sweep's KL warm-up of "
+                        f"{r.sweep_warmup_epochs} epochs (Recipe.sweep_warmup_epochs in Task5.py)")
+        harness.require(args.sweep_val <= args.val_size,
+                        f"--sweep-val {args.sweep_val} exceeds --val-size {args.val_size} (it measures on the "
+                        f"first images of the validation split)")
+        harness.require(args.train_size is None or args.sweep_size <= args.train_size,
+                        f"--sweep-size {args.sweep_size} exceeds --train-size {args.train_size}")
 
 
 # ----------------------------------------------------------------------------
@@ -161,7 +150,7 @@ def load_data(args, device) -> dict:
     x, y, classes = common.load_split(args.dataset, args.data_root, train=True, smoke=args.smoke, seed=args.seed)
     xt, yt, _ = common.load_split(args.dataset, args.data_root, train=False, smoke=args.smoke, seed=args.seed)
     if args.val_size >= len(x):
-        raise common.UserError(f"--val-size {args.val_size} leaves no training images (the set has {len(x)})")
+        raise harness.UserError(f"--val-size {args.val_size} leaves no training images (the set has {len(x)})")
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
     tr, va = order[:-args.val_size], order[-args.val_size:]
     if args.train_size is not None:
@@ -227,14 +216,6 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[float, f
     return float(t.mean()), float(t.std() / math.sqrt(n)) if n > 1 else 0.0
 
 
-def format_mi(estimate: float, se: float) -> str:
-    """I(x;z) for a reader: never a negative information. An estimate within two
-    standard errors of 0 is shown as '~0 (< 2se)'."""
-    if estimate < 2 * se:
-        return f"~0 (<{max(estimate, 0) + 2 * se:.2f})"
-    return f"{estimate:.2f}+-{se:.2f}"
-
-
 # ----------------------------------------------------------------------------
 # Training: one loop for every VAE here; arms differ in their loss and schedule
 # ----------------------------------------------------------------------------
@@ -243,8 +224,8 @@ def format_mi(estimate: float, se: float) -> str:
 @dataclass(frozen=True)
 class VaeConfig:
     """One training recipe: every field that changes the trained weights. Arms are
-    `dataclasses.replace(base, ...)` of the run's `from_args(args)`: a misspelt field
-    is a TypeError.
+    `dataclasses.replace(base, ...)` of the run's `from_args(args, recipe)`: a misspelt
+    field is a TypeError.
       loss   "sum":     recon summed over pixels + beta * KL    (for mse: Gaussian, variance beta/2)
              "literal": the assignment's nn.MSELoss() (mean over pixels and images) + beta * KL
              "sigma":   calibrated Gaussian decoder, variance = the batch's MSE (Rybkin et al. 2021)
@@ -254,7 +235,7 @@ class VaeConfig:
     latent_dim: int
     enc_lr: float
     dec_lr: float
-    aggressive_window: int      # the aggressive encoder loop's window and cap (aggressive runs only)
+    aggressive_window: int      # the aggressive encoder loop's window and cap (aggressive runs only; Recipe)
     aggressive_max_steps: int
     loss: str = "sum"
     beta: float = 1.0
@@ -264,11 +245,11 @@ class VaeConfig:
     name: str = field(default="vae", compare=False)
 
     @classmethod
-    def from_args(cls, args) -> VaeConfig:
+    def from_args(cls, args, r: Recipe) -> VaeConfig:
         return cls(epochs=args.epochs, latent_dim=args.latent_dim, enc_lr=args.lr, dec_lr=args.lr,
-                   aggressive_window=args.aggressive_window, aggressive_max_steps=args.aggressive_max_steps)
+                   aggressive_window=r.aggressive_window, aggressive_max_steps=r.aggressive_max_steps)
 
-    def recipe(self) -> dict:
+    def key(self) -> dict:
         """The fields of the cache key: all but the name, and the aggressive loop's two
         settings only where the run is aggressive (no other run depends on them)."""
         d = asdict(self)
@@ -278,12 +259,12 @@ class VaeConfig:
         return d
 
 
-def arm_configs(args) -> dict[str, VaeConfig]:
+def arm_configs(args, r: Recipe) -> dict[str, VaeConfig]:
     """Every network the full-data experiments train, by name."""
-    base = VaeConfig.from_args(args)
+    base = VaeConfig.from_args(args, r)
     cure = replace(base, beta=args.mitigate_beta)  # the optimisation-side cures' setting
     arms = {"vae": base, "latent2": replace(base, latent_dim=2), "literal": replace(base, loss="literal"),
-            "literal_free_bits": replace(base, loss="literal", free_bits=args.free_bits),
+            "literal_free_bits": replace(base, loss="literal", free_bits=r.free_bits),
             "sigma": replace(base, loss="sigma"), "plain": cure,
             "warmup": replace(cure, warmup_epochs=args.warmup_epochs), "aggressive": replace(cure, aggressive=True),
             "lr_split": replace(cure, enc_lr=args.enc_lr, dec_lr=args.dec_lr)}
@@ -400,7 +381,7 @@ def train_epoch(model: VAE, update, x_train: torch.Tensor, cfg: VaeConfig, args,
         while True:
             yield x_train[torch.randint(0, n, (min(bs, n),), device=device)]
 
-    for i in common.progress(range(steps), desc=f"{cfg.name} {epoch + 1}/{cfg.epochs}"):
+    for i in harness.progress(range(steps), desc=f"{cfg.name} {epoch + 1}/{cfg.epochs}"):
         xb = x_train[perm[i * bs:(i + 1) * bs]]
         step = epoch * steps + i
         beta_t = cfg.beta * min(1.0, step / warmup_steps) if warmup_steps else cfg.beta
@@ -462,17 +443,6 @@ def train_vae(x_train: torch.Tensor, x_val: torch.Tensor, cfg: VaeConfig, args, 
     return model, hist
 
 
-def code_version() -> str:
-    """A hash of the source of everything that decides trained weights (the VAE class,
-    the recipe, the loss, the training loop), so a cached network from other code is not
-    reused. Looked up at call time: the functions in use are hashed, whatever they are."""
-    parts = [architecture.VAE] + [globals()[f] for f in ("VaeConfig", "vae_objective", "encoder_catch_up", "vae_loss",
-                                                          "train_epoch", "train_vae", "kl_divergence",
-                                                          "reconstruction_loss")]
-    src = "".join(inspect.getsource(p) for p in parts)
-    return hashlib.sha1(src.encode()).hexdigest()[:12]
-
-
 def training_split(data: dict, args, which: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(x_train, x_val, the tag naming them in cache keys) of "full", the run's own splits,
     or "sweep": collapse_sweep's seeded subset of --sweep-size training images, measured on
@@ -486,65 +456,51 @@ def training_split(data: dict, args, which: str) -> tuple[torch.Tensor, torch.Te
     return x_tr, x_va, {"train": f"sweep subset {len(x_tr)}", "val": len(x_va), **tag}
 
 
-def fit_or_load(cfg: VaeConfig, x_train, x_val, data_tag: dict, args, device) -> tuple[VAE, dict]:
+def fit_or_load(cfg: VaeConfig, split: tuple[torch.Tensor, torch.Tensor, dict], args, device,
+                cached: harness.Cache) -> tuple[VAE, dict]:
     """Train an arm, or load it from out/cache when the same settings, data and code
-    trained it before. The checkpoint carries its config and training history. A run
-    that diverged is remembered too (its cache entry says so), so no later experiment
-    or rerun trains it again; --fresh retries it."""
-    settings = {**cfg.recipe(), **data_tag, "batch_size": args.batch_size, "recon": args.recon, "seed": args.seed,
-                "code": code_version()}
-    path = common.cache_path(args.out, "vae", settings)  # by settings only: equal recipes share one file
-    ckpt = common.load_cache(path, args.fresh)
-    if ckpt is not None:
-        if "diverged" in ckpt:
-            raise common.Diverged(f"{ckpt['diverged']} (remembered from an earlier run; --fresh retries)")
-        model = VAE(cfg.latent_dim).to(device)
-        model.load_state_dict(ckpt["state_dict"])
-        print(f"{cfg.name}: loaded trained weights from {path}")
-        return model.eval(), ckpt["history"]
-    t0 = time.perf_counter()
-    try:
-        model, hist = train_vae(x_train, x_val, cfg, args, device)
-    except common.Diverged as e:
-        common.save_cache(path, {"diverged": str(e), "config": settings})
-        raise
-    hist["train_seconds"] = time.perf_counter() - t0
-    common.save_cache(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                             "history": hist, "config": settings})
-    return model, hist
+    (everything that decides the trained weights) trained it before. The file holds the
+    weights and the training history. A run that diverged is remembered too (its cache
+    entry says so), so no later experiment or rerun trains it again; --fresh retries it."""
+    x_train, x_val, data_tag = split
+    settings = {**cfg.key(), **data_tag, "batch_size": args.batch_size, "recon": args.recon, "seed": args.seed}
+    trained = {}
+
+    def fit() -> dict:
+        t0 = time.perf_counter()
+        try:
+            trained["model"], hist = train_vae(x_train, x_val, cfg, args, device)
+        except harness.Diverged as e:
+            trained["model"] = None
+            return {"diverged": str(e)}
+        hist["train_seconds"] = time.perf_counter() - t0
+        return {"state_dict": {k: v.cpu() for k, v in trained["model"].state_dict().items()}, "history": hist}
+
+    # Looked up when called: the functions in use are hashed, whatever they are.
+    got = cached("vae", settings, fit, code=(VAE, VaeConfig, vae_objective, encoder_catch_up, vae_loss, train_epoch,
+                                             train_vae, kl_divergence, reconstruction_loss))
+    if "diverged" in got:
+        raise harness.Diverged(got["diverged"] if trained else
+                               f"{got['diverged']} (remembered from an earlier run; --fresh retries)")
+    if trained:
+        return trained["model"], got["history"]
+    model = VAE(cfg.latent_dim).to(device)
+    model.load_state_dict(got["state_dict"])
+    print(f"{cfg.name}: loaded trained weights", flush=True)
+    return model.eval(), got["history"]
 
 
 # ----------------------------------------------------------------------------
-# Sample quality: a small CNN classifier and nearest-training-image distance
+# Experiments: each returns its metrics and the arrays its figures need;
+# reports/task5.py draws them, in the run and under --replot
 # ----------------------------------------------------------------------------
 
 
-def classifier(data, args, device) -> tuple[DigitClassifier, float]:
-    """The scoring CNN shared with Task 3 (common.scoring_classifier: one recipe, inputs
-    in [0, 1], cached in out/cache), trained on this task's training images; returns it
-    in eval mode and its test accuracy. On MNIST it warns below 99%."""
-    return common.scoring_classifier(data["x_train"], data["y_train"], data["x_test"], data["y_test"],
-                                     epochs=args.clf_epochs, width=args.clf_width, seed=args.seed, out=args.out,
-                                     fresh=args.fresh,
-                                     warn_below=0.99 if args.dataset == "mnist" and not args.smoke else None)
-
-
-def nearest_train_rmse(samples: torch.Tensor, x_train: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Per sample [S]: root-mean-square pixel distance to its nearest training image."""
-    return common.nearest_distance(samples, x_train, chunk) / math.sqrt(samples[0].numel())
-
-
-@torch.no_grad()
-def sample_quality(images: torch.Tensor, clf: DigitClassifier, x_train: torch.Tensor) -> dict:
-    """Two proxies that fail differently: the scoring CNN's mean max-probability (high
-    when a sample looks like some class; a blurry average scores low) and the RMSE to
-    the nearest training image (low when samples resemble real data; 0 would be
-    copying). Plus how many classes the CNN assigns to at least 2% of samples."""
-    probs = torch.cat([clf(images[i:i + 1000]).softmax(1) for i in range(0, len(images), 1000)])
-    hist = torch.bincount(probs.argmax(1), minlength=10).float() / len(images)
-    return {"classifier_confidence": float(probs.max(1).values.mean()),
-            "nearest_train_rmse": float(nearest_train_rmse(images, x_train).mean()),
-            "classes_covered": common.classes_covered(hist)}
+def sample_quality(clf, images: torch.Tensor, x_train: torch.Tensor) -> dict:
+    """The shared proxies of Tasks 3 and 5 (common.sample_quality): the classes the CNN
+    assigns a share of the samples to (coverage), its mean max-probability (confidence:
+    low for a blurry average) and the RMSE to the nearest training image (0: copying)."""
+    return common.sample_quality(common.classify_digits(clf, images)[0], images, x_train)
 
 
 @torch.no_grad()
@@ -560,95 +516,48 @@ def decode_prior(model: VAE, n: int, device, prior: str = "gaussian", seed: int 
     return model.decode(z.to(device))
 
 
-# ----------------------------------------------------------------------------
-# Experiments: each computes its metrics and stores the arrays its figures need
-# (common.save_plot_data); plot_<experiment> below it draws them, in the run and
-# under --replot, from the metrics as recorded
-# ----------------------------------------------------------------------------
-
-TERMS = ["total", "recon", "kl"]
-
-
-def train(hist: dict, test: dict, n_train: int, args) -> dict:
+def train(hist: dict, test: dict, n_train: int) -> tuple[dict, dict]:
     """The assignment's VAE at beta = 1: ELBO terms per epoch, train and validation."""
-    common.save_plot_data(args.out, "train", **{f"{s}_{k}": hist[f"{s}_{k}"] for s in ["train", "val"] for k in TERMS},
-                          dataset=args.dataset, recon=args.recon, latent_dim=args.latent_dim,
-                          batch_size=args.batch_size, lr=args.lr)
     return {"final_train": {k: hist[f"train_{k}"][-1] for k in TERMS},
             "final_val": {k: hist[f"val_{k}"][-1] for k in TERMS},
             "test": {k: test[k] for k in ["total", "recon", "kl", "active_units", "mutual_info", "mutual_info_se"]},
-            "epochs": len(hist["train_total"]), "train_images": n_train, "train_seconds": hist.get("train_seconds")}
-
-
-def plot_train(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "train")
-    ep = list(range(1, m["epochs"] + 1))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, term, title in zip(axes, TERMS, ["negative ELBO", f"reconstruction ({d['recon']}, summed)",
-                                             "KL(q(z|x) || N(0, I))"]):
-        common.line_plot(ax, {"train": (ep, d[f"train_{term}"]), "validation": (ep, d[f"val_{term}"])}, title,
-                         "epoch", "nats (or summed SE) per image")
-    fig.suptitle(f"VAE on {d['dataset']}, {m['train_images']} images (latent {d['latent_dim']}, batch "
-                 f"{d['batch_size']}, Adam {d['lr']:g})")
-    common.save_figure(fig, out / "train_curves.png")
+            "epochs": len(hist["train_total"]), "train_images": n_train, "train_seconds": hist.get("train_seconds")}, \
+        {f"{s}_{k}": hist[f"{s}_{k}"] for s in ["train", "val"] for k in TERMS}
 
 
 @torch.no_grad()
-def reconstruct(model: VAE, test: dict, x_test: torch.Tensor, args, n: int = 16) -> dict:
+def reconstruct(model: VAE, test: dict, x_test: torch.Tensor, n: int = 16) -> tuple[dict, dict]:
     """Test images above their reconstructions (decoded from the posterior mean)."""
     x = x_test[:n]
     x_hat = model.decode(model.encode(x)[0])
-    common.save_plot_data(args.out, "reconstruct", images=torch.cat([x, x_hat]), dataset=args.dataset)
     sse = float((x_hat - x).pow(2).flatten(1).sum(1).mean())
     return {"test_recon_per_image": test["recon"], "shown_sse_per_image": sse,
-            "shown_rmse_per_pixel": math.sqrt(sse / 784)}
+            "shown_rmse_per_pixel": math.sqrt(sse / 784)}, {"images": torch.cat([x, x_hat])}
 
 
-def plot_reconstruct(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "reconstruct")
-    common.image_grid(torch.from_numpy(d["images"]), out / "reconstruct_grid.png",
-                      f"test images (top) and reconstructions from E[z|x] (bottom), {d['dataset']}",
-                      nrow=len(d["images"]) // 2, row_labels=["input", "recon."])
-
-
-def real_test_sample(data: dict, args) -> torch.Tensor:
-    """--n-samples seeded test images: the sample-quality proxies' reference values."""
-    idx = torch.randperm(len(data["x_test"]), generator=torch.Generator().manual_seed(args.seed))[:args.n_samples]
+def real_test_sample(data: dict, n: int, seed: int) -> torch.Tensor:
+    """n seeded test images: the sample-quality proxies' reference values."""
+    idx = torch.randperm(len(data["x_test"]), generator=torch.Generator().manual_seed(seed))[:n]
     return data["x_test"][idx.to(data["x_test"].device)]
 
 
 @torch.no_grad()
-def generate(model: VAE, scorer: tuple[DigitClassifier, float], data: dict, args, device) -> dict:
-    """Samples from the Gaussian prior the model was trained with vs a Laplace prior
+def generate(model: VAE, scorer: tuple, data: dict, n: int, seed: int, device) -> tuple[dict, dict]:
+    """n samples from the Gaussian prior the model was trained with vs a Laplace prior
     of the same variance, scored by the CNN and by distance to the training set."""
     clf, clf_acc = scorer
     out, shown = {"classifier_test_acc": clf_acc}, {}
     for prior in ["gaussian", "laplace"]:
-        s = decode_prior(model, args.n_samples, device, prior, seed=args.seed)
-        out[prior] = sample_quality(s, clf, data["x_train"])
+        s = decode_prior(model, n, device, prior, seed=seed)
+        out[prior] = sample_quality(clf, s, data["x_train"])
         shown[prior] = s[:64]
-    out["real_test_images"] = sample_quality(real_test_sample(data, args), clf, data["x_train"])
-    common.save_plot_data(args.out, "generate", **shown, dataset=args.dataset, n_samples=args.n_samples)
-    return out
-
-
-def plot_generate(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "generate")
-    shown, real = len(d["gaussian"]), m["real_test_images"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
-    for ax, prior, z in zip(axes, ["gaussian", "laplace"], ["z ~ N(0, I)", "z ~ Laplace(0, 1/sqrt 2), var 1"]):
-        q = m[prior]
-        common.image_grid(torch.from_numpy(d[prior]), nrow=math.ceil(math.sqrt(shown)), ax=ax,  # 64: 8 x 8; 10: 4 x 3
-                          title=f"{z}\nCNN confidence {q['classifier_confidence']:.3f}, NN-RMSE "
-                                f"{q['nearest_train_rmse']:.3f}")
-    fig.suptitle(f"{shown} of {d['n_samples']} decoded prior samples ({d['dataset']}); real test images: "
-                 f"confidence {real['classifier_confidence']:.3f}, NN-RMSE {real['nearest_train_rmse']:.3f}")
-    common.save_figure(fig, out / "generate_samples.png")
+    out["real_test_images"] = sample_quality(clf, real_test_sample(data, n, seed), data["x_train"])
+    return out, shown
 
 
 @torch.no_grad()
 def collapse(healthy: tuple[VAE, dict], literal: tuple[VAE, dict], ev_h: dict, ev_l: dict, data: dict,
-             args) -> dict:
+             seed: int) -> tuple[dict, dict]:
     """The assignment's literal loss, nn.MSELoss() + KL, beside the summed-SSE VAE.
     MSELoss averages the squared error over 784 pixels while the KL is summed over the
     latent dimensions, so the loss is (SSE + 784 KL) / 784: beta = 784, a Gaussian
@@ -664,12 +573,12 @@ def collapse(healthy: tuple[VAE, dict], literal: tuple[VAE, dict], ev_h: dict, e
     # Decode one posterior sample z ~ q(z|x), as in training: a collapsed posterior is
     # N(0, I), and its mean z = 0 is an atypical input the decoder never saw (in 20-d,
     # samples have norm ~sqrt(20)), so decoding E[z|x] would misrepresent the model.
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     rec_h, rec_l = model_h(x)[0], model_l(x)[0]
-    common.save_plot_data(args.out, "collapse", images=torch.cat([x, rec_h, rec_l, mean_img.expand(12, -1, -1, -1)]),
-                          literal_val_kl_per_dim=l_hist["val_kl_per_dim"],
-                          **{f"{arm}_{k}": hist[k] for arm, hist in [("healthy", h_hist), ("literal", l_hist)]
-                             for k in ["active_units", "mutual_info", "mutual_info_se"]})
+    arrays = {"images": torch.cat([x, rec_h, rec_l, mean_img.expand(12, -1, -1, -1)]),
+              "literal_val_kl_per_dim": l_hist["val_kl_per_dim"],
+              **{f"{arm}_{k}": hist[k] for arm, hist in [("healthy", h_hist), ("literal", l_hist)]
+                 for k in ["active_units", "mutual_info", "mutual_info_se"]}}
     dist = lambda r: float((r - mean_img).pow(2).flatten(1).mean(1).sqrt().mean())  # noqa: E731 RMSE to mean
     keep = ["recon", "kl", "active_units", "mutual_info", "mutual_info_estimate", "mutual_info_se", "kl_per_dim"]
     n_above = lambda beta: int((pcs > beta / 2).sum())  # noqa: E731
@@ -685,61 +594,11 @@ def collapse(healthy: tuple[VAE, dict], literal: tuple[VAE, dict], ev_h: dict, e
                 f"< 392, so ignoring x is the optimum. It ended with {ev_l['active_units']} active units, KL "
                 f"{ev_l['kl']:.3f} nats and test SSE {ev_l['recon']:.1f} against {mean_sse:.1f} for predicting "
                 f"the mean image; the summed-SSE VAE (variance 0.5; {n_above(1.0)} directions above it) "
-                f"has {ev_h['active_units']} active units and SSE {ev_h['recon']:.1f}.")}
-
-
-def plot_collapse(m: dict, out: Path) -> None:
-    d, (h, lit) = common.load_plot_data(out, "collapse"), (m["healthy"], m["literal"])
-    dims = np.arange(len(h["kl_per_dim"]))
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    ax.bar(dims - 0.2, np.maximum(h["kl_per_dim"], 1e-8), 0.4,
-           label=f"summed SSE, beta 1 ({h['active_units']} active units)")
-    ax.bar(dims + 0.2, np.maximum(lit["kl_per_dim"], 1e-8), 0.4,
-           label=f"nn.MSELoss() + KL = beta 784 ({lit['active_units']} active)")
-    ax.axhline(0.01, color="gray", lw=0.8, ls=":", label="0.01 nats")
-    ax.set_yscale("log")
-    ax.set(xlabel="latent dimension", ylabel="KL(q(z_d|x) || N(0,1)), nats (test mean)",
-           title="per-dimension KL on the test set (bars floored at 1e-8 to show on a log axis)")
-    ax.legend(fontsize=8)
-    common.save_figure(fig, out / "collapse_kl_per_dim.png")
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
-    kl = d["literal_val_kl_per_dim"].T                                       # [D, epochs]
-    im = axes[0].imshow(kl, aspect="auto", cmap="viridis", origin="lower",
-                        extent=(0.5, kl.shape[1] + 0.5, -0.5, kl.shape[0] - 0.5))
-    axes[0].set(xlabel="epoch", ylabel="latent dimension", title="literal loss: validation KL per dimension")
-    fig.colorbar(im, ax=axes[0], label="nats")
-    ep = list(range(1, len(d["literal_active_units"]) + 1))
-    arms = {"healthy": "summed SSE (beta 1)", "literal": "nn.MSELoss() + KL (beta 784)"}
-    common.line_plot(axes[1], {label: (ep, d[f"{a}_active_units"]) for a, label in arms.items()},
-                     "active units (Var_x E[z|x] > 0.01)", "epoch", f"units of {len(dims)}")
-    for (a, label), color in zip(arms.items(), ["C0", "C1"]):  # I(x;z) clipped at 0, +-2 standard errors
-        mi, se = d[f"{a}_mutual_info"], d[f"{a}_mutual_info_se"]
-        axes[2].plot(ep, np.maximum(mi, 0), marker="o", ms=3, color=color, label=label)
-        axes[2].fill_between(ep, np.maximum(mi - 2 * se, 0), mi + 2 * se, color=color, alpha=0.2)
-    axes[2].set(title="I(x; z) under q, +-2 standard errors (He et al. 2019)", xlabel="epoch", ylabel="nats")
-    axes[2].legend(fontsize=8), axes[2].grid(alpha=0.3)
-    common.save_figure(fig, out / "collapse_dynamics.png")
-    common.image_grid(torch.from_numpy(d["images"]), out / "collapse_reconstructions.png",
-                      "reconstructions (z ~ q(z|x)): the literal loss's stay near the mean image", nrow=12,
-                      row_labels=["input", "SSE, beta 1", "MSELoss+KL", "data mean"])
-
-
-SWEEP_KEYS = ["active_units", "recon", "kl", "mutual_info"]
-
-
-def sweep_final(net, cfg: VaeConfig) -> dict:
-    """A sweep run's final-epoch validation numbers (None where it diverged)."""
-    try:
-        _, hist = net(cfg)
-    except common.Diverged:
-        return {k: None for k in SWEEP_KEYS}
-    return {"active_units": hist["active_units"][-1], "recon": hist["val_recon"][-1], "kl": hist["val_kl"][-1],
-            "mutual_info": max(0.0, hist["mutual_info"][-1])}
+                f"has {ev_h['active_units']} active units and SSE {ev_h['recon']:.1f}.")}, arrays
 
 
 @torch.no_grad()
-def collapse_sweep(net, split: tuple[torch.Tensor, torch.Tensor, dict], args) -> dict:
+def collapse_sweep(net, split: tuple[torch.Tensor, torch.Tensor, dict], args, r: Recipe) -> dict:
     """Where each cure can work: active units, reconstruction and I(x;z) against beta
     (SSE + beta KL, a Gaussian decoder of variance beta/2) for plain training and each
     cure, every run on the same seeded subset `split` for --sweep-epochs (`net(cfg)`
@@ -747,22 +606,29 @@ def collapse_sweep(net, split: tuple[torch.Tensor, torch.Tensor, dict], args) ->
     the number of principal directions whose data variance exceeds beta/2. The
     calibrated decoder has no beta (its variance is fitted): one run, a horizontal line."""
     x_tr, x_va, _ = split
-    base = replace(VaeConfig.from_args(args), epochs=args.sweep_epochs)
-    cures = {"plain": {}, "warmup": {"warmup_epochs": args.sweep_warmup_epochs}, "aggressive": {"aggressive": True},
-             "lr_split": {"enc_lr": args.enc_lr, "dec_lr": args.dec_lr}, "free_bits": {"free_bits": args.free_bits}}
-    res = {m: {k: [] for k in SWEEP_KEYS} for m in SWEEP_METHODS}
+    keys = ["active_units", "recon", "kl", "mutual_info"]
+
+    def final(cfg: VaeConfig) -> dict:  # a run's last-epoch validation numbers (None where it diverged)
+        try:
+            hist = net(cfg)[1]
+        except harness.Diverged:
+            return {k: None for k in keys}
+        return {"active_units": hist["active_units"][-1], "recon": hist["val_recon"][-1], "kl": hist["val_kl"][-1],
+                "mutual_info": max(0.0, hist["mutual_info"][-1])}
+
+    base = replace(VaeConfig.from_args(args, r), epochs=args.sweep_epochs)
+    cures = {"plain": {}, "warmup": {"warmup_epochs": r.sweep_warmup_epochs}, "aggressive": {"aggressive": True},
+             "lr_split": {"enc_lr": args.enc_lr, "dec_lr": args.dec_lr}, "free_bits": {"free_bits": r.free_bits}}
+    res = {m: {k: [] for k in keys} for m in SWEEP_METHODS}
     for beta in args.sweep_betas:
         for m in SWEEP_METHODS:
-            r = sweep_final(net, replace(base, name=f"sweep {m} beta {beta:g}", beta=beta, **cures[m]))
-            for k in SWEEP_KEYS:
-                res[m][k].append(r[k])
-    sigma = sweep_final(net, replace(base, name="sweep sigma", loss="sigma"))
+            got = final(replace(base, name=f"sweep {m} beta {beta:g}", beta=beta, **cures[m]))
+            for k in keys:
+                res[m][k].append(got[k])
+    sigma = final(replace(base, name="sweep sigma", loss="sigma"))
     pcs = pc_variances(x_tr)
     linear = [min(args.latent_dim, int((pcs > b / 2).sum())) for b in args.sweep_betas]
     mean_sse = float((x_va - x_tr.mean(0, keepdim=True)).pow(2).flatten(1).sum(1).mean())
-    common.save_plot_data(args.out, "collapse_sweep", dataset=args.dataset, latent_dim=args.latent_dim,
-                          warmup_epochs=args.sweep_warmup_epochs, enc_lr=args.enc_lr, dec_lr=args.dec_lr,
-                          free_bits=args.free_bits)
     print("\nactive units / validation reconstruction per beta")
     print(f"{'beta':>6} " + " ".join(f"{m:>16}" for m in SWEEP_METHODS) + f" {'linear optimum':>15}")
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
@@ -776,132 +642,49 @@ def collapse_sweep(net, split: tuple[torch.Tensor, torch.Tensor, dict], args) ->
             "val_images": len(x_va), "epochs": args.sweep_epochs}
 
 
-def plot_collapse_sweep(m: dict, out: Path) -> None:
-    d, b, sigma = common.load_plot_data(out, "collapse_sweep"), m["betas"], m["sigma"]
-    labels = {"plain": "plain", "warmup": f"KL warm-up ({d['warmup_epochs']} ep.)",
-              "aggressive": "aggressive encoder (He et al.)", "lr_split": f"enc/dec lr {d['enc_lr']:g}/{d['dec_lr']:g}",
-              "free_bits": f"free bits {d['free_bits']:g} nats/dim"}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), layout="constrained")
-    for ax, key, title, yl in [(axes[0], "active_units", "active units", f"units of {d['latent_dim']}"),
-                               (axes[1], "recon", "validation reconstruction", "summed squared error per image"),
-                               (axes[2], "mutual_info", "I(x; z) under q", "nats")]:
-        for i, method in enumerate(SWEEP_METHODS):
-            ys = [np.nan if v is None else v for v in m[method][key]]
-            ax.plot(b, ys, marker="os^vD"[i], ms=5, label=labels[method], alpha=0.85)
-        if sigma[key] is not None:
-            ax.axhline(sigma[key], color="k", ls="--", lw=1, label="calibrated decoder (sigma-VAE, no beta)")
-        if key == "active_units":
-            ax.plot(b, m["linear_optimum_active_units"], color="gray", lw=2, alpha=0.5, ls="-.",
-                    label="linear VAE optimum: #PCs with variance > beta/2")
-        if key == "recon":
-            ax.axhline(m["mean_image_sse"], color="gray", ls=":", label="predicting the mean image")
-        ax.axvline(784, color="C3", ls=":", lw=1)
-        ax.set_xscale("log")
-        ax.set(title=title, xlabel="beta (KL weight; decoder variance beta/2); 784 = nn.MSELoss() + KL", ylabel=yl)
-        ax.grid(alpha=0.3)
-    handles = {h.get_label(): h for ax in axes for h in ax.get_lines() if not h.get_label().startswith("_")}
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=5, fontsize=8)
-    fig.suptitle(f"posterior collapse against beta: {m['train_images']} training images, {m['epochs']} epochs per "
-                 f"run, measured on {m['val_images']} validation images ({d['dataset']})")
-    common.save_figure(fig, out / "collapse_sweep_beta.png")
-
-
-def mitigate_arms(args) -> list[tuple[str, str]]:
+def mitigate_arms(args, r: Recipe) -> list[tuple[str, str]]:
     """(name, label) of every arm `mitigate` compares, grouped by the kind of collapse."""
     B = f"beta {args.mitigate_beta:g}"
-    return [("literal", "MSELoss + KL (beta 784)"), ("literal_free_bits", f"+ free bits {args.free_bits:g}"),
+    return [("literal", "MSELoss + KL (beta 784)"), ("literal_free_bits", f"+ free bits {r.free_bits:g}"),
             ("sigma", "calibrated decoder"),
             ("plain", f"{B}: plain"), ("warmup", f"{B}: KL warm-up"), ("aggressive", f"{B}: aggressive enc."),
             ("lr_split", f"{B}: enc/dec lr")]
 
 
 @torch.no_grad()
-def arm_quality(model: VAE, hist: dict, ev: dict, label: str, clf, x: torch.Tensor, data: dict, args,
-                device) -> tuple[dict, torch.Tensor]:
-    """One arm's row of the mitigate table, and of its figure: x, x's reconstructions
-    (z ~ q(z|x)) and 8 prior samples."""
-    samples = decode_prior(model, args.n_samples, device, seed=args.seed)
-    metrics = {"label": label, **{k: ev[k] for k in ["recon", "kl", "active_units", "mutual_info", "mutual_info_se"]},
-               **sample_quality(samples, clf, data["x_train"]), "aggressive_epochs": hist.get("aggressive_epochs", 0),
-               "train_seconds": hist.get("train_seconds")}
-    torch.manual_seed(args.seed)
-    return metrics, torch.cat([x, model(x)[0], samples[:8]])
-
-
-@torch.no_grad()
-def mitigate(arms: list[tuple[VaeConfig, str]], net, tested, scorer: tuple[DigitClassifier, float], data: dict,
-             args, device) -> dict:
+def mitigate(arms: list[tuple[VaeConfig, str]], net, tested, scorer: tuple, data: dict, args, r: Recipe,
+             device) -> tuple[dict, dict]:
     """Cures that keep the architecture, each where it can work. Where collapse is the
     optimum of the objective (the assignment's literal loss), only a change of the
     objective helps: free bits (Kingma et al. 2016) and the calibrated decoder (Rybkin
     et al. 2021). Where collapse comes from the optimisation (beta = --mitigate-beta),
     the optimisation-side cures: KL warm-up (Bowman et al. 2016), aggressive encoder
     updates (He et al. 2019) and a slower decoder. `net(cfg)` trains an arm, `tested(cfg)`
-    evaluates it on the test set."""
+    evaluates it on the test set. Each arm's figure row: 8 test images, their
+    reconstructions (z ~ q(z|x)) and 8 of its Recipe.n_samples prior samples."""
     clf, x = scorer[0], data["x_test"][:8]
     metrics, rows, curves = {}, [], {}
     for cfg, label in arms:
         try:
             model, hist = net(cfg)
-        except common.Diverged as e:
+        except harness.Diverged as e:
             metrics[cfg.name] = {"error": f"diverged: {e}"}
             continue
-        metrics[cfg.name], row = arm_quality(model, hist, tested(cfg), label, clf, x, data, args, device)
-        rows.append(row)
+        ev, samples = tested(cfg), decode_prior(model, r.n_samples, device, seed=args.seed)
+        keep = {k: ev[k] for k in ["recon", "kl", "active_units", "mutual_info", "mutual_info_se"]}
+        metrics[cfg.name] = {"label": label, **keep, **sample_quality(clf, samples, data["x_train"]),
+                             "aggressive_epochs": hist.get("aggressive_epochs", 0),
+                             "train_seconds": hist.get("train_seconds")}
+        torch.manual_seed(args.seed)
+        rows.append(torch.cat([x, model(x)[0], samples[:8]]))
         curves.update({f"active_units_{cfg.name}": hist["active_units"], f"val_kl_{cfg.name}": hist["val_kl"]})
-    metrics["real_test_images"] = sample_quality(real_test_sample(data, args), clf, data["x_train"])
-    common.save_plot_data(args.out, "mitigate", images=torch.cat(rows) if rows else torch.zeros(0, 1, 28, 28),
-                          **curves, latent_dim=args.latent_dim, n_test=len(data["x_test"]), n_samples=args.n_samples)
-    print(f"\n{'arm':<26} {'recon':>7} {'KL':>7} {'AU':>3} {'I(x;z)':>14} {'conf.':>6} {'NN-RMSE':>8}")
-    for m in (m for m in metrics.values() if "label" in m):
-        print(f"{m['label']:<26} {m['recon']:7.2f} {m['kl']:7.2f} {m['active_units']:>3} "
-              f"{format_mi(m['mutual_info'], m['mutual_info_se']):>14} {m['classifier_confidence']:6.3f} "
-              f"{m['nearest_train_rmse']:8.4f}")
+    metrics["real_test_images"] = sample_quality(clf, real_test_sample(data, r.n_samples, args.seed), data["x_train"])
     metrics["settings"] = {"mitigate_beta": args.mitigate_beta, "warmup_epochs": args.warmup_epochs,
-                           "free_bits": args.free_bits, "enc_lr": args.enc_lr, "dec_lr": args.dec_lr,
-                           "aggressive_window": args.aggressive_window,
-                           "aggressive_max_steps": args.aggressive_max_steps, "epochs": args.epochs}
-    return metrics
-
-
-def plot_mitigate(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "mitigate")
-    ok = [n for n, v in m.items() if isinstance(v, dict) and "label" in v]  # the arms that finished
-    labels, real, s = [m[n]["label"] for n in ok], m["real_test_images"], m["settings"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
-    for n, label in zip(ok, labels):
-        ep = list(range(1, len(d[f"active_units_{n}"]) + 1))
-        axes[0].plot(ep, d[f"active_units_{n}"], marker="o", ms=3, label=label)
-        axes[1].plot(ep, d[f"val_kl_{n}"], marker="o", ms=3, label=label)
-    for ax, t, yl in [(axes[0], "active units", f"units of {d['latent_dim']}"),
-                      (axes[1], "validation KL", "nats per image")]:
-        ax.set_title(f"{t} per epoch")
-        ax.set_xlabel("epoch"), ax.set_ylabel(yl), ax.grid(alpha=0.3)
-    axes[1].set_yscale("symlog", linthresh=0.1)
-    axes[0].legend(fontsize=7)
-    common.save_figure(fig, out / "mitigate_curves.png")
-    if ok:
-        common.image_grid(torch.from_numpy(d["images"]), out / "mitigate_comparison.png",
-                          "per arm: 8 test images | their reconstructions (z ~ q(z|x)) | 8 samples (z ~ N(0, I))",
-                          nrow=24, row_labels=labels, cell_size=0.6)
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7), layout="constrained")
-    panels = [("recon", "test reconstruction (summed SE)"), ("kl", "test KL (nats)"), ("active_units", "active units"),
-              ("mutual_info", "I(x; z), nats (+-2 s.e.)"), ("classifier_confidence", "samples: CNN confidence"),
-              ("nearest_train_rmse", "samples: RMSE to nearest train image")]
-    for ax, (key, title) in zip(axes.flat, panels):
-        err = [2 * m[n]["mutual_info_se"] for n in ok] if key == "mutual_info" else None
-        ax.barh(range(len(ok)), [m[n][key] for n in ok], xerr=err,
-                color=["C3" if n.startswith("literal") or n == "sigma" else "C0" for n in ok])
-        if key in real:
-            ax.axvline(real[key], color="k", ls="--", lw=1, label="real test images")
-            ax.legend(fontsize=7, loc="lower right")
-        ax.set_yticks(range(len(ok)), labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(title), ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"cures, architecture unchanged (red: the literal loss's setting; blue: beta "
-                 f"{s['mitigate_beta']:g}); {s['epochs']} epochs each, {d['n_test']} test images, "
-                 f"{d['n_samples']} samples")
-    common.save_figure(fig, out / "mitigate_metrics.png")
+                           "free_bits": r.free_bits, "enc_lr": args.enc_lr, "dec_lr": args.dec_lr,
+                           "aggressive_window": r.aggressive_window, "aggressive_max_steps": r.aggressive_max_steps,
+                           "epochs": args.epochs}
+    return metrics, {"images": torch.cat(rows) if rows else torch.zeros(0, 1, 28, 28), **curves,
+                     "n_test": len(data["x_test"])}
 
 
 def posterior_means(model: VAE, x: torch.Tensor, n: int) -> np.ndarray:
@@ -927,46 +710,26 @@ def interpolations(model: VAE, data: dict, seed: int, pairs: int = 6, steps: int
 
 
 @torch.no_grad()
-def latent(model: VAE, latent2: VAE, ev2: dict, data: dict, args, device) -> dict:
+def latent(model: VAE, latent2: VAE, ev2: dict, data: dict, n_vis: int, seed: int, device) -> tuple[dict, dict]:
     """The latent space: t-SNE of 20-d means, a latent-2 model's own plane and decoded
     manifold, and interpolations between test images of different classes."""
     from scipy.stats import norm
     from sklearn.metrics import silhouette_score
 
-    n = min(args.n_vis, len(data["x_test"]))
+    n = min(n_vis, len(data["x_test"]))
     mu, y = posterior_means(model, data["x_test"], n), data["y_test"][:n].cpu().numpy()
-    xy = common.embed_2d(mu, "tsne", seed=args.seed)
+    xy = common.embed_2d(mu, "tsne", seed=seed)
     mu_tr = posterior_means(model, data["x_train"], min(10000, len(data["x_train"])))
-    probe = common.linear_probe(mu_tr, data["y_train"][:len(mu_tr)].cpu().numpy(), mu, y, seed=args.seed)
+    probe = common.linear_probe(mu_tr, data["y_train"][:len(mu_tr)].cpu().numpy(), mu, y, seed=seed)
     k = 15  # decoder over a k x k grid of Gaussian quantiles, so equal areas hold equal prior mass
     q = torch.tensor(norm.ppf(np.linspace(0.05, 0.95, k)), dtype=torch.float32)
     zz = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)  # rows: z2 high -> low
-    lines, pair_labels = interpolations(model, data, args.seed)
-    common.save_plot_data(args.out, "latent", tsne=xy, y=y, classes=data["classes"], latent_dim=args.latent_dim,
-                          mu2=posterior_means(latent2, data["x_test"], n), manifold=latent2.decode(zz.to(device)),
-                          interpolations=lines, pair_labels=pair_labels)
+    lines, pair_labels = interpolations(model, data, seed)
+    arrays = {"tsne": xy, "y": y, "classes": data["classes"], "mu2": posterior_means(latent2, data["x_test"], n),
+              "manifold": latent2.decode(zz.to(device)), "interpolations": lines, "pair_labels": pair_labels}
     return {"tsne_silhouette": float(silhouette_score(xy, y)) if len(set(y)) > 1 else 0.0,
             "latent_probe_test_acc": probe["test_acc"], "latent2_test_total": ev2["total"],
-            "latent2_test_recon": ev2["recon"], "latent2_test_kl": ev2["kl"], "n_vis": n}
-
-
-def plot_latent(m: dict, out: Path) -> None:
-    d = common.load_plot_data(out, "latent")
-    classes = d["classes"].tolist()
-    for what, title, name in [("tsne", f"t-SNE of {d['latent_dim']}-d posterior means, {m['n_vis']} test images",
-                               "latent_tsne"), ("mu2", "latent-2 VAE: test posterior means", "latent_2d_scatter")]:
-        fig, ax = plt.subplots(figsize=(7, 6))
-        common.scatter_by_class(ax, d[what], d["y"], classes, title)
-        if what == "mu2":
-            ax.set_xticks(np.arange(-3, 4)), ax.set_yticks(np.arange(-3, 4))
-            ax.set_xlabel("z1"), ax.set_ylabel("z2")
-        common.save_figure(fig, out / f"{name}.png")
-    common.image_grid(torch.from_numpy(d["manifold"]), out / "latent_2d_manifold.png",
-                      "latent-2 decoder over Gaussian quantiles 5%..95% (z1 right, z2 up)",
-                      nrow=math.isqrt(len(d["manifold"])), cell_size=0.5)
-    common.image_grid(torch.from_numpy(d["interpolations"]), out / "latent_interpolations.png",
-                      "decoded linear interpolation between posterior means",
-                      nrow=len(d["interpolations"]) // len(d["pair_labels"]), row_labels=d["pair_labels"].tolist())
+            "latent2_test_recon": ev2["recon"], "latent2_test_kl": ev2["kl"], "n_vis": n}, arrays
 
 
 def log_weights(model: VAE, x: torch.Tensor, k: int, recon: str) -> torch.Tensor:
@@ -992,236 +755,95 @@ def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def likelihood(model: VAE, x_test: torch.Tensor, args) -> dict:
-    """Test log-likelihood by importance sampling next to the ELBO, in nats per image."""
-    x = x_test[:args.iwae_n]
-    ks = [k for k in [1, 10, 100, 1000, 5000] if k < args.iwae_k] + [args.iwae_k]
-    per_image = max(1, 2 ** 22 // (args.iwae_k * 784))                       # keep [k, B, 784] near 16 MB
+def likelihood(model: VAE, x_test: torch.Tensor, K: int, n_images: int, recon: str) -> dict:
+    """Test log-likelihood of the first n_images test images by importance sampling with
+    K samples each (and every smaller power of 10), next to the ELBO, in nats per image."""
+    x = x_test[:n_images]
+    ks = [k for k in [1, 10, 100, 1000, 5000] if k < K] + [K]
+    per_image = max(1, 2 ** 22 // (K * 784))                                 # keep [k, B, 784] near 16 MB
     sums = {k: 0.0 for k in ks}
     elbo = 0.0
-    for i in common.progress(range(0, len(x), per_image), desc="IWAE"):
-        lw = log_weights(model, x[i:i + per_image], args.iwae_k, args.recon)  # [K, b]
+    for i in harness.progress(range(0, len(x), per_image), desc="IWAE"):
+        lw = log_weights(model, x[i:i + per_image], K, recon)                # [K, b]
         elbo += float(lw.mean(0).sum())
         for k in ks:  # the first k of the K samples: one unbiased draw of IWAE_k
             sums[k] += float(iwae_bound(lw[:k]).sum())
     n = len(x)
     iwae = {k: v / n for k, v in sums.items()}
     elbo /= n
-    common.save_plot_data(args.out, "likelihood", recon=args.recon)
-    return {"elbo": elbo, "iwae": iwae[args.iwae_k], "iwae_minus_elbo": iwae[args.iwae_k] - elbo,
-            "iwae_by_k": {str(k): v for k, v in iwae.items()}, "k": args.iwae_k, "n_images": n}
-
-
-def plot_likelihood(m: dict, out: Path) -> None:
-    recon = common.load_plot_data(out, "likelihood")["recon"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot([int(k) for k in m["iwae_by_k"]], list(m["iwae_by_k"].values()), marker="o",
-            label="IWAE bound log p_k(x)")
-    ax.axhline(m["elbo"], color="C3", ls="--", label=f"ELBO ({m['elbo']:.2f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("importance samples k")
-    ax.set_ylabel("nats per image (higher is tighter)")
-    ax.set_title(f"test log-likelihood bounds, {m['n_images']} images ({recon} decoder)")
-    ax.legend(), ax.grid(alpha=0.3)
-    common.save_figure(fig, out / "likelihood_bound_vs_k.png")
-
-
-# ----------------------------------------------------------------------------
-# Findings: the assignment's questions (shared/HANDOUT.md; the assignment calls
-# the VAE part 4), answered from this run's metrics. Each rule computes its
-# sentence from the numbers, so its direction and size change with the run;
-# tests/test_findings.py feeds every rule constructed metrics that make it come
-# out both ways. "Active units": latent dimensions whose posterior mean varies
-# with x (Var_x E[z|x] > 0.01, Burda et al. 2016).
-# ----------------------------------------------------------------------------
-
-
-def _answer_losses(E: dict):
-    t = E["train"]
-    tr, va, te = t["final_train"], t["final_val"], t["test"]
-    gap = va["total"] - tr["total"]
-    finding = (f"after {t['epochs']} epochs the validation negative ELBO ({va['total']:.2f} per image) is "
-               f"{abs(gap):.2f} ({abs(gap) / tr['total']:.1%}) {'above' if gap > 0 else 'below'} the training one "
-               f"({tr['total']:.2f}); of it, reconstruction {va['recon']:.2f} and KL {va['kl']:.2f} nats")
-    evidence = [f"final epoch, train ({t['train_images']:,} images): total {tr['total']:.2f}, reconstruction "
-                f"{tr['recon']:.2f}, KL {tr['kl']:.2f}",
-                f"final epoch, validation: total {va['total']:.2f}, reconstruction {va['recon']:.2f}, KL {va['kl']:.2f}",
-                f"test: total {te['total']:.2f}, {te['active_units']} active units, I(x;z) "
-                f"{format_mi(te['mutual_info'], te['mutual_info_se'])} nats"]
-    return finding, evidence, ["train_curves.png"]
-
-
-def _answer_reconstruct(E: dict):
-    r = E["reconstruct"]
-    finding = (f"test images are reconstructed with a root-mean-square error of {r['shown_rmse_per_pixel']:.3f} per "
-               f"pixel (pixel values in [0, 1]) on the images shown; summed squared error {r['test_recon_per_image']:.2f}"
-               f" per test image")
-    evidence = [f"shown images: summed squared error {r['shown_sse_per_image']:.2f} per image, decoded from E[z|x]",
-                f"whole test split: reconstruction term {r['test_recon_per_image']:.2f} per image"]
-    return finding, evidence, ["reconstruct_grid.png"]
-
-
-def _answer_priors(E: dict):
-    g = E["generate"]
-    ga, la, real = g["gaussian"], g["laplace"], g["real_test_images"]
-    # directions at the precision quoted (3 decimals): equal there is a tie
-    d = round(la["classifier_confidence"], 3) - round(ga["classifier_confidence"], 3)
-    r = round(la["nearest_train_rmse"], 3) - round(ga["nearest_train_rmse"], 3)
-    finding = (f"samples from the Laplace prior look {'less' if d < 0 else 'more' if d > 0 else 'as much'} like some "
-               f"class {'as' if d == 0 else 'than'} those from the Gaussian prior the VAE was trained with (classifier "
-               f"confidence {la['classifier_confidence']:.3f} vs {ga['classifier_confidence']:.3f}; real test images "
-               f"{real['classifier_confidence']:.3f}) and sit "
-               f"{'further from' if r > 0 else 'closer to' if r < 0 else 'as far from'} the training images "
-               f"(nearest-image RMSE {la['nearest_train_rmse']:.3f} vs {ga['nearest_train_rmse']:.3f})")
-    evidence = [f"{name}: classifier confidence {q['classifier_confidence']:.3f}, RMSE to the nearest training image "
-                f"{q['nearest_train_rmse']:.3f}, {q['classes_covered']} of 10 classes covered"
-                for name, q in [("Gaussian prior", ga), ("Laplace prior (same variance)", la),
-                                ("real test images", real)]]
-    evidence.append(f"scoring classifier test accuracy {common.pct(g['classifier_test_acc'])}")
-    return finding, evidence, ["generate_samples.png"]
-
-
-def _answer_collapse(E: dict):
-    c = E["collapse"]
-    lit, ok = c["literal"], c["healthy"]
-    dims = len(lit["kl_per_dim"])
-    ignores = lit["active_units"] == 0 or lit["mutual_info"] < 0.1
-    finding = (f"with the assignment's loss (nn.MSELoss() + KL, i.e. beta 784) q(z|x) "
-               f"{'ignores' if ignores else 'does not ignore'} x: {lit['active_units']} of {dims} active units, "
-               f"I(x;z) {lit['mutual_info']:.3f} nats, KL {lit['kl']:.3f} nats, and its reconstructions sit "
-               f"{c['recon_rmse_to_mean_image']['literal']:.3f} RMSE from the mean image (inputs: "
-               f"{c['recon_rmse_to_mean_image']['inputs']:.3f}); the summed-SSE VAE keeps {ok['active_units']} units")
-    evidence = [f"literal loss: test SSE {lit['recon']:.1f} per image vs {c['mean_image_sse']:.1f} for predicting the "
-                f"mean image; KL {lit['kl']:.3f}; I(x;z) {format_mi(lit['mutual_info'], lit['mutual_info_se'])}",
-                f"summed SSE (beta 1): test SSE {ok['recon']:.1f}, KL {ok['kl']:.2f}, I(x;z) "
-                f"{format_mi(ok['mutual_info'], ok['mutual_info_se'])}",
-                f"why: the literal loss is a Gaussian decoder of variance {c['literal_beta_equivalent'] / 2:g} per pixel;"
-                f" the training data's largest variance along any direction is {c['top_pc_variance']:.1f}, and "
-                f"{c['pcs_above_decoder_variance']['beta_784']} directions exceed it "
-                f"({c['pcs_above_decoder_variance']['beta_1']} exceed 0.5, the beta-1 decoder's variance)"]
-    return finding, evidence, ["collapse_kl_per_dim.png", "collapse_dynamics.png", "collapse_reconstructions.png"]
-
-
-def _answer_sweep(E: dict):
-    s = E["collapse_sweep"]
-    betas, plain, linear = s["betas"], s["plain"]["active_units"], s["linear_optimum_active_units"]
-    lo, hi = int(np.argmin(betas)), int(np.argmax(betas))
-    au = lambda v: "diverged" if v is None else str(v)  # noqa: E731
-    finding = (f"plain training keeps {au(plain[lo])} active units at beta {betas[lo]:g} and {au(plain[hi])} at beta "
-               f"{betas[hi]:g}; the linear-VAE optimum (data directions with variance above beta/2) predicts "
-               f"{linear[lo]} and {linear[hi]}")
-    methods = [m for m in s if isinstance(s[m], dict) and "active_units" in s[m] and m != "sigma"]
-    evidence = [f"{m}: active units per beta {', '.join(f'{b:g}: {au(v)}' for b, v in zip(betas, s[m]['active_units']))}"
-                for m in methods]
-    evidence.append(f"calibrated decoder: {au(s['sigma']['active_units'])} active units; {s['train_images']:,} training "
-                    f"/ {s['val_images']:,} validation images, {s['epochs']} epochs per run")
-    return finding, evidence, ["collapse_sweep_beta.png"]
-
-
-def _answer_mitigate(E: dict):
-    m = E["mitigate"]
-    ok = lambda n: n in m and "error" not in m[n]  # noqa: E731
-    parts, evidence = [], []
-    for base, cures in [("literal", ["literal_free_bits", "sigma"]), ("plain", ["warmup", "aggressive", "lr_split"])]:
-        done = [n for n in cures if ok(n)]
-        if not ok(base) or not done:
-            parts.append(f"the {base} arm or its cures did not finish")
-            continue
-        best = max(done, key=lambda n: (m[n]["active_units"], m[n]["mutual_info"]))
-        b, c = m[base], m[best]
-        gain = c["active_units"] - b["active_units"]
-        parts.append(f"against {b['label']}, {c['label']} {'adds' if gain > 0 else 'does not add'} active units "
-                     f"({c['active_units']} vs {b['active_units']}; I(x;z) {c['mutual_info']:.2f} vs "
-                     f"{b['mutual_info']:.2f} nats; reconstruction {c['recon']:.1f} vs {b['recon']:.1f})")
-    for n in ["literal", "literal_free_bits", "sigma", "plain", "warmup", "aggressive", "lr_split"]:
-        if ok(n):
-            a = m[n]
-            evidence.append(f"{a['label']}: reconstruction {a['recon']:.1f}, KL {a['kl']:.2f}, {a['active_units']} "
-                            f"active units, I(x;z) {format_mi(a['mutual_info'], a['mutual_info_se'])}, samples' "
-                            f"classifier confidence {a['classifier_confidence']:.3f}, nearest-image RMSE "
-                            f"{a['nearest_train_rmse']:.3f}")
-        elif n in m:
-            evidence.append(f"{n}: {m[n]['error']}")
-    return "; ".join(parts), evidence, ["mitigate_comparison.png", "mitigate_metrics.png", "mitigate_curves.png"]
-
-
-QUESTIONS = [
-    common.Question("4.1", "Training and validation losses", ("train",), _answer_losses),
-    common.Question("4.2", "Reconstructions of test images", ("reconstruct",), _answer_reconstruct),
-    common.Question("4.2", "Samples from N(0, I) vs another prior (Laplace): the differences", ("generate",),
-                    _answer_priors),
-    common.Question("4.3", "Posterior collapse: does q(z|x) ignore x, and why?", ("collapse",), _answer_collapse),
-    common.Question("4.3", "Collapse against the KL weight beta", ("collapse_sweep",), _answer_sweep),
-    common.Question("4.4", "Does a cure that keeps the architecture restore the latent code?", ("mitigate",),
-                    _answer_mitigate),
-]
+    return {"elbo": elbo, "iwae": iwae[K], "iwae_minus_elbo": iwae[K] - elbo,
+            "iwae_by_k": {str(k): v for k, v in iwae.items()}, "k": K, "n_images": n}
 
 
 # ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
 
-PLOTS = {"train": plot_train, "reconstruct": plot_reconstruct, "generate": plot_generate, "collapse": plot_collapse,
-         "collapse_sweep": plot_collapse_sweep, "mitigate": plot_mitigate, "latent": plot_latent,
-         "likelihood": plot_likelihood}
+
+class Networks:
+    """Every network of a run, trained (or loaded from out/cache) on first use and kept:
+    one per recipe and split, whatever the arm is called (VaeConfig compares without its
+    name). A divergence is kept too and raised again, never retrained."""
+
+    def __init__(self, data: dict, args, r: Recipe, device, cached: harness.Cache):
+        self.data, self.args, self.r, self.device, self.cached = data, args, r, device, cached
+        self.splits = {which: training_split(data, args, which) for which in ("full", "sweep")}
+
+    @functools.cache
+    def fitted(self, cfg: VaeConfig, which: str) -> tuple[VAE, dict] | harness.Diverged:
+        try:  # training needs gradients even when called from a no_grad experiment
+            with torch.enable_grad():
+                return fit_or_load(cfg, self.splits[which], self.args, self.device, self.cached)
+        except harness.Diverged as e:
+            return e
+
+    def net(self, cfg: VaeConfig, which: str = "full") -> tuple[VAE, dict]:
+        got = self.fitted(cfg, which)
+        if isinstance(got, harness.Diverged):
+            raise got
+        return got
+
+    @functools.cache
+    def tested(self, cfg: VaeConfig) -> dict:  # a full-data network's test-set evaluation, once
+        return evaluate(self.net(cfg)[0], self.data["x_test"], self.args)
+
+    @functools.cache
+    def scorer(self) -> tuple:
+        """The scoring CNN of Tasks 3 and 5 on this task's training images: (model, test accuracy)."""
+        d, mnist = self.data, self.args.dataset == "mnist" and not self.args.smoke
+        with torch.enable_grad():
+            return common.scoring_classifier(d["x_train"], d["y_train"], d["x_test"], d["y_test"],
+                                             epochs=self.r.clf_epochs, width=self.r.clf_width, seed=self.args.seed,
+                                             cache=self.cached, warn_below=0.99 if mnist else None)
 
 
 def main(argv=None) -> dict:
     parser = build_parser()
-    args = common.parse_args(parser, argv, SMOKE, check=check_args)
-    with common.user_errors(parser.prog, batch_flag="--batch-size"):
+    args = harness.parse_args(parser, argv, smoke=SMOKE, check=check_args)
+    with harness.user_errors(parser.prog, batch_flag="--batch-size"):
         if args.replot:  # figures only, from metrics.json and cache/plot/: no model, no data
-            return common.replot(args.out, PLOTS)
+            return harness.replot(report, args.out)
+        r = SMOKE_RECIPE if args.smoke else Recipe()
         device = common.pick_device(args.device)
         common.seed_everything(args.seed)
         data = load_data(args, device)
         print(f"{args.dataset} ({'smoke: scikit-learn digits' if args.smoke else 'torchvision'}): "
               f"{len(data['x_train'])} train, {len(data['x_val'])} val, {len(data['x_test'])} test")
-        arms = arm_configs(args)
-
-        # Every network is trained (or loaded from out/cache) on first use and kept for the
-        # run: one per recipe and split, whatever the arm is called (VaeConfig compares
-        # without its name). A divergence is kept too and raised again, never retrained.
-        @functools.cache
-        def split(which: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-            return training_split(data, args, which)
-
-        @functools.cache
-        def fitted(cfg: VaeConfig, which: str) -> tuple[VAE, dict] | common.Diverged:
-            try:  # training needs gradients even when called from a no_grad experiment
-                with torch.enable_grad():
-                    return fit_or_load(cfg, *split(which), args, device)
-            except common.Diverged as e:
-                return e
-
-        def net(cfg: VaeConfig, which: str = "full") -> tuple[VAE, dict]:
-            got = fitted(cfg, which)
-            if isinstance(got, common.Diverged):
-                raise got
-            return got
-
-        @functools.cache
-        def tested(cfg: VaeConfig) -> dict:  # a full-data network's test-set evaluation, once
-            return evaluate(net(cfg)[0], data["x_test"], args)
-
-        @functools.cache
-        def scorer() -> tuple[DigitClassifier, float]:
-            with torch.enable_grad():
-                return classifier(data, args, device)
-
+        arms = arm_configs(args, r)
+        nets = Networks(data, args, r, device, harness.Cache(args.out, args.fresh))
+        net, tested, seed = nets.net, nets.tested, args.seed
         vae, literal, latent2 = arms["vae"], arms["literal"], arms["latent2"]
-        results = common.Results("task5", args, device, questions=QUESTIONS)
-        return results.run({
-            "train": lambda: train(net(vae)[1], tested(vae), len(data["x_train"]), args),
-            "reconstruct": lambda: reconstruct(net(vae)[0], tested(vae), data["x_test"], args),
-            "generate": lambda: generate(net(vae)[0], scorer(), data, args, device),
-            "collapse": lambda: collapse(net(vae), net(literal), tested(vae), tested(literal), data, args),
-            "collapse_sweep": lambda: collapse_sweep(lambda cfg: net(cfg, "sweep"), split("sweep"), args),
-            "mitigate": lambda: mitigate([(arms[n], label) for n, label in mitigate_arms(args)], net, tested,
-                                         scorer(), data, args, device),
-            "latent": lambda: latent(net(vae)[0], net(latent2)[0], tested(latent2), data, args, device),
-            "likelihood": lambda: likelihood(net(vae)[0], data["x_test"], args),
-        }, PLOTS)
+        return harness.run(report, args, device, {
+            "train": lambda: train(net(vae)[1], tested(vae), len(data["x_train"])),
+            "reconstruct": lambda: reconstruct(net(vae)[0], tested(vae), data["x_test"]),
+            "generate": lambda: generate(net(vae)[0], nets.scorer(), data, r.n_samples, seed, device),
+            "collapse": lambda: collapse(net(vae), net(literal), tested(vae), tested(literal), data, seed),
+            "collapse_sweep": lambda: collapse_sweep(lambda cfg: net(cfg, "sweep"), nets.splits["sweep"], args, r),
+            "mitigate": lambda: mitigate([(arms[n], label) for n, label in mitigate_arms(args, r)], net, tested,
+                                         nets.scorer(), data, args, r, device),
+            "latent": lambda: latent(net(vae)[0], net(latent2)[0], tested(latent2), data, r.n_vis, seed, device),
+            "likelihood": lambda: likelihood(net(vae)[0], data["x_test"], r.iwae_k, r.iwae_n, args.recon),
+        }, recipe=r)
 
 
 if __name__ == "__main__":

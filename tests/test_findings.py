@@ -466,25 +466,25 @@ def test_task5_losses_both_ways():
          "test": {"total": 111.0, "recon": 100.0, "kl": 11.0, "active_units": 12, "mutual_info": 5.0,
                   "mutual_info_se": 0.1},
          "epochs": 10, "train_images": 55000, "train_seconds": 100.0}
-    assert "is 10.00 (10.0%) above the training one" in answer(Task5, "4.1", {"train": t})["finding"]
+    assert "is 10.00 (10.0%) above the training one" in answer(R5, "4.1", {"train": t})["finding"]
     t2 = copy.deepcopy(t)
     t2["final_val"]["total"] = 95.0
-    assert "is 5.00 (5.0%) below" in answer(Task5, "4.1", {"train": t2})["finding"]
+    assert "is 5.00 (5.0%) below" in answer(R5, "4.1", {"train": t2})["finding"]
 
 
 def test_task5_priors_both_ways():
-    q = lambda conf, rmse: {"classifier_confidence": conf, "nearest_train_rmse": rmse, "classes_covered": 10}  # noqa
+    q = lambda conf, rmse: {"confidence": conf, "nearest_train_rmse": rmse, "coverage": 10}  # noqa
     g = {"classifier_test_acc": 0.9, "gaussian": q(0.8, 0.1), "laplace": q(0.7, 0.12), "real_test_images": q(0.95, 0.09)}
-    e = answer(Task5, "4.2", {"generate": g}, "prior")["finding"]
+    e = answer(R5, "4.2", {"generate": g}, "prior")["finding"]
     assert e.startswith("samples from the Laplace prior look less like some class") and "further from" in e
     g["laplace"] = q(0.85, 0.08)
-    e = answer(Task5, "4.2", {"generate": g}, "prior")["finding"]
+    e = answer(R5, "4.2", {"generate": g}, "prior")["finding"]
     assert "look more like" in e and "closer to" in e
     g["laplace"] = q(0.8002, 0.1004)                                   # equal at the 3 decimals quoted
-    e = answer(Task5, "4.2", {"generate": g}, "prior")["finding"]
+    e = answer(R5, "4.2", {"generate": g}, "prior")["finding"]
     assert "look as much like some class as those" in e and "sit as far from" in e
     r = {"test_recon_per_image": 20.0, "shown_sse_per_image": 19.0, "shown_rmse_per_pixel": 0.156}
-    assert "0.156 per pixel" in answer(Task5, "4.2", {"reconstruct": r}, "Reconstructions")["finding"]
+    assert "0.156 per pixel" in answer(R5, "4.2", {"reconstruct": r}, "Reconstructions")["finding"]
 
 
 def t5_collapse(literal_au, literal_mi):
@@ -497,30 +497,30 @@ def t5_collapse(literal_au, literal_mi):
 
 
 def test_task5_collapse_both_ways():
-    e = answer(Task5, "4.3", {"collapse": t5_collapse(0, 0.001)}, "ignore")
+    e = answer(R5, "4.3", {"collapse": t5_collapse(0, 0.001)}, "ignore")
     assert "q(z|x) ignores x: 0 of 20 active units" in e["finding"]
     assert any("variance 392 per pixel; the training data's largest variance along any direction is 20.0" in v
                for v in e["evidence"])
-    assert "does not ignore x: 6 of 20" in answer(Task5, "4.3", {"collapse": t5_collapse(6, 2.0)}, "ignore")["finding"]
+    assert "does not ignore x: 6 of 20" in answer(R5, "4.3", {"collapse": t5_collapse(6, 2.0)}, "ignore")["finding"]
 
 
 def test_task5_sweep_both_ways():
     s = {"betas": [1.0, 100.0], "linear_optimum_active_units": [20, 1], "train_images": 1000, "val_images": 100,
          "epochs": 3, "top_pc_variance": 20.0, "mean_image_sse": 60.0,
          "sigma": {"active_units": 10, "recon": 1.0, "kl": 1.0, "mutual_info": 1.0}}
-    for m in Task5.SWEEP_METHODS:
+    for m in R5.SWEEP_METHODS:
         s[m] = {"active_units": [18, 0], "recon": [1.0, 2.0], "kl": [1.0, 0.0], "mutual_info": [1.0, 0.0]}
-    e = answer(Task5, "4.3", {"collapse_sweep": s}, "beta")["finding"]
+    e = answer(R5, "4.3", {"collapse_sweep": s}, "beta")["finding"]
     assert e.startswith("plain training keeps 18 active units at beta 1 and 0 at beta 100") and "20 and 1" in e
     s["plain"]["active_units"] = [None, 3]
-    assert "keeps diverged active units at beta 1 and 3" in answer(Task5, "4.3", {"collapse_sweep": s}, "beta")[
+    assert "keeps diverged active units at beta 1 and 3" in answer(R5, "4.3", {"collapse_sweep": s}, "beta")[
         "finding"]
 
 
 def t5_mitigate(fb_au, warm_au):
     arm = lambda label, au: {"label": label, "recon": 30.0, "kl": 1.0, "active_units": au, "mutual_info": au / 2,  # noqa
-                             "mutual_info_se": 0.1, "classifier_confidence": 0.8, "nearest_train_rmse": 0.1,
-                             "classes_covered": 10}
+                             "mutual_info_se": 0.1, "confidence": 0.8, "nearest_train_rmse": 0.1,
+                             "coverage": 10}
     return {"literal": arm("MSELoss + KL", 0), "literal_free_bits": arm("+ free bits", fb_au),
             "sigma": arm("calibrated decoder", 0), "plain": arm("beta 4: plain", 5),
             "warmup": arm("beta 4: KL warm-up", warm_au), "aggressive": arm("beta 4: aggressive enc.", 1),
@@ -528,12 +528,12 @@ def t5_mitigate(fb_au, warm_au):
 
 
 def test_task5_mitigate_both_ways():
-    e = answer(Task5, "4.4", {"mitigate": t5_mitigate(8, 9)})
+    e = answer(R5, "4.4", {"mitigate": t5_mitigate(8, 9)})
     assert e["finding"] == ("against MSELoss + KL, + free bits adds active units (8 vs 0; I(x;z) 4.00 vs 0.00 nats; "
                             "reconstruction 30.0 vs 30.0); against beta 4: plain, beta 4: KL warm-up adds active units "
                             "(9 vs 5; I(x;z) 4.50 vs 2.50 nats; reconstruction 30.0 vs 30.0)")
     assert "lr_split: diverged: loss nan" in e["evidence"]
-    e = answer(Task5, "4.4", {"mitigate": t5_mitigate(0, 2)})["finding"]
+    e = answer(R5, "4.4", {"mitigate": t5_mitigate(0, 2)})["finding"]
     assert "calibrated decoder does not add active units (0 vs 0" in e or "+ free bits does not add" in e
     assert "beta 4: KL warm-up does not add active units (2 vs 5" in e
 

@@ -209,12 +209,12 @@ REFUSED = [
     ("Task4", ["--tsne-small", "4"], ["--tsne-small"]),
     ("Task4", ["--shift-min", "2", "--shift-max", "2"], ["--shift-min", "--shift-max"]),
     ("Task4", ["--shift-steps", "1"], ["--shift-steps"]),
-    # Task 5: warm-ups within their runs, the sweep's sets inside the main ones
+    # Task 5: warm-ups within their runs (the sweep's is the recipe's: 1 epoch in --smoke), the sweep's
+    # sets inside the main ones. The sample counts are recipe fields: test_task5 checks their ranges.
     ("Task5", ["--epochs", "3", "--warmup-epochs", "3"], ["--warmup-epochs", "--epochs"]),
-    ("Task5", ["--sweep-epochs", "2", "--sweep-warmup-epochs", "2"], ["--sweep-warmup-epochs", "--sweep-epochs"]),
+    ("Task5", ["--sweep-epochs", "1"], ["--sweep-epochs", "sweep_warmup_epochs"]),
     ("Task5", ["--val-size", "200", "--sweep-val", "201"], ["--sweep-val", "--val-size"]),
     ("Task5", ["--train-size", "500", "--sweep-size", "501"], ["--sweep-size", "--train-size"]),
-    ("Task5", ["--n-samples", "7"], ["--n-samples"]),                # mitigate's figure shows 8 samples per arm
     ("Task5", ["--sweep-betas", "1,0"], ["--sweep-betas"]),
 ]
 
@@ -239,7 +239,7 @@ ACCEPTED = [
     ("Task3", ["--vanish-iters", "10", "--vanish-warmup-iters", "10"]),
     ("Task4", ["--tsne-large", "300", "--shift-min", "-3", "--shift-max", "-2"]),
     ("Task4", ["--experiments", "zeroshot", "--shift-min", "2", "--shift-max", "1"]),  # gap_shift not run
-    ("Task5", ["--n-samples", "8", "--sweep-val", "200", "--sweep-size", "500"]),
+    ("Task5", ["--sweep-val", "200", "--sweep-size", "500", "--sweep-epochs", "2"]),
     ("Task5", ["--experiments", "train", "--epochs", "1", "--warmup-epochs", "10"]),
 ]
 

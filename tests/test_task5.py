@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import common
+import harness
 import Task5
 from architecture import VAE
+from reports import task5 as report
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       assert_replot_needs_plot_data, assert_replot_redraws, load_metrics)
 
@@ -218,11 +220,13 @@ def test_laplace_prior_has_unit_variance_and_heavier_tails():
 
 
 def test_nearest_train_rmse_matches_brute_force():
+    """Task 5's sample proxy (the shared common.sample_quality) against a brute-force search."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(7, 1, 28, 28, generator=g), torch.rand(50, 1, 28, 28, generator=g)
     want = torch.cdist(a.flatten(1), b.flatten(1)).min(1).values / math.sqrt(784)
-    assert torch.allclose(Task5.nearest_train_rmse(a, b, chunk=16), want, atol=1e-4)
-    assert torch.allclose(Task5.nearest_train_rmse(b[:3], b), torch.zeros(3), atol=1e-3)
+    probs = torch.full((7, 10), 0.1)
+    assert common.sample_quality(probs, a, b)["nearest_train_rmse"] == pytest.approx(want.mean().item(), abs=1e-4)
+    assert common.sample_quality(probs[:3], b[:3], b)["nearest_train_rmse"] == pytest.approx(0.0, abs=1e-3)
 
 
 # ----------------------------------------------------------------------------
@@ -292,23 +296,23 @@ def test_free_bits_stop_the_kl_gradient_below_the_floor():
 
 
 def test_a_misspelt_arm_field_is_a_type_error_and_the_cache_key_keeps_its_fields():
-    args = common.parse_args(Task5.build_parser(), ["--smoke"], Task5.SMOKE)
-    base = Task5.VaeConfig.from_args(args)
+    args, r = harness.parse_args(Task5.build_parser(), ["--smoke"], Task5.SMOKE), Task5.SMOKE_RECIPE
+    base = Task5.VaeConfig.from_args(args, r)
     with pytest.raises(TypeError):
         dataclasses.replace(base, warmup_epoch=3)                        # warmup_epochs misspelt
     with pytest.raises(TypeError):
         Task5.VaeConfig(**dataclasses.asdict(base), free_bit=0.5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         base.beta = 2.0
-    arms = Task5.arm_configs(args)
-    assert {n for n, _ in Task5.mitigate_arms(args)} <= set(arms)
+    arms = Task5.arm_configs(args, r)
+    assert {n for n, _ in Task5.mitigate_arms(args, r)} <= set(arms)
     # --mitigate-beta 1: `plain` is the recipe of `vae` (one network), whatever its name
     assert arms["plain"] == arms["vae"] and hash(arms["plain"]) == hash(arms["vae"]) and arms["plain"].name == "plain"
     assert arms["literal"] != arms["vae"]
     # the disk cache key holds the old recipe dict's fields: the aggressive loop's two only where it runs
-    assert set(arms["vae"].recipe()) == {"loss", "beta", "warmup_epochs", "free_bits", "aggressive", "enc_lr", "dec_lr",
+    assert set(arms["vae"].key()) == {"loss", "beta", "warmup_epochs", "free_bits", "aggressive", "enc_lr", "dec_lr",
                                          "latent_dim", "epochs"}
-    assert arms["aggressive"].recipe() == {**arms["plain"].recipe(), "aggressive": True, "aggressive_window": 2,
+    assert arms["aggressive"].key() == {**arms["plain"].key(), "aggressive": True, "aggressive_window": 2,
                                            "aggressive_max_steps": 4}
 
 
@@ -326,7 +330,7 @@ def test_encoder_catch_up_stops_as_he_et_al():
 def test_aggressive_training_moves_each_half_only_in_its_own_step(monkeypatch):
     """Inner steps update the encoder with no gradient computed for the decoder; the
     outer step updates the decoder alone (He et al. 2019, Algorithm 1)."""
-    args = common.parse_args(Task5.build_parser(), ["--smoke", "--batch-size", "16"], Task5.SMOKE)
+    args = harness.parse_args(Task5.build_parser(), ["--smoke", "--batch-size", "16"], Task5.SMOKE)
     x = torch.rand(32, 1, 28, 28)
     log = []
     orig = Task5.encoder_catch_up
@@ -348,7 +352,7 @@ def test_aggressive_training_moves_each_half_only_in_its_own_step(monkeypatch):
 
     monkeypatch.setattr(VAE, "__init__", capture)
     monkeypatch.setattr(Task5, "encoder_catch_up", spy)
-    cfg = dataclasses.replace(Task5.VaeConfig.from_args(args), aggressive=True, epochs=1)
+    cfg = dataclasses.replace(Task5.VaeConfig.from_args(args, Task5.SMOKE_RECIPE), aggressive=True, epochs=1)
     model, hist = Task5.train_vae(x, x[:8], cfg, args, torch.device("cpu"))
     assert len(log) == 2 and hist["encoder_steps_per_decoder_step"][0] == pytest.approx(4.0)  # window 2, cap 4
     for n, moved, dec_grads in log:
@@ -378,10 +382,26 @@ def test_principal_component_variances_of_a_constructed_set():
 # ----------------------------------------------------------------------------
 
 
-def test_fewer_than_64_samples_are_shown_in_a_grid_of_their_own(tmp_path):
-    Task5.main(["--smoke", "--out", str(tmp_path), "--experiments", "generate", "--n-samples", "10"])
+def test_fewer_than_64_samples_are_shown_in_a_grid_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(Task5, "SMOKE_RECIPE", dataclasses.replace(Task5.SMOKE_RECIPE, n_samples=10))
+    Task5.main(["--smoke", "--out", str(tmp_path), "--experiments", "generate"])
     assert_png_ok(tmp_path / "generate_samples.png")
-    assert load_metrics(tmp_path)["experiments"]["generate"]["gaussian"]["classifier_confidence"] > 0
+    doc = load_metrics(tmp_path)
+    assert doc["experiments"]["generate"]["gaussian"]["confidence"] > 0 and doc["recipe"]["n_samples"] == 10
+
+
+def test_the_recipe_refuses_what_its_flags_refused():
+    """Recipe fields that were flags keep their ranges: mitigate's figure shows 8 samples
+    per arm, a t-SNE needs 5 points, every count and the free-bits floor are positive."""
+    for field, bad, ok in [("n_samples", 7, 8), ("n_vis", 4, 5), ("iwae_k", 0, 1), ("free_bits", 0.0, 0.1),
+                           ("aggressive_window", 0, 1)]:
+        with pytest.raises(ValueError, match=field):
+            dataclasses.replace(Task5.Recipe(), **{field: bad})
+        assert getattr(dataclasses.replace(Task5.SMOKE_RECIPE, **{field: ok}), field) == ok
+    assert dataclasses.asdict(Task5.Recipe()) == {"sweep_warmup_epochs": 2, "aggressive_window": 10,
+                                                  "aggressive_max_steps": 100, "free_bits": 0.5, "clf_epochs": 3,
+                                                  "clf_width": 32, "n_samples": 1000, "n_vis": 2000, "iwae_k": 1000,
+                                                  "iwae_n": 1000}                  # the flags' old defaults
 
 
 def test_warmup_as_long_as_training_is_refused(tmp_path, capsys):
@@ -435,7 +455,7 @@ def test_mutual_information_is_never_reported_negative(capsys):
     """A collapsed encoder (q(z|x) = N(0, I) for every x): the estimate scatters around
     0 by its standard error; evaluate reports max(0, estimate) with that error, and the
     epoch line shows it as ~0."""
-    args = common.parse_args(Task5.build_parser(), ["--smoke"], Task5.SMOKE)
+    args = harness.parse_args(Task5.build_parser(), ["--smoke"], Task5.SMOKE)
     m = VAE(latent_dim=20)
     with torch.no_grad():
         for layer in (m.fc_mu, m.fc_logvar):
@@ -493,9 +513,9 @@ def test_smoke_run_writes_every_metric_in_range(smoke_out):
     assert_in_range(ex["train"], "test/mutual_info", 0, math.log(1000))
     assert_in_range(ex["reconstruct"], "shown_rmse_per_pixel", 0, 1)
     for prior in ["gaussian", "laplace", "real_test_images"]:
-        assert_in_range(ex["generate"], f"{prior}/classifier_confidence", 0.1, 1)
+        assert_in_range(ex["generate"], f"{prior}/confidence", 0.1, 1)
         assert_in_range(ex["generate"], f"{prior}/nearest_train_rmse", 0, 1)
-        assert_in_range(ex["generate"], f"{prior}/classes_covered", 0, 10)
+        assert_in_range(ex["generate"], f"{prior}/coverage", 0, 10)
     c = ex["collapse"]
     for run in ["healthy", "literal"]:
         assert_in_range(c, f"{run}/active_units", 0, 20)
@@ -514,9 +534,10 @@ def test_smoke_run_writes_every_metric_in_range(smoke_out):
         assert all(0 <= v <= 20 for v in sw[m]["active_units"]) and all(0 <= v <= 784 for v in sw[m]["recon"])
     assert_in_range(sw, "sigma/active_units", 0, 20)
     assert sorted(sw["linear_optimum_active_units"], reverse=True) == sw["linear_optimum_active_units"]
-    for arm, _ in Task5.mitigate_arms(common.parse_args(Task5.build_parser(), ["--smoke"], Task5.SMOKE)):
+    args = harness.parse_args(Task5.build_parser(), ["--smoke"], Task5.SMOKE)
+    for arm, _ in Task5.mitigate_arms(args, Task5.SMOKE_RECIPE):
         for key, lo, hi in [("recon", 0, 784), ("kl", 0, 1e4), ("active_units", 0, 20), ("mutual_info", 0, 7),
-                            ("classifier_confidence", 0.1, 1), ("nearest_train_rmse", 0, 1)]:
+                            ("confidence", 0.1, 1), ("nearest_train_rmse", 0, 1)]:
             assert_in_range(ex["mitigate"], f"{arm}/{key}", lo, hi)
     assert ex["mitigate"]["aggressive"]["aggressive_epochs"] >= 1
     assert_in_range(ex["latent"], "latent_probe_test_acc", 0, 1)
@@ -544,7 +565,7 @@ def test_divergence_is_recorded_and_the_next_experiment_runs(tmp_path):
 def test_replot_redraws_every_figure_without_computing(smoke_out, tmp_path, monkeypatch):
     """--replot needs no data, no VAE and no classifier (nor their cache files)."""
     assert_replot_redraws(Task5, smoke_out, tmp_path, monkeypatch, FIGURES, ["load_data", "fit_or_load",
-                                                                             "classifier"])
+                                                                             "train_vae", "Networks"])
 
 
 def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):
@@ -562,7 +583,7 @@ def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):
     (["--epochs", "0"], "positive integer"),
     (["--val-size", "100000"], "val-size"),
     (["--sweep-betas", "1,-3"], "positive"),
-    (["--experiments", "collapse_sweep", "--sweep-epochs", "2", "--sweep-warmup-epochs", "3"], "sweep-warmup"),
+    (["--experiments", "collapse_sweep", "--sweep-epochs", "1"], "warm-up of 1 epochs"),  # the smoke recipe's
 ])
 def test_bad_flags_exit_2(tmp_path, args, expect):
     assert_bad_input("Task5.py", ["--smoke", *args], tmp_path / "out", expect)
@@ -572,12 +593,22 @@ def test_missing_dataset_offline_exits_2(tmp_path, empty_data_root):
     assert_bad_input("Task5.py", ["--data-root", str(empty_data_root)], tmp_path / "out", "could not get")
 
 
-def test_corrupt_cache_exits_2(tmp_path):
-    out = tmp_path / "out"
-    Task5.main(["--smoke", "--out", str(out), "--experiments", "reconstruct", "--epochs", "1"])
-    for f in (out / "cache").glob("vae-*.pt"):
+def test_a_corrupt_cache_file_is_said_in_one_line_and_recomputed(tmp_path, capsys):
+    """A cache is recomputable: a file that cannot be read costs one line and the
+    training, never the run; the numbers are those of a clean run."""
+    out, args = tmp_path / "out", ["--smoke", "--experiments", "reconstruct", "--epochs", "1"]
+    Task5.main([*args, "--out", str(out)])
+    clean = load_metrics(out)["experiments"]["reconstruct"]
+    victims = list((out / "cache").glob("vae-*.pt"))
+    for f in victims:
         f.write_bytes(b"not a checkpoint")
-    assert_bad_input("Task5.py", ["--smoke", "--experiments", "reconstruct", "--epochs", "1"], out, "--fresh")
+    capsys.readouterr()
+    Task5.main([*args, "--out", str(out)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "unreadable" in ln]
+    assert len(victims) == 1 and len(err) == 1 and victims[0].name in err[0] and "computing it again" in err[0]
+    assert len(torch.load(victims[0], weights_only=True)["value"]["history"]["train_total"]) == 1  # rewritten, whole
+    again = load_metrics(out)["experiments"]["reconstruct"]
+    assert again == clean | {"seconds": again["seconds"]}
 
 
 # ----------------------------------------------------------------------------
@@ -629,4 +660,4 @@ def test_smoke_answers_every_assignment_question(smoke_out):
     """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
     from test_findings import assert_findings
 
-    assert_findings(smoke_out, Task5)
+    assert_findings(smoke_out, report)
