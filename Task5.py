@@ -164,8 +164,9 @@ def pc_variances(x: torch.Tensor) -> torch.Tensor:
     """Variances of the data along its principal directions, descending [784]: the
     eigenvalues of the pixel covariance (pixels in [0, 1], per image). A linear
     Gaussian VAE with decoder variance s2 keeps latent d active only while the d-th
-    of these exceeds s2 (Lucas et al. 2019, "Don't blame the ELBO", section 4)."""
-    f = x.flatten(1).double()
+    of these exceeds s2 (Lucas et al. 2019, "Don't blame the ELBO", section 4). In float64,
+    on the CPU: MPS has no float64, and a 784x784 covariance costs the CPU a second."""
+    f = x.flatten(1).cpu().double()
     f = f - f.mean(0)
     return torch.linalg.eigvalsh(f.T @ f / (len(f) - 1)).flip(0).float().cpu()
 
@@ -823,8 +824,7 @@ def main(argv=None) -> dict:
     with harness.user_errors(parser.prog, batch_flag="--batch-size"):
         if args.replot:  # figures only, from metrics.json and cache/plot/: no model, no data
             return harness.replot(report, args.out)
-        r = SMOKE_RECIPE if args.smoke else Recipe()
-        device = common.pick_device(args.device)
+        r, device = SMOKE_RECIPE if args.smoke else Recipe(), common.pick_device(args.device, args.precision)
         common.seed_everything(args.seed)
         data = load_data(args, device)
         print(f"{args.dataset} ({'smoke: scikit-learn digits' if args.smoke else 'torchvision'}): "

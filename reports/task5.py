@@ -176,8 +176,12 @@ def plot_mitigate(m: dict, d: dict, cfg, out: Path) -> None:
               ("nearest_train_rmse", "samples: RMSE to nearest train image")]
     for ax, (key, title) in zip(axes.flat, panels):
         err = [2 * m[n]["mutual_info_se"] for n in ok] if key == "mutual_info" else None
-        ax.barh(range(len(ok)), [m[n][key] for n in ok], xerr=err,
+        values = [m[n][key] for n in ok]
+        ax.barh(range(len(ok)), values, xerr=err,
                 color=["C3" if n.startswith("literal") or n == "sigma" else "C0" for n in ok])
+        ax.scatter(values, range(len(ok)), s=10, color="black", zorder=3)  # a bar of length 0 still shows
+        if key == "active_units":
+            ax.set_xlim(0, cfg.latent_dim + 0.5)
         if key in real:
             ax.axvline(real[key], color="k", ls="--", lw=1, label="real test images")
             ax.legend(fontsize=7, loc="lower right")

@@ -15,7 +15,7 @@ import harness
 import Task5
 from architecture import VAE
 from reports import task5 as report
-from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
+from conftest import (assert_bad_input, assert_figures_readable, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       assert_replot_needs_plot_data, assert_replot_redraws, load_metrics)
 
 # ----------------------------------------------------------------------------
@@ -497,6 +497,12 @@ def test_smoke_run_writes_every_figure(smoke_out):
     assert "## likelihood" in summary and "![train_curves.png](train_curves.png)" in summary
     assert "![collapse_sweep_beta.png](collapse_sweep_beta.png)" in summary.split("## collapse_sweep")[1]
     assert "beta 784" in summary.split("## collapse")[1]                  # the literal loss explained
+
+
+def test_smoke_figures_are_readable(smoke_out):
+    """No overlapping text, no empty panel (mitigate_metrics' active units once showed only
+    bars of length 0 on a -0.04..0.04 axis)."""
+    assert_figures_readable(smoke_out)
 
 
 def test_smoke_run_writes_every_metric_in_range(smoke_out):
