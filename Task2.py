@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> dict:
             return fit_probe(features("train")["cls_final"], data.y_train, features("test")["cls_final"],
                              data.y_test, args.seed, recipe)
 
-        with common.one_thread(args.smoke and device.type == "cpu"):
+        with harness.one_thread(args.smoke and device.type == "cpu"):
             return harness.run(report, args, device, {
                 "classify": lambda: classify(vit, names, pixels),
                 "attention": lambda: attention(vit, names, pixels, args.discard_ratio),

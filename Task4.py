@@ -284,7 +284,8 @@ def model_key(args, device: torch.device) -> dict:
     init depend on the seed), the activation they run through (QuickGELU or GELU) and the
     precision they are computed in (bf16 autocast moves them by ~1e-2)."""
     if args.smoke:
-        return {"model": "smoke-clip", "config": SMOKE_CLIP, "seed": args.seed, "precision": common.compute_dtype(device)}
+        return {"model": "smoke-clip", "config": SMOKE_CLIP, "seed": args.seed,
+                "precision": common.compute_dtype(device)}
     key = {"model": args.model, "pretrained": args.pretrained, "precision": common.compute_dtype(device),
            "quick_gelu": clip_quick_gelu(args.model, args.pretrained)}
     return {**key, "seed": args.seed} if args.pretrained == "none" else key

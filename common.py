@@ -1,17 +1,13 @@
 """The science two or more tasks share (how a run runs lives in harness/):
 
-    device      pick_device, amp_dtype/autocast/grad_scaler/optimiser_step (bf16 on
-                compute capability >= 8, fp16 + loss scaling below, fp32 on CPU/MPS),
-                seed_everything, check_finite, few_threads/one_thread (CPU threads)
+    device      pick_device, amp_dtype/autocast/grad_scaler/optimiser_step (--precision),
+                seed_everything, check_finite
     data        load_split: torchvision datasets on full runs, offline smoke sets
                 (scikit-learn's digits, generated shapes); resize_normalise
     plots       save_figure, tile, image_grid, line_plot, scatter_by_class, embed_2d,
                 confusion_matrix, plot_confusion
     measures    nearest_distance, linear_probe, the scoring CNN of Tasks 3 and 5
                 (scoring_classifier, classify_digits, sample_quality, classes_covered)
-
-The conventions these implement are listed in README.md, section "Conventions
-shared by all tasks".
 """
 from __future__ import annotations
 
@@ -32,12 +28,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only; nothing is shown on screen
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness import Cache, UserError, atomic_path, progress  # noqa: E402
+from harness import Cache, Diverged, UserError, atomic_path, few_threads, progress  # noqa: E402
 
 # ----------------------------------------------------------------------------
 # Device, precision, seeding
 # ----------------------------------------------------------------------------
-
 
 # --precision of this process (set by pick_device): "auto", "fp32", "bf16" or "fp16".
 PRECISION = "auto"
@@ -67,14 +62,12 @@ def pick_device(name: str = "auto", precision: str = "auto") -> torch.device:
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype on `device` under PRECISION, or None for full precision.
 
-    auto: bf16 on CUDA GPUs of compute capability >= 8 (A100, RTX 30xx and later, H100):
-    their tensor cores run bf16 natively, and bf16 has fp32's exponent range, so no
-    loss scaling. Below 8 (T4, V100, the free notebook GPUs) bf16 is emulated and
-    cuDNN has no bf16 convolutions: fp16 there, and only where a model trains (with
-    `grad_scaler`), since fp16's 65,504 ceiling is reached by random full-size
-    networks' activations. CPU and MPS stay in fp32. fp32/bf16/fp16 choose the same
-    on every device: on the CPU, torch's CPU autocast and GradScaler("cpu") run the
-    very code a GPU runs."""
+    auto: bf16 on CUDA GPUs of compute capability >= 8 (A100, RTX 30xx and later, H100): their tensor cores run bf16
+    natively, and bf16 has fp32's exponent range, so no loss scaling. Below 8 (T4, V100, the free notebook GPUs)
+    bf16 is emulated and cuDNN has no bf16 convolutions: fp16 there, and only where a model trains (with
+    `grad_scaler`), since fp16's 65,504 ceiling is reached by random full-size networks' activations. CPU and MPS
+    stay in fp32. fp32/bf16/fp16 choose the same on every device: on the CPU, torch's CPU autocast and
+    GradScaler("cpu") run the very code a GPU runs."""
     if PRECISION != "auto":
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[PRECISION]
     if device.type != "cuda":
@@ -85,38 +78,28 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, train: bool = False):
     """Mixed precision for a forward pass: bf16 where amp_dtype says so; fp16 only when
     `train` (the step then uses `grad_scaler`); otherwise full precision."""
-    dtype = amp_dtype(device)
-    if dtype is None or (dtype == torch.float16 and not train):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(compute_dtype(device, train))
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 training (`autocast(device, train=True)` in fp16): small
-    gradients would underflow fp16's 6e-8 floor. A disabled scaler elsewhere, so a
-    training loop is written once (optimiser_step). A step whose scaled gradients
-    overflow is skipped and the scale halved: normal, not divergence (step_skipped)."""
+    """Loss scaling for fp16 training (`autocast(device, train=True)` in fp16): small gradients would underflow fp16's
+    6e-8 floor. A disabled scaler elsewhere, so a training loop is written once (optimiser_step). A step whose
+    scaled gradients overflow is skipped and the scale halved: normal, not divergence."""
     fp16 = amp_dtype(device) == torch.float16
     return torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE, enabled=fp16)
 
 
 def optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> bool:
-    """One optimiser step from `loss`: zero the gradients, backward and step through the
-    loss scaler of grad_scaler (a pass-through where it is disabled). Returns whether
-    the optimiser stepped (False: loss scaling skipped it), so a learning-rate schedule
-    steps only with it."""
+    """One optimiser step from `loss`: zero the gradients, backward and step through the loss scaler of grad_scaler (a
+    pass-through where it is disabled). Returns whether the optimiser stepped (False: loss scaling skipped it), so a
+    learning-rate schedule steps only with it."""
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    before = scaler.get_scale() if scaler.is_enabled() else None
+    before = scaler.get_scale() if scaler.is_enabled() else None  # one sync per step, fp16 only
     scaler.step(opt)
     scaler.update()
-    return not step_skipped(scaler, before)
-
-
-def step_skipped(scaler: torch.amp.GradScaler, scale_before: float | None) -> bool:
-    """Whether the last scaler.step skipped the optimiser: the scale fell at update()
-    (it only falls when the scaled gradients held inf/NaN)."""
-    return scaler.is_enabled() and scale_before is not None and scaler.get_scale() < scale_before
+    return before is None or scaler.get_scale() >= before  # the scale falls only when the step was skipped
 
 
 def compute_dtype(device: torch.device, train: bool = False) -> str:
@@ -129,10 +112,8 @@ def compute_dtype(device: torch.device, train: bool = False) -> str:
 
 
 def precision_name(device: torch.device) -> str:
-    dtype = amp_dtype(device)
-    if dtype is None:
-        return "fp32"
-    return "bf16 autocast" if dtype == torch.bfloat16 else "fp16 autocast with loss scaling for training, fp32 inference"
+    return {"fp32": "fp32", "bf16": "bf16 autocast"}.get(compute_dtype(device, train=True),
+                                                         "fp16 autocast with loss scaling for training, fp32 inference")
 
 
 def seed_everything(seed: int) -> None:
@@ -144,8 +125,6 @@ def seed_everything(seed: int) -> None:
 def check_finite(loss: torch.Tensor, what: str) -> None:
     """Raise Diverged if a loss went NaN/inf (call once per step; costs one sync)."""
     if not torch.isfinite(loss).all():
-        from harness import Diverged
-
         raise Diverged(f"{what} became {loss.detach().float().cpu().flatten()[0].item()}")
 
 
@@ -160,23 +139,16 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 MNIST_CLASSES = [str(i) for i in range(10)]
 
 # name -> (torchvision dataset class, image size: the smoke sets are made at this size)
-DATASETS = {
-    "mnist": ("MNIST", 28),
-    "fashion-mnist": ("FashionMNIST", 28),
-    "cifar10": ("CIFAR10", 32),
-    "cifar100": ("CIFAR100", 32),
-    "stl10": ("STL10", 96),
-}
+DATASETS = {"mnist": ("MNIST", 28), "fashion-mnist": ("FashionMNIST", 28), "cifar10": ("CIFAR10", 32),
+            "cifar100": ("CIFAR100", 32), "stl10": ("STL10", 96)}
 
 
 def resize_normalise(x: torch.Tensor, size: int | tuple[int, int], mean, std, mode: str = "bilinear") -> torch.Tensor:
-    """Images -> a pretrained model's input, on whatever device `x` is on (so upsampling
-    thousands of 32 px images to 224 px costs no CPU time on a GPU run).
-    x: uint8 [B, C, h, w] in 0..255, or float in [0, 1]. Resized to `size` (H, W) with
-    `mode` ("bilinear" or "bicubic") and antialiasing, as PIL and torchvision's
-    transforms do when shrinking; clamped to [0, 1] (bicubic overshoots, and PIL's
-    uint8 output is clamped too); minus `mean`, over `std` (per channel, [C] each).
-    Returns float32 [B, C, H, W]; channels_last on CUDA, where cuDNN convolutions are
+    """Images -> a pretrained model's input, on whatever device `x` is on (so upsampling thousands of 32 px images to
+    224 px costs no CPU time on a GPU run). x: uint8 [B, C, h, w] in 0..255, or float in [0, 1]. Resized to `size`
+    (H, W) with `mode` ("bilinear" or "bicubic") and antialiasing, as PIL and torchvision's transforms do when
+    shrinking; clamped to [0, 1] (bicubic overshoots, and PIL's uint8 output is clamped too); minus `mean`, over
+    `std` (per channel, [C] each). Returns float32 [B, C, H, W]; channels_last on CUDA, where cuDNN convolutions are
     fastest in NHWC."""
     x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -192,12 +164,10 @@ def load_split(name: str, root: str | Path, train: bool, smoke: bool = False, se
                smoke_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One split of a dataset as (images uint8 [N, C, H, W], labels int64 [N], class names).
 
-    Full runs use torchvision with download=True under `root` (torchvision's own
-    layout, so data a user already has is reused). STL-10's train split is its
-    5,000 labelled images. Smoke runs never touch the network: MNIST-like sets come
-    from scikit-learn's 8x8 digits, the colour sets from `make_shapes`, with the
-    real dataset's class names (CIFAR-100: "class00".."class99") and image size.
-    """
+    Full runs use torchvision with download=True under `root` (torchvision's own layout, so data a user already has
+    is reused). STL-10's train split is its 5,000 labelled images. Smoke runs never touch the network: MNIST-like
+    sets come from scikit-learn's 8x8 digits, the colour sets from `make_shapes`, with the real dataset's class
+    names (CIFAR-100: "class00".."class99") and image size."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     tv_name, size = DATASETS[name]
@@ -225,25 +195,16 @@ def load_split(name: str, root: str | Path, train: bool, smoke: bool = False, se
         raise UserError(f"could not get {tv_name} ({'train' if train else 'test'} split) under "
                         f"{Path(root).resolve()} ({reason}); put the dataset there (torchvision layout) "
                         f"or pass --data-root, or run with --smoke") from None
-    data = ds.data
-    x = torch.as_tensor(np.asarray(data))
-    if x.ndim == 3:  # MNIST-like [N, 28, 28]
-        x = x.unsqueeze(1)
-    elif x.shape[-1] == 3:  # CIFAR stores HWC
-        x = x.permute(0, 3, 1, 2)
-    labels = getattr(ds, "targets", None)
-    if labels is None:
-        labels = ds.labels  # STL-10
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    classes = list(ds.classes)
-    return x.contiguous(), y, classes
+    x = torch.as_tensor(np.asarray(ds.data))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2) if x.shape[-1] == 3 else x  # MNIST-like; CIFAR: HWC
+    labels = ds.targets if hasattr(ds, "targets") else ds.labels  # STL-10 names them labels
+    return x.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long), list(ds.classes)
 
 
 def smoke_digits(train: bool, seed: int = 0, n_test: int = 360) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled 1,797 8x8 handwritten digits laid out like MNIST: each
-    digit is upsampled to 20x20 and centred on a 28x28 canvas (MNIST's 20x20 box in
-    a 4-pixel border), uint8 0-255, white on black. A seeded split gives `n_test`
-    test images and the rest for training."""
+    """scikit-learn's bundled 1,797 8x8 handwritten digits laid out like MNIST: each digit is upsampled to 20x20 and
+    centred on a 28x28 canvas (MNIST's 20x20 box in a 4-pixel border), uint8 0-255, white on black. A seeded split
+    gives `n_test` test images and the rest for training."""
     x, y = _all_digits()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234 + seed))
     idx = order[n_test:] if train else order[:n_test]
@@ -261,17 +222,14 @@ def _all_digits() -> tuple[torch.Tensor, torch.Tensor]:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8), torch.tensor(d.target, dtype=torch.long)
 
 
-# Ten distinct colours (matplotlib's tab10), as RGB in [0, 1].
-_PALETTE = np.array([matplotlib.colors.to_rgb(c) for c in plt.get_cmap("tab10").colors])
+_PALETTE = np.array([matplotlib.colors.to_rgb(c) for c in plt.get_cmap("tab10").colors])  # tab10 as RGB in [0, 1]
 
 
 def make_shapes(n: int, n_classes: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A generated colour-image set a small model can learn: class c = 10a + b has
-    colour b (one of 10), shape (a + b) mod 5 (circle, square, triangle, ring, cross)
-    and texture (a // 5 + b) mod 2 (solid or striped), so all 100 combinations differ;
-    with 10 classes colour alone separates them and shape/texture help. Position,
-    scale, brightness and background vary at random. Returns uint8 [n, 3, size, size]
-    and int64 labels, balanced over classes."""
+    """A generated colour-image set a small model can learn: class c = 10a + b has colour b (one of 10), shape (a + b)
+    mod 5 (circle, square, triangle, ring, cross) and texture (a // 5 + b) mod 2 (solid or striped), so all 100
+    combinations differ; with 10 classes colour alone separates them and shape/texture help. Position, scale,
+    brightness and background vary at random. Returns uint8 [n, 3, size, size], int64 labels balanced over classes."""
     assert n_classes <= 100, "at most 100 distinct (colour, shape, texture) classes"
     rng = np.random.default_rng(seed)
     y = np.arange(n) % n_classes
@@ -319,9 +277,10 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def to_display(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] uint8 or float in [0, 1] -> [N, H, W, C] floats in [0, 1] for imshow."""
-    x = images.detach().cpu()
+def to_display(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[N, C, H, W] uint8 or float in [0, 1] (a tensor, or a figure's numpy array) ->
+    [N, H, W, C] floats in [0, 1] for imshow."""
+    x = torch.as_tensor(images).detach().cpu()
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
@@ -334,18 +293,16 @@ def tile(images: torch.Tensor, ncol: int, pad: int = 2) -> np.ndarray:
     n, h, w, c = x.shape
     rows = max(1, math.ceil(n / ncol))
     canvas = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.float32)
-    for i in range(n):
-        r, col = divmod(i, ncol)
+    for i, (r, col) in enumerate(divmod(i, ncol) for i in range(n)):
         canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = x[i]
     return canvas
 
 
 def image_grid(images: torch.Tensor, path: str | Path | None = None, title: str = "", nrow: int = 8,
                row_labels: list[str] | None = None, cell_size: float = 1.0, ax=None, pad: int = 2):
-    """A grid of images ([N, C, H, W], uint8 or float in [0, 1]), `nrow` per row, drawn
-    as one imshow of `tile` (fast for hundreds of images); `row_labels` name each row at
-    its left. With `ax`, draw into that axis (a panel of a larger figure) and return it;
-    otherwise make a figure of its own and save it to `path`."""
+    """A grid of images ([N, C, H, W], uint8 or float in [0, 1]), `nrow` per row, drawn as one imshow of `tile` (fast
+    for hundreds of images); `row_labels` name each row at its left. With `ax`, draw into that axis (a panel of a
+    larger figure) and return it; otherwise make a figure of its own and save it to `path`."""
     canvas = tile(images, nrow, pad)
     h, w = images.shape[-2:]
     rows = max(1, math.ceil(len(images) / nrow))
@@ -358,8 +315,7 @@ def image_grid(images: torch.Tensor, path: str | Path | None = None, title: str 
     ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(rows)] if row_labels else [],
                   (row_labels or [])[:rows] if row_labels else [], fontsize=9 if own else 8)
     ax.tick_params(length=0)
-    for s in ax.spines.values():
-        s.set_visible(False)
+    ax.spines[:].set_visible(False)
     ax.set_title(title, fontsize=None if own else 10)
     return save_figure(fig, path) if own else ax
 
@@ -368,9 +324,7 @@ def line_plot(ax, series: dict[str, tuple], title: str, xlabel: str, ylabel: str
     """Draw {label: (x, y)} curves on `ax` with title, axis labels and legend."""
     for label, (x, y) in series.items():
         ax.plot(x, y, label=label, marker="o" if len(x) <= 30 else None, markersize=3)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if logy:
         ax.set_yscale("log")
     if len(series) > 1 or any(series):
@@ -394,36 +348,6 @@ def scatter_by_class(ax, xy: np.ndarray, labels: np.ndarray, class_names: list[s
     if legend and len(class_names) <= 20:
         ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2)
     return ax
-
-
-def few_threads(n_rows: int, limit: int = 1000):
-    """One BLAS/OpenMP thread for scikit-learn on fewer than `limit` rows (smoke-sized
-    probes and t-SNE): there threads cost more in synchronisation than they save, and
-    on a busy machine far more (measured on a shared 2-core box: a 240 x 512 probe took
-    14.6 s of CPU with 2 threads and 0.4 s with one; a 110-point t-SNE 90 s vs 2 s).
-    Larger problems keep every thread. linear_probe and embed_2d apply it themselves."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1) if n_rows < limit else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def one_thread(active: bool):
-    """One CPU thread for torch and the BLAS under scikit-learn while `active` (Task 2's
-    smoke run: its matrices are tiny, and on a busy machine a second thread waiting for
-    a core made it ~20x slower, measured); thread counts are restored afterwards."""
-    if not active:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def embed_2d(x: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
@@ -465,15 +389,13 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, tit
             for j in range(k):
                 ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------
-# Nearest neighbours
+# Shared measures: nearest neighbours, linear probe
 # ----------------------------------------------------------------------------
 
 
@@ -488,18 +410,11 @@ def nearest_distance(x: torch.Tensor, ref: torch.Tensor, chunk: int = 8192) -> t
     return best
 
 
-# ----------------------------------------------------------------------------
-# Linear probe
-# ----------------------------------------------------------------------------
-
-
 def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                  Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0), val_fraction: float = 0.2,
                  seed: int = 0, max_iter: int = 1000) -> dict:
-    """Logistic regression on standardised features, its inverse regularisation C
-    chosen on a held-out part of the training set, then refitted on all of it.
-    Returns {"test_acc", "val_acc", "C", "model", "scaler"}."""
-
+    """Logistic regression on standardised features, its inverse regularisation C chosen on a held-out part of the
+    training set, then refitted on all of it. Returns {"test_acc", "val_acc", "C", "model", "scaler"}."""
     x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     with few_threads(len(x_train)):
@@ -530,18 +445,14 @@ def _fit_probe(x_train, y_train, x_test, y_test, Cs, val_fraction, seed, max_ite
 # ----------------------------------------------------------------------------
 # Scoring classifier (Tasks 3 and 5): one recipe, one input range, one coverage rule
 # ----------------------------------------------------------------------------
-# Tasks 3 and 5 judge generated 28x28 images with the same small CNN
-# (architecture.DigitClassifier), trained by `scoring_classifier` below. Its input
-# convention is pixels in [0, 1], background 0 (torchvision's ToTensor range; Task 5's
-# data as is, Task 3's tanh images through (x + 1) / 2). Zero padding in the
-# augmentation is then background, as in the data.
-
-# The recipe. Augmentation: a random affine map per image (rotation, isotropic scale,
-# translation), the classic way to squeeze more out of few MNIST digits (Simard et al.
-# 2003); label smoothing 0.1 (Szegedy et al. 2016) keeps the softmax from saturating on
-# a small training set; AdamW with a linear warm-up over the first 5% of steps and a
-# cosine decay to 0 (Loshchilov & Hutter 2017, 2019).
-CLASSIFIER_RECIPE = {"version": 2, "batch": 128, "lr": 3e-3, "weight_decay": 5e-4, "warmup_frac": 0.05,
+# Tasks 3 and 5 judge generated 28x28 images with the same small CNN (architecture.DigitClassifier),
+# trained by `scoring_classifier` below on pixels in [0, 1], background 0 (Task 5's data as is, Task
+# 3's tanh images through (x + 1) / 2), so zero padding in the augmentation is background, as in the data.
+# The recipe: a random affine map per image (rotation, isotropic scale, translation), the classic way to
+# squeeze more out of few MNIST digits (Simard et al. 2003); label smoothing 0.1 (Szegedy et al. 2016)
+# keeps the softmax from saturating on a small training set; AdamW with a linear warm-up over the first
+# 5% of steps and a cosine decay to 0 (Loshchilov & Hutter 2017, 2019).
+CLASSIFIER_RECIPE = {"batch": 128, "lr": 3e-3, "weight_decay": 5e-4, "warmup_frac": 0.05,
                      "label_smoothing": 0.1, "rotate_deg": 12.0, "scale": 0.1, "shift_px": 2.5}
 
 # A class counts as covered when it receives at least this fraction of its fair share
@@ -551,9 +462,8 @@ COVERAGE_SHARE = 0.2
 
 
 def classes_covered(hist, share: float = COVERAGE_SHARE) -> int:
-    """Classes present in a histogram of predicted classes (counts or shares, length
-    K): hist_k > 0 and hist_k >= share * sum(hist) / K. share 0 counts every class
-    that occurs at all. The one definition Tasks 3 and 5 report."""
+    """Classes present in a histogram of predicted classes (counts or shares, length K): hist_k > 0 and hist_k >= share
+    * sum(hist) / K. share 0 counts every class that occurs at all. The one definition Tasks 3 and 5 report."""
     h = np.asarray(hist.detach().cpu() if torch.is_tensor(hist) else hist, dtype=np.float64)
     need = share * h.sum() / len(h)
     return int(((h > 0) & (h >= need - 1e-12 * h.sum())).sum())
@@ -603,12 +513,10 @@ def data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
 def scoring_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                        *, epochs: int, width: int, seed: int, cache: Cache | None = None,
                        warn_below: float | None = 0.99, recipe: dict | None = None):
-    """Train (or take from `cache`) the scoring CNN of Tasks 3 and 5 on images in [0, 1]
-    (x [N, 1, 28, 28] float, y int64, on the device they train on) with
-    CLASSIFIER_RECIPE for `epochs` epochs; returns (model in eval mode, test accuracy).
-    The cache key holds the recipe, epochs, width, seed and a digest of the training
-    data. Below `warn_below` test accuracy it prints a warning (the scores it gives
-    generated images are then rougher than they look)."""
+    """Train (or take from `cache`) the scoring CNN of Tasks 3 and 5 on images in [0, 1] (x [N, 1, 28, 28] float, y
+    int64, on the device they train on) with CLASSIFIER_RECIPE for `epochs` epochs; returns (model in eval mode,
+    test accuracy). The cache key holds the recipe, epochs, width, seed and a digest of the training data. Below
+    `warn_below` test accuracy it warns (its scores of generated images are then rougher than they look)."""
     from architecture import DigitClassifier  # common stays importable without it
 
     r = {**CLASSIFIER_RECIPE, **(recipe or {})}
@@ -677,13 +585,12 @@ def classify_digits(clf, x01: torch.Tensor, chunk: int = 1000) -> tuple[torch.Te
 @torch.no_grad()
 def sample_quality(probs: torch.Tensor, x01: torch.Tensor, train01: torch.Tensor, n_nn: int | None = None,
                    share: float = COVERAGE_SHARE) -> dict:
-    """How Tasks 3 and 5 judge N generated (or real) images x01 [N, 1, 28, 28] in [0, 1],
-    given the scoring CNN's probabilities [N, 10]; three proxies that fail differently:
-    coverage, the classes receiving their share of samples (classes_covered); confidence,
-    the CNN's mean max-probability (high when a sample looks like some class, low for a
-    blurry average); nearest_train_rmse, the root-mean-square pixel distance of each of
-    the first `n_nn` images (all: None; 0: skipped, NaN) to its nearest training image
-    (low when samples resemble real data; 0 would be copying)."""
+    """How Tasks 3 and 5 judge N generated (or real) images x01 [N, 1, 28, 28] in [0, 1], given the scoring CNN's
+    probabilities [N, 10]; three proxies that fail differently: coverage, the classes receiving their share of
+    samples (classes_covered); confidence, the CNN's mean max-probability (high when a sample looks like some class,
+    low for a blurry average); nearest_train_rmse, the root-mean-square pixel distance of each of the first `n_nn`
+    images (all: None; 0: skipped, NaN) to its nearest training image (low when samples resemble real data; 0 would
+    be copying)."""
     hist = torch.bincount(probs.argmax(1), minlength=probs.shape[1])
     n_nn = len(x01) if n_nn is None else n_nn
     rmse = (nearest_distance(x01[:n_nn], train01) / math.sqrt(x01[0].numel())).mean().item() if n_nn else float("nan")

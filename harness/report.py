@@ -32,7 +32,8 @@ nav a{margin-right:1.2em} section{border-top:3px solid #ccd;margin-top:2.2em;pad
 .meta{color:#555;font-size:.9em} .finding{background:#f5f7fa;border-left:4px solid #3b6fd8;
 padding:.4em 1em;margin:.7em 0} .finding h4{margin:.3em 0} .todo{color:#888;font-style:italic}
 .finding ul{margin:.3em 0;font-size:.9em;color:#333} figure{display:inline-block;vertical-align:top;
-margin:.4em;width:47%} figure.wide{width:98%} figure img{width:100%;border:1px solid #ddd} figcaption{font-size:.8em;color:#555}
+margin:.4em;width:47%} figure.wide{width:98%} figure img{width:100%;border:1px solid #ddd}
+figcaption{font-size:.8em;color:#555}
 code{background:#eef;padding:0 .25em;border-radius:3px} table{border-collapse:collapse;font-size:.85em}
 td{border:1px solid #ddd;padding:1px 6px} details{margin:.4em 0}
 .smoke{background:#fff3cd;border:1px solid #e0c060;padding:.3em .8em;font-weight:600}

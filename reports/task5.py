@@ -25,7 +25,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch  # only to hand arrays to common.image_grid, which takes tensors
 
 import common
 import matplotlib.pyplot as plt  # after common, which selects the Agg backend
@@ -46,7 +45,7 @@ def format_mi(estimate: float, se: float) -> str:
 
 def grid(images: np.ndarray, path: Path | None = None, title: str = "", **kw):
     """common.image_grid of an array [N, 1, 28, 28] in [0, 1]."""
-    return common.image_grid(torch.from_numpy(images), path, title, **kw)
+    return common.image_grid(images, path, title, **kw)
 
 
 # ----------------------------------------------------------------------------
