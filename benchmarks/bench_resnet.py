@@ -38,6 +38,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import architecture  # noqa: E402
 import common  # noqa: E402
+import harness  # noqa: E402
 import Task1  # noqa: E402
 
 FULL = {"arch": "resnet152", "img_size": 224, "batch_size": 512, "n_train": 50000, "n_test": 10000, "epochs": 5,
@@ -133,10 +134,10 @@ def main(argv=None):
                    help="GPU sizes: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FULL.items()))
     p.add_argument("--flops", action="store_true",
                    help="count every Task 1 experiment's FLOPs at Task1.py's defaults and print estimated GPU times")
-    p.add_argument("--tflops", type=common.positive_float, default=100.0,
+    p.add_argument("--tflops", type=harness.positive_float, default=100.0,
                    help="assumed sustained TFLOP/s for ResNet-152/18 at 224 px in bf16 (default: 100, about 10%% "
                         "of an H100 SXM's 989 dense bf16 peak)")
-    p.add_argument("--tflops-small", type=common.positive_float, default=15.0,
+    p.add_argument("--tflops-small", type=harness.positive_float, default=15.0,
                    help="assumed sustained TFLOP/s for the CIFAR ResNet-56 at 32 px, whose 16-64-channel layers are "
                         "bound by memory traffic and kernel launches (default: 15)")
     args = p.parse_args(argv)
