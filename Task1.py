@@ -290,10 +290,9 @@ def prepare_backbone(arch: str, weights: str, calib_images: torch.Tensor, args, 
     """`arch` with --weights on the device in eval mode; a random init with BatchNorm
     statistics measured on `calib_images`."""
     model = to_device(build_resnet(arch, weights), device)
-    n = recalibrate_batchnorm(model, calib_images, args.img_size, args.eval_batch_size, device) if weights == "none" \
-        else None
+    n = weights == "none" and recalibrate_batchnorm(model, calib_images, args.img_size, args.eval_batch_size, device)
     print(f"{arch} (weights: {weights}): {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters"
-          + (f", BatchNorm statistics measured on {n} training images" if n is not None else ""), flush=True)
+          + (f", BatchNorm statistics measured on {n} training images" if weights == "none" else ""), flush=True)
     return model.eval()
 
 
@@ -515,8 +514,8 @@ def residual(model: nn.Module, data: Data, base: dict, selected: list[str], args
     re-extracted, the head retrained as in the baseline `base` and `base`'s head scored
     unchanged; gradient norms at random initialisation with and without shortcuts."""
     blocks = residual_blocks(model)
-    cuts = {"selected": selected, **{f"layer{s}": [b for b in blocks if b.startswith(f"layer{s}.")]
-                                     for s in range(1, 5)}, "all": blocks}
+    cuts = dict(zip(CUT_SETS, [selected, *([b for b in blocks if b.startswith(f"layer{s}.")] for s in range(1, 5)),
+                               blocks]))  # selected, each stage, all
     metrics = {"baseline_test_acc": base["test_acc"], "selected_blocks": ",".join(selected)}
     curves = {"baseline (no cut)": base["history"]}
     for name, cut in cuts.items():
