@@ -13,6 +13,9 @@
     CifarBlock, CifarResNet
                  Task 1 (scratch_shortcuts): He et al. 2016's CIFAR ResNet (depth 6n + 2,
                  option A shortcuts) and the plain net of the same depth.
+    residual_blocks, cut_shortcuts, restore_shortcuts, shortcuts_cut
+                 Task 1 (residual): a torchvision ResNet's blocks with their shortcuts
+                 cut (each returns relu(F(x))) and restored, weights untouched.
     DigitClassifier
                  Tasks 3 and 5: a small CNN that scores generated 1x28x28 images
                  (class, confidence, penultimate features). Not part of any model
@@ -21,6 +24,9 @@
 Shapes in comments are [batch, channels, height, width].
 """
 from __future__ import annotations
+
+import contextlib
+import types
 
 import torch
 import torch.nn as nn
@@ -293,3 +299,50 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, 32, 32] -> logits [B, K]
         x = self.blocks(F.relu(self.bn(self.conv(x))))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ----------------------------------------------------------------------------
+# Task 1: cutting the shortcuts of a torchvision ResNet (residual experiment)
+# ----------------------------------------------------------------------------
+
+
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Names of all residual blocks of a torchvision ResNet, input to output: layer1.0,
+    layer1.1, ..., layer4.2."""
+    return [f"layer{s}.{i}" for s in range(1, 5) for i in range(len(getattr(model, f"layer{s}")))]
+
+
+def residual_branch_only(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision BasicBlock/Bottleneck with its shortcut cut: relu(F(x)) instead of
+    relu(F(x) + x) (or relu(F(x) + downsample(x))). Installed as the block's forward.
+    A Bottleneck is the block with a third conv (torchvision is not imported here)."""
+    out = block.relu(block.bn1(block.conv1(x)))
+    if hasattr(block, "conv3"):  # Bottleneck: 1x1 -> 3x3 -> 1x1
+        out = block.relu(block.bn2(block.conv2(out)))
+        out = block.bn3(block.conv3(out))
+    else:  # BasicBlock: 3x3 -> 3x3
+        out = block.bn2(block.conv2(out))
+    return block.relu(out)
+
+
+def cut_shortcuts(model: nn.Module, names: list[str]) -> None:
+    """Replace each named block's forward (an instance attribute shadows the class's
+    method, so restore_shortcuts undoes it exactly; no weights change)."""
+    for name in names:
+        block = model.get_submodule(name)
+        block.forward = types.MethodType(residual_branch_only, block)
+
+
+def restore_shortcuts(model: nn.Module, names: list[str]) -> None:
+    for name in names:
+        model.get_submodule(name).__dict__.pop("forward", None)
+
+
+@contextlib.contextmanager
+def shortcuts_cut(model: nn.Module, names: list[str]):
+    """The blocks `names` of `model` cut (cut_shortcuts) inside the block, restored after, even on error."""
+    cut_shortcuts(model, names)
+    try:
+        yield model
+    finally:
+        restore_shortcuts(model, names)

@@ -36,7 +36,9 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import architecture  # noqa: E402
 import common  # noqa: E402
+import harness  # noqa: E402
 import Task1  # noqa: E402
 
 FULL = {"arch": "resnet152", "img_size": 224, "batch_size": 512, "n_train": 50000, "n_test": 10000, "epochs": 5,
@@ -69,9 +71,9 @@ def flop_estimates(tflops: float, tflops_small: float) -> dict:
     """Per-experiment FLOPs of `python Task1.py` at its defaults, and the seconds they
     take at the assumed sustained throughputs. Models live on the meta device: shapes
     only, no memory, no arithmetic."""
-    a = Task1.build_parser().parse_args([])
+    a, r = Task1.build_parser().parse_args([]), Task1.RECIPE
     n_train, n_test = 50000, 10000  # CIFAR-10 (--train-size 0, --test-size 0 = all)
-    t_train, t_test = a.transfer_train_size - a.transfer_val_size, 10000  # CIFAR-100 train subset, test
+    t_train, t_test = a.transfer_train_size - r.transfer_val_size, 10000  # CIFAR-100 train subset, test
     s = a.img_size
     with torch.device("meta"):
         big = torchvision.models.get_model(a.arch, weights=None)
@@ -79,11 +81,11 @@ def flop_estimates(tflops: float, tflops_small: float) -> dict:
         x = torch.empty(1, 3, s, s)
         fwd = forward_flops(big, x)
         cut_fwd = {}
-        blocks = Task1.residual_blocks(big)
+        blocks = architecture.residual_blocks(big)
         sets = {"selected": Task1.resolve_blocks(a.arch, a.ablate_blocks), "all": blocks,
                 **{f"layer{i}": [b for b in blocks if b.startswith(f"layer{i}.")] for i in range(1, 5)}}
         for name, cut in sets.items():
-            with Task1.shortcuts_cut(big, cut):
+            with architecture.shortcuts_cut(big, cut):
                 cut_fwd[name] = forward_flops(big, x)
         train = {}
         for strategy in Task1.TRANSFER_STRATEGIES:
@@ -92,16 +94,16 @@ def flop_estimates(tflops: float, tflops_small: float) -> dict:
             train[strategy] = forward_flops(model, x, train=True)
         grad = forward_flops(torchvision.models.get_model(a.arch, weights=None, num_classes=10), x, train=True)
         small_fwd = {arch: forward_flops(m, x) for arch, m in small.items()}
-        cifar = Task1.CifarResNet(a.scratch_depth, a.scratch_width)
+        cifar = architecture.CifarResNet(a.scratch_depth, r.scratch_width)
         xc = torch.empty(1, 3, 32, 32)
         cifar_train, cifar_fwd = forward_flops(cifar, xc, train=True), forward_flops(cifar, xc)
-    tput = (a.throughput_batches + 1) * a.eval_batch_size
+    tput = (r.throughput_batches + 1) * a.eval_batch_size
     flops = {
         "baseline": (n_train + n_test) * fwd,
-        "residual": sum((n_train + n_test) * f for f in cut_fwd.values()) + 2 * a.grad_batch * grad,
-        "features": (a.n_vis + a.probe_train_size) * fwd,
-        "transfer": sum(a.transfer_epochs * (t_train * train[st] + a.transfer_val_size * fwd) + t_test * fwd
-                        for st in Task1.TRANSFER_STRATEGIES) * 2 + 3 * min(a.bn_calib_size, t_train) * fwd,
+        "residual": sum((n_train + n_test) * f for f in cut_fwd.values()) + 2 * r.grad_batch * grad,
+        "features": (a.n_vis + r.probe_train_size) * fwd,
+        "transfer": sum(a.transfer_epochs * (t_train * train[st] + r.transfer_val_size * fwd) + t_test * fwd
+                        for st in Task1.TRANSFER_STRATEGIES) * 2 + 3 * min(r.bn_calib_size, t_train) * fwd,
         "depth": sum((n_train + n_test) * f + tput * f for f in small_fwd.values()) + tput * fwd,
     }
     small_flops = {"scratch_shortcuts": 2 * a.scratch_epochs * (n_train * cifar_train + n_test * cifar_fwd)}
@@ -132,10 +134,10 @@ def main(argv=None):
                    help="GPU sizes: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FULL.items()))
     p.add_argument("--flops", action="store_true",
                    help="count every Task 1 experiment's FLOPs at Task1.py's defaults and print estimated GPU times")
-    p.add_argument("--tflops", type=common.positive_float, default=100.0,
+    p.add_argument("--tflops", type=harness.positive_float, default=100.0,
                    help="assumed sustained TFLOP/s for ResNet-152/18 at 224 px in bf16 (default: 100, about 10%% "
                         "of an H100 SXM's 989 dense bf16 peak)")
-    p.add_argument("--tflops-small", type=common.positive_float, default=15.0,
+    p.add_argument("--tflops-small", type=harness.positive_float, default=15.0,
                    help="assumed sustained TFLOP/s for the CIFAR ResNet-56 at 32 px, whose 16-64-channel layers are "
                         "bound by memory traffic and kernel launches (default: 15)")
     args = p.parse_args(argv)

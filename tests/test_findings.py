@@ -86,12 +86,12 @@ def t1_baseline(test_acc, train_acc=0.9, val_acc=0.85):
 
 
 def test_task1_frozen_features_both_ways():
-    good = answer(Task1, "1.1", {"baseline": t1_baseline(0.872)})["finding"]
+    good = answer(R1, "1.1", {"baseline": t1_baseline(0.872)})["finding"]
     assert "87.2% test accuracy, far above chance (10.0%)" in good and "20,490 parameters" in good
     assert "5.0 points above validation" in good
-    bad = answer(Task1, "1.1", {"baseline": t1_baseline(0.11, train_acc=0.5, val_acc=0.6)})["finding"]
+    bad = answer(R1, "1.1", {"baseline": t1_baseline(0.11, train_acc=0.5, val_acc=0.6)})["finding"]
     assert "11.0% test accuracy, no better than chance" in bad and "10.0 points below validation" in bad
-    ev = answer(Task1, "1.1", {"baseline": t1_baseline(0.872)})["evidence"]
+    ev = answer(R1, "1.1", {"baseline": t1_baseline(0.872)})["evidence"]
     assert any("10,000 CIFAR-10 test images" in e for e in ev)
 
 
@@ -104,10 +104,10 @@ def t1_residual(selected_acc, g_with=5.0, g_without=1e-3):
 
 
 def test_task1_shortcuts_both_ways():
-    down = answer(Task1, "1.2", {"residual": t1_residual(0.65)}, "gradient")["finding"]
+    down = answer(R1, "1.2", {"residual": t1_residual(0.65)}, "gradient")["finding"]
     assert "lowers test accuracy by 15.0 points" in down and "(65.0% vs 80.0%)" in down
     assert "5x layer4's gradient norm with shortcuts and 0.001x without (less gradient" in down
-    up = answer(Task1, "1.2", {"residual": t1_residual(0.83, g_with=1.0, g_without=3.0)}, "gradient")["finding"]
+    up = answer(R1, "1.2", {"residual": t1_residual(0.83, g_with=1.0, g_without=3.0)}, "gradient")["finding"]
     assert "raises test accuracy by 3.0 points" in up and "(more gradient reaches" in up
 
 
@@ -120,15 +120,15 @@ def t1_scratch(plain_loss, plain_acc, plain_steps):
 
 
 def test_task1_scratch_both_ways():
-    worse = answer(Task1, "1.2", {"scratch_shortcuts": t1_scratch(0.55, 0.85, None)}, "scratch")["finding"]
+    worse = answer(R1, "1.2", {"scratch_shortcuts": t1_scratch(0.55, 0.85, None)}, "scratch")["finding"]
     assert "training loss 0.250 above ResNet-56's" in worse and "5.0 points lower" in worse
     assert "after 400 steps with shortcuts, not reached without" in worse
-    better = answer(Task1, "1.2", {"scratch_shortcuts": t1_scratch(0.20, 0.92, 300)}, "scratch")["finding"]
+    better = answer(R1, "1.2", {"scratch_shortcuts": t1_scratch(0.20, 0.92, 300)}, "scratch")["finding"]
     assert "0.100 below" in better and "2.0 points higher" in better and "after 300 steps without" in better
 
 
 def t1_features(probe):
-    stages = list(Task1.STAGES)
+    stages = list(R1.STAGES)
     per = lambda vals: dict(zip(stages, vals))  # noqa: E731
     return {"probe_acc": per(probe), "silhouette": per([-0.1, 0.0, 0.05, 0.1, 0.2]), "dim": per([64] * 5),
             "knn_acc": per(probe), "mean_pair_separation": per([1.0] * 5),
@@ -138,37 +138,37 @@ def t1_features(probe):
 
 
 def test_task1_hierarchy_both_ways():
-    rises = answer(Task1, "1.3", {"features": t1_features([0.3, 0.4, 0.5, 0.7, 0.9])})["finding"]
+    rises = answer(R1, "1.3", {"features": t1_features([0.3, 0.4, 0.5, 0.7, 0.9])})["finding"]
     assert "rises by 60.0 points from the stem (30.0%) to layer4 (90.0%), peaking at layer4" in rises
-    falls = answer(Task1, "1.3", {"features": t1_features([0.6, 0.7, 0.5, 0.4, 0.35])})["finding"]
+    falls = answer(R1, "1.3", {"features": t1_features([0.6, 0.7, 0.5, 0.4, 0.35])})["finding"]
     assert "falls by 25.0 points" in falls and "peaking at layer1 (70.0%)" in falls
 
 
 def test_task1_hierarchy_with_undefined_silhouette():
     """One test image per class: silhouette is null in metrics.json; the finding says so."""
     f = t1_features([0.3, 0.4, 0.5, 0.7, 0.9])
-    f["silhouette"] = dict.fromkeys(Task1.STAGES)
-    assert answer(Task1, "1.3", {"features": f})["finding"].endswith("silhouette undefined -> undefined")
+    f["silhouette"] = dict.fromkeys(R1.STAGES)
+    assert answer(R1, "1.3", {"features": f})["finding"].endswith("silhouette undefined -> undefined")
 
 
 def test_a_rule_that_meets_a_null_metric_becomes_a_todo():
     """A rule must never end a run: a null it cannot format becomes a todo entry."""
     b = t1_baseline(0.8)
     b["head_seconds"] = None
-    [e] = [e for e in common.answer_questions("Task1.py", Task1.QUESTIONS, {"baseline": b}) if e["ref"] == "1.1"]
+    [e] = [e for e in answer_questions("Task1.py", R1.QUESTIONS, {"baseline": b}) if e["ref"] == "1.1"]
     assert e["todo"].startswith("not answered: a metric it reads is undefined in this run")
 
 
 def test_task1_confused_pairs_and_embeddings():
     f = t1_features([0.3, 0.4, 0.5, 0.7, 0.9])
-    e = answer(Task1, "1.5", {"features": f, "baseline": {}}, "confuses")["finding"]
+    e = answer(R1, "1.5", {"features": f, "baseline": {}}, "confuses")["finding"]
     assert "1 of the 2 most-confused class pairs sit closer together than the average pair (separation 1.00)" in e
-    assert answer(Task1, "1.5", {"features": f}, "UMAP")["finding"].startswith("only t-SNE ran")
-    f["embedding"]["umap"] = {"seconds": 1.0, "trustworthiness": dict.fromkeys(Task1.STAGES, 0.95),
-                              "knn_acc_2d": dict.fromkeys(Task1.STAGES, 0.5)}
-    assert answer(Task1, "1.5", {"features": f}, "UMAP")["finding"].startswith("UMAP keeps more")
-    f["embedding"]["umap"]["trustworthiness"] = dict.fromkeys(Task1.STAGES, 0.5)
-    assert answer(Task1, "1.5", {"features": f}, "UMAP")["finding"].startswith("t-SNE keeps more")
+    assert answer(R1, "1.5", {"features": f}, "UMAP")["finding"].startswith("only t-SNE ran")
+    f["embedding"]["umap"] = {"seconds": 1.0, "trustworthiness": dict.fromkeys(R1.STAGES, 0.95),
+                              "knn_acc_2d": dict.fromkeys(R1.STAGES, 0.5)}
+    assert answer(R1, "1.5", {"features": f}, "UMAP")["finding"].startswith("UMAP keeps more")
+    f["embedding"]["umap"]["trustworthiness"] = dict.fromkeys(R1.STAGES, 0.5)
+    assert answer(R1, "1.5", {"features": f}, "UMAP")["finding"].startswith("t-SNE keeps more")
 
 
 def t1_transfer(acc: dict, seconds: dict):
@@ -179,15 +179,15 @@ def t1_transfer(acc: dict, seconds: dict):
 
 
 def test_task1_transfer_both_ways():
-    arms = [f"{i}_{s}" for i in Task1.TRANSFER_INITS for s in Task1.TRANSFER_STRATEGIES]
+    arms = [f"{i}_{s}" for i in R1.TRANSFER_INITS for s in R1.TRANSFER_STRATEGIES]
     acc = dict(zip(arms, [0.60, 0.655, 0.66, 0.10, 0.30, 0.50]))
     sec = dict(zip(arms, [10.0, 50.0, 200.0, 10.0, 50.0, 200.0]))
-    e = answer(Task1, "1.4", {"transfer": t1_transfer(acc, sec)})["finding"]
+    e = answer(R1, "1.4", {"transfer": t1_transfer(acc, sec)})["finding"]
     assert e.startswith("pretrained_full is the most accurate (66.0%)")
     assert "pretrained_layer4 comes within 0.5 points of it in 50.0 s instead of 200.0 s" in e
     assert "ImageNet weights beat random init by up to 50.0 points (largest when training head)" in e
     acc = dict(zip(arms, [0.10, 0.20, 0.30, 0.20, 0.30, 0.60]))
-    e = answer(Task1, "1.4", {"transfer": t1_transfer(acc, sec)})["finding"]
+    e = answer(R1, "1.4", {"transfer": t1_transfer(acc, sec)})["finding"]
     assert e.startswith("scratch_full is the most accurate (60.0%); scratch_full is also the cheapest")
     assert "do not beat random init" in e
 
@@ -195,10 +195,10 @@ def test_task1_transfer_both_ways():
 def test_task1_depth_both_ways():
     d = lambda acc, ips, params: {"head_acc": acc, "probe_acc": acc, "images_per_s": ips,  # noqa: E731
                                   "backbone_params_millions": params, "feature_dim": 512}
-    e = answer(Task1, "1.5", {"depth": {"resnet18": d(0.80, 1000.0, 11.2), "resnet152": d(0.88, 250.0, 58.1)}},
+    e = answer(R1, "1.5", {"depth": {"resnet18": d(0.80, 1000.0, 11.2), "resnet152": d(0.88, 250.0, 58.1)}},
                "shallower")["finding"]
     assert e.startswith("resnet152 beats resnet18") and "8.0 points" in e and "4.0x slower" in e
-    e = answer(Task1, "1.5", {"depth": {"resnet18": d(0.80, 100.0, 11.2), "resnet152": d(0.70, 200.0, 58.1)}},
+    e = answer(R1, "1.5", {"depth": {"resnet18": d(0.80, 100.0, 11.2), "resnet152": d(0.70, 200.0, 58.1)}},
                "shallower")["finding"]
     assert e.startswith("resnet152 does not beat resnet18") and "2.0x faster" in e
 

@@ -181,16 +181,14 @@ def test_flags_that_accept_zero_run_end_to_end(task, tmp_path, capsys, monkeypat
 # ----------------------------------------------------------------------------
 
 REFUSED = [
-    # Task 1: validation and probe sets come out of the training images, t-SNE/UMAP points out of the test set
-    ("Task1", ["--train-size", "500", "--val-size", "500"], ["--val-size", "--train-size"]),
+    # Task 1: the recipe's validation and probe sets come out of the training images (smoke: 60 and 150),
+    # t-SNE/UMAP points out of the test set
+    ("Task1", ["--train-size", "60"], ["--train-size", "val_size 60"]),
     ("Task1", ["--test-size", "150", "--n-vis", "151"], ["--n-vis", "--test-size"]),
-    ("Task1", ["--train-size", "300", "--val-size", "60", "--probe-train-size", "241"],
-     ["--probe-train-size", "--val-size"]),
-    ("Task1", ["--transfer-train-size", "64", "--transfer-val-size", "64"],
-     ["--transfer-val-size", "--transfer-train-size"]),
+    ("Task1", ["--train-size", "209"], ["--train-size", "probe_train_size 150"]),
+    ("Task1", ["--transfer-train-size", "20"], ["--transfer-train-size", "transfer_val_size 20"]),
     ("Task1", ["--scratch-train-size", "1"], ["--scratch-train-size"]),
     ("Task1", ["--n-vis", "3"], ["--n-vis"]),                        # UMAP fails below 4 points, t-SNE below 3
-    ("Task1", ["--weight-decay", "-1"], ["--weight-decay"]),         # the traceback
     ("Task1", ["--scratch-depth", "21"], ["--scratch-depth"]),       # not 6n+2
     # Task 2: the head statistics take the first --heads-images of the --test-images subset
     ("Task2", ["--test-images", "150", "--heads-images", "151"], ["--heads-images", "--test-images"]),
@@ -233,7 +231,8 @@ def test_bad_combinations_are_refused_in_one_line_before_anything_runs(task, arg
 
 ACCEPTED = [
     ("Task1", ["--n-vis", "150", "--test-size", "150"]),       # the bounds themselves are fine
-    ("Task1", ["--experiments", "scratch_shortcuts", "--val-size", "5000"]),  # no CIFAR split: val-size unused
+    ("Task1", ["--train-size", "210"]),                        # 150 left beside validation: the probe's 150
+    ("Task1", ["--experiments", "scratch_shortcuts", "--train-size", "10"]),  # no CIFAR split: val_size unused
     ("Task2", ["--heads-images", "150", "--test-images", "150"]),
     ("Task2", ["--mask-fractions", "0,1"]),                    # 1 = every patch masked: the chance-level end
     ("Task3", ["--vanish-iters", "10", "--vanish-warmup-iters", "10"]),

@@ -15,6 +15,7 @@ default; .ci/run runs it). About two minutes on 2 idle CPU cores.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -62,19 +63,21 @@ def torch_home(tmp_path_factory):
     return home
 
 
-# Every experiment at the real sizes (architecture, 224 px, the default depth of the
-# CIFAR ResNet) on a handful of images; explicit flags beat the smoke values. Budget
-# at ~4-6 ResNet-152 images/s: residual re-extracts train + test for 6 cut sets.
+# Every experiment at the real sizes (architecture, 224 px, the default depth and width of
+# the CIFAR ResNet) on a handful of images; explicit flags beat the smoke values, and the
+# recipe's held-out sizes and batches shrink to match. Budget at ~4-6 ResNet-152 images/s:
+# residual re-extracts train + test for 6 cut sets.
 FULLSIZE_ARGS = [
     "--smoke", "--arch", "resnet152", "--img-size", "224", "--depth-archs", "resnet18,resnet152",
-    "--train-size", "14", "--val-size", "4", "--test-size", "12", "--eval-batch-size", "8", "--bn-calib-size", "8",
-    "--epochs", "2", "--batch-size", "4", "--grad-batch", "2",
-    "--n-vis", "12", "--probe-train-size", "10", "--n-pairs", "2", "--embed", "both",
-    "--transfer-train-size", "6", "--transfer-val-size", "2", "--transfer-test-size", "4", "--transfer-epochs", "1",
-    "--transfer-batch-size", "4", "--throughput-batches", "1",
-    "--scratch-depth", "56", "--scratch-width", "16", "--scratch-train-size", "16", "--scratch-test-size", "8",
-    "--scratch-epochs", "1", "--scratch-batch-size", "8",
+    "--train-size", "14", "--test-size", "12", "--eval-batch-size", "8", "--epochs", "2", "--batch-size", "4",
+    "--n-vis", "12", "--embed", "both",
+    "--transfer-train-size", "6", "--transfer-epochs", "1", "--transfer-batch-size", "4",
+    "--scratch-depth", "56", "--scratch-train-size", "16", "--scratch-epochs", "1",
 ]
+FULLSIZE_RECIPE = dataclasses.replace(Task1.SMOKE_RECIPE, val_size=4, bn_calib_size=8, grad_batch=2,
+                                      probe_train_size=10, n_pairs=2, throughput_batches=1, transfer_val_size=2,
+                                      transfer_test_size=4, scratch_width=16, scratch_test_size=8,
+                                      scratch_batch_size=8)
 FIGURES = ["baseline_curves", "baseline_confusion", "residual_curves", "residual_gradnorms", "features_tsne",
            "features_umap", "features_tsne_vs_umap", "features_separability", "features_confused_pairs",
            "transfer_curves", "transfer_compute", "depth_comparison", "scratch_shortcuts_curves"]
@@ -112,7 +115,7 @@ def assert_all_finite(experiments: dict) -> int:
 def test_every_experiment_at_full_size_through_the_default_loading_code(torch_home, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     out = tmp_path / "out"
-    Task1.main([*FULLSIZE_ARGS, "--weights", "imagenet", "--out", str(out)])
+    Task1.main([*FULLSIZE_ARGS, "--weights", "imagenet", "--out", str(out)], recipe=FULLSIZE_RECIPE)
     log = capsys.readouterr().out
     assert "Downloading" not in log, "torch.hub tried to download instead of reading the cached checkpoint"
     for name in FIGURES:

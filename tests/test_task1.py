@@ -1,8 +1,9 @@
 """Task 1: shortcut ablation, feature hooks, head training, transfer freezing,
-confused pairs, preprocessing, the --smoke run and bad input. Offline, CPU."""
+confused pairs, preprocessing, the recipe, the --smoke run and bad input. Offline, CPU."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 
 import numpy as np
@@ -13,11 +14,13 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+import architecture
+import harness
 import Task1
 from architecture import CifarBlock
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
-                      assert_replot_redraws,
-                      load_metrics)
+                      assert_replot_redraws, load_metrics)
+from reports import task1 as report
 
 # ----------------------------------------------------------------------------
 # Shortcut ablation
@@ -76,14 +79,14 @@ def test_cut_block_returns_relu_of_residual_branch_and_undo_restores(kind):
         out_orig = blocks[1](h_orig)
         # the intact block is relu(F(x) + downsample(x)): this checks the hand-written F
         assert torch.allclose(h_orig, torch.relu(fx + shortcut), atol=1e-5)
-        Task1.cut_shortcuts(blocks, ["0"])
+        architecture.cut_shortcuts(blocks, ["0"])
         h_cut = blocks[0](x)
         out_untouched = blocks[1](h_orig)  # block 1 was not cut: same input, same output
     assert torch.allclose(h_cut, torch.relu(fx), atol=1e-5), "cut block is not relu(F(x))"
     assert not torch.allclose(h_cut, h_orig, atol=1e-3), "cutting the shortcut changed nothing"
     assert torch.equal(out_untouched, out_orig)
     assert "forward" not in blocks[1].__dict__
-    Task1.restore_shortcuts(blocks, ["0"])
+    architecture.restore_shortcuts(blocks, ["0"])
     assert "forward" not in blocks[0].__dict__
     with torch.no_grad():
         assert torch.equal(blocks[0](x), h_orig)
@@ -94,12 +97,12 @@ def test_shortcuts_cut_context_restores_on_error_and_changes_whole_model():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    blocks = Task1.residual_blocks(model)
+    blocks = architecture.residual_blocks(model)
     assert blocks == [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]
     with torch.no_grad():
         before = model(x)
         with pytest.raises(RuntimeError):
-            with Task1.shortcuts_cut(model, blocks):
+            with architecture.shortcuts_cut(model, blocks):
                 cut = model(x)
                 raise RuntimeError("boom")
         after = model(x)
@@ -111,7 +114,7 @@ def test_shortcuts_cut_context_restores_on_error_and_changes_whole_model():
 def test_resolve_blocks_auto_and_errors():
     assert Task1.resolve_blocks("resnet152", "auto") == ["layer1.1", "layer2.4", "layer3.18", "layer4.1"]
     assert Task1.resolve_blocks("resnet18", "layer3.1,layer1.0") == ["layer1.0", "layer3.1"]
-    with pytest.raises(Task1.common.UserError, match="layer3.0-35"):
+    with pytest.raises(harness.UserError, match="layer3.0-35"):
         Task1.resolve_blocks("resnet152", "layer3.36")
 
 
@@ -285,8 +288,8 @@ def test_random_deep_backbone_features_are_calibrated_and_finite_in_the_cache(tm
     are measured on training images and the cache keeps float32."""
     out = tmp_path / "out"
     Task1.main(["--smoke", "--arch", "resnet152", "--experiments", "baseline", "--train-size", "40",
-                "--val-size", "8", "--test-size", "16", "--bn-calib-size", "32", "--eval-batch-size", "16",
-                "--out", str(out)])
+                "--test-size", "16", "--eval-batch-size", "16", "--out", str(out)],
+               recipe=dataclasses.replace(Task1.SMOKE_RECIPE, val_size=8, bn_calib_size=32))
     m = load_metrics(out)["experiments"]
     assert "error" not in m["baseline"], m["baseline"]
     assert_in_range(m, "baseline/test_loss", 0, 100)
@@ -294,7 +297,7 @@ def test_random_deep_backbone_features_are_calibrated_and_finite_in_the_cache(tm
     caches = list((out / "cache").glob("features-*.pt"))
     assert len(caches) == 2
     for path in caches:
-        feats = torch.load(path, weights_only=True)["features"]
+        feats = torch.load(path, weights_only=True)["value"]
         assert feats.dtype == torch.float32 and feats.shape[1] == 2048
         assert torch.isfinite(feats).all() and feats.abs().max() < 1e3, feats.abs().max()
 
@@ -311,11 +314,15 @@ def test_feature_cache_keeps_values_beyond_float16_range(tmp_path):
     assert direct.abs().max() > 65504
     args = Task1.build_parser().parse_args(["--smoke", "--out", str(tmp_path), "--img-size", "32",
                                              "--eval-batch-size", "3"])
-    settings = Task1.feature_settings(args, "resnet18", "cifar10", "train", 6)
-    fresh, seconds = Task1.cached_features(model, images, settings, args, cpu)
-    cached, again = Task1.cached_features(model, images, settings, args, cpu)
-    assert seconds is not None and again is None  # the second call read the file
-    assert torch.isfinite(cached).all() and torch.equal(fresh, direct) and torch.equal(cached, direct)
+    idx, labels = torch.arange(6), torch.zeros(6, dtype=torch.long)
+    data = Task1.Data(images, labels, images, labels, ["a"], idx, idx)
+    cache = harness.Cache(tmp_path)
+    *fresh, seconds = Task1.pooled_features(model, "resnet18", data, args, Task1.SMOKE_RECIPE, cpu, cache)
+    *cached, again = Task1.pooled_features(model, "resnet18", data, args, Task1.SMOKE_RECIPE, cpu, cache)
+    assert seconds is not None and again is None  # the second call read the files
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 2  # train and test
+    for f in (*fresh, *cached):
+        assert torch.isfinite(f).all() and torch.equal(f, direct)
 
 
 # ----------------------------------------------------------------------------
@@ -352,16 +359,16 @@ def amp_spy(monkeypatch):
 
 
 def test_transfer_trains_with_training_autocast_and_the_grad_scaler(tmp_path, amp_spy):
-    Task1.main(["--smoke", "--experiments", "transfer", "--transfer-train-size", "24", "--transfer-val-size", "8",
-                "--transfer-test-size", "8", "--transfer-epochs", "1", "--transfer-batch-size", "8",
-                "--out", str(tmp_path)])
+    Task1.main(["--smoke", "--experiments", "transfer", "--transfer-train-size", "24", "--transfer-epochs", "1",
+                "--transfer-batch-size", "8", "--out", str(tmp_path)],
+               recipe=dataclasses.replace(Task1.SMOKE_RECIPE, transfer_val_size=8, transfer_test_size=8))
     assert amp_spy == {"train": 12, "scaled": 12}  # six arms x 2 steps of 8 (16 training images)
 
 
 def test_scratch_training_uses_training_autocast_and_the_grad_scaler(tmp_path, amp_spy):
     Task1.main(["--smoke", "--experiments", "scratch_shortcuts", "--scratch-train-size", "32",
-                "--scratch-test-size", "8", "--scratch-epochs", "1", "--scratch-batch-size", "16",
-                "--out", str(tmp_path)])
+                "--scratch-epochs", "1", "--out", str(tmp_path)],
+               recipe=dataclasses.replace(Task1.SMOKE_RECIPE, scratch_test_size=8, scratch_batch_size=16))
     assert amp_spy == {"train": 4, "scaled": 4}  # two networks x 2 steps of 16
 
 
@@ -384,7 +391,7 @@ def test_out_of_memory_names_the_batch_flag_of_the_step_that_ran_out(tmp_path, c
 def test_long_loops_print_plain_progress_lines_in_a_log(capsys, monkeypatch):
     """Off a terminal (pytest captures stderr) a loop prints plain lines instead of an
     invisible tqdm bar; here every iteration, with the interval set to 0."""
-    monkeypatch.setattr(Task1.common, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(harness.console, "PROGRESS_EVERY_S", 0.0)
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     Task1.extract_features(model, torch.zeros(6, 3, 32, 32, dtype=torch.uint8), 32, 2, torch.device("cpu"),
@@ -404,12 +411,12 @@ def test_transfer_loss_axis_turns_logarithmic_when_arms_differ_by_orders_of_magn
     calm = {"pretrained_head": {"train_loss": [2.0, 1.5], "val_acc": [0.3, 0.4]},
             "scratch_head": {"train_loss": [4.6, 4.0], "val_acc": [0.1, 0.1]}}
     wild = {**calm, "scratch_full": {"train_loss": [1e8, 3e5], "val_acc": [0.01, 0.01]}}
-    Task1.plot_transfer_curves(calm, "calm", tmp_path / "a.png")
-    Task1.plot_transfer_curves(wild, "wild", tmp_path / "b.png")
+    report.plot_transfer_curves(calm, "calm", tmp_path / "a.png")
+    report.plot_transfer_curves(wild, "wild", tmp_path / "b.png")
     assert figs[0].axes[0].get_yscale() == "linear" and figs[1].axes[0].get_yscale() == "log"
     assert figs[1].axes[1].get_yscale() == "linear"  # accuracy stays linear
-    assert Task1.spans_orders_of_magnitude([1.0, 99.0]) is False
-    assert Task1.spans_orders_of_magnitude([1.0, 100.0, float("nan"), None, 0.0]) is True
+    assert report.spans_orders_of_magnitude([1.0, 99.0]) is False
+    assert report.spans_orders_of_magnitude([1.0, 100.0, float("nan"), None, 0.0]) is True
 
 
 # ----------------------------------------------------------------------------
@@ -433,13 +440,13 @@ def cifar_resnet_params(n: int, w: int = 16, k: int = 10) -> int:
 def test_cifar_resnet_has_he_et_al_parameter_counts_and_depth(depth, published):
     """Table 6 of He et al. 2016: ResNet-20 0.27 M, ResNet-56 0.85 M, ResNet-110 1.7 M."""
     for shortcuts in (True, False):
-        model = Task1.CifarResNet(depth, shortcuts=shortcuts)
+        model = architecture.CifarResNet(depth, shortcuts=shortcuts)
         n_params = sum(p.numel() for p in model.parameters())
         assert n_params == cifar_resnet_params((depth - 2) // 6)
         assert abs(n_params - published) / published < 0.02
         weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         assert len(weighted) == depth
-    assert Task1.CifarResNet(depth)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert architecture.CifarResNet(depth)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_plain_and_residual_nets_start_from_the_same_weights():
@@ -448,7 +455,7 @@ def test_plain_and_residual_nets_start_from_the_same_weights():
     nets = []
     for shortcuts in (True, False):
         Task1.common.seed_everything(0)
-        nets.append(Task1.CifarResNet(20, shortcuts=shortcuts).state_dict())
+        nets.append(architecture.CifarResNet(20, shortcuts=shortcuts).state_dict())
     assert nets[0].keys() == nets[1].keys() and all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
 
 
@@ -501,6 +508,29 @@ def test_knn_accuracy_and_trustworthiness_on_constructed_points():
     assert Task1.knn_accuracy(moved, y) == pytest.approx(14 / 15)
     assert Task1.trustworthiness(x, x) == pytest.approx(1.0)
     assert Task1.trustworthiness(x, x[g.permutation(15)]) < 0.9
+
+
+# ----------------------------------------------------------------------------
+# The recipe: the constants that were flags keep their values
+# ----------------------------------------------------------------------------
+
+
+def test_recipe_keeps_the_defaults_and_smoke_sizes_the_flags_had():
+    """Every recipe field had a flag with this default (and this --smoke value) before
+    issue 23; a recipe change must be deliberate, and it is recorded in metrics.json."""
+    assert dataclasses.asdict(Task1.RECIPE) == {
+        "val_size": 5000, "lr": 1e-3, "weight_decay": 1e-4, "bn_calib_size": 2000, "grad_batch": 32,
+        "probe_train_size": 5000, "n_pairs": 5, "throughput_batches": 10, "transfer_val_size": 1000,
+        "transfer_test_size": 0, "transfer_lr": 1e-3, "backbone_lr_mult": 0.1, "transfer_weight_decay": 1e-4,
+        "scratch_width": 16, "scratch_test_size": 0, "scratch_batch_size": 128, "scratch_lr": 0.1,
+        "scratch_warmup": 0.05, "scratch_momentum": 0.9, "scratch_weight_decay": 1e-4, "scratch_augment": True,
+        "scratch_target_acc": 0.8}
+    changed = {k: v for k, v in dataclasses.asdict(Task1.SMOKE_RECIPE).items() if getattr(Task1.RECIPE, k) != v}
+    assert changed == {"val_size": 60, "bn_calib_size": 128, "grad_batch": 16, "probe_train_size": 150,
+                       "throughput_batches": 1, "transfer_val_size": 20, "transfer_test_size": 64,
+                       "scratch_test_size": 128, "scratch_batch_size": 32}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Task1.RECIPE.lr = 0.1
 
 
 # ----------------------------------------------------------------------------
@@ -592,6 +622,7 @@ def test_smoke_run_writes_every_figure_and_metric(smoke_run):
         assert len(sc[arm]["history"]["test_acc"]) == 2 and sc[arm]["history"]["step"][-1] == 16
     assert_in_range(sc, "plain_minus_residual_final_train_loss", -10, 10)
     assert (smoke_run / "summary.md").exists()
+    assert doc["recipe"] == dataclasses.asdict(Task1.SMOKE_RECIPE)  # recorded beside the flags
 
 
 def test_replot_redraws_every_figure_without_computing(smoke_run, tmp_path, monkeypatch):
@@ -605,7 +636,7 @@ def test_tsne_and_umap_side_by_side_reuse_cached_features(smoke_run, tmp_path):
     head reused, so this costs mostly UMAP's numba compilation)."""
     shutil.copytree(smoke_run / "cache", tmp_path / "cache")
     Task1.main(["--smoke", "--out", str(tmp_path), "--experiments", "features", "--embed", "both",
-                "--n-vis", "60", "--probe-train-size", "100"])
+                "--n-vis", "60"], recipe=dataclasses.replace(Task1.SMOKE_RECIPE, probe_train_size=100))
     for name in ("features_tsne", "features_umap", "features_tsne_vs_umap"):
         assert_png_ok(tmp_path / f"{name}.png")
     m = load_metrics(tmp_path)["experiments"]
@@ -630,12 +661,23 @@ def test_missing_cifar_offline(tmp_path, empty_data_root):
     assert_bad_input("Task1.py", args, tmp_path / "out", expect="could not get CIFAR10")
 
 
-def test_corrupt_feature_cache(smoke_run, tmp_path):
+def test_a_corrupt_feature_cache_is_said_in_one_line_and_recomputed(smoke_run, tmp_path, capsys):
+    """A cache is recomputable: each unreadable file costs one line and the computation,
+    never the run; the numbers are those of the clean run."""
     out = tmp_path / "out"
-    shutil.copytree(smoke_run / "cache", out / "cache")
-    for p in (out / "cache").glob("features-*.pt"):
+    shutil.copytree(smoke_run, out)
+    victims = sorted((out / "cache").glob("features-*.pt"))
+    for p in victims:
         p.write_bytes(b"not a torch file")
-    assert_bad_input("Task1.py", ["--smoke", "--experiments", "baseline"], out, expect="--fresh")
+    capsys.readouterr()
+    Task1.main(["--smoke", "--out", str(out), "--experiments", "baseline"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "unreadable" in ln]
+    assert len(err) == 2 and all("computing it again" in ln for ln in err)  # --arch's train and test features
+    rewritten = [p for p in victims if any(p.name in ln for ln in err)]
+    assert len(rewritten) == 2 and all(torch.load(p, weights_only=True)["value"].ndim == 2 for p in rewritten)
+    run, clean = load_metrics(out)["experiments"]["baseline"], load_metrics(smoke_run)["experiments"]["baseline"]
+    timings = ("seconds", "extract_seconds", "extract_images_per_s", "head_seconds")
+    assert {k: v for k, v in run.items() if k not in timings} == {k: v for k, v in clean.items() if k not in timings}
 
 
 def test_weights_unavailable_offline(tmp_path, capsys, monkeypatch):
@@ -648,16 +690,15 @@ def test_weights_unavailable_offline(tmp_path, capsys, monkeypatch):
 def test_bad_ablate_blocks_and_val_size(tmp_path, capsys):
     out = ["--out", str(tmp_path)]
     assert_bad_input_in_process(Task1.main, ["--smoke", "--ablate-blocks", "layer9.0", *out], capsys, "unknown block")
-    assert_bad_input_in_process(Task1.main, ["--smoke", "--val-size", "300", *out], capsys, "--val-size")
+    assert_bad_input_in_process(Task1.main, ["--smoke", "--train-size", "60", *out], capsys, "val_size 60")
     assert not any(tmp_path.iterdir())
 
 
 def test_bad_scratch_and_calibration_flags(tmp_path, capsys):
     out = ["--out", str(tmp_path)]
-    assert_bad_input_in_process(Task1.main, ["--smoke", "--scratch-depth", "21", *out], capsys, "6n+2")
-    assert_bad_input_in_process(Task1.main, ["--smoke", "--bn-calib-size", "1", *out], capsys, ">= 2")
-    assert_bad_input_in_process(Task1.main, ["--smoke", "--scratch-weight-decay", "-1", *out], capsys,
-                                "--scratch-weight-decay")
+    line = assert_bad_input_in_process(Task1.main, ["--smoke", "--scratch-depth", "21", *out], capsys,
+                                       "--scratch-depth")  # not 6n+2: argparse names the depths it takes
+    assert "20, 32, 44, 56, 110" in line
     assert_bad_input_in_process(Task1.main, ["--smoke", "--experiments", "scratch_shortcuts",
                                              "--scratch-train-size", "1", *out], capsys, "--scratch-train-size")
     assert not any(tmp_path.iterdir())
@@ -666,8 +707,8 @@ def test_bad_scratch_and_calibration_flags(tmp_path, capsys):
 def test_features_on_a_test_set_where_every_image_is_its_own_class(tmp_path):
     """Silhouette is undefined when every point is its own cluster (scikit-learn raises):
     the experiment records null there instead of dying with a traceback."""
-    Task1.main(["--smoke", "--experiments", "features", "--test-size", "8", "--n-vis", "8",
-                "--probe-train-size", "60", "--out", str(tmp_path)])
+    Task1.main(["--smoke", "--experiments", "features", "--test-size", "8", "--n-vis", "8", "--out", str(tmp_path)],
+               recipe=dataclasses.replace(Task1.SMOKE_RECIPE, probe_train_size=60))
     m = load_metrics(tmp_path)["experiments"]["features"]
     assert all(m["silhouette"][s] is None for s in STAGES)
     assert all(0 <= m["probe_acc"][s] <= 1 for s in STAGES)
@@ -677,4 +718,4 @@ def test_smoke_answers_every_assignment_question(smoke_run):
     """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
     from test_findings import assert_findings
 
-    assert_findings(smoke_run, Task1)
+    assert_findings(smoke_run, report)
