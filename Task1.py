@@ -8,13 +8,12 @@ Image Recognition"); --arch takes any torchvision ResNet, so ResNet-18 runs with
   transfer           CIFAR-100: ImageNet vs random init x head / layer4 / full fine-tuning vs compute
   depth              ResNet-18 vs ResNet-152: probe and head accuracy, extraction speed
   scratch_shortcuts  a CIFAR ResNet-56 vs its plain twin from scratch (He et al. 2016, sec. 4.2, Fig. 6)
-Constants that are not flags (held-out sizes, learning rates, He et al.'s SGD recipe...) are the
-fields of Recipe below; metrics.json and summary.md record them beside the flags.
+Constants that are not flags (held-out sizes, learning rates, He et al.'s SGD recipe...) are Recipe's
+fields below; metrics.json and summary.md record them beside the flags.
 
 Run:
   python Task1.py                          # everything (a GPU is strongly advised)
   python Task1.py --smoke --out /tmp/t1    # offline check: generated images, small random ResNets, ~15 s on CPU
-  python Task1.py --experiments residual --arch resnet18
   python Task1.py --augment                # baseline head trained through the backbone, with flips and crops
   python Task1.py --experiments scratch_shortcuts --scratch-dataset fashion-mnist --scratch-train-size 5000
   python Task1.py --replot                 # redraw every figure from outputs/task1/metrics.json
@@ -74,6 +73,8 @@ class Recipe:
     transfer_lr: float = 1e-3        # ours: AdamW lr of the new fc, cosine-decayed per step
     backbone_lr_mult: float = 0.1    # usual fine-tuning practice: trained backbone layers at 1/10 of the head's lr
     transfer_weight_decay: float = 1e-4  # ours: AdamW weight decay of every arm
+    depth_archs: tuple = ("resnet18", "resnet152")  # the handout's 1.5: ResNet-152 against a shallower ResNet-18
+    scratch_depth: int = 56          # He et al. 2016, Fig. 6 (6n+2 layers): their plain nets degrade from 20 to 56
     scratch_width: int = 16          # He et al. 2016, sec. 4.2 (CIFAR-10): 16, 32, 64 filters in the three stages
     scratch_test_size: int = 0       # ours: test images, 0 = the whole test split
     scratch_batch_size: int = 128    # He et al.: minibatch 128
@@ -84,18 +85,25 @@ class Recipe:
     scratch_augment: bool = True     # He et al.: 4 px padding, random 32x32 crops, horizontal flips
     scratch_target_acc: float = 0.8  # ours: convergence speed = steps until training accuracy first reaches it
 
+    def __post_init__(self):
+        n = self.scratch_depth
+        bad = [f"scratch_depth {n} is not 6n+2"] * (n % 6 != 2 or n < 8)
+        if bad := bad + [f"depth_archs: unknown ResNet {a}" for a in self.depth_archs if a not in RESNETS]:
+            raise ValueError("; ".join(bad))
+
 
 # --smoke: ResNet-18 sized random models at CIFAR's own 32 px on a few hundred generated images
 # (held-out sets, probes and batches to match); every experiment, figure and metric still happens.
 RECIPE = Recipe()
 SMOKE_RECIPE = dataclasses.replace(RECIPE, val_size=60, bn_calib_size=128, grad_batch=16, probe_train_size=150,
                                    throughput_batches=1, transfer_val_size=20, transfer_test_size=64,
-                                   scratch_test_size=128, scratch_batch_size=32)
+                                   scratch_test_size=128, scratch_batch_size=32, depth_archs=("resnet18", "resnet34"),
+                                   scratch_depth=8)
 SMOKE = {"arch": "resnet18", "weights": "none", "img_size": 32, "train_size": 300, "test_size": 150,
          "batch_size": 32, "eval_batch_size": 150, "n_vis": 100, "transfer_train_size": 64, "transfer_epochs": 2,
-         "transfer_batch_size": 32, "depth_archs": ["resnet18", "resnet34"], "epochs": 3,
+         "transfer_batch_size": 32, "epochs": 3,
          "embed": "tsne",  # UMAP's ~20 s of numba compilation would double the smoke run
-         "scratch_depth": 8, "scratch_train_size": 256, "scratch_epochs": 2}
+         "scratch_train_size": 256, "scratch_epochs": 2}
 
 
 def resnet_arch(text: str) -> str:
@@ -130,20 +138,14 @@ def build_parser() -> harness.Parser:
     g.add_argument("--embed", choices=["tsne", "umap", "both"], default="both", help="2-D maps; both: side by side, "
                    "each scored (--smoke: tsne, since UMAP costs ~20 s of numba compilation per process)")
     g = parser.add_argument_group("transfer")
-    g.add_argument("--transfer-dataset", choices=["cifar100", "cifar10", "stl10"], default="cifar100",
-                   help="dataset to fine-tune on")
+    g.add_argument("--transfer-dataset", choices=["cifar100", "cifar10", "stl10"], default="cifar100", help="data")
     g.add_argument("--transfer-train-size", type=n0, default=10000, help="its training images, 0 = all; 10,000 "
                    "keeps six arms of ResNet-152 at 224 px to minutes on one GPU")
     g.add_argument("--transfer-epochs", type=pint, default=3, help="epochs for every arm")
     g.add_argument("--transfer-batch-size", type=pint, default=128, help="fine-tuning minibatch")
-    g = parser.add_argument_group("depth")
-    g.add_argument("--depth-archs", default=["resnet18", "resnet152"], metavar="A,B", help="ResNets to compare",
-                   type=lambda text: [resnet_arch(t.strip()) for t in text.split(",") if t.strip()])
     g = parser.add_argument_group("scratch_shortcuts (He et al. 2016 sec. 4.2: CIFAR ResNet vs the plain net)")
     g.add_argument("--scratch-dataset", choices=["cifar10", "fashion-mnist"], default="cifar10",
                    help="training set; fashion-mnist is padded to 32x32 and repeated to 3 channels")
-    g.add_argument("--scratch-depth", type=int, choices=[8, 14, 20, 32, 44, 56, 110], default=56,
-                   help="layers, 6n+2: He et al.'s plain nets degrade from 20 to 56")
     g.add_argument("--scratch-train-size", type=n0, default=0, help="training images, 0 = the whole split")
     g.add_argument("--scratch-epochs", type=pint, default=15, help="epochs for both networks (He et al.'s 164-epoch "
                    "schedule compressed: lr / 10 at 50%% and 75%% of the steps)")
@@ -638,7 +640,7 @@ def features(model: nn.Module, data: Data, confusion: np.ndarray, args, r: Recip
         z[stage] = (te - te.mean(0)) / (te.std(0) + 1e-6)
         metrics["probe_acc"][stage] = common.linear_probe(trn, y_tr, te, y_te, seed=args.seed)["test_acc"]
         n_labels = len(set(y_te.tolist()))  # silhouette is defined for 2 .. n - 1 clusters (NaN otherwise)
-        with common.few_threads(len(te)):
+        with harness.few_threads(len(te)):
             metrics["silhouette"][stage] = float(silhouette_score(z[stage], y_te)) if 2 <= n_labels < len(y_te) \
                 else float("nan")
         metrics["dim"][stage] = te.shape[1]
@@ -741,8 +743,8 @@ def fine_tune(model: nn.Module, strategy: str, data: Data, args, r: Recipe, devi
             with common.autocast(device, train=True):
                 logits = model(preprocess(x[idx], args.img_size)).float()
             loss = F.cross_entropy(logits, y[idx])
-            common.optimiser_step(loss, opt, scaler)
-            sched.step()
+            if common.optimiser_step(loss, opt, scaler):  # a step loss scaling skipped moves no schedule
+                sched.step()
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
         common.check_finite(loss_sum, f"{arm} training loss")
@@ -799,10 +801,10 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, img_size: int, ba
 
 def depth(backbone: nn.Module, pooled, data: Data, args, r: Recipe, device: torch.device,
           cached: harness.Cache) -> tuple[dict, dict]:
-    """Handout 1.5 (optional), for each of --depth-archs: pooled features (--arch's from
+    """Handout 1.5 (optional), for each of the recipe's depth_archs: pooled features (--arch's from
     `pooled()`, the baseline's), the baseline's head, a logistic probe, extraction speed."""
     metrics, calib = {}, data.x_train[data.train_idx[:r.bn_calib_size]]  # BatchNorm statistics of random inits
-    for arch in args.depth_archs:
+    for arch in r.depth_archs:
         model = backbone if arch == args.arch else prepare_backbone(arch, args.weights, calib, args, device)
         ftr, fte, _ = pooled() if model is backbone else pooled_features(model, arch, data, args, r, device, cached)
         head, _ = linear_head(ftr, data, args, r, f"{arch} head")
@@ -871,8 +873,8 @@ def train_from_scratch(model: nn.Module, data: Data, mean: torch.Tensor, std: to
             with common.autocast(device, train=True):
                 logits = model(preprocess(x[idx], 32, r.scratch_augment, gen, mean, std)).float()
             loss = F.cross_entropy(logits, y[idx])
-            common.optimiser_step(loss, opt, scaler)
-            sched.step()
+            if common.optimiser_step(loss, opt, scaler):  # a step loss scaling skipped moves no schedule
+                sched.step()
             losses.append(loss.detach())
             accs.append((logits.argmax(1) == y[idx]).float().mean())
         losses, accs = torch.stack(losses).cpu(), torch.stack(accs).cpu()  # one sync per epoch
@@ -930,19 +932,19 @@ def scratch_metrics(h: dict, n_params: int, target_acc: float) -> dict:
 
 
 def scratch_shortcuts(data: Data, args, r: Recipe, device: torch.device) -> dict:
-    """Handout 1.2, He et al. 2016, sec. 4.2, Fig. 6: the CIFAR ResNet of --scratch-depth and
+    """Handout 1.2, He et al. 2016, sec. 4.2, Fig. 6: the CIFAR ResNet of the recipe's scratch_depth and
     its plain twin from scratch with the same initial weights (option A shortcuts have no
     parameters), minibatches and schedule."""
     pixels = data.x_train[:10000].float().div(255.0)  # per-channel statistics from up to 10,000 training images
     mean, std = pixels.mean((0, 2, 3)), pixels.std((0, 2, 3)).clamp_min(1e-3)
     del pixels
-    metrics = {"dataset": args.scratch_dataset, "depth": args.scratch_depth, "train_images": len(data.y_train),
+    metrics = {"dataset": args.scratch_dataset, "depth": r.scratch_depth, "train_images": len(data.y_train),
                "target_acc": r.scratch_target_acc}
     for arm, shortcuts in (("residual", True), ("plain", False)):
         common.seed_everything(args.seed)
-        model = to_device(CifarResNet(args.scratch_depth, r.scratch_width, len(data.classes), shortcuts), device)
+        model = to_device(CifarResNet(r.scratch_depth, r.scratch_width, len(data.classes), shortcuts), device)
         h = train_from_scratch(model, data, mean, std, args, r, device,
-                               f"{'ResNet' if shortcuts else 'plain'}-{args.scratch_depth}")
+                               f"{'ResNet' if shortcuts else 'plain'}-{r.scratch_depth}")
         metrics[arm] = scratch_metrics(h, sum(p.numel() for p in model.parameters()), r.scratch_target_acc)
         del model
     res, p, (loss, steps) = metrics["residual"], metrics["plain"], ("final_train_loss", "steps_to_target_acc")
@@ -968,7 +970,7 @@ def main(argv: list[str] | None = None, recipe: Recipe | None = None) -> dict:
         if "features" in args.experiments and args.embed != "tsne" and importlib.util.find_spec("umap") is None:
             raise harness.UserError(f"--embed {args.embed} needs umap-learn (pip install umap-learn); "
                                     f"or use --embed tsne")
-        device = common.pick_device(args.device)
+        device = common.pick_device(args.device, args.precision)
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: let cuDNN pick the fastest kernels
         common.seed_everything(args.seed)
         data, tdata, sdata = load_data(args, r, device)

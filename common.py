@@ -563,8 +563,8 @@ def _train_classifier(model, x_train, y_train, x_test, y_test, epochs: int, r: d
             x = random_affine(x_train[idx], r["rotate_deg"], r["scale"], r["shift_px"])
             with autocast(device, train=True):
                 loss = F.cross_entropy(model(x).float(), y_train[idx], label_smoothing=r["label_smoothing"])
-            optimiser_step(loss, opt, scaler)
-            sched.step()
+            if optimiser_step(loss, opt, scaler):  # a step loss scaling skipped moves no schedule
+                sched.step()
             bar.update(1)
     bar.close()
     return classifier_accuracy(model, x_test, y_test)

@@ -77,7 +77,7 @@ def flop_estimates(tflops: float, tflops_small: float) -> dict:
     s = a.img_size
     with torch.device("meta"):
         big = torchvision.models.get_model(a.arch, weights=None)
-        small = {arch: torchvision.models.get_model(arch, weights=None) for arch in a.depth_archs if arch != a.arch}
+        small = {arch: torchvision.models.get_model(arch, weights=None) for arch in r.depth_archs if arch != a.arch}
         x = torch.empty(1, 3, s, s)
         fwd = forward_flops(big, x)
         cut_fwd = {}
@@ -94,7 +94,7 @@ def flop_estimates(tflops: float, tflops_small: float) -> dict:
             train[strategy] = forward_flops(model, x, train=True)
         grad = forward_flops(torchvision.models.get_model(a.arch, weights=None, num_classes=10), x, train=True)
         small_fwd = {arch: forward_flops(m, x) for arch, m in small.items()}
-        cifar = architecture.CifarResNet(a.scratch_depth, r.scratch_width)
+        cifar = architecture.CifarResNet(r.scratch_depth, r.scratch_width)
         xc = torch.empty(1, 3, 32, 32)
         cifar_train, cifar_fwd = forward_flops(cifar, xc, train=True), forward_flops(cifar, xc)
     tput = (r.throughput_batches + 1) * a.eval_batch_size
@@ -113,8 +113,8 @@ def flop_estimates(tflops: float, tflops_small: float) -> dict:
         rows[name] = {"tflop": f / 1e12, "est_seconds": f / rate}
     per_image = {f"{a.arch}_fwd_gflop": fwd / 1e9, **{f"{k}_fwd_gflop": v / 1e9 for k, v in small_fwd.items()},
                  **{f"{a.arch}_train_{k}_gflop": v / 1e9 for k, v in train.items()},
-                 f"cifar_resnet{a.scratch_depth}_train_gflop": cifar_train / 1e9,
-                 f"cifar_resnet{a.scratch_depth}_fwd_gflop": cifar_fwd / 1e9}
+                 f"cifar_resnet{r.scratch_depth}_train_gflop": cifar_train / 1e9,
+                 f"cifar_resnet{r.scratch_depth}_fwd_gflop": cifar_fwd / 1e9}
     return {"per_image": per_image, "experiments": rows}
 
 

@@ -152,7 +152,7 @@ def plot_transfer_curves(curves: dict, title: str, path: Path) -> None:
                      "training loss" + (" (log scale)" if logy else ""), "epoch", "cross-entropy", logy=logy)
     common.line_plot(a2, {a: (epochs[a], h["val_acc"]) for a, h in curves.items()}, "validation accuracy", "epoch",
                      "accuracy")
-    a2.set_ylim(0, 1)
+    a2.set_ylim(-0.02, 1.02)  # an arm at accuracy 0 stays visible above the axis
     n_epochs = max(len(e) for e in epochs.values())
     for ax in (a1, a2):  # pretrained solid, scratch dashed
         if n_epochs <= 20:

@@ -140,6 +140,16 @@ def assert_figures_readable(out: Path) -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.fixture(autouse=True)
+def precision_back_to_auto():
+    """A task's main sets the process's --precision (common.PRECISION); in-process runs
+    must not hand theirs to the next test."""
+    yield
+    import common
+
+    common.PRECISION = "auto"
+
+
 @pytest.fixture
 def empty_data_root(tmp_path) -> Path:
     """A --data-root with no datasets in it (so a full run must try to download)."""

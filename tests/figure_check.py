@@ -41,7 +41,8 @@ def _texts(fig, renderer) -> list[tuple[str, object]]:
                 for t in axis.get_ticklabels(which="both"):  # only the ticks drawn: inside the view
                     loc = t.get_position()[0 if which == "x" else 1]
                     if lo - 1e-9 * (hi - lo) <= loc <= hi + 1e-9 * (hi - lo):
-                        add(f"{name} {which} tick {t.get_text()!r}", t)
+                        slant = " (rotated)" if t.get_rotation() % 90 else ""
+                        add(f"{name} {which} tick {t.get_text()!r}{slant}", t)
         for t in ax.texts:
             add(f"{name} text {t.get_text()[:20]!r}", t)
         leg = ax.get_legend()
@@ -59,10 +60,14 @@ def _overlap(a, b) -> float:
 
 
 def _same_place(la: str, lb: str) -> bool:
-    """Pairs that are not a defect: a legend and the texts inside its own axes' plot area
-    are checked elsewhere; the two ends of one axis's tick labels may touch at a corner."""
-    return la.split(" ")[:2] == lb.split(" ")[:2] and ("legend" in la) != ("legend" in lb) and \
-        "tick" not in la + lb and "label" not in la + lb and "title" not in la + lb
+    """Pairs whose boxes may meet without a defect: a legend and an annotation inside its own
+    axes (the legend is placed among them); two rotated tick labels of one axis (the boxes of
+    slanted neighbours overlap while their letters, parallel, do not)."""
+    same_axes = la.split(" ")[:2] == lb.split(" ")[:2]
+    ticks = [t.split(" tick ")[0] for t in (la, lb) if " tick " in t]
+    rotated = "(rotated)" in la + lb
+    return same_axes and (("legend" in la) != ("legend" in lb) and " text " in la + lb
+                          or len(ticks) == 2 and ticks[0] == ticks[1] and rotated)
 
 
 def text_overlaps(fig) -> list[str]:
@@ -81,7 +86,7 @@ def text_overlaps(fig) -> list[str]:
 
 def _shows_something(ax, renderer) -> bool:
     """Whether any data artist of `ax` puts a mark inside the plot area: an image, a data
-    line with a finite point within the limits, a patch (bar, histogram, polygon) or a
+    line with a finite point within the limits (not on the bottom or top edge), a patch (bar, histogram, polygon) or a
     collection (scatter, fill) whose drawn extent covers part of the axes."""
     x0, x1 = sorted(ax.get_xlim())
     y0, y1 = sorted(ax.get_ylim())
@@ -95,7 +100,8 @@ def _shows_something(ax, renderer) -> bool:
                 continue
             xy = np.column_stack([np.asarray(art.get_xdata(), float), np.asarray(art.get_ydata(), float)])
             xy = xy[np.isfinite(xy).all(1)]
-            if ((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)).any():
+            eps = 2e-3 * (y1 - y0)  # a line lying on the bottom or top spine is hidden by it
+            if ((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] > y0 + eps) & (xy[:, 1] < y1 - eps)).any():
                 return True
         elif isinstance(art, Collection) and len(art.get_offsets()) and art.get_offset_transform() is ax.transData:
             if _has_points(art, x0, x1, y0, y1):               # a scatter: its points in data coordinates

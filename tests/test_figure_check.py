@@ -49,7 +49,23 @@ def test_panels_that_show_nothing_are_found():
     assert len(found) == 3 and "axes 0" not in " ".join(found)
     plt.close(fig)
     fig, ax = plt.subplots()
+    ax.plot([1, 2], [0, 0])                                          # accuracy 0 at every epoch ...
+    ax.set_ylim(0, 1)                                                # ... drawn on the bottom spine
+    assert len(empty_panels(fig)) == 1
+    plt.close(fig)
+    fig, ax = plt.subplots()
     ax.hist(np.random.default_rng(0).normal(size=100), histtype="step")
     ax.imshow(np.zeros((2, 2)))
     assert empty_panels(fig) == []
+    plt.close(fig)
+
+
+def test_slanted_tick_labels_side_by_side_are_not_an_overlap():
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.imshow(np.eye(10))
+    ax.set_xticks(range(10), names, rotation=45, ha="right")
+    assert text_overlaps(fig) == []
+    ax.set_xticks(range(10), names, rotation=0)                      # upright, the long names collide
+    assert any("x tick" in p for p in text_overlaps(fig))
     plt.close(fig)

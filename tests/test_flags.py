@@ -189,7 +189,6 @@ REFUSED = [
     ("Task1", ["--transfer-train-size", "20"], ["--transfer-train-size", "transfer_val_size 20"]),
     ("Task1", ["--scratch-train-size", "1"], ["--scratch-train-size"]),
     ("Task1", ["--n-vis", "3"], ["--n-vis"]),                        # UMAP fails below 4 points, t-SNE below 3
-    ("Task1", ["--scratch-depth", "21"], ["--scratch-depth"]),       # not 6n+2
     # Task 2: the head statistics take the first --heads-images of the --test-images subset
     ("Task2", ["--test-images", "150", "--heads-images", "151"], ["--heads-images", "--test-images"]),
     ("Task2", ["--cifar-images", "11"], ["--cifar-images"]),         # one per class: at most 10

@@ -58,7 +58,7 @@ def write_random_checkpoint(arch: str, torch_home: Path, img_size: int = 224, se
 @pytest.fixture(scope="module")
 def torch_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("torch-home")
-    for arch in ("resnet152", "resnet18"):  # --arch and the other of the default --depth-archs
+    for arch in ("resnet152", "resnet18"):  # --arch and the other of the recipe's depth_archs
         write_random_checkpoint(arch, home)
     return home
 
@@ -68,16 +68,16 @@ def torch_home(tmp_path_factory):
 # recipe's held-out sizes and batches shrink to match. Budget at ~4-6 ResNet-152 images/s:
 # residual re-extracts train + test for 6 cut sets.
 FULLSIZE_ARGS = [
-    "--smoke", "--arch", "resnet152", "--img-size", "224", "--depth-archs", "resnet18,resnet152",
+    "--smoke", "--arch", "resnet152", "--img-size", "224",
     "--train-size", "14", "--test-size", "12", "--eval-batch-size", "8", "--epochs", "2", "--batch-size", "4",
     "--n-vis", "12", "--embed", "both",
     "--transfer-train-size", "6", "--transfer-epochs", "1", "--transfer-batch-size", "4",
-    "--scratch-depth", "56", "--scratch-train-size", "16", "--scratch-epochs", "1",
+    "--scratch-train-size", "16", "--scratch-epochs", "1",
 ]
 FULLSIZE_RECIPE = dataclasses.replace(Task1.SMOKE_RECIPE, val_size=4, bn_calib_size=8, grad_batch=2,
                                       probe_train_size=10, n_pairs=2, throughput_batches=1, transfer_val_size=2,
                                       transfer_test_size=4, scratch_width=16, scratch_test_size=8,
-                                      scratch_batch_size=8)
+                                      scratch_batch_size=8, depth_archs=("resnet18", "resnet152"), scratch_depth=56)
 FIGURES = ["baseline_curves", "baseline_confusion", "residual_curves", "residual_gradnorms", "features_tsne",
            "features_umap", "features_tsne_vs_umap", "features_separability", "features_confused_pairs",
            "transfer_curves", "transfer_compute", "depth_comparison", "scratch_shortcuts_curves"]
