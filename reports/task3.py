@@ -1,9 +1,8 @@
-"""What a Task 3 run shows (MLP GAN on MNIST; the assignment's part 3): the figures of
-each experiment, drawn from its metrics and arrays (Task3.run_arrays: per run its logs,
-fixed-noise frames, samples, nearest training images and quick evaluations, named
-<run>_<what>) by plot_<experiment>, and the rules that answer the assignment's
-questions from the metrics (QUESTIONS). Pure functions of (metrics, arrays, config):
-no model, no data, so --replot redraws them. How the numbers are computed: Task3.py.
+"""What a Task 3 run shows (MLP GAN on MNIST; the assignment's part 3): the figures of each experiment,
+drawn by plot_<experiment> from its metrics and arrays (Task3.run_arrays: per run its logs, fixed-noise
+frames, samples, nearest training images and quick evaluations, named <run>_<what>), and the rules that
+answer the assignment's questions from the metrics (QUESTIONS). Pure functions of (metrics, arrays,
+config): no model, no data, so --replot redraws them. How the numbers are computed: Task3.py.
 """
 from __future__ import annotations
 
@@ -19,12 +18,11 @@ from harness import Question, pct
 
 TASK = "task3"
 
-# One row per training iteration (Task3.gan_iteration). d_real/d_fake: mean D output on
-# the iteration's real and fake batch (last D step); d_acc_*: the fraction D classifies
-# right (D(x) > 0.5 on reals, D(G(z)) < 0.5 on fakes); g_grad_norm: L2 norm of the
-# gradient reaching G's parameters; g_step_norm: L2 norm of the update Adam made from it
-# (Adam divides by the running RMS of the gradient, so a shrinking gradient need not mean
-# a small step; logged in the vanishing arms, NaN elsewhere).
+# One row per training iteration (Task3.gan_iteration). d_real/d_fake: mean D output on the iteration's real
+# and fake batch (last D step); d_acc_*: the fraction D classifies right (D(x) > 0.5 on reals, D(G(z)) < 0.5
+# on fakes); g_grad_norm: L2 norm of the gradient reaching G's parameters; g_step_norm: L2 norm of the update
+# Adam made from it (Adam divides by the gradient's running RMS, so a shrinking gradient need not mean a
+# small step; logged in the vanishing arms, NaN elsewhere).
 LOG_KEYS = ["d_loss", "g_loss", "d_real", "d_fake", "d_acc_real", "d_acc_fake", "g_grad_norm", "g_step_norm"]
 EVAL_LABELS = {"coverage": "digits covered (of 10)", "kl_uniform": "KL(class hist || uniform) [nats]",
                "fd_mnist_classifier": "FD-MNIST-classifier", "diversity": "mean pairwise L2 distance",
@@ -40,7 +38,6 @@ VANISH_PANELS = [("d_loss", "D loss", False), ("g_loss", "G loss", False),
 # ----------------------------------------------------------------------------
 # Figure helpers: a run's curves, frames and samples (arrays named <run>_<what>)
 # ----------------------------------------------------------------------------
-
 
 def images(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
@@ -117,8 +114,7 @@ def plot_arm_losses(a: dict, runs: list[str], path: Path, title: str):
         acc.plot(*curve(a, run, "d_acc_fake"), color="C3", lw=0.8, ls=":", label="D acc fake")
         acc.set_ylim(-0.02, 1.02)
         acc.set_ylabel("D accuracy", fontsize=8)
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = acc.get_legend_handles_labels()
+        (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), acc.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
@@ -127,15 +123,9 @@ def plot_arm_losses(a: dict, runs: list[str], path: Path, title: str):
     return common.save_figure(fig, path)
 
 
-def sample_rows(a: dict, runs: list[str], n: int) -> torch.Tensor:
-    """The first n final samples of every run, one run after the other."""
-    return images(np.concatenate([a[f"{r}_samples"][:n] for r in runs]))
-
-
 # ----------------------------------------------------------------------------
 # Figures, one plot_<experiment> per experiment
 # ----------------------------------------------------------------------------
-
 
 def plot_baseline(m: dict, a: dict, cfg, out: Path) -> None:
     plot_dynamics(a, "baseline", out / "baseline_dynamics.png", "Baseline GAN: training dynamics (non-saturating loss)")
@@ -183,7 +173,8 @@ def plot_vanishing(m: dict, a: dict, cfg, out: Path) -> None:
             ax.axvline(cfg.vanish_warmup_iters, color="grey", ls=":", lw=1)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper center", ncol=len(runs), fontsize=9,
                bbox_to_anchor=(0.5, 0.955))
-    common.image_grid(sample_rows(a, runs, 8), title="final samples", nrow=8, row_labels=runs, ax=axes.flat[8])
+    common.image_grid(images(np.concatenate([a[f"{r}_samples"][:8] for r in runs])), title="final samples", nrow=8,
+                      row_labels=runs, ax=axes.flat[8])
     fig.subplots_adjust(hspace=0.35)
     fig.suptitle(f"Vanishing gradients: D lr x{cfg.vanish_d_lr_mult:g} and {cfg.vanish_d_steps} D steps per G step "
                  f"for the first {cfg.vanish_warmup_iters} iterations (dotted line); solid: that D, "
@@ -204,7 +195,8 @@ def plot_mode_collapse(m: dict, a: dict, cfg, out: Path) -> None:
                      unit="iteration")
     plot_arm_losses(a, runs, out / "mode_collapse_losses.png", "Mode collapse: D and G losses of every arm")
     fig, ax = plt.subplots(figsize=(8, 0.9 * len(runs) + 1))
-    common.image_grid(sample_rows(a, runs, 10), title="final samples (same noise per column)", nrow=10,
+    common.image_grid(images(np.concatenate([a[f"{r}_samples"][:10] for r in runs])), nrow=10,
+                      title="final samples (same noise per column)",
                       row_labels=runs, ax=ax)
     common.save_figure(fig, out / "mode_collapse_samples.png")
 
@@ -247,7 +239,8 @@ def plot_d_overfit(m: dict, a: dict, cfg, out: Path) -> None:
     plot_eval_curves(a, runs, out / "d_overfit_memorisation.png",
                      "Memorisation and quality on the small set (dashed: held-out real images)",
                      keys=("nearest_train_rmse", "fd_mnist_classifier", "diversity"))
-    plot_arm_losses(a, runs, out / "d_overfit_losses.png", f"D overfitting: D and G losses of every arm ({n} training images)")
+    plot_arm_losses(a, runs, out / "d_overfit_losses.png", f"D overfitting: D and G losses of every arm ({n} training "
+                    "images)")
     fig, ax = plt.subplots(figsize=(8, 1.6 * len(runs) + 1))
     rows = images(np.concatenate([x for r in runs for x in (a[f"{r}_samples"][:8], a[f"{r}_nearest"])]))
     common.image_grid(rows, title="samples and their nearest training images (L2)", nrow=8,
@@ -256,14 +249,12 @@ def plot_d_overfit(m: dict, a: dict, cfg, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Findings: the assignment's questions (shared/HANDOUT.md, part 3), answered
-# from this run's metrics. Each rule computes its sentence from the numbers, so
-# its direction and size change with the run; tests/test_findings.py feeds every
-# rule constructed metrics that make it come out both ways. Quality is read from
-# the scoring classifier: coverage (digits holding a fair share of samples, of 10),
-# classifier Frechet distance to held-out MNIST (lower is better), diversity.
+# Findings: the assignment's questions (shared/HANDOUT.md, part 3), answered from this run's metrics. Each
+# rule computes its sentence from the numbers, so its direction and size change with the run;
+# tests/test_findings.py feeds every rule metrics that make it come out both ways. Quality is read from the
+# scoring classifier: coverage (digits holding a fair share of samples, of 10), classifier Frechet distance
+# to held-out MNIST (lower is better), diversity.
 # ----------------------------------------------------------------------------
-
 
 def _first_above(curves: dict, key: str, level: float):
     """The first logged iteration whose windowed mean of `key` reaches `level`, or None."""
@@ -290,14 +281,14 @@ def _answer_dynamics(E: dict):
     recognisable = "recognisable" if f["confidence"] >= 0.9 * real["confidence"] else "not clearly recognisable"
     varied = "varied" if f["coverage"] >= real["coverage"] - 1 else "not varied"
     finding = (f"the dynamics are {state} (D's accuracy on fakes {pct(acc_fake)} and D(G(z)) "
-               f"{f['last_epoch_d_fake']:.2f} over the last epoch; D loss {c['d_loss'][0]:.2f} -> {c['d_loss'][-1]:.2f},"
-               f" G loss {c['g_loss'][0]:.2f} -> {c['g_loss'][-1]:.2f}); the samples are {recognisable} and {varied}: "
-               f"classifier confidence {f['confidence']:.3f} (real images {real['confidence']:.3f}), "
-               f"{f['coverage']} of 10 digits covered (real {real['coverage']})")
-    evidence = [f"{f['iterations']} iterations ({f['epochs']:.1f} epochs); last epoch: D loss {f['last_epoch_d_loss']:.3f},"
-                f" G loss {f['last_epoch_g_loss']:.3f}, D(x) {f['last_epoch_d_real']:.3f}, "
-                f"D(G(z)) {f['last_epoch_d_fake']:.3f}",
-                f"final samples (--eval-samples): {_quality(f)}",
+               f"{f['last_epoch_d_fake']:.2f} over the last epoch; D loss {c['d_loss'][0]:.2f} -> "
+               f"{c['d_loss'][-1]:.2f}, G loss {c['g_loss'][0]:.2f} -> {c['g_loss'][-1]:.2f}); the samples are "
+               f"{recognisable} and {varied}: classifier confidence {f['confidence']:.3f} (real images "
+               f"{real['confidence']:.3f}), {f['coverage']} of 10 digits covered (real {real['coverage']})")
+    evidence = [f"{f['iterations']} iterations ({f['epochs']:.1f} epochs); last epoch: D loss "
+                f"{f['last_epoch_d_loss']:.3f}, G loss {f['last_epoch_g_loss']:.3f}, D(x) "
+                f"{f['last_epoch_d_real']:.3f}, D(G(z)) {f['last_epoch_d_fake']:.3f}",
+                f"final samples (the recipe's eval_samples): {_quality(f)}",
                 f"real training images scored the same way: {_quality(real)}",
                 f"scoring classifier test accuracy {pct(b['classifier_test_acc'])}"]
     return finding, evidence, ["baseline_dynamics.png", "baseline_progression.png", "baseline_samples.png",
@@ -399,7 +390,8 @@ def _answer_overfit(E: dict):
 
 
 QUESTIONS = [
-    Question("3.2", "Expected dynamics or instability? Recognisable and varied digits?", ("baseline",), _answer_dynamics),
+    Question("3.2", "Expected dynamics or instability? Recognisable and varied digits?", ("baseline",),
+             _answer_dynamics),
     Question("3.3", "How does the reference MLP GAN (PyTorch-GAN gan.py) compare?", ("reference",), _answer_reference),
     Question("3.4", "Vanishing gradients: does D's accuracy saturate and G's loss stall? Do the cures help?",
              ("vanishing",), _answer_vanishing),
