@@ -69,7 +69,7 @@ class Recipe:
     nn_samples: int = 500            # ours: nearest-training-image searches in the final evaluation
     quick_nn_samples: int = 100      # ours: the same in every evaluation over training
     coverage_share: float = common.COVERAGE_SHARE  # a digit is covered at >= 0.2 of its fair share (as Task 5)
-    clf_epochs: int = 3              # scoring CNN: 3 epochs of 60,000 digits (tools/classifier_cv.py measures it)
+    clf_epochs: int = 3              # ours: scoring CNN, 3 epochs of 60,000 digits (tools/classifier_cv.py measures it)
     clf_width: int = 16              # ours, measured: 16 channels reached 32's accuracy on real digits at 1/3 the cost
     # The arms
     arm_eval_every: int = 250        # ours: vanishing and mode_collapse arms, quick evaluation every N iterations
@@ -81,7 +81,6 @@ class Recipe:
     small_d_width: int = 64          # ours: small_d arm, hidden width of both D layers (256 in the baseline)
     diffaug_translate: float = 0.125  # DiffAugment's translation ratio (Zhao et al. 2020, their code's default)
     diffaug_cutout: float = 0.5      # DiffAugment's cutout ratio (Zhao et al. 2020, their code's default)
-
     EVAL = ("eval_samples", "quick_samples", "pair_samples", "nn_samples", "quick_nn_samples", "coverage_share",
             "clf_epochs", "clf_width")  # the fields that decide every evaluation: in every cached run's key
 
@@ -145,6 +144,7 @@ def check_args(args) -> None:
         harness.require(args.vanish_warmup_iters <= args.vanish_iters,
                         f"--vanish-warmup-iters {args.vanish_warmup_iters} exceeds --vanish-iters "
                         f"{args.vanish_iters} (the extra D steps happen within the run)")
+
 
 # ----------------------------------------------------------------------------
 # Data: MNIST on the device as one tensor in [-1, 1]; batches are index slices

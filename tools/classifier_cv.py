@@ -10,7 +10,6 @@ with its error bar, where one 1,000-digit split alone moves by +-0.3%.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
