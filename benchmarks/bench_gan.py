@@ -36,6 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+import harness  # noqa: E402
 import Task3  # noqa: E402
 
 
@@ -56,7 +57,7 @@ class InMemoryMNIST(torch.utils.data.Dataset):
 
 def make_models(device, seed=0):
     args = Task3.build_parser().parse_args([])
-    cfg = Task3.baseline_config(args)
+    cfg = Task3.baseline_config(args, Task3.Recipe())
     torch.manual_seed(seed)
     G, D = Task3.build_gan(cfg, device)
     fused = device.type == "cuda"
@@ -168,33 +169,33 @@ def project(argv_task3: list[str], n_train: int, n_test: int, iters: int, device
     {experiment: seconds} plus the classifier, the evaluation contexts and the total."""
     from architecture import DigitClassifier
 
-    args = Task3.build_parser().parse_args(argv_task3)
+    args, rc = Task3.build_parser().parse_args(argv_task3), Task3.Recipe()
     Task3.check_args(args)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n_train, 1, 28, 28, generator=g).mul(2).sub(1).to(device)     # [-1, 1], like Task 3's data
     x_test = torch.rand(n_test, 1, 28, 28, generator=g).mul(2).sub(1).to(device)
     n_small = args.overfit_class_n if args.overfit_class >= 0 else args.overfit_n
-    clf = DigitClassifier(args.clf_width).to(device).eval()
+    clf = DigitClassifier(rc.clf_width).to(device).eval()
     contexts, eval_cost = {}, {}
     for n in sorted({n_train, n_small}):                                          # NN search cost grows with n
-        contexts[n] = median_seconds(lambda: Task3.eval_context(args, clf, x[:n], x_test, device), 2)
-        ctx = Task3.eval_context(args, clf, x[:n], x_test, device)
-        G, D = Task3.build_gan(Task3.baseline_config(args), device)
-        eval_cost[n] = {full: median_seconds(lambda: Task3.evaluate(G, D, ctx, args, full), 3)
+        contexts[n] = median_seconds(lambda: Task3.eval_context(rc, clf, x[:n], x_test, args.seed, device), 2)
+        ctx = Task3.eval_context(rc, clf, x[:n], x_test, args.seed, device)
+        G, D = Task3.build_gan(Task3.baseline_config(args, rc), device)
+        eval_cost[n] = {full: median_seconds(lambda: Task3.evaluate(G, D, ctx, args.batch_size, full), 3)
                         for full in (False, True)}
     # the classifier: one epoch of the recipe on a slice, scaled to clf_epochs x n_train images
     n_clf = min(n_train, 2560)
     y = torch.randint(0, 10, (n_clf,), generator=g).to(device)
     t_clf = median_seconds(lambda: common.scoring_classifier(Task3.to_unit(x[:n_clf]), y, Task3.to_unit(x_test[:200]),
-                                                             y[:200], epochs=1, width=args.clf_width, seed=0,
+                                                             y[:200], epochs=1, width=rc.clf_width, seed=0,
                                                              warn_below=None), 1)
-    out = {"classifier": t_clf / n_clf * n_train * args.clf_epochs,
+    out = {"classifier": t_clf / n_clf * n_train * rc.clf_epochs,
            "eval_contexts": contexts[n_train] + (contexts[n_small] if "d_overfit" in args.experiments else 0.0)}
-    runs = {"baseline": {"baseline": (Task3.baseline_config(args), n_train)},
-            "reference": {"reference": (Task3.reference_config(args), n_train)},
-            "vanishing": {k: (c, n_train) for k, c in Task3.vanishing_arms(args).items()},
-            "mode_collapse": {k: (c, n_train) for k, c in Task3.collapse_arms(args).items()},
-            "d_overfit": {k: (c, n_small) for k, c in Task3.overfit_arms(args).items()}}
+    runs = {"baseline": {"baseline": (Task3.baseline_config(args, rc), n_train)},
+            "reference": {"reference": (Task3.reference_config(args, rc), n_train)},
+            "vanishing": {k: (c, n_train) for k, c in Task3.vanishing_arms(args, rc).items()},
+            "mode_collapse": {k: (c, n_train) for k, c in Task3.collapse_arms(args, rc).items()},
+            "d_overfit": {k: (c, n_small) for k, c in Task3.overfit_arms(args, rc).items()}}
     print(f"{'run':<34}{'iterations':>11}{'s/iter':>10}{'evals':>7}{'train s':>10}{'eval s':>9}")
     for exp in args.experiments:
         if exp == "reference" and "baseline" not in args.experiments:
@@ -212,7 +213,7 @@ def project(argv_task3: list[str], n_train: int, n_test: int, iters: int, device
             print(f"{exp + '/' + name:<34}{total:>11}{s_it:>10.4f}{n_quick:>7}{train_s:>10.1f}{ev_s:>9.1f}")
         out[exp] = total_s
     out["total"] = sum(out.values())
-    print(f"classifier ({args.clf_epochs} epochs x {n_train} images, width {args.clf_width}): "
+    print(f"classifier ({rc.clf_epochs} epochs x {n_train} images, width {rc.clf_width}): "
           f"{out['classifier']:.0f} s; "
           f"evaluation contexts {out['eval_contexts']:.1f} s; quick / full evaluation at n={n_train}: "
           f"{eval_cost[n_train][False]:.2f} / {eval_cost[n_train][True]:.2f} s")
@@ -228,19 +229,19 @@ def main(argv=None):
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="(default: cpu)")
-    p.add_argument("--n-images", type=common.positive_int, default=4096, help="synthetic images (default: 4096)")
-    p.add_argument("--iters", type=common.positive_int, default=60, help="timed iterations per run (default: 60)")
-    p.add_argument("--repeats", type=common.positive_int, default=5, help="timed runs per side (default: 5)")
-    p.add_argument("--batch-size", type=common.positive_int, default=64, help="(default: 64)")
+    p.add_argument("--n-images", type=harness.positive_int, default=4096, help="synthetic images (default: 4096)")
+    p.add_argument("--iters", type=harness.positive_int, default=60, help="timed iterations per run (default: 60)")
+    p.add_argument("--repeats", type=harness.positive_int, default=5, help="timed runs per side (default: 5)")
+    p.add_argument("--batch-size", type=harness.positive_int, default=64, help="(default: 64)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.add_argument("--full", action="store_true", help="60,000 images, 500 iterations per run (for a GPU)")
     p.add_argument("--project", action="store_true",
                    help="project the wall time of a default Task 3 run (flags for Task 3 go after --)")
-    p.add_argument("--n-train", type=common.positive_int, default=60000,
+    p.add_argument("--n-train", type=harness.positive_int, default=60000,
                    help="--project: training images (default: 60000, MNIST's)")
-    p.add_argument("--n-test", type=common.positive_int, default=10000,
+    p.add_argument("--n-test", type=harness.positive_int, default=10000,
                    help="--project: held-out images (default: 10000)")
-    p.add_argument("--project-iters", type=common.positive_int, default=40,
+    p.add_argument("--project-iters", type=harness.positive_int, default=40,
                    help="--project: timed iterations per run configuration (default: 40)")
     args = p.parse_args(argv)
     if args.project:

@@ -301,7 +301,7 @@ def test_task2_probe_both_ways():
 
 def t3_final(fd=10.0, coverage=10, kl=0.05, acc_fake=0.6, confidence=0.9, diverged="no"):
     return {"coverage": coverage, "kl_uniform": kl, "confidence": confidence, "fd_mnist_classifier": fd,
-            "diversity": 9.0, "memorisation_distance": 5.0, "memorisation_ratio": 1.1, "d_train": 0.6,
+            "diversity": 9.0, "nearest_train_rmse": 0.18, "memorisation_ratio": 1.1, "d_train": 0.6,
             "d_heldout": 0.5, "d_gap": 0.1, "last_epoch_d_loss": 1.2, "last_epoch_g_loss": 0.9,
             "last_epoch_d_real": 0.6, "last_epoch_d_fake": 0.4, "last_epoch_d_acc_real": 0.7,
             "last_epoch_d_acc_fake": acc_fake, "iterations": 1000, "epochs": 2.0, "diverged": diverged}
@@ -310,15 +310,15 @@ def t3_final(fd=10.0, coverage=10, kl=0.05, acc_fake=0.6, confidence=0.9, diverg
 def test_task3_dynamics_both_ways():
     curves = {"iteration": [100, 200], "d_loss": [1.4, 1.2], "g_loss": [0.7, 0.9]}
     real = t3_final(confidence=0.98)
-    e = answer(Task3, "3.2", {"baseline": {"final": t3_final(), "real_images": real, "loss_curves": curves,
+    e = answer(R3, "3.2", {"baseline": {"final": t3_final(), "real_images": real, "loss_curves": curves,
                                            "classifier_test_acc": 0.99}})["finding"]
     assert e.startswith("the dynamics are balanced") and "recognisable and varied" in e
-    e = answer(Task3, "3.2", {"baseline": {"final": t3_final(acc_fake=0.99, confidence=0.5, coverage=3),
+    e = answer(R3, "3.2", {"baseline": {"final": t3_final(acc_fake=0.99, confidence=0.5, coverage=3),
                                            "real_images": real, "loss_curves": curves,
                                            "classifier_test_acc": 0.99}})["finding"]
     assert e.startswith("the dynamics are one-sided: D rejects almost every fake (D's accuracy on fakes 99.0%")
     assert "not clearly recognisable and not varied" in e and "3 of 10 digits covered (real 10)" in e
-    e = answer(Task3, "3.2", {"baseline": {"final": t3_final(acc_fake=0.01), "real_images": real, "loss_curves": curves,
+    e = answer(R3, "3.2", {"baseline": {"final": t3_final(acc_fake=0.01), "real_images": real, "loss_curves": curves,
                                            "classifier_test_acc": 0.99}})["finding"]
     assert e.startswith("the dynamics are one-sided: D accepts almost every fake (D's accuracy on fakes 1.0%")
 
@@ -331,9 +331,9 @@ def t3_reference(fd_ref):
 
 
 def test_task3_reference_both_ways():
-    e = answer(Task3, "3.3", {"reference": t3_reference(5.0)})["finding"]
+    e = answer(R3, "3.3", {"reference": t3_reference(5.0)})["finding"]
     assert "reach a lower classifier FD than the assignment's MLP (5.00 vs 10.00)" in e and "9 vs 10 digits" in e
-    assert "higher classifier FD" in answer(Task3, "3.3", {"reference": t3_reference(15.0)})["finding"]
+    assert "higher classifier FD" in answer(R3, "3.3", {"reference": t3_reference(15.0)})["finding"]
 
 
 def t3_vanish(acc_fake_curve, grad_end, cure_fd):
@@ -350,11 +350,11 @@ def t3_vanish(acc_fake_curve, grad_end, cure_fd):
 
 
 def test_task3_vanishing_both_ways():
-    e = answer(Task3, "3.4", {"vanishing": t3_vanish([0.9, 0.995, 1.0], 1e-4, 8.0)})["finding"]
+    e = answer(R3, "3.4", {"vanishing": t3_vanish([0.9, 0.995, 1.0], 1e-4, 8.0)})["finding"]
     assert e.startswith("D's accuracy on fakes passed 99% at iteration 200; the gradient reaching G fell by a factor "
                         "of 1e+04 (1 -> 0.0001)")
     assert "the best cure, non_saturating, ends at classifier FD 8.00 (10 of 10 digits) against 20.00 (10 of 10)" in e
-    e = answer(Task3, "3.4", {"vanishing": t3_vanish([0.5, 0.6, 0.7], 10.0, 30.0)})["finding"]
+    e = answer(R3, "3.4", {"vanishing": t3_vanish([0.5, 0.6, 0.7], 10.0, 30.0)})["finding"]
     assert e.startswith("D's accuracy on fakes never reached 99% (last 10%: 70.0%); the gradient reaching G rose by "
                         "a factor of 10")
     assert "FD 30.00 (10 of 10 digits) against 20.00" in e
@@ -369,12 +369,12 @@ def t3_collapse(best_cov):
 
 
 def test_task3_collapse_both_ways():
-    e = answer(Task3, "3.5", {"mode_collapse": t3_collapse(9)})["finding"]
+    e = answer(R3, "3.5", {"mode_collapse": t3_collapse(9)})["finding"]
     assert e == ("the provoked setting covers 3 of 10 digits (KL from uniform 1.500); more_d_steps restores diversity "
                  "best: 9 digits, KL 0.500, diversity 9.000")
     m = t3_collapse(1)
     m["arms"] = {n: (a if n == "collapse" else {**a, "coverage": 1}) for n, a in m["arms"].items()}
-    e = answer(Task3, "3.5", {"mode_collapse": m})["finding"]
+    e = answer(R3, "3.5", {"mode_collapse": m})["finding"]
     assert "restores diversity best of the cures, yet no better than that" in e
 
 
@@ -386,10 +386,10 @@ def t3_overfit(cure_fd):
 
 
 def test_task3_overfit_both_ways():
-    e = answer(Task3, "3.6", {"d_overfit": t3_overfit(5.0)})["finding"]
+    e = answer(R3, "3.6", {"d_overfit": t3_overfit(5.0)})["finding"]
     assert e.startswith("without a cure D rates its 1,000 training images up to 0.400 higher than held-out ones")
     assert "4 of 4 cures lower G's FD, best dropout (5.00" in e
-    e = answer(Task3, "3.6", {"d_overfit": t3_overfit(12.0)})["finding"]
+    e = answer(R3, "3.6", {"d_overfit": t3_overfit(12.0)})["finding"]
     assert "0 of 4 cures lower G's FD, best dropout (12.00" in e
 
 

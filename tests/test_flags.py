@@ -194,13 +194,10 @@ REFUSED = [
     ("Task2", ["--cifar-images", "11"], ["--cifar-images"]),         # one per class: at most 10
     ("Task2", ["--discard-ratio", "1"], ["--discard-ratio"]),
     ("Task2", ["--mask-fractions", "0,0.5,1.5"], ["--mask-fractions"]),
-    # Task 3: probe sizes nest, the D warm-up lies within the run, Adam's betas below 1
-    ("Task3", ["--eval-samples", "150", "--nn-samples", "151"], ["--nn-samples", "--eval-samples"]),
-    ("Task3", ["--quick-samples", "100", "--pair-samples", "101"], ["--pair-samples", "--quick-samples"]),
+    # Task 3: the D warm-up lies within the run (probe sizes, Adam's betas, --d-stop-frac are recipe
+    # constants now: tests/test_task3.py test_recipe_refuses_inconsistent_constants)
     ("Task3", ["--vanish-iters", "10", "--vanish-warmup-iters", "11"], ["--vanish-warmup-iters", "--vanish-iters"]),
-    ("Task3", ["--beta1", "1"], ["--beta1"]),                        # was a traceback from torch.optim.Adam
     ("Task3", ["--overfit-class", "10"], ["--overfit-class"]),
-    ("Task3", ["--d-stop-frac", "0"], ["--d-stop-frac"]),
     # Task 4: the joint views sample from the 300 smoke test images; the shift range must be a range
     ("Task4", ["--tsne-large", "301"], ["--tsne-large"]),
     ("Task4", ["--tsne-small", "4"], ["--tsne-small"]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -11,12 +13,14 @@ import scipy.linalg
 import torch
 
 import common
+import harness
 import Task3
 from architecture import (DigitClassifier, Discriminator, Generator, MinibatchStdDev, ReferenceDiscriminator,
                           ReferenceGenerator)
 from conftest import (assert_bad_input, assert_bad_input_in_process, assert_in_range, assert_png_ok,
                       assert_replot_needs_plot_data, assert_replot_redraws,
                       load_metrics)
+from reports import task3 as report
 
 # ----------------------------------------------------------------------------
 # Losses: closed-form gradients
@@ -114,7 +118,7 @@ def test_kl_from_uniform_on_constructed_histograms():
     # the histogram of predictions
     assert Task3.class_histogram(torch.tensor([3, 3, 1])).tolist() == [0, 1, 0, 2, 0, 0, 0, 0, 0, 0]
     # Task 3 counts covered digits with the shared rule (2% of the samples at its default share)
-    assert common.classes_covered(stray, Task3.build_parser().parse_args([]).coverage_share) == 2
+    assert common.classes_covered(stray, Task3.Recipe().coverage_share) == 2
 
 
 def test_diversity_and_memorisation_distances():
@@ -171,7 +175,7 @@ def test_gan_iteration_augments_real_and_fake_in_both_steps():
     torch.manual_seed(0)
     G, D = Generator(8), Discriminator()
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-    cfg = dataclasses.replace(Task3.baseline_config(Task3.build_parser().parse_args([])), z_dim=8)
+    cfg = dataclasses.replace(Task3.baseline_config(Task3.build_parser().parse_args([]), Task3.Recipe()), z_dim=8)
     for g_loss, expected in [("non_saturating", ["D:real", "D:fake", "G:fake"]),
                              ("feature_matching", ["D:real", "D:fake", "G:real", "G:fake"])]:
         calls, phase = [], {"now": "D"}
@@ -247,26 +251,27 @@ def test_init_is_normal_002():
 
 
 def tiny_setup(tmp_path):
-    args = Task3.build_parser().parse_args(["--out", str(tmp_path), "--eval-samples", "40", "--quick-samples", "30",
-                                            "--pair-samples", "20", "--nn-samples", "10", "--quick-nn-samples", "5",
-                                            "--batch-size", "16", "--eval-every", "1"])
+    args = Task3.build_parser().parse_args(["--out", str(tmp_path), "--batch-size", "16", "--eval-every", "1"])
+    rc = dataclasses.replace(Task3.Recipe(), eval_samples=40, quick_samples=30, pair_samples=20, nn_samples=10,
+                             quick_nn_samples=5)
     torch.manual_seed(0)
     x = torch.rand(64, 1, 28, 28) * 2 - 1
     clf = DigitClassifier(width=4).eval()
-    ctx = Task3.eval_context(args, clf, x[:48], x[48:], torch.device("cpu"))
+    ctx = Task3.eval_context(rc, clf, x[:48], x[48:], args.seed, torch.device("cpu"))
     return args, x[:48], ctx
 
 
 def test_diverging_arm_is_recorded_not_raised(tmp_path):
     args, x, ctx = tiny_setup(tmp_path)
-    cfg = dataclasses.replace(Task3.baseline_config(args), epochs=3, init_std=1e30)          # weights of 1e30: inf/NaN at once
-    rec = Task3.train_gan("nan-arm", cfg, Task3.TrainSet(x, ctx, "test"), args, torch.device("cpu"))
+    cfg = dataclasses.replace(Task3.baseline_config(args, ctx["rc"]), epochs=3, init_std=1e30)  # 1e30: inf/NaN at once
+    rec = Task3.train_gan("nan-arm", cfg, Task3.TrainSet(x, ctx, "test"), args, torch.device("cpu"),
+                          harness.Cache(tmp_path))
     assert rec["diverged"] and "iteration" in rec["diverged"]
     m = Task3.final_metrics(rec)
     assert m["diverged"] != "no"
     assert not list((tmp_path / "cache").glob("gan-run-*.pt"))      # a diverged run is not cached
-    ok = Task3.train_gan("ok-arm", dataclasses.replace(Task3.baseline_config(args), epochs=2), Task3.TrainSet(x, ctx, "test"),
-                          args, torch.device("cpu"))
+    ok = Task3.train_gan("ok-arm", dataclasses.replace(Task3.baseline_config(args, ctx["rc"]), epochs=2),
+                         Task3.TrainSet(x, ctx, "test"), args, torch.device("cpu"), harness.Cache(tmp_path))
     assert ok["diverged"] == "" and ok["iterations"] == 2 * 3 and len(ok["evals"]["epoch"]) == 3
     assert ok["logs"].shape == (6, len(Task3.LOG_KEYS)) and torch.isfinite(ok["logs"][:, :-1]).all()
     assert torch.isnan(ok["logs"][:, -1]).all()                     # Adam's step: logged in vanishing arms only
@@ -289,7 +294,7 @@ COLLAPSE_ARMS = ["collapse", "normal_lr", "more_d_steps", "minibatch_std", "inst
 OVERFIT_ARMS = ["no_cure", "dropout", "d_early_stop", "small_d", "diffaugment"]
 
 RANGES = {"coverage": (0, 10), "kl_uniform": (0, math.log(10) + 1e-9), "confidence": (0.1, 1),
-          "fd_mnist_classifier": (0, 1e6), "diversity": (0, 28), "memorisation_distance": (0, 28),
+          "fd_mnist_classifier": (0, 1e6), "diversity": (0, 28), "nearest_train_rmse": (0, 1),
           "memorisation_ratio": (0, 1e3), "d_train": (0, 1), "d_heldout": (0, 1), "d_gap": (-1, 1),
           "last_epoch_d_loss": (0, 100), "last_epoch_g_loss": (-100, 100), "last_epoch_d_real": (0, 1),
           "last_epoch_d_fake": (0, 1), "last_epoch_d_acc_real": (0, 1), "last_epoch_d_acc_fake": (0, 1),
@@ -333,7 +338,7 @@ def test_smoke_metrics(smoke_out):
         assert_in_range(e, f"{name}/classifier_test_acc", 0, 1)
         assert_in_range(e, f"{name}/seconds", 0, 1e5)
     check_run(e, "baseline/final", curves=False)
-    for k in ("coverage", "kl_uniform", "confidence", "fd_mnist_classifier", "diversity", "memorisation_distance"):
+    for k in ("coverage", "kl_uniform", "confidence", "fd_mnist_classifier", "diversity", "nearest_train_rmse"):
         assert_in_range(e, f"baseline/real_images/{k}", *RANGES[k])
         assert len(e["baseline"]["over_training"][k]) == len(e["baseline"]["over_training"]["epoch"]) == 3
     assert len(e["baseline"]["loss_curves"]["d_acc_fake"]) == 2          # 10 iterations, --log-every 5
@@ -355,7 +360,7 @@ def test_smoke_metrics(smoke_out):
     assert set(e["vanishing"]["arms"]) == set(VANISH_ARMS)
     for arm in COLLAPSE_ARMS:
         check_run(e, f"mode_collapse/arms/{arm}")
-        assert sum(e["mode_collapse"]["arms"][arm]["final_histogram"]) == doc["config"]["eval_samples"]
+        assert sum(e["mode_collapse"]["arms"][arm]["final_histogram"]) == doc["recipe"]["eval_samples"]
     assert set(e["mode_collapse"]["arms"]) == set(COLLAPSE_ARMS)
     for arm in OVERFIT_ARMS:
         check_run(e, f"d_overfit/arms/{arm}")
@@ -374,7 +379,8 @@ def test_smoke_metrics(smoke_out):
 def test_smoke_rerun_uses_cached_runs(smoke_out, capsys):
     Task3.main(["--smoke", "--out", str(smoke_out), "--experiments", "reference"])
     text = capsys.readouterr().out
-    assert "[baseline] cached run" in text and "[reference] cached run" in text and "classifier: cached" in text
+    assert text.count("cache: reusing gan-run-") == 2 and "cache: reusing classifier-" in text   # baseline, reference
+    assert "iterations in" not in text                                                          # nothing trained
 
 
 def test_replot_redraws_every_figure_without_computing(smoke_out, tmp_path, monkeypatch):
@@ -390,13 +396,13 @@ def test_replot_without_plot_data_exits_2(tmp_path, capsys, smoke_out):
 def test_every_arm_is_a_distinct_typed_configuration():
     """Arms are dataclasses.replace of the baseline's GanConfig: a misspelt setting is an
     error, not an arm that quietly trains the baseline (or another arm) again."""
-    args = Task3.build_parser().parse_args([])
-    base = Task3.baseline_config(args)
+    args, rc = Task3.build_parser().parse_args([]), Task3.Recipe()
+    base = Task3.baseline_config(args, rc)
     for arms in (Task3.vanishing_arms, Task3.collapse_arms, Task3.overfit_arms):
-        cfgs = list(arms(args).values())
+        cfgs = list(arms(args, rc).values())
         assert all(isinstance(c, Task3.GanConfig) for c in cfgs)
         assert len(set(cfgs)) == len(cfgs) and base not in cfgs, arms.__name__
-    assert Task3.reference_config(args) != base
+    assert Task3.reference_config(args, rc) != base
     with pytest.raises(TypeError):
         dataclasses.replace(base, g_los="saturating")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -413,11 +419,8 @@ def test_bad_flag_values(tmp_path):
     assert_bad_input("Task3.py", ["--smoke", "--overfit-class", "12"], tmp_path / "b", expect="overfit-class")
 
 
-@pytest.mark.parametrize("argv, expect", [(["--nn-samples", "9999"], "nn-samples"),
-                                          (["--d-stop-frac", "0"], "d-stop-frac"),
-                                          (["--max-iters-per-epoch", "-1"], "max-iters-per-epoch"),
-                                          (["--quick-samples", "9999"], "quick-samples"),
-                                          (["--log-every", "0"], "positive integer")])
+@pytest.mark.parametrize("argv, expect", [(["--log-every", "0"], "positive integer"),
+                                          (["--vanish-warmup-iters", "-1"], "vanish-warmup-iters")])
 def test_bad_values_in_process(tmp_path, capsys, argv, expect):
     """The same contract without a subprocess: exit 2, one stderr line, nothing written."""
     out = tmp_path / "out"
@@ -430,14 +433,36 @@ def test_missing_dataset_offline(tmp_path, empty_data_root):
                      expect="MNIST")
 
 
-def test_corrupt_cache_file(smoke_out, tmp_path):
-    """A corrupt cached classifier is a one-line error naming the file, not a traceback."""
+@pytest.mark.parametrize("change", [dict(eval_samples=150, nn_samples=151), dict(quick_samples=100, pair_samples=101),
+                                    dict(nn_samples=9999), dict(quick_samples=9999), dict(d_stop_frac=0.0),
+                                    dict(max_iters_per_epoch=-1), dict(betas=(1.0, 0.999))])
+def test_recipe_refuses_inconsistent_constants(change):
+    """What the flags these constants were refused: probe sizes that do not nest (the
+    quick probes are slices of the final ones), a D that trains on no batch, Adam's
+    beta1 = 1 (was a traceback from torch.optim.Adam). The limits themselves are fine."""
+    with pytest.raises(ValueError, match="recipe"):
+        dataclasses.replace(Task3.SMOKE_RECIPE, **change)
+    assert dataclasses.replace(Task3.SMOKE_RECIPE, nn_samples=150, pair_samples=100, d_stop_frac=1.0)
+
+
+def test_corrupt_cache_files_are_said_in_one_line_each_and_recomputed(smoke_out, tmp_path, capsys):
+    """A cache is recomputable: a corrupt cached classifier or GAN run costs one line naming
+    the file and its training again, never the run; the numbers are those of a clean run."""
     out = tmp_path / "out"
-    (out / "cache").mkdir(parents=True)
-    for src in (smoke_out / "cache").glob("classifier-*.pt"):
-        (out / "cache" / src.name).write_bytes(b"this is not a torch file")
-    assert list((out / "cache").glob("classifier-*.pt"))
-    assert_bad_input("Task3.py", ["--smoke"], out, expect="unreadable")
+    shutil.copytree(smoke_out, out)
+    for victim in [*(out / "cache").glob("classifier-*.pt"), *(out / "cache").glob("gan-run-*.pt")]:
+        victim.write_bytes(b"this is not a torch file")
+    capsys.readouterr()
+    Task3.main(["--smoke", "--out", str(out), "--experiments", "baseline"])   # reads the classifier and one run
+    said = [re.search(r"cache/([\w-]+\.pt) is unreadable .*computing it again", ln)
+            for ln in capsys.readouterr().err.splitlines() if "unreadable" in ln]
+    named = sorted(m.group(1) for m in said)
+    assert len(named) == 2 and named[0].startswith("classifier-") and named[1].startswith("gan-run-"), said
+    for name in named:                                                # each rewritten, whole
+        assert torch.load(out / "cache" / name, weights_only=True)["value"]
+    untimed = [{k: v for k, v in harness.flatten(load_metrics(d)["experiments"]["baseline"]).items()
+                if not re.search("seconds|per_second", k)} for d in (out, smoke_out)]
+    assert untimed[0] == untimed[1]                                   # retrained: the same numbers
 
 
 # ----------------------------------------------------------------------------
@@ -478,7 +503,7 @@ def test_log_row_holds_d_outputs_and_accuracy_before_the_step():
             torch.nn.init.zeros_(m.bias)
     torch.nn.init.constant_(D.head.bias, 1.0)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
-    cfg = dataclasses.replace(Task3.baseline_config(Task3.build_parser().parse_args([])), z_dim=8, log_adam_step=True)
+    cfg = dataclasses.replace(Task3.baseline_config(Task3.build_parser().parse_args([]), Task3.Recipe()), z_dim=8, log_adam_step=True)
     real = torch.rand(6, 1, 28, 28) * 2 - 1
     row = dict(zip(Task3.LOG_KEYS, Task3.gan_iteration(G, D, opt_g, opt_d, real, lambda: real, cfg, 0, 10, True,
                                                         torch.device("cpu")).tolist()))
@@ -496,8 +521,8 @@ def test_progress_line_every_log_every_batches(tmp_path, capsys):
     args, x, ctx = tiny_setup(tmp_path)
     args.log_every = 2
     capsys.readouterr()
-    rec = Task3.train_gan("p", dataclasses.replace(Task3.baseline_config(args), epochs=2), Task3.TrainSet(x, ctx, "test"),
-                          args, torch.device("cpu"))
+    rec = Task3.train_gan("p", dataclasses.replace(Task3.baseline_config(args, ctx["rc"]), epochs=2),
+                          Task3.TrainSet(x, ctx, "test"), args, torch.device("cpu"), harness.Cache(tmp_path))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[p] epoch")]
     assert len(lines) == 3                                          # 6 iterations (3 per epoch), every 2
     curves = Task3.loss_curves(rec, 2)
@@ -512,10 +537,12 @@ def test_progress_line_every_log_every_batches(tmp_path, capsys):
 
 
 def test_fresh_trains_the_baseline_once(tmp_path, capsys):
-    """`reference` needs baseline's run; with --fresh it used to train it a second time."""
+    """`reference` needs baseline's run; with --fresh it used to train it a second time
+    (--fresh ignores the cache files of earlier runs, not the ones this run wrote)."""
     Task3.main(["--smoke", "--fresh", "--out", str(tmp_path), "--experiments", "baseline,reference"])
     out = capsys.readouterr().out
-    assert out.count("[baseline] 10 iterations in") == 1 and "[baseline] trained earlier in this run" in out
+    assert out.count("[baseline] 10 iterations in") == 1 and out.count("[reference] 10 iterations in") == 1
+    assert out.count("cache: reusing gan-run-") == 1                 # reference's baseline: this run's
 
 
 # ----------------------------------------------------------------------------
@@ -555,9 +582,10 @@ def test_split_digits_is_per_class_disjoint_and_seeded():
 
 
 # Settings of the real-digit test; their timing and margin are in README.md (Task 3, tests).
-REAL_TEST_ARGS = ["--experiments", "baseline", "--clf-epochs", "15", "--epochs", "100", "--lr", "5e-4", "--eval-every", "50",
-                  "--eval-samples", "2000", "--quick-samples", "500", "--pair-samples", "500", "--nn-samples", "100",
-                  "--quick-nn-samples", "50", "--log-every", "1000", "--device", "cpu"]
+REAL_TEST_ARGS = ["--experiments", "baseline", "--epochs", "100", "--lr", "5e-4", "--eval-every", "50",
+                  "--log-every", "1000", "--device", "cpu"]
+REAL_TEST_RECIPE = dataclasses.replace(Task3.Recipe(), clf_epochs=15, eval_samples=2000, quick_samples=500,
+                                       pair_samples=500, nn_samples=100, quick_nn_samples=50)
 
 
 def test_real_digits_short_baseline_covers_most_digits(tmp_path):
@@ -569,7 +597,7 @@ def test_real_digits_short_baseline_covers_most_digits(tmp_path):
 
     write_mnist_folder(tmp_path / "data", test_per_class=100, train_per_class=200, seed=0)
     out = tmp_path / "out"
-    Task3.main(["--data-root", str(tmp_path / "data"), "--out", str(out), *REAL_TEST_ARGS])
+    Task3.main(["--data-root", str(tmp_path / "data"), "--out", str(out), *REAL_TEST_ARGS], recipe=REAL_TEST_RECIPE)
     doc = load_metrics(out)
     assert doc["env"]["data"] == "real"
     b = doc["experiments"]["baseline"]
@@ -590,7 +618,7 @@ def test_smoke_answers_every_assignment_question(smoke_out):
     """summary.md, metrics.json and index.html answer each question of the handout (tests/test_findings.py)."""
     from test_findings import assert_findings
 
-    assert_findings(smoke_out, Task3)
+    assert_findings(smoke_out, report)
 
 
 def test_overfit_rv_is_karras_ratio_on_logits():

