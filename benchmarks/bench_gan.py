@@ -174,7 +174,7 @@ def project(argv_task3: list[str], n_train: int, n_test: int, iters: int, device
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n_train, 1, 28, 28, generator=g).mul(2).sub(1).to(device)     # [-1, 1], like Task 3's data
     x_test = torch.rand(n_test, 1, 28, 28, generator=g).mul(2).sub(1).to(device)
-    n_small = args.overfit_class_n if args.overfit_class >= 0 else args.overfit_n
+    n_small = rc.overfit_class_n if args.overfit_class >= 0 else args.overfit_n
     clf = DigitClassifier(rc.clf_width).to(device).eval()
     contexts, eval_cost = {}, {}
     for n in sorted({n_train, n_small}):                                          # NN search cost grows with n

@@ -188,7 +188,7 @@ def plot_transfer(m: dict, a: dict, cfg, out: Path) -> None:
 
 
 def plot_depth(m: dict, a: dict, cfg, out: Path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
     names = [n for n in m if isinstance(m[n], dict)]  # the architectures
     for ax, key, title in zip(axes, ("head_acc", "probe_acc", "images_per_s"),
                               ("linear head (baseline recipe), test acc", "logistic probe, test acc",

@@ -47,14 +47,15 @@ def curve(a: dict, run: str, key: str, window=None):
     """(iterations, moving average over `window` iterations, default 1/200 of the run) of a LOG_KEYS column."""
     y = a[f"{run}_logs"][:, LOG_KEYS.index(key)].astype(np.float64)
     n = max(1, min(window or max(1, len(y) // 200), len(y)))
-    ys = np.convolve(y, np.ones(n) / n, mode="valid")
+    ok = np.isfinite(y)  # NaN gradient norms: steps fp16 loss scaling skipped, left out of the average
+    ys = np.convolve(np.where(ok, y, 0), np.ones(n), mode="valid") / np.convolve(ok, np.ones(n), mode="valid")
     return np.arange(len(ys)) + (n - 1), ys
 
 
 def plot_dynamics(a: dict, run: str, path: Path, title: str):
     """Four panels over iterations: D and G losses; mean D(x) and D(G(z)); D's accuracy
     on real and on fake batches; the gradient norm reaching G."""
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.2), layout="constrained")
     common.line_plot(axes[0], {"D loss": curve(a, run, "d_loss"), "G loss": curve(a, run, "g_loss")},
                      "losses (moving average)", "iteration", "BCE loss")
     common.line_plot(axes[1], {"D(x) real": curve(a, run, "d_real"), "D(G(z)) fake": curve(a, run, "d_fake")},
@@ -100,10 +101,11 @@ def plot_eval_curves(a: dict, runs: list[str], path: Path, title: str, real: boo
 
 def plot_arm_losses(a: dict, runs: list[str], path: Path, title: str):
     """D and G loss curves for every arm, one small panel per arm (same axes), so no
-    arm's curves hide another's; D's accuracy on real/fake batches on the right axis."""
-    cols = min(4, len(runs))
-    rows = math.ceil(len(runs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    arm's curves hide another's; D's accuracy on real/fake batches on the right axis.
+    As few empty cells as the rows allow (removed), one legend for all panels."""
+    rows = math.ceil(len(runs) / 4)
+    cols = math.ceil(len(runs) / rows)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows + 0.5), squeeze=False, layout="constrained")
     for ax, run in zip(axes.flat, runs):
         for key, colour, label in [("d_loss", "C0", "D loss"), ("g_loss", "C1", "G loss")]:
             ax.plot(*curve(a, run, key), color=colour, label=label)
@@ -114,12 +116,11 @@ def plot_arm_losses(a: dict, runs: list[str], path: Path, title: str):
         acc.plot(*curve(a, run, "d_acc_fake"), color="C3", lw=0.8, ls=":", label="D acc fake")
         acc.set_ylim(-0.02, 1.02)
         acc.set_ylabel("D accuracy", fontsize=8)
-        (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), acc.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
     for ax in list(axes.flat)[len(runs):]:
-        ax.axis("off")
+        ax.remove()
+    (h1, l1), (h2, l2) = axes[0, 0].get_legend_handles_labels(), acc.get_legend_handles_labels()
+    fig.legend(h1 + h2, l1 + l2, fontsize=8, loc="outside lower center", ncol=4)
     fig.suptitle(title)
-    fig.tight_layout()
     return common.save_figure(fig, path)
 
 
@@ -156,7 +157,7 @@ def plot_vanishing(m: dict, a: dict, cfg, out: Path) -> None:
     """vanishing_curves.png: eight per-iteration panels (a cure and its equal-lr retrain
     share a colour; the retrain is dashed) and the final samples of every arm."""
     runs = list(m["arms"])
-    fig, axes = plt.subplots(3, 3, figsize=(17, 12.5))
+    fig, axes = plt.subplots(3, 3, figsize=(17, 12.5), layout="constrained")
     colour = {"saturating": "C0", "non_saturating": "C1", "label_smoothing": "C2", "both": "C3"}
     for ax, (key, label, logy) in zip(axes.flat, VANISH_PANELS):
         for run in runs:
@@ -171,11 +172,9 @@ def plot_vanishing(m: dict, a: dict, cfg, out: Path) -> None:
         ax.grid(alpha=0.3)
         if cfg.vanish_warmup_iters:
             ax.axvline(cfg.vanish_warmup_iters, color="grey", ls=":", lw=1)
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper center", ncol=len(runs), fontsize=9,
-               bbox_to_anchor=(0.5, 0.955))
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(runs), fontsize=9)
     common.image_grid(images(np.concatenate([a[f"{r}_samples"][:8] for r in runs])), title="final samples", nrow=8,
                       row_labels=runs, ax=axes.flat[8])
-    fig.subplots_adjust(hspace=0.35)
     fig.suptitle(f"Vanishing gradients: D lr x{cfg.vanish_d_lr_mult:g} and {cfg.vanish_d_steps} D steps per G step "
                  f"for the first {cfg.vanish_warmup_iters} iterations (dotted line); solid: that D, "
                  f"dashed: cures retrained at equal learning rates")
@@ -184,7 +183,7 @@ def plot_vanishing(m: dict, a: dict, cfg, out: Path) -> None:
 
 def plot_mode_collapse(m: dict, a: dict, cfg, out: Path) -> None:
     runs = list(m["arms"])
-    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [1.6, 1]}, layout="constrained")
     class_shares(axes, {n: arm["final_histogram"] for n, arm in m["arms"].items()}, a, cfg.recipe)
     fig.colorbar(axes[1].images[0], ax=axes[1], label="share of samples")
     fig.suptitle(f"Mode collapse: G lr x{cfg.collapse_g_lr_mult:g}, {cfg.collapse_g_steps} G steps per D step")
@@ -202,16 +201,17 @@ def plot_mode_collapse(m: dict, a: dict, cfg, out: Path) -> None:
 
 
 def class_shares(axes, final_hists: dict, a: dict, recipe: dict) -> None:
-    """Left: every arm's final class shares; right: the collapse arm's over training."""
-    w = 0.8 / len(final_hists)
-    for j, (name, h) in enumerate(final_hists.items()):
-        h = np.asarray(h, dtype=float)
-        axes[0].bar(np.arange(10) + (j - (len(final_hists) - 1) / 2) * w, h / max(h.sum(), 1), w, label=name)
-    axes[0].axhline(0.1, color="k", ls="--", lw=1, label="uniform (real MNIST)")
-    axes[0].axhline(0.1 * recipe["coverage_share"], color="grey", ls=":", lw=1, label="'covered' threshold")
-    axes[0].set(xticks=range(10), xlabel="digit predicted by the scoring classifier", ylabel="share of samples",
-                title=f"final class histogram per arm ({recipe['eval_samples']} samples)")
-    axes[0].legend(fontsize=7)
+    """Left: every arm's final class shares as one row of a matrix (digits in columns, so no
+    bar sits between two digits), covered digits counted; right: the collapse arm's over training."""
+    names, floor = list(final_hists), 0.1 * recipe["coverage_share"]       # the 'covered' threshold share
+    shares = np.array([np.asarray(h, float) / max(np.sum(h), 1) for h in final_hists.values()])
+    axes[0].imshow(shares, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.2, shares.max()))
+    for (i, j), v in np.ndenumerate(shares):
+        if v >= 0.005:
+            axes[0].text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 else "k")
+    axes[0].set(xticks=range(10), xlabel="digit predicted by the scoring classifier", yticks=range(len(names)),
+                yticklabels=[f"{n} ({int((r >= floor).sum())} covered)" for n, r in zip(names, shares)],
+                title=f"final class shares per arm ({recipe['eval_samples']} samples; uniform: 0.10 each)")
     hist = a["collapse_hist"]
     share = hist / np.maximum(hist.sum(1, keepdims=True), 1)
     axes[1].imshow(share.T, aspect="auto", cmap="viridis", vmin=0, vmax=max(0.2, share.max()))
@@ -224,7 +224,7 @@ def class_shares(axes, final_hists: dict, a: dict, recipe: dict) -> None:
 def plot_d_overfit(m: dict, a: dict, cfg, out: Path) -> None:
     runs, n = list(m["arms"]), m["n_train"]
     which = f"of digit {cfg.overfit_class}" if cfg.overfit_class >= 0 else "(the first of the train split)"
-    fig, axes = plt.subplots(1, len(runs) + 2, figsize=(4.2 * (len(runs) + 2), 3.9))
+    fig, axes = plt.subplots(1, len(runs) + 2, figsize=(4.2 * (len(runs) + 2), 3.9), layout="constrained")
     for ax, run in zip(axes, runs):
         ep = a[f"{run}_epoch"]
         common.line_plot(ax, {"training images": (ep, a[f"{run}_d_logit_train"]),
@@ -234,7 +234,7 @@ def plot_d_overfit(m: dict, a: dict, cfg, out: Path) -> None:
                            (axes[-1], "overfit_rv", "r_v on logits (Karras 2020)")]:
         common.line_plot(ax, {r: (a[f"{r}_epoch"], a[f"{r}_{key}"]) for r in runs}, title, "epoch",
                          "gap" if key == "d_gap" else "r_v")
-    fig.suptitle(f"Discriminator overfitting on {n} training images {which}; held out: test images", y=1.04)
+    fig.suptitle(f"Discriminator overfitting on {n} training images {which}; held out: test images")
     common.save_figure(fig, out / "d_overfit_gap.png")
     plot_eval_curves(a, runs, out / "d_overfit_memorisation.png",
                      "Memorisation and quality on the small set (dashed: held-out real images)",

@@ -34,9 +34,10 @@ def _texts(fig, renderer) -> list[tuple[str, object]]:
         for t in (ax.title, ax._left_title, ax._right_title):
             add(f"{name} title", t)
         if ax.axison:
-            add(f"{name} x label", ax.xaxis.label)
-            add(f"{name} y label", ax.yaxis.label)
             for which, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+                if not axis.get_visible():  # a twin's shared axis: drawn by its host
+                    continue
+                add(f"{name} {which} label", axis.label)
                 lo, hi = sorted(axis.get_view_interval())
                 for t in axis.get_ticklabels(which="both"):  # only the ticks drawn: inside the view
                     loc = t.get_position()[0 if which == "x" else 1]
@@ -70,11 +71,25 @@ def _same_place(la: str, lb: str) -> bool:
                           or len(ticks) == 2 and ticks[0] == ticks[1] and rotated)
 
 
+def _panel_of(label: str) -> str:
+    return " ".join(label.split(" ")[:2]) if label.startswith("axes ") else ""
+
+
 def text_overlaps(fig) -> list[str]:
+    """Pairs of texts whose boxes overlap, and texts of one panel that run into another
+    panel's plot area (tick labels or an axis label too wide for the gap between panels)."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = _texts(fig, renderer)
+    panels = {f"axes {i}": ax.bbox for i, ax in enumerate(a for a in fig.axes if a.get_visible())}
     found = []
+    for label, box in boxes:
+        own = panels.get(_panel_of(label))
+        for other, area in panels.items():
+            if own is None or other == _panel_of(label) or np.allclose(own.bounds, area.bounds):
+                continue  # a twin shares its host's plot area
+            if _overlap(box, area) > MIN_OVERLAP_SHARE * max(1.0, box.width * box.height):
+                found.append(f"text in another panel: {label} / {other}")
     for i, (la, a) in enumerate(boxes):
         for lb, b in boxes[i + 1:]:
             area = _overlap(a, b)

@@ -69,3 +69,19 @@ def test_slanted_tick_labels_side_by_side_are_not_an_overlap():
     ax.set_xticks(range(10), names, rotation=0)                      # upright, the long names collide
     assert any("x tick" in p for p in text_overlaps(fig))
     plt.close(fig)
+
+
+def test_tick_labels_running_into_the_next_panel_are_found():
+    """d_overfit_gap once had its gap panel's long tick labels inside the panel to its left."""
+    fig, axes = plt.subplots(1, 4, figsize=(8, 2.5))
+    for ax in axes:
+        ax.plot([0, 1], [-0.00123456, 0.00098765])
+        ax.set_ylabel("a long y label")
+    assert any("text in another panel" in p for p in text_overlaps(fig))
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 4, figsize=(8, 2.5), layout="constrained")
+    for ax in axes:
+        ax.plot([0, 1], [-0.00123456, 0.00098765])
+        ax.set_ylabel("a long y label")
+    assert not any("text in another panel" in p for p in text_overlaps(fig))
+    plt.close(fig)

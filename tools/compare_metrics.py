@@ -48,8 +48,11 @@ def renamed(path: str, renames: list[tuple[str, str]]) -> str:
 
 
 def scale_of(path: str, scales: dict) -> float | None:
-    """The factor for a path: given for it, or for its last key (a key name without /)."""
-    return scales.get(path, scales.get(path.split("/")[-1]))
+    """The factor for a path: given for it, or for a key on it (a bare key name: the leaf
+    itself, or the list whose elements the leaf is)."""
+    if path in scales:
+        return scales[path]
+    return next((scales[k] for k in path.split("/") if k in scales), None)
 
 
 def equal(a, b, rtol: float) -> bool:
