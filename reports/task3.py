@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch  # only torch.from_numpy: common.image_grid takes tensors
 
 import common
 import matplotlib.pyplot as plt  # after common, which selects the Agg backend
@@ -39,8 +38,8 @@ VANISH_PANELS = [("d_loss", "D loss", False), ("g_loss", "G loss", False),
 # Figure helpers: a run's curves, frames and samples (arrays named <run>_<what>)
 # ----------------------------------------------------------------------------
 
-def images(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x))
+def images(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x)
 
 
 def curve(a: dict, run: str, key: str, window=None):
@@ -48,7 +47,8 @@ def curve(a: dict, run: str, key: str, window=None):
     y = a[f"{run}_logs"][:, LOG_KEYS.index(key)].astype(np.float64)
     n = max(1, min(window or max(1, len(y) // 200), len(y)))
     ok = np.isfinite(y)  # NaN gradient norms: steps fp16 loss scaling skipped, left out of the average
-    ys = np.convolve(np.where(ok, y, 0), np.ones(n), mode="valid") / np.convolve(ok, np.ones(n), mode="valid")
+    with np.errstate(invalid="ignore"):  # a window of skipped steps only: NaN, no point drawn
+        ys = np.convolve(np.where(ok, y, 0), np.ones(n), mode="valid") / np.convolve(ok, np.ones(n), mode="valid")
     return np.arange(len(ys)) + (n - 1), ys
 
 
