@@ -86,8 +86,7 @@ class Recipe:
     scratch_target_acc: float = 0.8  # ours: convergence speed = steps until training accuracy first reaches it
 
     def __post_init__(self):
-        n = self.scratch_depth
-        bad = [f"scratch_depth {n} is not 6n+2"] * (n % 6 != 2 or n < 8)
+        bad = ((n := self.scratch_depth) % 6 != 2 or n < 8) * [f"scratch_depth {n} is not 6n+2"]
         if bad := bad + [f"depth_archs: unknown ResNet {a}" for a in self.depth_archs if a not in RESNETS]:
             raise ValueError("; ".join(bad))
 
@@ -266,7 +265,8 @@ def build_resnet(arch: str, weights: str) -> nn.Module:
 
 
 def to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    return model.to(device, memory_format=torch.channels_last) if device.type == "cuda" else model.to(device)
+    return model.to(device, memory_format=torch.channels_last) if device.type in common.CHANNELS_LAST \
+        else model.to(device)
 
 
 @torch.no_grad()
@@ -346,11 +346,11 @@ def extract_features(model: nn.Module, images: torch.Tensor, img_size: int, batc
 FEATURE_CODE = (extract_features, backbone_features, preprocess, recalibrate_batchnorm, residual_branch_only)
 
 
-def feature_settings(args, r: Recipe, arch: str, split: str, n: int, ablated: list[str] = ()) -> dict:
-    """Everything that determines a set of CIFAR-10 features (their cache key)."""
+def feature_settings(args, r: Recipe, arch: str, split: str, n: int, device, ablated: list[str] = ()) -> dict:
+    """Everything that determines a set of CIFAR-10 features (their cache key), their precision too."""
     return {"arch": arch, "weights": args.weights, "img_size": args.img_size, "split": split, "n": n,
-            "data": f"smoke-seed{args.seed}" if args.smoke else f"real-seed{args.seed}", "ablated": list(ablated),
-            "bn_calib": r.bn_calib_size if args.weights == "none" else None}
+            "data": f"{'smoke' if args.smoke else 'real'}-seed{args.seed}", "ablated": list(ablated),
+            "bn_calib": r.bn_calib_size if args.weights == "none" else None, "precision": common.compute_dtype(device)}
 
 
 def pooled_features(model: nn.Module, arch: str, data: Data, args, r: Recipe, device: torch.device,
@@ -370,7 +370,7 @@ def pooled_features(model: nn.Module, arch: str, data: Data, args, r: Recipe, de
                   f"({len(images) / seconds[-1]:.0f} images/s)", flush=True)
             return f.cpu()
 
-        settings = feature_settings(args, r, arch, split, len(images), ablated)
+        settings = feature_settings(args, r, arch, split, len(images), device, ablated)
         feats.append(cached("features", settings, extract, code=FEATURE_CODE).to(device))
     return feats[0], feats[1], sum(seconds) if len(seconds) == 2 else None
 
@@ -626,7 +626,7 @@ def features(model: nn.Module, data: Data, confusion: np.ndarray, args, r: Recip
     g = torch.Generator().manual_seed(args.seed + 2)
     vis = torch.randperm(len(data.y_test), generator=g)[:args.n_vis].to(device)
     probe = data.train_idx[:r.probe_train_size]
-    settings = {**feature_settings(args, r, args.arch, "stages", len(vis)), "probe_n": len(probe),
+    settings = {**feature_settings(args, r, args.arch, "stages", len(vis), device), "probe_n": len(probe),
                 "val_size": r.val_size}  # which training images the probe set holds
     blob = cached("stagefeats", settings, lambda: {
         split: stage_features(model, images, args.img_size, args.eval_batch_size, device)

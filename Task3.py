@@ -496,10 +496,10 @@ class NotCached(Exception):
 
 
 def train_gan(name: str, cfg: GanConfig, data: TrainSet, args, device, cached: harness.Cache) -> dict:
-    """One GAN run's record (fit_gan), from the cache when these settings (config, data, seed,
-    classifier, evaluation) and this code (GAN_CODE) trained it before, with --fresh in this
-    run (`reference` takes this run's baseline). A diverged run is not cached."""
+    """One GAN run's record (fit_gan), from the cache when these settings (config, data, seed, precision,
+    classifier, evaluation) and this code (GAN_CODE) trained it before. A diverged run is not cached."""
     settings = {"cfg": dataclasses.asdict(cfg), "data": data.tag, "n_train": len(data.x), "seed": args.seed,
+                "precision": common.compute_dtype(device, train=True),
                 "classifier": common.CLASSIFIER_RECIPE, "eval": {k: getattr(data.ctx["rc"], k) for k in Recipe.EVAL}}
 
     def fit() -> dict:

@@ -409,7 +409,7 @@ def train_vae(x_train: torch.Tensor, x_val: torch.Tensor, cfg: VaeConfig, args, 
     val per-dimension KL, active units, I(x;z) and its error, beta, encoder steps."""
     common.seed_everything(args.seed)
     model = VAE(cfg.latent_dim).to(device)
-    if device.type == "cuda":
+    if device.type in common.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     enc = [p for n, p in model.named_parameters() if n.startswith(VAE.ENCODER)]
     dec = [p for n, p in model.named_parameters() if n.startswith(VAE.DECODER)]
@@ -459,12 +459,12 @@ def training_split(data: dict, args, which: str) -> tuple[torch.Tensor, torch.Te
 
 def fit_or_load(cfg: VaeConfig, split: tuple[torch.Tensor, torch.Tensor, dict], args, device,
                 cached: harness.Cache) -> tuple[VAE, dict]:
-    """Train an arm, or load it from out/cache when the same settings, data and code
-    (everything that decides the trained weights) trained it before. The file holds the
-    weights and the training history. A run that diverged is remembered too (its cache
+    """Train an arm, or load it from out/cache when the same settings, data, precision and code trained it
+    before; the file holds the weights and the training history. A diverged run is remembered too (its cache
     entry says so), so no later experiment or rerun trains it again; --fresh retries it."""
     x_train, x_val, data_tag = split
-    settings = {**cfg.key(), **data_tag, "batch_size": args.batch_size, "recon": args.recon, "seed": args.seed}
+    settings = {**cfg.key(), **data_tag, "batch_size": args.batch_size, "recon": args.recon, "seed": args.seed,
+                "precision": common.compute_dtype(device, train=True)}
     trained = {}
 
     def fit() -> dict:

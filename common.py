@@ -36,6 +36,8 @@ from harness import Cache, Diverged, UserError, atomic_path, few_threads, progre
 
 # --precision of this process (set by pick_device): "auto", "fp32", "bf16" or "fp16".
 PRECISION = "auto"
+# Device types whose images and conv weights use NHWC (channels_last), cuDNN's fastest; tests add "cpu".
+CHANNELS_LAST = {"cuda"}
 # fp16 loss scaling starts here, not at torch's 65,536: from 65,536 the scaler skipped the
 # first 7-8 steps of every Task 3 GAN (their scaled gradients overflow until the scale has
 # halved that often), 4% of a 200-step arm; it still doubles after 2,000 clean steps.
@@ -148,8 +150,7 @@ def resize_normalise(x: torch.Tensor, size: int | tuple[int, int], mean, std, mo
     224 px costs no CPU time on a GPU run). x: uint8 [B, C, h, w] in 0..255, or float in [0, 1]. Resized to `size`
     (H, W) with `mode` ("bilinear" or "bicubic") and antialiasing, as PIL and torchvision's transforms do when
     shrinking; clamped to [0, 1] (bicubic overshoots, and PIL's uint8 output is clamped too); minus `mean`, over
-    `std` (per channel, [C] each). Returns float32 [B, C, H, W]; channels_last on CUDA, where cuDNN convolutions are
-    fastest in NHWC."""
+    `std` (per channel, [C] each). Returns float32 [B, C, H, W]; NHWC on CUDA (CHANNELS_LAST), cuDNN's fastest."""
     x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
     size = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(x.shape[-2:]) != size:
@@ -157,7 +158,7 @@ def resize_normalise(x: torch.Tensor, size: int | tuple[int, int], mean, std, mo
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type in CHANNELS_LAST else x
 
 
 def load_split(name: str, root: str | Path, train: bool, smoke: bool = False, seed: int = 0,
@@ -521,7 +522,7 @@ def scoring_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: tor
 
     r = {**CLASSIFIER_RECIPE, **(recipe or {})}
     settings = {"recipe": r, "epochs": epochs, "width": width, "seed": seed, "n_train": len(x_train),
-                "data": data_digest(x_train, y_train)}
+                "data": data_digest(x_train, y_train), "precision": compute_dtype(x_train.device, train=True)}
     seed_everything(seed)                  # before the model: its initial weights come from this seed
     model = DigitClassifier(width).to(x_train.device)
 
