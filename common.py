@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; nothing is shown on screen
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness import Cache, Diverged, UserError, atomic_path, few_threads, progress  # noqa: E402
+from harness import Cache, Diverged, UserError, atomic_path, few_threads, figure_note, progress  # noqa: E402
 
 # ----------------------------------------------------------------------------
 # Device, precision, seeding
@@ -136,8 +136,6 @@ def check_finite(loss: torch.Tensor, what: str) -> None:
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
 
 # name -> (torchvision dataset class, image size: the smoke sets are made at this size)
@@ -174,9 +172,7 @@ def load_split(name: str, root: str | Path, train: bool, smoke: bool = False, se
     tv_name, size = DATASETS[name]
     if smoke:
         if name in ("mnist", "fashion-mnist"):
-            x, y = smoke_digits(train, seed)
-            classes = MNIST_CLASSES if name == "mnist" else FASHION_CLASSES
-            return x, y, classes
+            return (*smoke_digits(train, seed), MNIST_CLASSES)  # digits stand in for both: named as digits
         n_classes = 100 if name == "cifar100" else 10
         n = smoke_size or {("cifar10", True): 1000, ("cifar10", False): 500, ("cifar100", True): 2000,
                            ("cifar100", False): 500, ("stl10", True): 500, ("stl10", False): 300}[(name, train)]
@@ -268,8 +264,11 @@ def make_shapes(n: int, n_classes: int, size: int, seed: int = 0) -> tuple[torch
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Save at 150 dpi, atomically (an interrupted run leaves no half PNG), and close."""
+    """Save at 150 dpi, atomically (no half PNG), and close; a smoke figure gets harness.figure_note() below."""
     path = Path(path)
+    if note := figure_note():  # 4 points below everything drawn so far (inches -> figure fraction)
+        y = (fig.get_tightbbox().y0 - 4 / 72) / fig.get_figheight()
+        fig.text(0.5, y, note, ha="center", va="top", fontsize=8, color="#b00000")
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
@@ -385,11 +384,8 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, tit
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), class_names, fontsize=8)
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+    for (i, j), v in np.ndenumerate(norm if k <= 20 else norm[:0]):  # the values, where they fit
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v > 0.5 else "black")
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     return save_figure(fig, path)

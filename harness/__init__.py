@@ -16,12 +16,12 @@ from .cli import (Bounded, BoundedList, Parser, any_int, make_parser, non_negati
 from .errors import Diverged, UserError, user_errors
 from .console import progress
 from .report import TASK_TITLES, write_report
-from .results import Question, Results, flatten, pct, pts, replot, run
+from .results import Question, Results, figure_note, flatten, pct, pts, replot, run
 from .store import Cache, atomic_path, fmt, jsonable, save_torch, write_atomic
 from .threads import few_threads, one_thread
 
 __all__ = ["Bounded", "BoundedList", "Parser", "any_int", "make_parser", "non_negative_float", "non_negative_int",
            "parse_args", "positive_float", "positive_int", "require", "unit_float", "Diverged", "UserError",
-           "user_errors", "progress", "TASK_TITLES", "write_report", "Question", "Results", "flatten", "pct", "pts",
-           "replot", "run", "Cache", "atomic_path", "fmt", "jsonable", "save_torch", "write_atomic",
+           "user_errors", "progress", "TASK_TITLES", "write_report", "Question", "Results", "figure_note", "flatten",
+           "pct", "pts", "replot", "run", "Cache", "atomic_path", "fmt", "jsonable", "save_torch", "write_atomic",
            "few_threads", "one_thread"]

@@ -43,6 +43,11 @@ def format_mi(estimate: float, se: float) -> str:
     return f"{estimate:.2f}+-{se:.2f}"
 
 
+def data_name(cfg) -> str:
+    """What the run trained on, for titles: --smoke uses scikit-learn's digits for either dataset."""
+    return f"scikit-learn digits (smoke stand-in for {cfg.dataset})" if cfg.smoke else cfg.dataset
+
+
 def grid(images: np.ndarray, path: Path | None = None, title: str = "", **kw):
     """common.image_grid of an array [N, 1, 28, 28] in [0, 1]."""
     return common.image_grid(images, path, title, **kw)
@@ -60,14 +65,14 @@ def plot_train(m: dict, d: dict, cfg, out: Path) -> None:
                                              "KL(q(z|x) || N(0, I))"]):
         common.line_plot(ax, {"train": (ep, d[f"train_{term}"]), "validation": (ep, d[f"val_{term}"])}, title,
                          "epoch", "nats (or summed SE) per image")
-    fig.suptitle(f"VAE on {cfg.dataset}, {m['train_images']} images (latent {cfg.latent_dim}, batch "
+    fig.suptitle(f"VAE on {data_name(cfg)}, {m['train_images']} images (latent {cfg.latent_dim}, batch "
                  f"{cfg.batch_size}, Adam {cfg.lr:g})")
     common.save_figure(fig, out / "train_curves.png")
 
 
 def plot_reconstruct(m: dict, d: dict, cfg, out: Path) -> None:
     grid(d["images"], out / "reconstruct_grid.png",
-         f"test images (top) and reconstructions from E[z|x] (bottom), {cfg.dataset}",
+         f"test images (top) and reconstructions from E[z|x] (bottom), {data_name(cfg)}",
          nrow=len(d["images"]) // 2, row_labels=["input", "recon."])
 
 
@@ -78,7 +83,7 @@ def plot_generate(m: dict, d: dict, cfg, out: Path) -> None:
         q = m[prior]
         grid(d[prior], nrow=math.ceil(math.sqrt(shown)), ax=ax,  # 64: 8 x 8; 10: 4 x 3
              title=f"{z}\nCNN confidence {q['confidence']:.3f}, NN-RMSE {q['nearest_train_rmse']:.3f}")
-    fig.suptitle(f"{shown} of {cfg.recipe['n_samples']} decoded prior samples ({cfg.dataset}); real test images: "
+    fig.suptitle(f"{shown} of {cfg.recipe['n_samples']} decoded prior samples ({data_name(cfg)}); real test images: "
                  f"confidence {real['confidence']:.3f}, NN-RMSE {real['nearest_train_rmse']:.3f}")
     common.save_figure(fig, out / "generate_samples.png")
 
@@ -146,7 +151,7 @@ def plot_collapse_sweep(m: dict, d: dict, cfg, out: Path) -> None:
     handles = {h.get_label(): h for ax in axes for h in ax.get_lines() if not h.get_label().startswith("_")}
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=5, fontsize=8)
     fig.suptitle(f"posterior collapse against beta: {m['train_images']} training images, {m['epochs']} epochs per "
-                 f"run, measured on {m['val_images']} validation images ({cfg.dataset})")
+                 f"run, measured on {m['val_images']} validation images ({data_name(cfg)})")
     common.save_figure(fig, out / "collapse_sweep_beta.png")
 
 

@@ -469,3 +469,28 @@ def test_an_out_that_cannot_be_written_is_refused_before_anything_runs(tmp_path,
     monkeypatch.undo()
     harness.parse_args(_parser(), ["--out", str(tmp_path / "new" / "out")])
     assert not (tmp_path / "new").exists()                         # probed, then removed again
+
+
+def test_a_smoke_run_marks_every_figure_it_draws(tmp_path):
+    """While a smoke run's figures are drawn (in the run and under --replot), figure_note()
+    is the smoke banner and common.save_figure writes it below the figure; a real run's
+    figures carry nothing."""
+    import matplotlib.pyplot as plt
+
+    notes, texts = [], []
+
+    def plot_a(m, a, cfg, out):
+        notes.append(harness.figure_note())
+        fig = plt.figure()
+        plt.plot([0, 1])
+        real_text = fig.text
+        fig.text = lambda *a, **k: texts.append(a[2]) or real_text(*a, **k)
+        common.save_figure(fig, out / "a_fig.png")
+
+    report = types.SimpleNamespace(TASK="task9", QUESTIONS=[], plot_a=plot_a)
+    for smoke, out in ((True, tmp_path / "smoke"), (False, tmp_path / "real")):
+        args = harness.parse_args(_parser(), ["--out", str(out), "--experiments", "a"] + ["--smoke"] * smoke)
+        harness.run(report, args, torch.device("cpu"), {"a": lambda: {"v": 1}})
+    harness.replot(report, tmp_path / "smoke")
+    assert notes[0].startswith("smoke: small random models") and notes[1] == "" and notes[2] == notes[0]
+    assert texts == [notes[0], notes[0]] and harness.figure_note() == ""
