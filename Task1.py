@@ -463,9 +463,8 @@ def linear_head(ftr: torch.Tensor, data: Data, args, r: Recipe, desc: str,
 
 
 def fit_baseline(model: nn.Module, data: Data, pooled: tuple, args, r: Recipe) -> dict:
-    """The head every other experiment compares with, trained on `pooled` (train, test,
-    seconds) or with --augment through the frozen backbone on augmented images; its test
-    accuracy, confusion matrix and costs."""
+    """The head every other experiment compares with, trained on `pooled` (train, test, seconds) or with
+    --augment through the frozen backbone on augmented images; its test accuracy, confusion matrix and costs."""
     ftr, fte, extract_seconds = pooled
     t0 = time.perf_counter()
     head, hist = linear_head(ftr, data, args, r, "baseline head", through=model if args.augment else None)
@@ -962,7 +961,8 @@ def main(argv: list[str] | None = None, recipe: Recipe | None = None) -> dict:
     parser = build_parser()
     args = harness.parse_args(parser, argv, smoke=SMOKE, check=lambda a: check_args(a, recipe))
     r = recipe or (SMOKE_RECIPE if args.smoke else RECIPE)
-    with harness.user_errors(parser.prog, batch_flag="--eval-batch-size (in transfer: --transfer-batch-size)"):
+    with harness.user_errors(parser.prog, batch_flag="--eval-batch-size (transfer: --transfer-batch-size; "
+                                                     "with --augment: --batch-size)"):
         if args.replot:
             return harness.replot(report, args.out)
         # Check everything a user can get wrong before anything is loaded or written.

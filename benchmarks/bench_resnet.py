@@ -166,7 +166,7 @@ def main(argv=None):
     y_train = torch.randint(0, 10, (args.n_train,), generator=g).to(device)
     y_test = torch.randint(0, 10, (args.n_test,), generator=g).to(device)
     model = Task1.to_device(Task1.build_resnet(args.arch, "none"), device).eval()
-    precision = "bf16 autocast, channels_last" if device.type == "cuda" else "fp32"
+    precision = common.precision_name(device) + (", channels_last" if device.type in common.CHANNELS_LAST else "")
     print(f"{args.arch} at {args.img_size} px, {precision}, extraction batch {args.batch_size}, "
           f"{args.n_train} train + {args.n_test} test synthetic images, {args.epochs} epochs, "
           f"{args.repeats} repeats", flush=True)

@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     tokens = (args.image_size // args.patch_size) ** 2 + 1
     print(f"ViT {args.layers} layers x {args.heads} heads, width {args.hidden}, {args.image_size}px / "
           f"{args.patch_size}px patches = {tokens} tokens; batch {args.batch_size}; torch threads "
-          f"{torch.get_num_threads()}; {'bf16 autocast' if device.type == 'cuda' else 'fp32'}")
+          f"{torch.get_num_threads()}; {common.precision_name(device)}")
 
     def sync():
         if device.type == "cuda":
