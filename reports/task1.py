@@ -155,10 +155,7 @@ def plot_transfer_curves(curves: dict, title: str, path: Path) -> None:
     a2.set_ylim(-0.02, 1.02)  # an arm at accuracy 0 stays visible above the axis
     n_epochs = max(len(e) for e in epochs.values())
     for ax in (a1, a2):  # pretrained solid, scratch dashed
-        if n_epochs <= 20:
-            ax.set_xticks(range(1, n_epochs + 1))
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(n_epochs, 10)))  # whole epochs only
         for line in ax.get_lines():
             line.set_linestyle("--" if line.get_label().startswith("scratch") else "-")
         ax.legend(fontsize=7)
@@ -252,10 +249,9 @@ def _answer_frozen(E: dict):
                 f"cost: features extracted once in {b['extract_seconds'] or 0:.1f} s (0 = cached), head trained in "
                 f"{b['head_seconds']:.1f} s"]
     if "transfer" in E and "pretrained_head" in E["transfer"]:
-        t = E["transfer"]
-        evidence.append(f"transfer (its test split): pretrained frozen + head {pct(t['pretrained_head']['test_acc'])}"
-                        f" vs random init trained in full {pct(t['scratch_full']['test_acc'])} "
-                        f"({t['scratch_full']['train_seconds']:.0f} s vs {t['pretrained_head']['train_seconds']:.0f} s)")
+        h, f = E["transfer"]["pretrained_head"], E["transfer"]["scratch_full"]
+        evidence.append(f"transfer (its test split): frozen + head {pct(h['test_acc'])} in {h['train_seconds']:.1f} s "
+                        f"of training vs random init trained in full {pct(f['test_acc'])} in {f['train_seconds']:.1f} s")
     return finding, evidence, ["baseline_curves.png", "baseline_confusion.png"]
 
 
@@ -328,7 +324,9 @@ def _answer_transfer(E: dict):
     trade = (f"{best} is also the cheapest within a point of it" if cheap == best else
              f"{cheap} comes within {pts(t[best]['test_acc'], t[cheap]['test_acc'])} points of it in "
              f"{t[cheap]['train_seconds']:.1f} s instead of {t[best]['train_seconds']:.1f} s")
-    finding = (f"{best} is the most accurate ({pct(t[best]['test_acc'])}); {trade}; ImageNet weights "
+    init = "ImageNet weights" if t["pretrained_weights"] != "none" else (  # --weights none: every arm is random
+        "with no ImageNet weights loaded (--weights none), the 'pretrained' arms (random weights, their recipe)")
+    finding = (f"{best} is the most accurate ({pct(t[best]['test_acc'])}); {trade}; {init} "
                f"{'beat' if gains[top] > 0 else 'do not beat'} random init by up to {pts(gains[top], 0)} points "
                f"(largest when training {top})")
     evidence = [f"{a}: test accuracy {pct(t[a]['test_acc'])}, {t[a]['trainable_params']:,} trainable "

@@ -28,19 +28,12 @@ EVAL_LABELS = {"coverage": "digits covered (of 10)", "kl_uniform": "KL(class his
                "confidence": "classifier confidence", "nearest_train_rmse": "RMS distance to nearest training image",
                "d_gap": "D(train) - D(held-out)", "overfit_rv": "r_v on D logits (0: none, 1: full)"}
 VANISH_PANELS = [("d_loss", "D loss", False), ("g_loss", "G loss", False),
-                 ("g_grad_norm", "|grad G|: gradient reaching G (log)", True),
-                 ("d_real", "mean D(x), real", False), ("d_fake", "mean D(G(z)), fake", False),
-                 ("g_step_norm", "|Adam step of G| (log)", True),
+                 ("g_grad_norm", "|grad G|: gradient reaching G (log)", True), ("d_real", "mean D(x), real", False),
+                 ("d_fake", "mean D(G(z)), fake", False), ("g_step_norm", "|Adam step of G| (log)", True),
                  ("d_acc_real", "D accuracy on real batches", False),
                  ("d_acc_fake", "D accuracy on fake batches", False)]
 
-# ----------------------------------------------------------------------------
-# Figure helpers: a run's curves, frames and samples (arrays named <run>_<what>)
-# ----------------------------------------------------------------------------
-
-def images(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x)
-
+# ---- Figure helpers: a run's curves, frames and samples (arrays named <run>_<what>) ----
 
 def curve(a: dict, run: str, key: str, window=None):
     """(iterations, moving average over `window` iterations, default 1/200 of the run) of a LOG_KEYS column."""
@@ -78,7 +71,7 @@ def plot_progression(a: dict, run: str, path: Path, title: str, unit: str = "epo
     labels = ([f"epoch {e:g}" for e in np.round(a[f"{run}_epoch"], 1)] if unit == "epoch"
               else [f"iteration {i:.0f}" for i in a[f"{run}_iteration"]])
     fig, ax = plt.subplots(figsize=(7, 0.75 * len(frames) + 0.9))
-    common.image_grid(images(frames.reshape(-1, *frames.shape[2:])), title=title, nrow=frames.shape[1],
+    common.image_grid(frames.reshape(-1, *frames.shape[2:]), title=title, nrow=frames.shape[1],
                       row_labels=labels[:len(frames)], ax=ax)
     ax.set_xlabel("10 fixed noise vectors (the same in every row and every run)")
     return common.save_figure(fig, path)
@@ -124,14 +117,12 @@ def plot_arm_losses(a: dict, runs: list[str], path: Path, title: str):
     return common.save_figure(fig, path)
 
 
-# ----------------------------------------------------------------------------
-# Figures, one plot_<experiment> per experiment
-# ----------------------------------------------------------------------------
+# ---- Figures, one plot_<experiment> per experiment ----
 
 def plot_baseline(m: dict, a: dict, cfg, out: Path) -> None:
     plot_dynamics(a, "baseline", out / "baseline_dynamics.png", "Baseline GAN: training dynamics (non-saturating loss)")
     plot_progression(a, "baseline", out / "baseline_progression.png", "Baseline: fixed noise over training")
-    common.image_grid(images(a["baseline_samples"]), out / "baseline_samples.png",
+    common.image_grid(a["baseline_samples"], out / "baseline_samples.png",
                       f"Baseline: 25 samples after {m['final']['iterations']} iterations", nrow=5)
     plot_eval_curves(a, ["baseline"], out / "baseline_eval.png", f"Baseline: generator metrics over training "
                      f"({cfg.recipe['quick_samples']} samples per point; dashed: real images)")
@@ -143,7 +134,7 @@ def plot_reference(m: dict, a: dict, cfg, out: Path) -> None:
     plot_progression(a, "reference", out / "reference_progression.png", "Reference: fixed noise over training")
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.8))
     for ax, run, what in zip(axes, ("baseline", "reference"), ("assignment MLP", "PyTorch-GAN gan.py")):
-        common.image_grid(images(a[f"{run}_samples"]), title=f"{run} ({what})\n{m[run]['iterations']} iterations",
+        common.image_grid(a[f"{run}_samples"], title=f"{run} ({what})\n{m[run]['iterations']} iterations",
                           nrow=5, ax=ax)
     b = m["budget"]
     fig.suptitle(f"Same noise; budgets: baseline {b['baseline']['epochs']:g} epochs, reference "
@@ -173,7 +164,7 @@ def plot_vanishing(m: dict, a: dict, cfg, out: Path) -> None:
         if cfg.vanish_warmup_iters:
             ax.axvline(cfg.vanish_warmup_iters, color="grey", ls=":", lw=1)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(runs), fontsize=9)
-    common.image_grid(images(np.concatenate([a[f"{r}_samples"][:8] for r in runs])), title="final samples", nrow=8,
+    common.image_grid(np.concatenate([a[f"{r}_samples"][:8] for r in runs]), title="final samples", nrow=8,
                       row_labels=runs, ax=axes.flat[8])
     fig.suptitle(f"Vanishing gradients: D lr x{cfg.vanish_d_lr_mult:g} and {cfg.vanish_d_steps} D steps per G step "
                  f"for the first {cfg.vanish_warmup_iters} iterations (dotted line); solid: that D, "
@@ -194,9 +185,8 @@ def plot_mode_collapse(m: dict, a: dict, cfg, out: Path) -> None:
                      unit="iteration")
     plot_arm_losses(a, runs, out / "mode_collapse_losses.png", "Mode collapse: D and G losses of every arm")
     fig, ax = plt.subplots(figsize=(8, 0.9 * len(runs) + 1))
-    common.image_grid(images(np.concatenate([a[f"{r}_samples"][:10] for r in runs])), nrow=10,
-                      title="final samples (same noise per column)",
-                      row_labels=runs, ax=ax)
+    common.image_grid(np.concatenate([a[f"{r}_samples"][:10] for r in runs]), nrow=10,
+                      title="final samples (same noise per column)", row_labels=runs, ax=ax)
     common.save_figure(fig, out / "mode_collapse_samples.png")
 
 
@@ -242,19 +232,17 @@ def plot_d_overfit(m: dict, a: dict, cfg, out: Path) -> None:
     plot_arm_losses(a, runs, out / "d_overfit_losses.png", f"D overfitting: D and G losses of every arm ({n} training "
                     "images)")
     fig, ax = plt.subplots(figsize=(8, 1.6 * len(runs) + 1))
-    rows = images(np.concatenate([x for r in runs for x in (a[f"{r}_samples"][:8], a[f"{r}_nearest"])]))
+    rows = np.concatenate([x for r in runs for x in (a[f"{r}_samples"][:8], a[f"{r}_nearest"])])
     common.image_grid(rows, title="samples and their nearest training images (L2)", nrow=8,
                       row_labels=[label for r in runs for label in (f"{r}: sample", "nearest train")], ax=ax)
     common.save_figure(fig, out / "d_overfit_samples.png")
 
 
-# ----------------------------------------------------------------------------
-# Findings: the assignment's questions (shared/HANDOUT.md, part 3), answered from this run's metrics. Each
-# rule computes its sentence from the numbers, so its direction and size change with the run;
+# ---- Findings: the assignment's questions (shared/HANDOUT.md, part 3) answered from this run's metrics ----
+# Each rule computes its sentence from the numbers, so its direction and size change with the run;
 # tests/test_findings.py feeds every rule metrics that make it come out both ways. Quality is read from the
 # scoring classifier: coverage (digits holding a fair share of samples, of 10), classifier Frechet distance
 # to held-out MNIST (lower is better), diversity.
-# ----------------------------------------------------------------------------
 
 def _first_above(curves: dict, key: str, level: float):
     """The first logged iteration whose windowed mean of `key` reaches `level`, or None."""
@@ -295,6 +283,15 @@ def _answer_dynamics(E: dict):
                                "baseline_eval.png"]
 
 
+def _answer_progress(E: dict):
+    c, f = E["baseline"]["loss_curves"], E["baseline"]["final"]
+    finding = (f"a progress line every {c['iteration'][0]} batches ({len(c['iteration'])} lines over the baseline's "
+               f"{f['iterations']} iterations): epoch, iteration, D and G loss, D(x), D(G(z)) and D's accuracy")
+    evidence = [f"last line: D loss {c['d_loss'][-1]:.3f}, G loss {c['g_loss'][-1]:.3f}, D(x) {c['d_real'][-1]:.3f},"
+                f" D(G(z)) {c['d_fake'][-1]:.3f}; every line's means: metrics.json, baseline/loss_curves"]
+    return finding, evidence, ["baseline_dynamics.png"]
+
+
 def _answer_reference(E: dict):
     r = E["reference"]
     b, ref = r["baseline"], r["reference"]
@@ -304,7 +301,8 @@ def _answer_reference(E: dict):
                 ["reference_eval.png"])
     d = ref["fd_mnist_classifier"] - b["fd_mnist_classifier"]
     bud = r["budget"]
-    finding = (f"the reference networks (PyTorch-GAN gan.py) reach a {'lower' if d < 0 else 'higher'} classifier FD "
+    finding = (f"the reference networks (PyTorch-GAN gan.py) reach a {'lower (better)' if d < 0 else 'higher (worse)'} "
+               f"classifier FD "
                f"than the assignment's MLP ({ref['fd_mnist_classifier']:.2f} vs {b['fd_mnist_classifier']:.2f}) "
                f"after {bud['reference']['epochs']:g} vs {bud['baseline']['epochs']:g} epochs, covering "
                f"{ref['coverage']} vs {b['coverage']} digits; their G has {r['parameters']['reference_G']:,} "
@@ -390,6 +388,7 @@ def _answer_overfit(E: dict):
 
 
 QUESTIONS = [
+    Question("3.1", "Progress every n batches: epoch, D and G loss, D(x), D(G(z))", ("baseline",), _answer_progress),
     Question("3.2", "Expected dynamics or instability? Recognisable and varied digits?", ("baseline",),
              _answer_dynamics),
     Question("3.3", "How does the reference MLP GAN (PyTorch-GAN gan.py) compare?", ("reference",), _answer_reference),

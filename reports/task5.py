@@ -332,9 +332,10 @@ def _answer_mitigate(E: dict):
         best = max(done, key=lambda n: (m[n]["active_units"], m[n]["mutual_info"]))
         b, c = m[base], m[best]
         gain = c["active_units"] - b["active_units"]
-        parts.append(f"against {b['label']}, {c['label']} {'adds' if gain > 0 else 'does not add'} active units "
-                     f"({c['active_units']} vs {b['active_units']}; I(x;z) {c['mutual_info']:.2f} vs "
-                     f"{b['mutual_info']:.2f} nats; reconstruction {c['recon']:.1f} vs {b['recon']:.1f})")
+        mi = [format_mi(x["mutual_info"], x["mutual_info_se"]) for x in (c, b)]  # as the evidence quotes it
+        parts.append(f"against '{b['label']}', '{c['label']}' {'adds' if gain > 0 else 'does not add'} active units "
+                     f"({c['active_units']} vs {b['active_units']}; I(x;z) {mi[0]} vs {mi[1]} nats; "
+                     f"reconstruction {c['recon']:.1f} vs {b['recon']:.1f})")
     for n in ["literal", "literal_free_bits", "sigma", "plain", "warmup", "aggressive", "lr_split"]:
         if ok(n):
             a = m[n]
