@@ -491,27 +491,14 @@ def run_length(cfg: GanConfig, n: int) -> tuple[int, int, int]:
     return ipe, cfg.iters or cfg.epochs * ipe, max(1, cfg.eval_every_iters or cfg.eval_every_epochs * ipe)
 
 
-class NotCached(Exception):
-    """Carries a diverged run's record (args[0]) past the cache, which stores what returns."""
-
-
 def train_gan(name: str, cfg: GanConfig, data: TrainSet, args, device, cached: harness.Cache) -> dict:
     """One GAN run's record (fit_gan), from the cache when these settings (config, data, seed, precision,
     classifier, evaluation) and this code (GAN_CODE) trained it before. A diverged run is not cached."""
     settings = {"cfg": dataclasses.asdict(cfg), "data": data.tag, "n_train": len(data.x), "seed": args.seed,
                 "precision": common.compute_dtype(device, train=True),
                 "classifier": common.CLASSIFIER_RECIPE, "eval": {k: getattr(data.ctx["rc"], k) for k in Recipe.EVAL}}
-
-    def fit() -> dict:
-        rec = fit_gan(name, cfg, data, args, device)
-        if rec["diverged"]:
-            raise NotCached(rec)
-        return rec
-
-    try:
-        return cached("gan-run", settings, fit, code=GAN_CODE)
-    except NotCached as e:
-        return e.args[0]
+    return cached("gan-run", settings, lambda: fit_gan(name, cfg, data, args, device), code=GAN_CODE,
+                  keep=lambda rec: not rec["diverged"])
 
 
 def fit_gan(name: str, cfg: GanConfig, data: TrainSet, args, device) -> dict:

@@ -100,27 +100,28 @@ def git_commit() -> str | None:
 _RUN_ONLY = {"experiments", "fresh", "device", "out", "replot"}
 
 
-_FIGURE_NOTE = [""]  # the note of the figures being drawn (figure_note)
+_figure_note = ""  # the note of the figures being drawn (figure_note)
 
 
 def figure_note() -> str:
     """While a smoke run's figures are drawn, the line each of them carries below it (added by
     common.save_figure), so a smoke figure cannot pass for a real one; otherwise ''."""
-    return _FIGURE_NOTE[0]
+    return _figure_note
 
 
 def _plot(report: ModuleType, name: str, metrics: dict, arrays: dict, doc: dict, out: Path) -> None:
     """Draw `name`'s figures with report.plot_<name>(metrics, arrays, cfg, out), if any;
     cfg holds the run's flags as attributes, its recipe as cfg.recipe (a dict) and
     cfg.smoke."""
+    global _figure_note
     fn = getattr(report, f"plot_{name}", None)
     config = doc.get("config", {})
-    _FIGURE_NOTE[0] = f"{SMOKE_BANNER}." if config.get("smoke") else ""
+    _figure_note = f"{SMOKE_BANNER}." if config.get("smoke") else ""
     try:
         if fn is not None:
             fn(metrics, arrays, SimpleNamespace(**config, recipe=doc.get("recipe", {})), out)
     finally:
-        _FIGURE_NOTE[0] = ""
+        _figure_note = ""
 
 
 class Results:

@@ -123,13 +123,16 @@ class Cache:
                   flush=True)
             return None
 
-    def __call__(self, kind: str, settings: dict, compute: Callable[[], T], code=()) -> T:
+    def __call__(self, kind: str, settings: dict, compute: Callable[[], T], code=(),
+                 keep: Callable[[T], bool] = lambda value: True) -> T:
+        """`keep(value)` False: return what compute gave without storing it (a diverged run)."""
         path = self.path(kind, settings, code)
         value = self.load(path)
         if value is None:
             value = compute()
-            save_torch(path, {"settings": jsonable(settings), "value": value})
-            self.written.add(path)
+            if keep(value):
+                save_torch(path, {"settings": jsonable(settings), "value": value})
+                self.written.add(path)
         return value
 
 

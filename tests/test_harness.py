@@ -160,6 +160,8 @@ def test_cache_keys_by_settings_and_code_reuses_and_recomputes_a_corrupt_file(tm
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unreadable" in err and "computing it again" in err
     assert harness.Cache(tmp_path)("feat", key, compute)["x"].tolist() == [0, 5, 10]  # the good file now
+    skipped = harness.Cache(tmp_path)("run", key, lambda: {"diverged": "loss nan"}, keep=lambda v: not v["diverged"])
+    assert skipped == {"diverged": "loss nan"} and not list((tmp_path / "cache").glob("run-*.pt"))  # not stored
 
 def test_bounded_types_state_and_enforce_their_range():
     B = harness.Bounded

@@ -56,13 +56,11 @@ def scale_of(path: str, scales: dict) -> float | None:
 
 
 def equal(a, b, rtol: float) -> bool:
-    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
-        if a is None or b is None:
-            return a is b
-        if math.isnan(a) and math.isnan(b):
-            return True
-        return a == b or abs(a - b) <= rtol * max(abs(a), abs(b))
-    return a == b
+    """Numbers within rtol (NaN equals NaN); anything else exactly."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if not numbers:
+        return a == b
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= rtol * max(abs(a), abs(b))
 
 
 def main(argv=None) -> int:
