@@ -4,8 +4,7 @@
                 seed_everything, check_finite
     data        load_split: torchvision datasets on full runs, offline smoke sets
                 (scikit-learn's digits, generated shapes); resize_normalise
-    plots       save_figure, tile, image_grid, line_plot, scatter_by_class, embed_2d,
-                confusion_matrix, plot_confusion
+    plots       save_figure, tile, image_grid, line_plot, scatter_by_class, embed_2d, confusion_matrix, plot_confusion
     measures    nearest_distance, linear_probe, the scoring CNN of Tasks 3 and 5
                 (scoring_classifier, classify_digits, sample_quality, classes_covered)
 """
@@ -264,14 +263,20 @@ def make_shapes(n: int, n_classes: int, size: int, seed: int = 0) -> tuple[torch
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Save at 150 dpi, atomically (no half PNG), and close; a smoke figure gets harness.figure_note() below."""
+    """Save at 150 dpi, atomically (no half PNG), and close; a smoke figure's PNG gets harness.figure_note() in
+    a strip of its own below it, where it can lie on no other text (a layout engine moves figure text)."""
     path = Path(path)
-    if note := figure_note():  # 4 points below everything drawn so far (inches -> figure fraction)
-        y = (fig.get_tightbbox().y0 - 4 / 72) / fig.get_figheight()
-        fig.text(0.5, y, note, ha="center", va="top", fontsize=8, color="#b00000")
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+            if (note := figure_note()) and path.suffix == ".png":
+                image = plt.imread(tmp, format="png")                    # [H, W, 4] floats in [0, 1]
+                strip = plt.figure(figsize=((image.shape[1] + 1) / 150, 0.22), dpi=150)
+                strip.text(0.5, 0.5, note, ha="center", va="center", fontsize=8, color="#b00000")
+                strip.canvas.draw()
+                below = np.asarray(strip.canvas.buffer_rgba())[:, :image.shape[1]] / 255.0
+                plt.close(strip)
+                plt.imsave(tmp, np.concatenate([image, below]), format="png")
     finally:
         plt.close(fig)
     return path

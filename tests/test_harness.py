@@ -341,6 +341,27 @@ def test_the_report_page_shows_each_run_and_says_how_to_run_the_others(tmp_path)
     assert "not run yet: python Task2.py" not in " ".join(text.split())
 
 
+def test_the_report_page_shows_only_the_runs_that_wrote_to_it(tmp_path):
+    """A run registers its folder in index.runs.json beside the page; a folder beside it
+    holding a metrics.json that no run wrote to this page (an old copy, another project)
+    gets no section, and a run whose folder was deleted loses its section."""
+    doc = {"task": "task3", "config": {"seed": 0}, "env": {}, "findings": [], "experiments": {}}
+    for name in ("mine", "unrelated", "also_mine"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(doc))
+    harness.write_report(tmp_path, "mine")
+    page = _parse_page(harness.write_report(tmp_path, "also_mine"))
+    assert page.ids >= {"mine", "also_mine"} and "unrelated" not in page.ids
+    assert json.loads((tmp_path / "index.runs.json").read_text()) == ["also_mine", "mine"]
+    import shutil
+    shutil.rmtree(tmp_path / "mine")
+    page = _parse_page(harness.write_report(tmp_path))
+    assert "also_mine" in page.ids and "mine" not in page.ids
+    assert json.loads((tmp_path / "index.runs.json").read_text()) == ["also_mine"]
+    (tmp_path / "index.runs.json").write_text("{not json")               # a damaged list: start afresh
+    assert "unrelated" in _parse_page(harness.write_report(tmp_path, "unrelated")).ids
+
+
 def test_figures_are_drawn_from_the_recorded_metrics_and_replot_redraws_them(tmp_path, capsys):
     """run() stores the arrays an experiment returns in cache/plot/ and hands the report's
     plot function the metrics exactly as metrics.json holds them (a JSON round trip:
@@ -450,7 +471,8 @@ def test_the_report_page_orders_tasks_and_gives_wide_figures_the_full_width(tmp_
         common.save_figure(fig, out / "a_fig.png")
         (out / "metrics.json").write_text(json.dumps({"task": task, "config": {}, "env": {}, "findings": [],
                                                       "experiments": {"a": {}}}))
-    page = harness.write_report(tmp_path).read_text()
+        harness.write_report(tmp_path, task)                              # task5's run first
+    page = (tmp_path / "index.html").read_text()
     assert page.index('<section id="task4">') < page.index('<section id="task5">')
     assert '<figure id="task5-a_fig.png" class=wide>' in page and '<figure id="task4-a_fig.png">' in page
 
@@ -475,24 +497,28 @@ def test_an_out_that_cannot_be_written_is_refused_before_anything_runs(tmp_path,
 
 def test_a_smoke_run_marks_every_figure_it_draws(tmp_path):
     """While a smoke run's figures are drawn (in the run and under --replot), figure_note()
-    is the smoke banner and common.save_figure writes it below the figure; a real run's
-    figures carry nothing."""
+    is the smoke banner and common.save_figure writes it in red in a strip below the figure
+    (where a layout engine cannot move it onto a legend); a real run's figures carry nothing."""
     import matplotlib.pyplot as plt
 
-    notes, texts = [], []
+    notes = []
 
     def plot_a(m, a, cfg, out):
         notes.append(harness.figure_note())
-        fig = plt.figure()
+        fig = plt.figure(figsize=(4, 3))
         plt.plot([0, 1])
-        real_text = fig.text
-        fig.text = lambda *a, **k: texts.append(a[2]) or real_text(*a, **k)
         common.save_figure(fig, out / "a_fig.png")
 
     report = types.SimpleNamespace(TASK="task9", QUESTIONS=[], plot_a=plot_a)
     for smoke, out in ((True, tmp_path / "smoke"), (False, tmp_path / "real")):
         args = harness.parse_args(_parser(), ["--out", str(out), "--experiments", "a"] + ["--smoke"] * smoke)
         harness.run(report, args, torch.device("cpu"), {"a": lambda: {"v": 1}})
+    smoke_png = (tmp_path / "smoke" / "a_fig.png").read_bytes()
     harness.replot(report, tmp_path / "smoke")
     assert notes[0].startswith("smoke: small random models") and notes[1] == "" and notes[2] == notes[0]
-    assert texts == [notes[0], notes[0]] and harness.figure_note() == ""
+    assert harness.figure_note() == "" and (tmp_path / "smoke" / "a_fig.png").read_bytes() == smoke_png
+    smoke, real = (plt.imread(tmp_path / d / "a_fig.png") for d in ("smoke", "real"))
+    assert smoke.shape[1] == real.shape[1] and smoke.shape[0] == real.shape[0] + 33   # a 0.22-inch strip
+    np.testing.assert_array_equal(smoke[:real.shape[0]], real)                          # the figure untouched
+    strip = smoke[real.shape[0]:]
+    assert ((strip[..., 0] > 0.5) & (strip[..., 1] < 0.3)).any()                        # red text in it
