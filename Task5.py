@@ -38,7 +38,7 @@ import common
 import harness
 from architecture import VAE
 from reports import task5 as report
-from reports.task5 import SWEEP_METHODS, TERMS, format_mi
+from reports.task5 import SWEEP_METHODS, TERMS, format_mi, shown_beta
 
 EXPERIMENTS = ["train", "reconstruct", "generate", "collapse", "collapse_sweep", "mitigate", "latent", "likelihood"]
 
@@ -434,7 +434,7 @@ def train_vae(x_train: torch.Tensor, x_val: torch.Tensor, cfg: VaeConfig, args, 
         print(f"{cfg.name} epoch {epoch + 1:>2}/{cfg.epochs}  train {tr[0]:8.2f} (rec {tr[1]:7.2f} kl {tr[2]:6.2f})  "
               f"val {ev['total']:8.2f} (rec {ev['recon']:7.2f} kl {ev['kl']:6.2f})  "
               f"AU {ev['active_units']:>2}/{cfg.latent_dim}  I(x;z) "
-              f"{format_mi(ev['mutual_info_estimate'], ev['mutual_info_se'])}  beta {beta_t:.3g}"
+              f"{format_mi(ev['mutual_info_estimate'], ev['mutual_info_se'])}  {shown_beta(cfg.loss, beta_t)}"
               + (f"  encoder steps/decoder step {enc_steps:.1f}" if aggressive else ""), flush=True)
         if aggressive and epoch > 0 and hist["mutual_info"][-1] < hist["mutual_info"][-2]:
             aggressive = False                                           # I(x;z) stopped rising
@@ -532,6 +532,8 @@ def reconstruct(model: VAE, test: dict, x_test: torch.Tensor, n: int = 16) -> tu
     x = x_test[:n]
     x_hat = model.decode(model.encode(x)[0])
     sse = float((x_hat - x).pow(2).flatten(1).sum(1).mean())
+    print(f"reconstruct: {len(x)} test images from their posterior means, SSE {sse:.2f} per image "
+          f"(RMSE {math.sqrt(sse / 784):.3f} per pixel); whole test set (z ~ q(z|x)) {test['recon']:.2f}")
     return {"test_recon_per_image": test["recon"], "shown_sse_per_image": sse,
             "shown_rmse_per_pixel": math.sqrt(sse / 784)}, {"images": torch.cat([x, x_hat])}
 
@@ -772,6 +774,8 @@ def likelihood(model: VAE, x_test: torch.Tensor, K: int, n_images: int, recon: s
     n = len(x)
     iwae = {k: v / n for k, v in sums.items()}
     elbo /= n
+    print(f"likelihood ({n} test images, nats per image): ELBO {elbo:.2f}, IWAE with k = {K} {iwae[K]:.2f} "
+          f"(gap {iwae[K] - elbo:.2f})")
     return {"elbo": elbo, "iwae": iwae[K], "iwae_minus_elbo": iwae[K] - elbo,
             "iwae_by_k": {str(k): v for k, v in iwae.items()}, "k": K, "n_images": n}
 

@@ -1,6 +1,6 @@
-"""The report page: outputs/index.html, one section per task run found beside each
-other (its findings, every figure, its settings), and the command for each task not
-run yet. Plain HTML and CSS with relative links, so it works opened from disk."""
+"""The report page: outputs/index.html, one section per task run that wrote to it (its
+findings, every figure, its settings), and the command for each task not run yet. Plain
+HTML and CSS with relative links, so it works opened from disk."""
 from __future__ import annotations
 
 import html
@@ -22,6 +22,9 @@ TASK_TITLES = {
 }
 SMOKE_NOTE = ("smoke: small random models on generated or stand-in data; these numbers say nothing about the "
               "real models")
+# Beside index.html: the run folders that wrote to the page (a JSON list of names). Only
+# these get a section, so `--out /tmp/x/task5` does not collect whatever else lies in /tmp/x.
+RUNS_FILE = "index.runs.json"
 # A figure this much wider than tall (multi-panel rows) is shown at the page's full width:
 # at half width its text cannot be read.
 WIDE = 1.6
@@ -55,7 +58,7 @@ def figures_by_experiment(folder: Path, names: list[str]) -> dict[str, list[str]
 
 def report_page(out: str | Path) -> Path:
     """Where a run with --out `out` writes the report page: index.html beside `out`
-    (outputs/index.html for the default outputs/taskN), one section per run folder there."""
+    (outputs/index.html for the default outputs/taskN), one section per run that wrote there."""
     return Path(out).absolute().parent / "index.html"
 
 
@@ -74,17 +77,25 @@ def _text(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
 
 
-def _runs(root: Path) -> list[tuple[int, str, dict]]:
-    """(position in TASK_TITLES, folder name, metrics.json) of every task run under root."""
+def _runs(root: Path, run: str | None) -> list[tuple[int, str, dict]]:
+    """(position in TASK_TITLES, folder name, metrics.json) of every task run registered in
+    root/RUNS_FILE, `run` added to it; names whose metrics.json is gone are dropped."""
+    try:
+        names = json.loads((root / RUNS_FILE).read_text())
+        names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    except (OSError, ValueError):
+        names = []
     runs = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for name in dict.fromkeys(names + ([run] if run else [])):
         try:
-            doc = json.loads((d / "metrics.json").read_text())
+            doc = json.loads((root / name / "metrics.json").read_text())
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict) and doc.get("task") in TASK_TITLES:
-            runs.append((list(TASK_TITLES).index(doc["task"]), d.name, doc))
-    return sorted(runs, key=lambda r: (r[0], r[1]))
+            runs.append((list(TASK_TITLES).index(doc["task"]), name, doc))
+    runs.sort(key=lambda r: (r[0], r[1]))
+    write_atomic(root / RUNS_FILE, json.dumps([name for _, name, _ in runs]) + "\n")
+    return runs
 
 
 def _section(root: Path, name: str, doc: dict) -> list[str]:
@@ -121,13 +132,13 @@ def _section(root: Path, name: str, doc: dict) -> list[str]:
     return body + ["</section>"]
 
 
-def write_report(root: Path) -> Path:
-    """(Re)write root/index.html from the task folders under `root` that hold a
-    metrics.json; rewritten after every experiment."""
+def write_report(root: Path, run: str | None = None) -> Path:
+    """(Re)write root/index.html: a section for the run folder `run` (a name in root) and
+    for every run that wrote there before; rewritten after every experiment."""
     root = Path(root)
-    runs = _runs(root)
+    runs = _runs(root, run)
     body = [f"<h1>Experiment report</h1><p class=meta>Written {datetime.now().isoformat(timespec='seconds')} "
-            f"from the task folders in <code>{html.escape(str(root))}</code>. Each section answers the "
+            f"from the runs written to <code>{html.escape(str(root))}</code>. Each section answers the "
             "assignment's questions from that run's numbers, then shows every figure.</p><nav>"]
     body += [f'<a href="#{html.escape(name)}">{html.escape(name)}</a>' for _, name, _ in runs] + ["</nav>"]
     for _, name, doc in runs:

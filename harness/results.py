@@ -177,7 +177,7 @@ class Results:
                "env": self.env, "experiments": self.experiments, "findings": findings}
         write_atomic(self.out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
         write_atomic(self.out / "summary.md", self._summary(findings))
-        write_report(self.out.parent)
+        write_report(self.out.parent, self.out.name)
 
     def _summary(self, findings: list[dict]) -> str:
         figures = figures_by_experiment(self.out, list(self.experiments))

@@ -43,6 +43,12 @@ def format_mi(estimate: float, se: float) -> str:
     return f"{estimate:.2f}+-{se:.2f}"
 
 
+def shown_beta(loss: str, beta: float, pixels: int = 784) -> str:
+    """The KL weight as the summed-SSE loss counts it: the literal loss, MSELoss (a mean over
+    784 pixels) + beta * KL, weighs the KL 784 beta times a pixel's error ("beta 784")."""
+    return f"beta {beta * pixels:.3g} (MSELoss + KL)" if loss == "literal" else f"beta {beta:.3g}"
+
+
 def data_name(cfg) -> str:
     """What the run trained on, for titles: --smoke uses scikit-learn's digits for either dataset."""
     return f"scikit-learn digits (smoke stand-in for {cfg.dataset})" if cfg.smoke else cfg.dataset

@@ -595,7 +595,7 @@ def test_report_page_shows_figures_in_run_order(tmp_path):
     doc = {"task": "task3", "config": {"seed": 0}, "env": {}, "findings": [],
            "experiments": {"reference": {}, "baseline": {}, "d_overfit": {}}}
     (out / "metrics.json").write_text(json.dumps(doc))
-    page = harness.write_report(tmp_path).read_text()
+    page = harness.write_report(tmp_path, "task3").read_text()
     heads = re.findall(r"<h3>([^<]+)</h3>", page)
     assert heads == ["reference", "baseline", "d_overfit"]
     assert "seed 0" in page
