@@ -118,8 +118,10 @@ def build_parser() -> harness.Parser:
     pint, n0 = harness.positive_int, harness.non_negative_int
     g = parser.add_argument_group("model and data")
     g.add_argument("--arch", type=resnet_arch, default="resnet152", help="torchvision ResNet to study")
-    g.add_argument("--weights", choices=["imagenet", "none"], default="imagenet",
-                   help="imagenet: torchvision's IMAGENET1K_V2 weights (V1 where there is no V2); none: random init")
+    g.add_argument("--weights", choices=["imagenet", "imagenet-v2", "none"], default="imagenet", help="imagenet: "
+                   "IMAGENET1K_V1, one recipe at every depth; imagenet-v2: IMAGENET1K_V2 (label smoothing, mixup, "
+                   "EMA...) where it exists, which changes ResNet-50/101/152, ResNeXt-50/101-32x8d and wide ResNets "
+                   "only; none: random init")
     g.add_argument("--img-size", type=pint, default=224, help="CIFAR's 32 px images are resized to this (bilinear)")
     g.add_argument("--train-size", type=n0, default=0, help="CIFAR-10 training images to use, 0 = all 50,000")
     g.add_argument("--test-size", type=n0, default=0, help="CIFAR-10 test images to use, 0 = all 10,000")
@@ -247,12 +249,21 @@ def preprocess(x: torch.Tensor, img_size: int, augment: bool = False, gen: torch
     return common.resize_normalise(x, img_size, mean, std)
 
 
+def weights_name(arch: str, weights: str) -> str:
+    """The torchvision weights --weights names for `arch`, recorded in metrics.json and the cache keys: "none",
+    "IMAGENET1K_V1" (imagenet, so `depth` compares depths, not recipes: Kornblith et al. 2021 found label smoothing
+    and the like make frozen features transfer worse) or "IMAGENET1K_V2" (imagenet-v2, where it exists). Both share
+    ImageNet's mean and std; their 256 vs 232 px resize-then-crop is for photos, preprocess resizes CIFAR's."""
+    if weights == "none":
+        return "none"
+    v2 = weights == "imagenet-v2" and hasattr(torchvision.models.get_model_weights(arch), "IMAGENET1K_V2")
+    return "IMAGENET1K_V2" if v2 else "IMAGENET1K_V1"
+
+
 def build_resnet(arch: str, weights: str) -> nn.Module:
-    """torchvision `arch` with ImageNet weights (IMAGENET1K_V2, or V1 where there is none) or random."""
-    if weights != "imagenet":
+    """torchvision `arch` with the ImageNet weights weights_name names, or random."""
+    if (w := weights_name(arch, weights)) == "none":
         return torchvision.models.get_model(arch, weights=None)
-    enum = torchvision.models.get_model_weights(arch)
-    w = getattr(enum, "IMAGENET1K_V2", None) or enum.IMAGENET1K_V1
     try:  # torch.hub reports the download on stderr; it is progress, not an error
         with contextlib.redirect_stderr(sys.stdout):
             return torchvision.models.get_model(arch, weights=w)
@@ -293,8 +304,8 @@ def prepare_backbone(arch: str, weights: str, calib_images: torch.Tensor, args, 
     statistics measured on `calib_images`."""
     model = to_device(build_resnet(arch, weights), device)
     n = weights == "none" and recalibrate_batchnorm(model, calib_images, args.img_size, args.eval_batch_size, device)
-    print(f"{arch} (weights: {weights}): {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters"
-          + (f", BatchNorm statistics measured on {n} training images" if weights == "none" else ""), flush=True)
+    print(f"{arch} (weights: {weights_name(arch, weights)}): {sum(p.numel() for p in model.parameters()) / 1e6:.1f}"
+          f" M parameters" + (f", BatchNorm statistics measured on {n} training images" if n else ""), flush=True)
     return model.eval()
 
 
@@ -348,8 +359,8 @@ FEATURE_CODE = (extract_features, backbone_features, preprocess, recalibrate_bat
 
 def feature_settings(args, r: Recipe, arch: str, split: str, n: int, device, ablated: list[str] = ()) -> dict:
     """Everything that determines a set of CIFAR-10 features (their cache key), their precision too."""
-    return {"arch": arch, "weights": args.weights, "img_size": args.img_size, "split": split, "n": n,
-            "data": f"{'smoke' if args.smoke else 'real'}-seed{args.seed}", "ablated": list(ablated),
+    return {"arch": arch, "weights": weights_name(arch, args.weights), "img_size": args.img_size, "split": split,
+            "n": n, "data": f"{'smoke' if args.smoke else 'real'}-seed{args.seed}", "ablated": list(ablated),
             "bn_calib": r.bn_calib_size if args.weights == "none" else None, "precision": common.compute_dtype(device)}
 
 
@@ -472,7 +483,8 @@ def fit_baseline(model: nn.Module, data: Data, pooled: tuple, args, r: Recipe) -
     test_loss, test_acc, pred = evaluate_head(head, fte, data.y_test)
     return {"head": head, "history": hist, "test_loss": test_loss, "test_acc": test_acc,
             "confusion": common.confusion_matrix(data.y_test.cpu().numpy(), pred.cpu().numpy(), len(data.classes)),
-            "feature_dim": ftr.shape[1], "extract_seconds": extract_seconds, "head_seconds": head_seconds}
+            "feature_dim": ftr.shape[1], "extract_seconds": extract_seconds, "head_seconds": head_seconds,
+            "weights_loaded": weights_name(args.arch, args.weights)}
 
 
 def baseline(fit: dict, data: Data) -> tuple[dict, dict]:
@@ -483,7 +495,8 @@ def baseline(fit: dict, data: Data) -> tuple[dict, dict]:
             "final_train_loss": h["train_loss"][-1], "final_val_loss": h["val_loss"][-1],
             "history": h, "feature_dim": fit["feature_dim"], "extract_seconds": extract,
             "extract_images_per_s": None if not extract else n_img / extract,
-            "head_seconds": fit["head_seconds"], "confusion": fit["confusion"]}, {"classes": data.classes}
+            "head_seconds": fit["head_seconds"], "confusion": fit["confusion"],
+            "weights_loaded": fit["weights_loaded"]}, {"classes": data.classes}
 
 
 # ---- Experiment 2: residual connections ----
@@ -786,8 +799,7 @@ def measure_throughput(model: nn.Module, images: torch.Tensor, img_size: int, ba
                        device: torch.device, n_batches: int) -> float:
     """Feature-extraction images/s, resize included: the median of n_batches after a warm-up."""
     model.eval()
-    batch = images[:batch_size]
-    times = []
+    batch, times = images[:batch_size], []
     for _ in range(n_batches + 1):
         sync(device)
         t0 = time.perf_counter()
@@ -811,11 +823,11 @@ def depth(backbone: nn.Module, pooled, data: Data, args, r: Recipe, device: torc
         p = data.train_idx[:r.probe_train_size]
         probe_acc = common.linear_probe(ftr[p].cpu().numpy(), data.y_train[p].cpu().numpy(), fte.cpu().numpy(),
                                         data.y_test.cpu().numpy(), seed=args.seed)["test_acc"]
-        ips = measure_throughput(model, data.x_test, args.img_size, args.eval_batch_size, device,
-                                 r.throughput_batches)
+        ips = measure_throughput(model, data.x_test, args.img_size, args.eval_batch_size, device, r.throughput_batches)
         n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("fc."))
         metrics[arch] = {"head_acc": head_acc, "probe_acc": probe_acc, "images_per_s": ips,
-                         "backbone_params_millions": n_params / 1e6, "feature_dim": ftr.shape[1]}
+                         "backbone_params_millions": n_params / 1e6, "feature_dim": ftr.shape[1],
+                         "weights_loaded": weights_name(arch, args.weights)}
         print(f"{arch}: head acc {head_acc:.4f}, probe acc {probe_acc:.4f}, {ips:.0f} images/s", flush=True)
         del model
     return metrics, {"device": device.type}  # the figure names where the speeds were measured

@@ -34,9 +34,8 @@ CALIB_IMAGES = 16  # images whose train-mode statistics become the checkpoints' 
 
 
 def checkpoint_path(arch: str, torch_home: Path) -> Path:
-    """Where torch.hub looks for the weights Task1 asks for (IMAGENET1K_V2, else V1)."""
-    enum = torchvision.models.get_model_weights(arch)
-    w = getattr(enum, "IMAGENET1K_V2", None) or enum.IMAGENET1K_V1
+    """Where torch.hub looks for the weights Task1 asks for (--weights imagenet: IMAGENET1K_V1)."""
+    w = torchvision.models.get_model_weights(arch)[Task1.weights_name(arch, "imagenet")]
     return torch_home / "hub" / "checkpoints" / Path(w.url).name
 
 
@@ -126,6 +125,7 @@ def test_every_experiment_at_full_size_through_the_default_loading_code(torch_ho
     assert doc["config"]["arch"] == "resnet152" and doc["config"]["weights"] == "imagenet"
     assert assert_all_finite(m) > 300
     assert m["baseline"]["feature_dim"] == 2048
+    assert m["baseline"]["weights_loaded"] == m["depth"]["resnet152"]["weights_loaded"] == "IMAGENET1K_V1"
     assert m["residual"]["all"]["blocks_cut"] == 50 and m["residual"]["selected_blocks"] == \
         "layer1.1,layer2.4,layer3.18,layer4.1"
     # ResNet-152 has 60,192,808 parameters, of which the 1000-way fc holds 2048 * 1000 + 1000

@@ -2,6 +2,7 @@
 confused pairs, preprocessing, the recipe, the --smoke run and bad input. Offline, CPU."""
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import shutil
@@ -258,6 +259,40 @@ def test_transfer_arms_freeze_exactly_what_they_claim():
         F.cross_entropy(model(x), y).backward()
         with_grad = sum(p.numel() for p in model.parameters() if p.grad is not None)
         assert with_grad == n, f"{strategy}: {with_grad} parameters got gradients, expected {n}"
+
+
+def test_imagenet_weights_are_v1_at_every_depth_unless_v2_is_asked_for(monkeypatch):
+    """Issue 20: --weights imagenet loads IMAGENET1K_V1 for every ResNet (one recipe at every depth; before,
+    ResNet-152 got V2 and ResNet-18 V1); imagenet-v2 changes only the ResNets torchvision has a V2 of."""
+    has_v2 = {"resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "wide_resnet50_2",
+              "wide_resnet101_2"}  # torchvision's model docs
+    for arch in Task1.RESNETS:
+        assert Task1.weights_name(arch, "imagenet") == "IMAGENET1K_V1"
+        assert Task1.weights_name(arch, "imagenet-v2") == ("IMAGENET1K_V2" if arch in has_v2 else "IMAGENET1K_V1")
+        assert Task1.weights_name(arch, "none") == "none"
+    asked = []
+    monkeypatch.setattr(torchvision.models, "get_model", lambda arch, weights: asked.append((arch, str(weights))))
+    for arch, weights in (("resnet152", "imagenet"), ("resnet152", "imagenet-v2"), ("resnet18", "imagenet-v2")):
+        Task1.build_resnet(arch, weights)
+    assert [w.split(".")[-1] for _, w in asked] == ["IMAGENET1K_V1", "IMAGENET1K_V2", "IMAGENET1K_V1"]
+    # the feature cache keys tell the two apart (an old V2 cache must not answer for V1)
+    defaults = vars(Task1.build_parser().parse_args([]))
+
+    def key(weights):
+        args = argparse.Namespace(**{**defaults, "weights": weights})
+        return Task1.feature_settings(args, Task1.RECIPE, "resnet152", "train", 10, torch.device("cpu"))
+
+    assert key("imagenet")["weights"] == "IMAGENET1K_V1" and key("imagenet-v2")["weights"] == "IMAGENET1K_V2"
+
+
+def test_preprocessing_suits_v1_and_v2_weights_alike():
+    """V1 and V2 evaluate at resize 256 vs 232 then crop 224: a photo's resize-then-crop, which preprocess does
+    not do (CIFAR's whole 32 px image goes to --img-size); both normalise with the ImageNet mean and std
+    preprocess uses, so nothing in preprocessing depends on the version."""
+    for name in ("IMAGENET1K_V1", "IMAGENET1K_V2"):
+        t = torchvision.models.ResNet152_Weights[name].transforms()
+        assert tuple(t.mean) == Task1.IMAGENET_MEAN and tuple(t.std) == Task1.IMAGENET_STD
+        assert t.crop_size == [224] and t.resize_size == ([256] if name.endswith("V1") else [232])
 
 
 # ----------------------------------------------------------------------------
@@ -618,6 +653,9 @@ def test_smoke_run_writes_every_figure_and_metric(smoke_run):
             assert_in_range(m, f"{arm}/train_seconds", 0, 1e4)
             assert_in_range(m, f"{arm}/final_train_loss", 0, 100)
     assert m["transfer"]["pretrained_head"]["trainable_params"] == 51_300
+    # issue 20: the weights each architecture loaded (smoke: random)
+    assert m["baseline"]["weights_loaded"] == m["transfer"]["pretrained_weights"] == "none"
+    assert [m["depth"][a]["weights_loaded"] for a in ("resnet18", "resnet34")] == ["none", "none"]
     assert m["transfer"]["scratch_full"]["trainable_params"] == 11_227_812
     for arch, dim in (("resnet18", 512), ("resnet34", 512)):
         for k in ("head_acc", "probe_acc"):
