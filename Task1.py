@@ -504,9 +504,10 @@ def baseline(fit: dict, data: Data) -> tuple[dict, dict]:
 
 def gradient_norms(arch: str, images: torch.Tensor, labels: torch.Tensor, n_classes: int, img_size: int,
                    device: torch.device, seed: int, cut: bool) -> tuple[dict, float]:
-    """One forward/backward of a random `arch` (train mode, full precision) on a batch:
-    ({"stem": ..., "layer1.0": ..., ...} L2 norms of each block's gradient, the loss). With
-    `cut` a plain network, whose early-layer gradients shortcuts preserve (He et al., 4.1)."""
+    """One forward/backward of a random `arch` (train mode, fp32) on a batch: ({"stem": ..., "layer1.0": ...} L2 norms
+    of each block's gradient without the downsample shortcuts, which the plain network (`cut`) never uses; the loss).
+    He et al. 2016 (sec. 4.1) found healthy gradients in plain nets with BatchNorm; a random ResNet-152 (64 px, batch 8,
+    seed 0) gives stem / layer4 494 with shortcuts (467 counting layer4.0's downsample) and 2.4e10 without."""
     torch.manual_seed(seed)
     model = to_device(torchvision.models.get_model(arch, weights=None, num_classes=n_classes), device).train()
     if cut:
@@ -514,8 +515,9 @@ def gradient_norms(arch: str, images: torch.Tensor, labels: torch.Tensor, n_clas
     loss = F.cross_entropy(model(preprocess(images, img_size)), labels)
     loss.backward()
 
-    def norm(module):
-        return math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in module.parameters() if p.grad is not None))
+    def norm(module):  # over the parameters both networks use
+        return math.sqrt(sum(float(p.grad.float().pow(2).sum()) for n, p in module.named_parameters()
+                             if p.grad is not None and not n.startswith("downsample.")))
 
     norms = {"stem": math.sqrt(norm(model.conv1) ** 2 + norm(model.bn1) ** 2)}
     norms.update({name: norm(model.get_submodule(name)) for name in residual_blocks(model)})

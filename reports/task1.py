@@ -28,6 +28,15 @@ def spans_orders_of_magnitude(values, ratio: float = 100.0) -> bool:
     return bool(v) and max(v) / min(v) >= ratio
 
 
+def gradient_flow(g_with: float, g_without: float) -> str:
+    """Stem / layer4 gradient-norm ratios at init with and without shortcuts -> what the plain net's early
+    gradients do: explode (10x the ratio with shortcuts or more), vanish (a tenth or less) or stay similar."""
+    r = g_without / max(g_with, 1e-30)
+    return (f"explode ({r:.2g}x larger relative to layer4 than with them)" if r >= 10 else
+            f"vanish ({1 / max(r, 1e-30):.2g}x smaller relative to layer4 than with them)" if r <= 0.1 else
+            f"stay similar (within 10x of the ratio with them: {r:.2g}x)")
+
+
 def _num(v, spec: str = ".3f") -> str:
     """A metric for a sentence or title; None (undefined in this run, e.g. a silhouette) reads 'undefined'."""
     return "undefined" if v is None else format(v, spec)
@@ -80,10 +89,13 @@ def plot_residual(m: dict, a: dict, cfg, out: Path) -> None:
     for i in [i for i, n in enumerate(names) if n.endswith(".0")]:  # the first block of each stage
         ax.axvline(i - 0.5, color="grey", lw=0.6, ls=":")
         ax.text(i - 0.3, 1.0, names[i].split(".")[0], transform=ax.get_xaxis_transform(), fontsize=8, va="top")
+    g_with, g_without = (m["gradnorm_stem_over_layer4"][k] for k in ("with_shortcuts", "without_shortcuts"))
     loss = m["init_loss"]
-    ax.set(yscale="log", xlabel="block (input -> output; 0 = stem)", ylabel="||dL/dθ|| of the block",
+    ax.set(yscale="log", xlabel="block (input -> output; 0 = stem)", ylabel="||dL/dθ|| of the block (no downsample)",
            title=f"Gradient norm per block at random initialisation, {cfg.arch}, batch of {int(a['grad_images'])}\n"
-                 f"(initial loss {loss['with_shortcuts']:.2f} with shortcuts, {loss['without_shortcuts']:.2f} without)")
+                 f"stem / layer4: {g_with:.3g} with shortcuts, {g_without:.3g} without; without them the early "
+                 f"gradients {gradient_flow(g_with, g_without).split(' (')[0]}\n(initial loss "
+                 f"{loss['with_shortcuts']:.2f} with shortcuts, {loss['without_shortcuts']:.2f} without)")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     common.save_figure(fig, out / "residual_gradnorms.png")
@@ -263,15 +275,16 @@ def _answer_shortcuts(E: dict):
     finding = (f"cutting the shortcuts of {sel['blocks_cut']} blocks ({r['selected_blocks']}) "
                f"{'lowers' if d < 0 else 'raises'} test accuracy by {pts(d, 0)} points after retraining the head "
                f"({pct(sel['test_acc_retrained'])} vs {pct(base)}); at random initialisation the stem "
-               f"gets {g_with:.3g}x layer4's gradient norm with shortcuts and {g_without:.3g}x without "
-               f"({'less' if g_without < g_with else 'more'} gradient reaches the early layers without them)")
+               f"gets {g_with:.3g}x layer4's gradient norm with shortcuts and {g_without:.3g}x without: without "
+               f"shortcuts the early layers' gradients {gradient_flow(g_with, g_without)}")
     evidence = [f"test accuracy, head retrained: baseline {pct(base)}, "
                 + ", ".join(f"cut {n} ({r[n]['blocks_cut']} blocks) {pct(r[n]['test_acc_retrained'])}"
                             for n in CUT_SETS if n in r),
                 "test accuracy with the baseline head, not retrained: "
                 + ", ".join(f"cut {n} {pct(r[n]['test_acc_no_retrain'])}" for n in ("selected", "all") if n in r),
-                f"gradient norm stem / layer4 at init, one batch: {g_with:.3g} with shortcuts, {g_without:.3g} without; "
-                f"initial loss {r['init_loss']['with_shortcuts']:.3f} vs {r['init_loss']['without_shortcuts']:.3f}"]
+                f"gradient norm stem / layer4 at init, one batch, downsample shortcuts left out (the plain net has "
+                f"none): {g_with:.3g} with shortcuts, {g_without:.3g} without; initial loss "
+                f"{r['init_loss']['with_shortcuts']:.3f} vs {r['init_loss']['without_shortcuts']:.3f}"]
     return finding, evidence, ["residual_curves.png", "residual_gradnorms.png"]
 
 

@@ -109,11 +109,21 @@ def t1_residual(selected_acc, g_with=5.0, g_without=1e-3):
 
 
 def test_task1_shortcuts_both_ways():
+    """Issue 20: the gradient sentence says what the stem / layer4 ratios show, explode, vanish or similar (a
+    random ResNet-152 gave 494 with shortcuts and 2.4e10 without: explode), never assumes vanishing."""
     down = answer(R1, "1.2", {"residual": t1_residual(0.65)}, "gradient")["finding"]
     assert "lowers test accuracy by 15.0 points" in down and "(65.0% vs 80.0%)" in down
-    assert "5x layer4's gradient norm with shortcuts and 0.001x without (less gradient" in down
+    assert "5x layer4's gradient norm with shortcuts and 0.001x without: without shortcuts the early layers' " \
+           "gradients vanish (5e+03x smaller relative to layer4 than with them)" in down
     up = answer(R1, "1.2", {"residual": t1_residual(0.83, g_with=1.0, g_without=3.0)}, "gradient")["finding"]
-    assert "raises test accuracy by 3.0 points" in up and "(more gradient reaches" in up
+    assert "raises test accuracy by 3.0 points" in up
+    assert "gradients stay similar (within 10x of the ratio with them: 3x)" in up
+    boom = answer(R1, "1.2", {"residual": t1_residual(0.5, g_with=494.0, g_without=2.4e10)}, "gradient")
+    assert "494x layer4's gradient norm with shortcuts and 2.4e+10x without: without shortcuts the early " \
+           "layers' gradients explode (4.9e+07x larger relative to layer4 than with them)" in boom["finding"]
+    assert "vanish" not in boom["finding"] and any("downsample shortcuts left out" in e for e in boom["evidence"])
+    for g_without, word in ((5000.0, "explode"), (0.05, "vanish"), (9.9, "stay similar"), (0.11, "stay similar")):
+        assert R1.gradient_flow(1.0, g_without).startswith(word), (g_without, word)
 
 
 def t1_scratch(plain_loss, plain_acc, plain_steps):

@@ -295,6 +295,30 @@ def test_preprocessing_suits_v1_and_v2_weights_alike():
         assert t.crop_size == [224] and t.resize_size == ([256] if name.endswith("V1") else [232])
 
 
+def test_gradient_norms_count_the_same_parameters_with_and_without_shortcuts():
+    """Known answer, computed here independently: the same seed, forward and backward by hand, the norm of every
+    block's gradient over its parameters outside the downsample shortcut (which the plain network never uses,
+    so it has no gradient there); with shortcuts layer2.0's downsample does have a gradient, left out
+    (issue 20: it was counted, 17% of ResNet-152's layer4.0)."""
+    x, y = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.tensor([0, 1, 2, 0])
+    for cut in (False, True):
+        norms, loss = Task1.gradient_norms("resnet18", x, y, 3, 32, torch.device("cpu"), seed=0, cut=cut)
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=3).train()
+        if cut:
+            architecture.cut_shortcuts(model, architecture.residual_blocks(model))
+        ref_loss = F.cross_entropy(model(Task1.preprocess(x, 32)), y)
+        ref_loss.backward()
+        block = model.layer2[0]
+        own = [p.grad for n, p in block.named_parameters() if not n.startswith("downsample")]
+        down = [p.grad for p in block.downsample.parameters()]
+        assert loss == pytest.approx(ref_loss.item())
+        assert norms["layer2.0"] == pytest.approx(torch.sqrt(sum(g.pow(2).sum() for g in own)).item(), rel=1e-5)
+        assert all(g is None for g in down) if cut else all(g is not None and g.abs().sum() > 0 for g in down)
+        stem = torch.sqrt(sum(p.grad.pow(2).sum() for p in (*model.conv1.parameters(), *model.bn1.parameters())))
+        assert norms["stem"] == pytest.approx(stem.item(), rel=1e-5)
+
+
 # ----------------------------------------------------------------------------
 # Random backbones: BatchNorm recalibration, float32 feature cache
 # ----------------------------------------------------------------------------
