@@ -72,6 +72,8 @@ class Recipe:
     transfer_test_size: int = 0      # ours: test images of --transfer-dataset, 0 = all
     transfer_lr: float = 1e-3        # ours: AdamW lr of the new fc, cosine-decayed per step
     backbone_lr_mult: float = 0.1    # usual fine-tuning practice: trained backbone layers at 1/10 of the head's lr
+    transfer_scratch_lr: float = 1e-3  # He et al. 2019, "Rethinking ImageNet Pre-training": random init needs its
+    # own lr; the scratch arms train every layer at AdamW's usual 1e-3, same epochs: equal compute, not convergence
     transfer_weight_decay: float = 1e-4  # ours: AdamW weight decay of every arm
     depth_archs: tuple = ("resnet18", "resnet152")  # the handout's 1.5: ResNet-152 against a shallower ResNet-18
     scratch_depth: int = 56          # He et al. 2016, Fig. 6 (6n+2 layers): their plain nets degrade from 20 to 56
@@ -697,10 +699,11 @@ def freeze_for_transfer(model: nn.Module, strategy: str) -> int:
 
 
 def transfer_train_mode(model: nn.Module, strategy: str) -> None:
-    """Train mode only where weights train: frozen BatchNorm layers keep their statistics."""
+    """Train mode where weights train and in the fc (its BatchNorm): frozen BatchNorm layers keep their statistics."""
     model.train(strategy == "full")
     if strategy == "layer4":
         model.layer4.train()
+    model.fc.train()
 
 
 @torch.no_grad()
@@ -717,31 +720,35 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return loss_sum / len(labels), correct / len(labels)
 
 
-def transfer_model(init: str, backbone: nn.Module, data: Data, args, r: Recipe, device: torch.device) -> nn.Module:
-    """An arm's starting network with a new fc: a copy of the --weights backbone, or a random
-    init with BatchNorm statistics of the transfer images (its frozen layers need them)."""
-    k = len(data.classes)
+def transfer_model(init: str, strategy: str, backbone: nn.Module, data: Data, args, r: Recipe,
+                   device: torch.device) -> nn.Module:
+    """An arm's starting network: a copy of the --weights backbone, or a random init with BatchNorm statistics
+    of the transfer images (its frozen layers need them); a new fc, the baseline's make_head for `head`."""
     if init == "pretrained":
         model = copy.deepcopy(backbone)
-        model.fc = nn.Linear(model.fc.in_features, k)
-        return to_device(model, device)
-    model = to_device(torchvision.models.get_model(args.arch, weights=None, num_classes=k), device)
-    recalibrate_batchnorm(model, data.x_train[data.train_idx[:r.bn_calib_size]], args.img_size,
-                          args.eval_batch_size, device)
-    return model
+    else:
+        model = to_device(torchvision.models.get_model(args.arch, weights=None), device)
+        recalibrate_batchnorm(model, data.x_train[data.train_idx[:r.bn_calib_size]], args.img_size,
+                              args.eval_batch_size, device)
+    model.fc = (make_head if strategy == "head" else nn.Linear)(model.fc.in_features, len(data.classes))
+    return to_device(model, device)
 
 
-def fine_tune(model: nn.Module, strategy: str, data: Data, args, r: Recipe, device: torch.device,
-              arm: str) -> tuple[dict, float]:
-    """--transfer-epochs of AdamW on what `strategy` trains (fc at transfer_lr, the backbone
-    at backbone_lr_mult x that, cosine-decayed per step): (per-epoch history, seconds)."""
-    x, y, tr, va = data.x_train, data.y_train, data.train_idx, data.val_idx
-    bs = args.transfer_batch_size
+def transfer_optimizer(model: nn.Module, init: str, r: Recipe) -> torch.optim.Optimizer:
+    """AdamW over what trains: pretrained arms fc at transfer_lr, backbone at backbone_lr_mult x that;
+    scratch arms every layer at transfer_scratch_lr (a from-scratch lr, Recipe)."""
     body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("fc.")]
-    groups = [{"params": list(model.fc.parameters()), "lr": r.transfer_lr}]
-    if body:
-        groups.append({"params": body, "lr": r.transfer_lr * r.backbone_lr_mult})
-    opt = torch.optim.AdamW(groups, weight_decay=r.transfer_weight_decay)
+    fc_lr, body_lr = ((r.transfer_lr, r.transfer_lr * r.backbone_lr_mult) if init == "pretrained"
+                      else (r.transfer_scratch_lr, r.transfer_scratch_lr))
+    groups = [{"params": list(model.fc.parameters()), "lr": fc_lr}, {"params": body, "lr": body_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=r.transfer_weight_decay)
+
+
+def fine_tune(model: nn.Module, init: str, strategy: str, data: Data, args, r: Recipe,
+              device: torch.device) -> tuple[dict, float]:
+    """--transfer-epochs of transfer_optimizer, cosine-decayed per step, on what `strategy` trains: (history, s)."""
+    x, y, tr, va, bs = data.x_train, data.y_train, data.train_idx, data.val_idx, args.transfer_batch_size
+    arm, opt = f"{init}_{strategy}", transfer_optimizer(model, init, r)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.transfer_epochs * math.ceil(len(tr) / bs))
     scaler = common.grad_scaler(device)  # loss scaling where training runs in float16
     gen = torch.Generator().manual_seed(args.seed)
@@ -779,15 +786,17 @@ def transfer(backbone: nn.Module, data: Data, args, r: Recipe, device: torch.dev
         for strategy in TRANSFER_STRATEGIES:
             arm = f"{init}_{strategy}"
             common.seed_everything(args.seed)
-            model = transfer_model(init, backbone, data, args, r, device)
+            model = transfer_model(init, strategy, backbone, data, args, r, device)
             n_trainable = freeze_for_transfer(model, strategy)
-            curves[arm], seconds = fine_tune(model, strategy, data, args, r, device, arm)
+            curves[arm], seconds = fine_tune(model, init, strategy, data, args, r, device)
             _, test_acc = evaluate_model(model, data.x_test, data.y_test, args.img_size, args.eval_batch_size, device)
             metrics[arm] = {"test_acc": test_acc, "final_val_acc": curves[arm]["val_acc"][-1],
                             "final_train_loss": curves[arm]["train_loss"][-1], "trainable_params": n_trainable,
                             "train_seconds": seconds}
             del model
-    metrics["pretrained_weights"] = args.weights
+    metrics["pretrained_weights"] = weights_name(args.arch, args.weights)
+    metrics["recipe"] = {"epochs": args.transfer_epochs, "pretrained_fc_lr": r.transfer_lr, "scratch_lr":
+                         r.transfer_scratch_lr, "pretrained_backbone_lr": r.transfer_lr * r.backbone_lr_mult}
     return metrics, {"arms": list(curves), "n_classes": len(data.classes), "train_images": len(data.train_idx),
                      "train_loss": [h["train_loss"] for h in curves.values()],
                      "val_acc": [h["val_acc"] for h in curves.values()]}

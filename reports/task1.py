@@ -339,9 +339,13 @@ def _answer_transfer(E: dict):
              f"{t[cheap]['train_seconds']:.1f} s instead of {t[best]['train_seconds']:.1f} s")
     init = "ImageNet weights" if t["pretrained_weights"] != "none" else (  # --weights none: every arm is random
         "with no ImageNet weights loaded (--weights none), the 'pretrained' arms (random weights, their recipe)")
+    rec = t.get("recipe")  # absent in runs before issue 20
+    compute = "" if rec is None else (f" at equal compute ({rec['epochs']} epochs each, not convergence; random init "
+                                      f"at a from-scratch lr {rec['scratch_lr']:g} in every layer, pretrained "
+                                      f"backbones at {rec['pretrained_backbone_lr']:g})")
     finding = (f"{best} is the most accurate ({pct(t[best]['test_acc'])}); {trade}; {init} "
                f"{'beat' if gains[top] > 0 else 'do not beat'} random init by up to {pts(gains[top], 0)} points "
-               f"(largest when training {top})")
+               f"(largest when training {top}){compute}")
     evidence = [f"{a}: test accuracy {pct(t[a]['test_acc'])}, {t[a]['trainable_params']:,} trainable "
                 f"parameters, {t[a]['train_seconds']:.1f} s training" for a in arms] + [
         f"pretrained weights: {t['pretrained_weights']}; transfer dataset, sizes and epochs: the config's --transfer-* "

@@ -261,6 +261,54 @@ def test_transfer_arms_freeze_exactly_what_they_claim():
         assert with_grad == n, f"{strategy}: {with_grad} parameters got gradients, expected {n}"
 
 
+def tiny_transfer_setup(n: int = 8):
+    """A random ResNet-18 backbone, 32 px uint8 images of 5 classes and the args/recipe transfer_model reads."""
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.arange(n) % 5
+    data = Task1.Data(x, y, x, y, list("abcde"), torch.arange(n), torch.arange(n))
+    args = Task1.build_parser().parse_args(["--arch", "resnet18", "--img-size", "32", "--eval-batch-size", "4"])
+    return torchvision.models.resnet18().eval(), data, args, dataclasses.replace(Task1.SMOKE_RECIPE, bn_calib_size=n)
+
+
+def test_head_arms_train_the_baselines_head_and_the_others_a_linear_fc():
+    """Issue 20: pretrained_head (and scratch_head) train make_head, BatchNorm1d without affine + Linear, as the
+    baseline does, not a bare Linear; its BatchNorm learns statistics in train mode although the backbone is
+    frozen in eval mode. layer4 and full arms keep torchvision's Linear fc."""
+    backbone, data, args, r = tiny_transfer_setup()
+    cpu = torch.device("cpu")
+    for init in ("pretrained", "scratch"):
+        for strategy in ("head", "layer4", "full"):
+            model = Task1.transfer_model(init, strategy, backbone, data, args, r, cpu)
+            if strategy != "head":
+                assert type(model.fc) is nn.Linear and model.fc.out_features == 5
+                continue
+            assert [type(m) for m in model.fc] == [type(m) for m in Task1.make_head(512, 5)]
+            bn, fc = model.fc
+            assert bn.num_features == 512 and not bn.affine and (fc.in_features, fc.out_features) == (512, 5)
+            assert Task1.freeze_for_transfer(model, "head") == 512 * 5 + 5
+            Task1.transfer_train_mode(model, "head")
+            assert bn.training and not model.layer4[0].bn1.training
+    assert type(backbone.fc) is nn.Linear  # the backbone itself is untouched
+
+
+def test_scratch_transfer_arms_train_every_layer_at_the_from_scratch_lr():
+    """Pretrained arms: fc at transfer_lr, trained backbone layers at backbone_lr_mult x that (fine-tuning
+    practice); scratch arms: every trained layer at the recipe's transfer_scratch_lr (issue 20: before, random
+    weights got the pretrained recipe, backbone at 1e-4)."""
+    backbone, data, args, _ = tiny_transfer_setup()
+    r = dataclasses.replace(Task1.SMOKE_RECIPE, bn_calib_size=8, transfer_scratch_lr=5e-3)
+    assert Task1.RECIPE.transfer_scratch_lr == 1e-3 and Task1.RECIPE.transfer_lr * Task1.RECIPE.backbone_lr_mult == 1e-4
+    expected = {("pretrained", "head"): [1e-3], ("pretrained", "layer4"): [1e-3, 1e-4],
+                ("pretrained", "full"): [1e-3, 1e-4], ("scratch", "head"): [5e-3], ("scratch", "layer4"): [5e-3, 5e-3],
+                ("scratch", "full"): [5e-3, 5e-3]}
+    for (init, strategy), lrs in expected.items():
+        model = Task1.transfer_model(init, strategy, backbone, data, args, r, torch.device("cpu"))
+        n = Task1.freeze_for_transfer(model, strategy)
+        opt = Task1.transfer_optimizer(model, init, r)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(lrs), (init, strategy)
+        assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == n  # every trained weight, once
+
+
 def test_imagenet_weights_are_v1_at_every_depth_unless_v2_is_asked_for(monkeypatch):
     """Issue 20: --weights imagenet loads IMAGENET1K_V1 for every ResNet (one recipe at every depth; before,
     ResNet-152 got V2 and ResNet-18 V1); imagenet-v2 changes only the ResNets torchvision has a V2 of."""
@@ -591,7 +639,8 @@ def test_recipe_keeps_the_defaults_and_smoke_sizes_the_flags_had():
     assert dataclasses.asdict(Task1.RECIPE) == {
         "val_size": 5000, "lr": 1e-3, "weight_decay": 1e-4, "bn_calib_size": 2000, "grad_batch": 32,
         "probe_train_size": 5000, "n_pairs": 5, "throughput_batches": 10, "transfer_val_size": 1000,
-        "transfer_test_size": 0, "transfer_lr": 1e-3, "backbone_lr_mult": 0.1, "transfer_weight_decay": 1e-4,
+        "transfer_test_size": 0, "transfer_lr": 1e-3, "backbone_lr_mult": 0.1, "transfer_scratch_lr": 1e-3,
+        "transfer_weight_decay": 1e-4,
         "depth_archs": ("resnet18", "resnet152"), "scratch_depth": 56, "scratch_width": 16, "scratch_test_size": 0, "scratch_batch_size": 128, "scratch_lr": 0.1,
         "scratch_warmup": 0.05, "scratch_momentum": 0.9, "scratch_weight_decay": 1e-4, "scratch_augment": True,
         "scratch_target_acc": 0.8}
@@ -677,9 +726,11 @@ def test_smoke_run_writes_every_figure_and_metric(smoke_run):
             assert_in_range(m, f"{arm}/train_seconds", 0, 1e4)
             assert_in_range(m, f"{arm}/final_train_loss", 0, 100)
     assert m["transfer"]["pretrained_head"]["trainable_params"] == 51_300
-    # issue 20: the weights each architecture loaded (smoke: random)
+    # issue 20: the weights each architecture loaded (smoke: random) and which comparison transfer made
     assert m["baseline"]["weights_loaded"] == m["transfer"]["pretrained_weights"] == "none"
     assert [m["depth"][a]["weights_loaded"] for a in ("resnet18", "resnet34")] == ["none", "none"]
+    assert m["transfer"]["recipe"] == {"epochs": 2, "pretrained_fc_lr": 1e-3, "pretrained_backbone_lr": 1e-4,
+                                       "scratch_lr": 1e-3}
     assert m["transfer"]["scratch_full"]["trainable_params"] == 11_227_812
     for arch, dim in (("resnet18", 512), ("resnet34", 512)):
         for k in ("head_acc", "probe_acc"):
