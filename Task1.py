@@ -419,9 +419,9 @@ def evaluate_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor) ->
 
 
 def make_head(dim: int, n_classes: int) -> nn.Module:
-    """The linear head: BatchNorm without affine parameters, then Linear [C -> K], as in MAE's
-    linear probing (He et al. 2022, sec. A.2): normalised features let one learning rate
-    serve every backbone, depth and ablation, whose feature scales differ a lot."""
+    """BatchNorm without affine parameters, then Linear [C -> K]: MAE's linear-probing head (He et al. 2022, sec.
+    A.2), so one learning rate serves every backbone, depth and ablation, whose feature scales differ a lot. Not
+    MAE's recipe (BatchNorm eps 1e-6, trunc_normal init std 0.01, LARS, 90 epochs): PyTorch's defaults, AdamW."""
     return nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, n_classes))
 
 
