@@ -264,8 +264,9 @@ def weights_name(arch: str, weights: str) -> str:
 
 def build_resnet(arch: str, weights: str) -> nn.Module:
     """torchvision `arch` with the ImageNet weights weights_name names, or random."""
-    if (w := weights_name(arch, weights)) == "none":
+    if (name := weights_name(arch, weights)) == "none":
         return torchvision.models.get_model(arch, weights=None)
+    w = torchvision.models.get_model_weights(arch)[name]  # the enum member, e.g. ResNet152_Weights.IMAGENET1K_V1
     try:  # torch.hub reports the download on stderr; it is progress, not an error
         with contextlib.redirect_stderr(sys.stdout):
             return torchvision.models.get_model(arch, weights=w)
