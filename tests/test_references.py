@@ -508,3 +508,34 @@ def test_cifar_resnet_parameter_counts(depth, published):
     for shortcuts in (True, False):
         model = architecture.CifarResNet(depth, shortcuts=shortcuts)
         assert sum(p.numel() for p in model.parameters()) == published
+
+
+# ============================================================================
+# Task 1: which ImageNet weights each architecture loads
+# ============================================================================
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+def test_build_resnet_loads_one_recipe_at_every_depth(monkeypatch, arch):
+    """torchvision's weights enums (no download: get_model is intercepted): by default every
+    ResNet gets IMAGENET1K_V1, the original recipe (ResNet-18 69.758 % top-1, ResNet-152 78.312 %,
+    resize 256 -> crop 224), so `depth` compares depths and not recipes; imagenet-v2 takes
+    IMAGENET1K_V2 (ResNet-152 82.284 %, resize 232: label smoothing, mixup, cutmix, EMA...) where
+    it exists (ResNet-50/101/152) and V1 else (ResNet-18/34 have no V2); none builds random weights."""
+    import torchvision
+
+    import Task1
+
+    loaded = []
+    monkeypatch.setattr(torchvision.models, "get_model", lambda name, weights=None: loaded.append((name, weights)))
+    enum = torchvision.models.get_model_weights(arch)
+    v1, v2 = enum.IMAGENET1K_V1, getattr(enum, "IMAGENET1K_V2", None)
+    assert (v2 is not None) == (arch in ("resnet50", "resnet101", "resnet152"))
+    assert v1.transforms().resize_size == [256] and (v2 is None or v2.transforms().resize_size == [232])
+    for weights, want in (("imagenet", v1), ("imagenet-v2", v2 or v1), ("none", None)):
+        loaded.clear()
+        Task1.build_resnet(arch, weights)
+        assert loaded == [(arch, want)], f"{arch} --weights {weights}: loaded {loaded}"
+    published = {"resnet18": 69.758, "resnet152": 78.312}
+    if arch in published:
+        assert v1.meta["_metrics"]["ImageNet-1K"]["acc@1"] == pytest.approx(published[arch])
