@@ -833,17 +833,16 @@ def main(argv: list[str] | None = None) -> dict:
             return fit_probe(features("train")["cls_final"], data.y_train, features("test")["cls_final"],
                              data.y_test, args.seed, recipe)
 
-        with harness.one_thread(args.smoke and device.type == "cpu"):
-            return harness.run(report, args, device, {
-                "classify": lambda: classify(vit, names, pixels),
-                "attention": lambda: attention(vit, names, pixels, args.discard_ratio),
-                "heads": lambda: heads(vit, pixels, data.x_test[:args.heads_images] if args.heads_images else None),
-                "masking": lambda: masking(vit, data, cls_probe(), features("test")["cls_final"],
-                                           rollout_maps(vit, data.x_test, args, cached), args.mask_fractions,
-                                           args.mask_seeds, args.seed),
-                "probe": lambda: probe(features("train"), data.y_train, features("test"), data.y_test, cls_probe(),
-                                       args.seed, recipe),
-            }, recipe=recipe)
+        return harness.run(report, args, device, {
+            "classify": lambda: classify(vit, names, pixels),
+            "attention": lambda: attention(vit, names, pixels, args.discard_ratio),
+            "heads": lambda: heads(vit, pixels, data.x_test[:args.heads_images] if args.heads_images else None),
+            "masking": lambda: masking(vit, data, cls_probe(), features("test")["cls_final"],
+                                       rollout_maps(vit, data.x_test, args, cached), args.mask_fractions,
+                                       args.mask_seeds, args.seed),
+            "probe": lambda: probe(features("train"), data.y_train, features("test"), data.y_test, cls_probe(),
+                                   args.seed, recipe),
+        }, recipe=recipe)
 
 
 if __name__ == "__main__":

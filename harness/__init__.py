@@ -8,7 +8,7 @@
               findings), replot, Question, pct
     store     Cache (cached results keyed by settings and code), atomic writes
     report    write_report (outputs/index.html)
-    threads   few_threads, one_thread (CPU thread counts)
+    threads   fit_to_machine (the thread policy), few_threads
     console   progress (tqdm on a terminal, periodic plain lines in a log)
 """
 from .cli import (Bounded, BoundedList, Parser, any_int, make_parser, non_negative_float, non_negative_int,
@@ -18,10 +18,10 @@ from .console import progress
 from .report import TASK_TITLES, write_report
 from .results import Question, Results, figure_note, flatten, pct, pts, replot, run
 from .store import Cache, atomic_path, fmt, jsonable, save_torch, write_atomic
-from .threads import few_threads, one_thread
+from .threads import few_threads, fit_to_machine
 
 __all__ = ["Bounded", "BoundedList", "Parser", "any_int", "make_parser", "non_negative_float", "non_negative_int",
            "parse_args", "positive_float", "positive_int", "require", "unit_float", "Diverged", "UserError",
            "user_errors", "progress", "TASK_TITLES", "write_report", "Question", "Results", "figure_note", "flatten",
            "pct", "pts", "replot", "run", "Cache", "atomic_path", "fmt", "jsonable", "save_torch", "write_atomic",
-           "few_threads", "one_thread"]
+           "few_threads", "fit_to_machine"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .threads import fit_and_say
 
 
 class Parser(argparse.ArgumentParser):
@@ -170,7 +171,7 @@ def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None
     default takes the smoke value instead (an explicit flag always wins). Then
     `check(args)` tests the flags that only make sense together (with `require`),
     and `--out` must be a place we can write to: a failure is one line, exit 2,
-    before anything runs."""
+    before anything runs. Then the run's CPU threads are chosen (harness/threads.py)."""
     args = parser.parse_args(argv)
     if args.smoke:
         given = _explicit_flags(parser, argv)
@@ -183,6 +184,8 @@ def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None
         check_writable(args.out)
     except UserError as e:
         parser.error(str(e))
+    if not args.replot:
+        fit_and_say(args.smoke)  # CPU threads for the data and models built before the experiments
     return args
 
 

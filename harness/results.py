@@ -20,6 +20,7 @@ import torch
 from .errors import Diverged, UserError
 from .report import SMOKE_NOTE as SMOKE_BANNER
 from .report import figures_by_experiment, report_page, write_report
+from .threads import fit_and_say, threads_restored
 from .store import as_arrays, fmt, jsonable, load_plot_data, save_plot_data, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,23 +215,25 @@ class Results:
         Diverged run is recorded with its reason (no figures) and the next one runs."""
         if self.args.smoke:
             print(SMOKE_BANNER, flush=True)
-        for name in self.args.experiments:
-            print(f"\n=== {self.task}: {name} ===", flush=True)
-            t0 = time.perf_counter()
-            try:
-                result = experiments[name]()
-                metrics, arrays = result if isinstance(result, tuple) else (result, {})
-            except Diverged as e:
-                print(f"{name}: training diverged ({e}); continuing with the next experiment", flush=True)
-                metrics, arrays = {"error": f"diverged: {e}"}, {}
-            metrics = json.loads(json.dumps(jsonable(metrics)))
-            if arrays:
-                arrays = as_arrays(arrays)
-                save_plot_data(self.out, name, arrays)
-            if "error" not in metrics:
-                _plot(self.report, name, metrics, arrays, {"config": self.config, "recipe": self.recipe}, self.out)
-            metrics["seconds"] = round(time.perf_counter() - t0, 3)
-            self.record(name, metrics)
+        with threads_restored():
+            for name in self.args.experiments:
+                print(f"\n=== {self.task}: {name} ===", flush=True)
+                self.env.setdefault("cpu_threads", {})[name] = fit_and_say(self.args.smoke)  # others may have started
+                t0 = time.perf_counter()
+                try:
+                    result = experiments[name]()
+                    metrics, arrays = result if isinstance(result, tuple) else (result, {})
+                except Diverged as e:
+                    print(f"{name}: training diverged ({e}); continuing with the next experiment", flush=True)
+                    metrics, arrays = {"error": f"diverged: {e}"}, {}
+                metrics = json.loads(json.dumps(jsonable(metrics)))
+                if arrays:
+                    arrays = as_arrays(arrays)
+                    save_plot_data(self.out, name, arrays)
+                if "error" not in metrics:
+                    _plot(self.report, name, metrics, arrays, {"config": self.config, "recipe": self.recipe}, self.out)
+                metrics["seconds"] = round(time.perf_counter() - t0, 3)
+                self.record(name, metrics)
         if getattr(self.args, "print_metrics", False):
             self.print_metrics()
         self.print_findings()

@@ -1,10 +1,88 @@
 """CPU threads: how many a run's pieces use (torch's intra-op pool and the BLAS/OpenMP
-pools under numpy and scikit-learn)."""
+pools under numpy and scikit-learn).
+
+The policy (benchmarks/bench_threads.py measured it; README "CPU threads"): before each
+experiment, `fit_to_machine` gives torch and the BLAS pools one thread per core that no
+other process is using right now, at least one; a smoke run uses one thread. torch's
+default, a thread per core whatever else runs, is fastest on an idle machine at real
+sizes but collapses when another job holds the cores: its OpenMP threads spin-wait for
+each other (measured on 2 cores, another job holding both: Task 1's smoke 224 s instead
+of 14 s). OMP_NUM_THREADS, when set, is obeyed and this policy stays out of the way."""
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 
 import torch
+
+# How long `busy_cores` watches /proc/stat, s: long enough to average over a scheduler's
+# time slices (a few ms), short enough not to be noticed before an experiment.
+SAMPLE_S = 0.25
+# Other processes' use of a core below this counts as idle (a shell, an editor, a browser).
+IDLE_BELOW = 0.3
+
+
+def busy_cores(sample_s: float = SAMPLE_S) -> float | None:
+    """How many cores other processes kept busy over the last `sample_s` seconds (this
+    process sleeps meanwhile), from /proc/stat's jiffy counters; None where there is no
+    /proc (macOS, Windows)."""
+    def jiffies() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            user, nice, system, idle, iowait, *rest = map(int, f.readline().split()[1:9])
+        return user + nice + system + sum(rest), user + nice + system + idle + iowait + sum(rest)
+    try:
+        (b0, t0), _, (b1, t1) = jiffies(), time.sleep(sample_s), jiffies()
+    except (OSError, ValueError):
+        return None
+    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+
+
+def fit_to_machine(smoke: bool) -> tuple[int, str]:
+    """Set the CPU threads for what runs next (see the module's policy); returns
+    (threads, why) for the console and metrics.json."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if smoke:
+        n, why = 1, "smoke: small models run fastest on one"
+    else:
+        busy = busy_cores()
+        if busy is None:
+            return torch.get_num_threads(), "torch's default"
+        others = round(busy) if busy >= IDLE_BELOW else 0
+        n, why = max(1, cores - others), f"{cores} cores, other processes busy on {busy:.1f}"
+    torch.set_num_threads(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)  # numpy's and scikit-learn's BLAS/OpenMP pools, until the next call
+    return n, why
+
+
+_said: list[int] = []  # the thread count last printed
+
+
+def fit_and_say(smoke: bool) -> int:
+    """fit_to_machine, printing the thread count when it differs from the last printed."""
+    n, why = fit_to_machine(smoke)
+    if _said[-1:] != [n]:
+        print(f"CPU threads: {n} ({why}; OMP_NUM_THREADS=N to choose)", flush=True)
+        _said.append(n)
+    return n
+
+
+@contextlib.contextmanager
+def threads_restored():
+    """Give torch and the BLAS pools their thread counts of before the block back after
+    it (a run inside a test or a notebook leaves the process as it found it)."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    try:
+        with threadpool_limits(limits=None):  # restores the pools' original limits on exit
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def few_threads(n_rows: int, limit: int = 1000):
@@ -16,22 +94,3 @@ def few_threads(n_rows: int, limit: int = 1000):
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1) if n_rows < limit else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def one_thread(active: bool):
-    """One CPU thread for torch and the BLAS under scikit-learn while `active` (Task 2's
-    smoke run: its matrices are tiny, and on a busy machine a second thread waiting for
-    a core made it ~20x slower, measured); thread counts are restored afterwards."""
-    if not active:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)

@@ -150,6 +150,16 @@ def precision_back_to_auto():
     common.PRECISION = "auto"
 
 
+@pytest.fixture(autouse=True)
+def threads_back():
+    """parse_args sets the process's CPU threads (harness/threads.py's policy: one for a
+    smoke run); in-process runs must not hand theirs to the next test."""
+    from harness.threads import threads_restored
+
+    with threads_restored():
+        yield
+
+
 @pytest.fixture
 def empty_data_root(tmp_path) -> Path:
     """A --data-root with no datasets in it (so a full run must try to download)."""
