@@ -1,12 +1,11 @@
 """The science two or more tasks share (how a run runs lives in harness/):
 
-    device      pick_device, amp_dtype/autocast/grad_scaler/optimiser_step (--precision),
-                seed_everything, check_finite
+    device      pick_device, amp_dtype/autocast/grad_scaler/optimiser_step (--precision), seed_everything, check_finite
     data        load_split: torchvision datasets on full runs, offline smoke sets
                 (scikit-learn's digits, generated shapes); resize_normalise
     plots       save_figure, tile, image_grid, line_plot, scatter_by_class, embed_2d, confusion_matrix, plot_confusion
-    measures    nearest_distance, linear_probe, the scoring CNN of Tasks 3 and 5
-                (scoring_classifier, classify_digits, sample_quality, classes_covered)
+    measures    nearest_distance, linear_probe, Tasks 3 and 5's scoring CNN (scoring_classifier, classify_digits,
+                sample_quality, classes_covered)
 """
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ import hashlib
 import math
 import platform
 import random
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -263,16 +263,16 @@ def make_shapes(n: int, n_classes: int, size: int, seed: int = 0) -> tuple[torch
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Save at 150 dpi, atomically (no half PNG), and close; a smoke figure's PNG gets harness.figure_note() in
-    a strip of its own below it, where it can lie on no other text (a layout engine moves figure text)."""
+    """Save at 150 dpi, atomically, and close; a smoke PNG gets figure_note() in a strip below it, on no text."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
             if (note := figure_note()) and path.suffix == ".png":
                 image = plt.imread(tmp, format="png")                    # [H, W, 4] floats in [0, 1]
-                strip = plt.figure(figsize=((image.shape[1] + 1) / 150, 0.22), dpi=150)
-                strip.text(0.5, 0.5, note, ha="center", va="center", fontsize=8, color="#b00000")
+                lines = textwrap.wrap(note, int(image.shape[1] / 150 * 72 / 4.8))  # 8 pt text: ~4.8 pt a character
+                strip = plt.figure(figsize=((image.shape[1] + 1) / 150, 0.06 + 0.16 * len(lines)), dpi=150)
+                strip.text(0.5, 0.5, "\n".join(lines), ha="center", va="center", fontsize=8, color="#b00000")
                 strip.canvas.draw()
                 below = np.asarray(strip.canvas.buffer_rgba())[:, :image.shape[1]] / 255.0
                 plt.close(strip)

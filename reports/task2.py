@@ -92,10 +92,10 @@ def plot_attention(m: dict, a: dict, cfg, out: Path) -> None:
 
 def plot_heads(m: dict, a: dict, cfg, out: Path) -> None:
     tokens = int(a["tokens"])                                                    # 197 for ViT-B/16
-    for key, what, ref, ref_label in [
-            ("entropy_bits", "entropy of CLS attention (bits)", math.log2(tokens), f"uniform over {tokens} tokens"),
+    for key, what, ref, ref_label, how in [
+            ("entropy_bits", "entropy of CLS attention (bits)", math.log2(tokens), f"uniform over {tokens} tokens", ""),
             ("distance_px", "mean attention distance (pixels)", m["uniform_distance_px"],
-             "uniform attention over patches")]:
+             "uniform attention over patches", "\n(CLS dropped, each patch query's weights renormalised)")]:
         values = np.asarray(m[key])                                              # [layers, heads]
         layers, n_heads = values.shape
         x, colours = np.arange(1, layers + 1), plt.get_cmap("tab20")(np.arange(n_heads) % 20)
@@ -105,7 +105,7 @@ def plot_heads(m: dict, a: dict, cfg, out: Path) -> None:
         ax.plot(x, values.mean(1), color="black", lw=1, label="mean over heads")
         ax.axhline(ref, color="grey", ls="--", lw=1, label=ref_label)
         ax.set(xlabel="layer (network depth)", xticks=x, ylabel=what,
-               title=f"{what[0].upper() + what[1:]} per head, {m['images']} images")
+               title=f"{what[0].upper() + what[1:]} per head, {m['images']} images{how}")
         ax.legend(fontsize=6, ncol=2, loc="best")
         ax.grid(alpha=0.3)
         common.save_figure(fig, out / f"heads_{key.split('_')[0]}.png")
