@@ -7,7 +7,7 @@ Image Recognition"); --arch takes any torchvision ResNet, so ResNet-18 runs with
   features           stem and four stages hooked: t-SNE/UMAP maps, probes, silhouette, confused pairs
   transfer           CIFAR-100: ImageNet vs random init x head / layer4 / full fine-tuning vs compute
   depth              ResNet-18 vs ResNet-152: probe and head accuracy, extraction speed
-  scratch_shortcuts  a CIFAR ResNet-56 vs its plain twin from scratch (He et al. 2016, sec. 4.2, Fig. 6)
+  scratch_shortcuts  CIFAR ResNet-20/56 vs their plain twins from scratch: degradation (He et al. 2016, Fig. 6)
 Constants that are not flags (held-out sizes, learning rates, He et al.'s SGD recipe...) are Recipe's
 fields below; metrics.json and summary.md record them beside the flags.
 
@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import itertools
 import math
 import sys
 import time
@@ -76,7 +77,8 @@ class Recipe:
     # own lr; the scratch arms train every layer at AdamW's usual 1e-3, same epochs: equal compute, not convergence
     transfer_weight_decay: float = 1e-4  # ours: AdamW weight decay of every arm
     depth_archs: tuple = ("resnet18", "resnet152")  # the handout's 1.5: ResNet-152 against a shallower ResNet-18
-    scratch_depth: int = 56          # He et al. 2016, Fig. 6 (6n+2 layers): their plain nets degrade from 20 to 56
+    scratch_depths: tuple[int, ...] = (20, 56)  # He et al. 2016, Fig. 6 (6n+2 layers) compares plain-20/32/44/56 and
+    # ResNet-20/32/44/56/110: the deeper plain nets train worse (degradation), the deeper ResNets better
     scratch_width: int = 16          # He et al. 2016, sec. 4.2 (CIFAR-10): 16, 32, 64 filters in the three stages
     scratch_test_size: int = 0       # ours: test images, 0 = the whole test split
     scratch_batch_size: int = 128    # He et al.: minibatch 128
@@ -88,7 +90,9 @@ class Recipe:
     scratch_target_acc: float = 0.8  # ours: convergence speed = steps until training accuracy first reaches it
 
     def __post_init__(self):
-        bad = ((n := self.scratch_depth) % 6 != 2 or n < 8) * [f"scratch_depth {n} is not 6n+2"]
+        d = self.scratch_depths
+        bad = [f"scratch_depths: {n} is not 6n+2 >= 8" for n in d if n % 6 != 2 or n < 8] + (
+            len(d) < 2 or list(d) != sorted(set(d))) * [f"scratch_depths {d}: two or more, increasing"]
         if bad := bad + [f"depth_archs: unknown ResNet {a}" for a in self.depth_archs if a not in RESNETS]:
             raise ValueError("; ".join(bad))
 
@@ -99,7 +103,7 @@ RECIPE = Recipe()
 SMOKE_RECIPE = dataclasses.replace(RECIPE, val_size=60, bn_calib_size=128, grad_batch=16, probe_train_size=150,
                                    throughput_batches=1, transfer_val_size=20, transfer_test_size=64,
                                    scratch_test_size=128, scratch_batch_size=32, depth_archs=("resnet18", "resnet34"),
-                                   scratch_depth=8)
+                                   scratch_depths=(8, 14))
 SMOKE = {"arch": "resnet18", "weights": "none", "img_size": 32, "train_size": 300, "test_size": 150,
          "batch_size": 32, "eval_batch_size": 150, "n_vis": 100, "transfer_train_size": 64, "transfer_epochs": 2,
          "transfer_batch_size": 32, "epochs": 3,
@@ -882,7 +886,7 @@ def train_from_scratch(model: nn.Module, data: Data, mean: torch.Tensor, std: to
     total = args.scratch_epochs * len(starts)
     opt, sched = scratch_optimizer(model, total, r)
     scaler = common.grad_scaler(device)
-    gen = torch.Generator().manual_seed(args.seed)  # the same minibatches and crops for both networks
+    gen = torch.Generator().manual_seed(args.seed)  # the same minibatches and crops for every network
     hist = {"step_loss": [], "step_acc": [], "test_acc": [], "diverged_at_step": None, "seconds": 0.0,
             "steps_per_epoch": len(starts), "total_steps": total}
     for epoch in range(args.scratch_epochs):
@@ -933,7 +937,7 @@ def steps_to_reach(ends: list[int], curve: list[float], target: float) -> int | 
 
 
 def scratch_metrics(h: dict, n_params: int, target_acc: float) -> dict:
-    """One network's summary of train_from_scratch's `h`: training loss at 10/25/50% of the
+    """One network's summary of train_from_scratch's `h`: training loss at 10/25/50/100% of the
     budget and over the last epoch, test accuracy, steps to `target_acc`, windowed curves
     (~100 points; windows of 10 steps at least where that leaves 10 points)."""
     window = max(1, h["total_steps"] // 100, min(10, h["total_steps"] // 10))
@@ -941,12 +945,12 @@ def scratch_metrics(h: dict, n_params: int, target_acc: float) -> dict:
     _, acc_curve = windowed(h["step_acc"], window)
     last = h["step_loss"][-h["steps_per_epoch"]:]  # the last epoch (or what ran of it)
 
-    def loss_at(fraction):  # windowed training loss at this fraction of the budget
+    def loss_at(fraction):  # windowed training loss at this fraction of the budget (None: diverged before it)
         step = max(1, round(fraction * h["total_steps"]))
         return next((v for e, v in zip(ends, loss_curve) if e >= step), None)
 
-    return {"params": n_params, "train_loss_at_10pct": loss_at(0.1), "train_loss_at_25pct": loss_at(0.25),
-            "train_loss_at_50pct": loss_at(0.5), "final_train_loss": float(np.mean(last)) if last else None,
+    return {"params": n_params, **{f"train_loss_at_{p}pct": loss_at(p / 100) for p in (10, 25, 50, 100)},
+            "final_train_loss": float(np.mean(last)) if last else None,
             "final_train_acc": float(np.mean(h["step_acc"][-h["steps_per_epoch"]:])) if last else None,
             "test_acc": h["test_acc"][-1] if h["test_acc"] else None,
             "steps_to_target_acc": steps_to_reach(ends, acc_curve, target_acc),
@@ -955,24 +959,29 @@ def scratch_metrics(h: dict, n_params: int, target_acc: float) -> dict:
 
 
 def scratch_shortcuts(data: Data, args, r: Recipe, device: torch.device) -> dict:
-    """Handout 1.2, He et al. 2016, sec. 4.2, Fig. 6: the CIFAR ResNet of the recipe's scratch_depth and
-    its plain twin from scratch with the same initial weights (option A shortcuts have no
-    parameters), minibatches and schedule."""
+    """Handout 1.2, He et al. 2016, sec. 4.2, Fig. 6: at each of the recipe's scratch_depths the CIFAR ResNet
+    and its plain twin from scratch, the pair from the same initial weights (option A shortcuts have no
+    parameters); all networks see the same minibatches, crops and schedule. Degradation: the deeper plain net
+    trains worse than the shallower (its final training loss is higher); shortcuts cure it."""
     pixels = data.x_train[:10000].float().div(255.0)  # per-channel statistics from up to 10,000 training images
     mean, std = pixels.mean((0, 2, 3)), pixels.std((0, 2, 3)).clamp_min(1e-3)
     del pixels
-    metrics = {"dataset": args.scratch_dataset, "depth": r.scratch_depth, "train_images": len(data.y_train),
-               "target_acc": r.scratch_target_acc}
-    for arm, shortcuts in (("residual", True), ("plain", False)):
-        common.seed_everything(args.seed)
-        model = to_device(CifarResNet(r.scratch_depth, r.scratch_width, len(data.classes), shortcuts), device)
-        h = train_from_scratch(model, data, mean, std, args, r, device,
-                               f"{'ResNet' if shortcuts else 'plain'}-{r.scratch_depth}")
-        metrics[arm] = scratch_metrics(h, sum(p.numel() for p in model.parameters()), r.scratch_target_acc)
+    nets = {}
+    for depth, (arm, shortcuts) in itertools.product(r.scratch_depths, (("resnet", True), ("plain", False))):
+        common.seed_everything(args.seed)  # initial weights: the same for both nets of a depth
+        model = to_device(CifarResNet(depth, r.scratch_width, len(data.classes), shortcuts), device)
+        h = train_from_scratch(model, data, mean, std, args, r, device, f"{'ResNet' if shortcuts else 'plain'}-{depth}")
+        nets[f"{arm}{depth}"] = scratch_metrics(h, sum(p.numel() for p in model.parameters()), r.scratch_target_acc)
         del model
-    res, p, (loss, steps) = metrics["residual"], metrics["plain"], ("final_train_loss", "steps_to_target_acc")
-    metrics["steps"] = h["total_steps"]  # the same budget for both networks
-    metrics["plain_minus_residual_final_train_loss"] = p[loss] - res[loss] if None not in (p[loss], res[loss]) else None
+    lo, hi = r.scratch_depths[0], r.scratch_depths[-1]
+    sub = lambda a, b, k: None if None in (a[k], b[k]) else a[k] - b[k]  # noqa: E731
+    # Deepest minus shallowest: plain > 0 is the degradation problem, resnet <= 0 its cure; then the deepest pair.
+    metrics = {"dataset": args.scratch_dataset, "depths": list(r.scratch_depths), "train_images": len(data.y_train),
+               "target_acc": r.scratch_target_acc, "steps": h["total_steps"], "nets": nets,  # the same budget for all
+               **{f"{a}_deeper_minus_shallower_{k}": sub(nets[f"{a}{hi}"], nets[f"{a}{lo}"], k)
+                  for a in ("plain", "resnet") for k in ("final_train_loss", "test_acc")}}
+    p, res, steps = nets[f"plain{hi}"], nets[f"resnet{hi}"], "steps_to_target_acc"
+    metrics["plain_minus_residual_final_train_loss"] = sub(p, res, "final_train_loss")
     metrics["plain_over_residual_steps_to_target"] = p[steps] / res[steps] if p[steps] and res[steps] else None
     return metrics
 

@@ -3,6 +3,7 @@ figures (plot_<experiment>) and the rules answering the assignment's questions (
 functions of (metrics, arrays, config), so --replot redraws them. The numbers: Task1.py."""
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -213,17 +214,20 @@ def plot_depth(m: dict, a: dict, cfg, out: Path) -> None:
 
 
 def plot_scratch_shortcuts(m: dict, a: dict, cfg, out: Path) -> None:
-    """Loss and accuracy per step (windowed) and test accuracy per epoch; ResNet solid, plain dashed."""
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5), layout="constrained")
-    total, target = m["steps"], m["target_acc"]
-    for arm, name, style in (("residual", f"ResNet-{m['depth']}", "-"), ("plain", f"plain-{m['depth']}", "--")):
-        h, r = m[arm]["history"], m[arm]
-        axes[0].plot(h["step"], h["train_loss"], style,
-                     label=f"{name} (test {r['test_acc']:.3f})" if r["test_acc"] is not None else name)
-        axes[1].plot(h["step"], h["train_acc"], style, label=name + (
-            f", {target:.0%} at step {r['steps_to_target_acc']}" if r["steps_to_target_acc"] else f", never {target:.0%}"))
-        axes[2].plot(range(1, len(h["test_acc"]) + 1), h["test_acc"], style + "o", ms=3, label=name)
-    if spans_orders_of_magnitude([v for arm in ("residual", "plain") for v in m[arm]["history"]["train_loss"]], 10.0):
+    """Loss and accuracy per step (windowed) and test accuracy per epoch of every network: colour = depth,
+    ResNet solid, plain dashed."""
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), layout="constrained")
+    total, target, colours = m["steps"], m["target_acc"], plt.get_cmap("tab10").colors
+    arms = (("resnet", "-"), ("plain", "--"))  # He et al.'s Fig. 6 draws its plain and residual nets side by side
+    for (depth, colour), (arm, style) in itertools.product(zip(m["depths"], colours), arms):
+        r, name = m["nets"][f"{arm}{depth}"], f"{'ResNet' if arm == 'resnet' else 'plain'}-{depth}"
+        h, kw = r["history"], {"color": colour, "ls": style}
+        axes[0].plot(h["step"], h["train_loss"], **kw, label=f"{name} (test {_num(r['test_acc'])})")
+        axes[1].plot(h["step"], h["train_acc"], **kw, label=name + (
+            f", {target:.0%} at step {r['steps_to_target_acc']}" if r["steps_to_target_acc"] else
+            f", never {target:.0%}"))
+        axes[2].plot(range(1, len(h["test_acc"]) + 1), h["test_acc"], **kw, marker="o", ms=3, label=name)
+    if spans_orders_of_magnitude([v for r in m["nets"].values() for v in r["history"]["train_loss"]], 10.0):
         axes[0].set_yscale("log")
     axes[1].axhline(target, color="grey", ls=":", lw=1)
     for ax in axes[:2]:
@@ -236,9 +240,10 @@ def plot_scratch_shortcuts(m: dict, a: dict, cfg, out: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"Trained from scratch with and without shortcuts (He et al. 2016, Fig. 6): {m['dataset']}, "
-                 f"{m['train_images']} images,\n{cfg.scratch_epochs} epochs = {total} steps of "
-                 f"{cfg.recipe['scratch_batch_size']}, same initial weights and minibatches")
+    fig.suptitle(f"Degradation from scratch (He et al. 2016, Fig. 6): CIFAR ResNet (solid) vs plain (dashed) at "
+                 f"{', '.join(map(str, m['depths']))} layers (colour); {m['dataset']}, {m['train_images']} images, "
+                 f"{cfg.scratch_epochs} epochs = {total} steps of {cfg.recipe['scratch_batch_size']},\n"
+                 "each depth's ResNet and plain net from the same initial weights, every network the same minibatches")
     common.save_figure(fig, out / "scratch_shortcuts_curves.png")
 
 
@@ -288,24 +293,39 @@ def _answer_shortcuts(E: dict):
     return finding, evidence, ["residual_curves.png", "residual_gradnorms.png"]
 
 
+def _with_depth(s: dict, arm: str) -> str:
+    """How `arm`'s final training loss changes from the shallowest to the deepest net, and whether that is
+    He et al.'s degradation (the deeper net trains worse)."""
+    d, (a, b) = s[f"{arm}_deeper_minus_shallower_final_train_loss"], (s["nets"][f"{arm}{n}"]["final_train_loss"]
+                                                                      for n in (s["depths"][0], s["depths"][-1]))
+    return ("cannot be compared (a network diverged)" if d is None else f"{'rises' if d > 0 else 'falls'} by "
+            f"{abs(d):.3f} ({a:.3f} -> {b:.3f}): it {'degrades' if d > 0 else 'does not degrade'}")
+
+
 def _answer_scratch(E: dict):
     s = E["scratch_shortcuts"]
-    res, plain = s["residual"], s["plain"]
+    (lo, hi), nets = (s["depths"][0], s["depths"][-1]), s["nets"]
+    res, plain = nets[f"resnet{hi}"], nets[f"plain{hi}"]
     d_loss, d_acc = plain["final_train_loss"] - res["final_train_loss"], plain["test_acc"] - res["test_acc"]
     reach = lambda m: f"after {m['steps_to_target_acc']} steps" if m["steps_to_target_acc"] else "not reached"  # noqa
-    finding = (f"trained from scratch for {s['steps']} steps, plain-{s['depth']} ends with a training loss "
-               f"{abs(d_loss):.3f} {'above' if d_loss > 0 else 'below'} ResNet-{s['depth']}'s "
+    finding = (f"trained from scratch for {s['steps']} steps, plain-{hi} ends with a training loss "
+               f"{abs(d_loss):.3f} {'above' if d_loss > 0 else 'below'} ResNet-{hi}'s "
                f"({plain['final_train_loss']:.3f} vs {res['final_train_loss']:.3f}) and test accuracy "
                f"{pts(d_acc, 0)} points {'lower' if d_acc < 0 else 'higher'} ({pct(plain['test_acc'])} vs "
                f"{pct(res['test_acc'])}); training accuracy {pct(s['target_acc'], 0)}: {reach(res)} with "
-               f"shortcuts, {reach(plain)} without")
-    evidence = [f"{s['dataset']}, {s['train_images']:,} training images, {s['steps']} steps, same initial weights "
-                f"and minibatches",
-                "training loss at 10% / 25% / 50% of the budget: "
-                f"ResNet {res['train_loss_at_10pct']:.3f} / {res['train_loss_at_25pct']:.3f} / "
-                f"{res['train_loss_at_50pct']:.3f}; plain {plain['train_loss_at_10pct']:.3f} / "
-                f"{plain['train_loss_at_25pct']:.3f} / {plain['train_loss_at_50pct']:.3f}",
-                f"test accuracy: ResNet {pct(res['test_acc'])}, plain {pct(plain['test_acc'])}"]
+               f"shortcuts, {reach(plain)} without; from {lo} to {hi} layers the plain net's final training loss "
+               f"{_with_depth(s, 'plain')} with depth, the ResNet's {_with_depth(s, 'resnet')}")
+    name = lambda k: k.replace("resnet", "ResNet-").replace("plain", "plain-")  # noqa: E731  resnet56 -> ResNet-56
+    signed = lambda v: "undefined" if v is None else f"{100 * v:+.1f} points"  # noqa: E731
+    evidence = [f"{s['dataset']}, {s['train_images']:,} training images, {s['steps']} steps; each depth's ResNet "
+                f"and plain net from the same initial weights, all {len(nets)} networks the same minibatches"]
+    evidence += [f"{name(k)}: training loss at 10% / 25% / 50% / 100% of the budget "
+                 + " / ".join(_num(n[f"train_loss_at_{p}pct"]) for p in (10, 25, 50, 100))
+                 + f", test accuracy {'undefined' if n['test_acc'] is None else pct(n['test_acc'])}, training accuracy "
+                   f"{pct(s['target_acc'], 0)} {reach(n)}" for k, n in nets.items()]
+    evidence.append(f"test accuracy from {lo} to {hi} layers: plain "
+                    f"{signed(s['plain_deeper_minus_shallower_test_acc'])}, ResNet "
+                    f"{signed(s['resnet_deeper_minus_shallower_test_acc'])}")
     return finding, evidence, ["scratch_shortcuts_curves.png"]
 
 
@@ -404,8 +424,8 @@ QUESTIONS = [
              ("baseline",), _answer_frozen),
     Question("1.2", "How do skips change gradient flow (pretrained backbone, shortcuts cut)?", ("residual",),
              _answer_shortcuts),
-    Question("1.2", "Convergence speed and performance without skips (trained from scratch)?", ("scratch_shortcuts",),
-             _answer_scratch),
+    Question("1.2", "Convergence and performance without skips, trained from scratch; does depth degrade them?",
+             ("scratch_shortcuts",), _answer_scratch),
     Question("1.3", "How does class separability evolve with depth?", ("features",), _answer_hierarchy),
     Question("1.4", "Best compute/accuracy trade-off; which layers transfer best?", ("transfer",), _answer_transfer),
     Question("1.5", "Optional: ResNet-152 vs a shallower ResNet", ("depth",), _answer_depth),

@@ -126,20 +126,40 @@ def test_task1_shortcuts_both_ways():
         assert R1.gradient_flow(1.0, g_without).startswith(word), (g_without, word)
 
 
-def t1_scratch(plain_loss, plain_acc, plain_steps):
+def t1_scratch(plain_loss, plain_acc, plain_steps, plain20_loss=0.40, resnet20_loss=0.35):
+    """ResNet and plain at 20 and 56 layers; the deepest pair's plain net as given."""
     arm = lambda loss, acc, steps: {"final_train_loss": loss, "test_acc": acc, "steps_to_target_acc": steps,  # noqa
                                     "train_loss_at_10pct": 2.0, "train_loss_at_25pct": 1.5,
-                                    "train_loss_at_50pct": 1.0}
-    return {"dataset": "cifar10", "depth": 56, "train_images": 50000, "target_acc": 0.8, "steps": 1000,
-            "residual": arm(0.30, 0.90, 400), "plain": arm(plain_loss, plain_acc, plain_steps)}
+                                    "train_loss_at_50pct": 1.0, "train_loss_at_100pct": loss}
+    nets = {"resnet20": arm(resnet20_loss, 0.88, 300), "plain20": arm(plain20_loss, 0.87, 350),
+            "resnet56": arm(0.30, 0.90, 400), "plain56": arm(plain_loss, plain_acc, plain_steps)}
+    sub = lambda a, k: nets[f"{a}56"][k] - nets[f"{a}20"][k]  # noqa: E731
+    return {"dataset": "cifar10", "depths": [20, 56], "train_images": 50000, "target_acc": 0.8, "steps": 1000,
+            "nets": nets, **{f"{a}_deeper_minus_shallower_{k}": sub(a, k) for a in ("plain", "resnet")
+                             for k in ("final_train_loss", "test_acc")}}
 
 
 def test_task1_scratch_both_ways():
     worse = answer(R1, "1.2", {"scratch_shortcuts": t1_scratch(0.55, 0.85, None)}, "scratch")["finding"]
-    assert "training loss 0.250 above ResNet-56's" in worse and "5.0 points lower" in worse
+    assert "plain-56 ends with a training loss 0.250 above ResNet-56's" in worse and "5.0 points lower" in worse
     assert "after 400 steps with shortcuts, not reached without" in worse
     better = answer(R1, "1.2", {"scratch_shortcuts": t1_scratch(0.20, 0.92, 300)}, "scratch")["finding"]
     assert "0.100 below" in better and "2.0 points higher" in better and "after 300 steps without" in better
+
+
+def test_task1_degradation_both_ways():
+    """Issue 20, He et al. 2016 Fig. 6: the plain net degrades when the deeper one ends with the higher training
+    loss; the ResNet is cured when its deeper net ends lower. Each direction follows the numbers."""
+    e = answer(R1, "1.2", {"scratch_shortcuts": t1_scratch(0.55, 0.85, None)}, "scratch")
+    assert "from 20 to 56 layers the plain net's final training loss rises by 0.150 (0.400 -> 0.550): it degrades " \
+           "with depth, the ResNet's falls by 0.050 (0.350 -> 0.300): it does not degrade" in e["finding"]
+    assert "test accuracy from 20 to 56 layers: plain -2.0 points, ResNet +2.0 points" in e["evidence"]
+    assert any(x.startswith("plain-56: training loss at 10% / 25% / 50% / 100% of the budget 2.000 / 1.500 / "
+                            "1.000 / 0.550, test accuracy 85.0%, training accuracy 80% not reached")
+               for x in e["evidence"])
+    none = answer(R1, "1.2", {"scratch_shortcuts": t1_scratch(0.20, 0.92, 300, resnet20_loss=0.25)}, "scratch")
+    assert "the plain net's final training loss falls by 0.200 (0.400 -> 0.200): it does not degrade with depth, " \
+           "the ResNet's rises by 0.050 (0.250 -> 0.300): it degrades" in none["finding"]
 
 
 def t1_features(probe):

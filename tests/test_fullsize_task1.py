@@ -76,7 +76,8 @@ FULLSIZE_ARGS = [
 FULLSIZE_RECIPE = dataclasses.replace(Task1.SMOKE_RECIPE, val_size=4, bn_calib_size=8, grad_batch=2,
                                       probe_train_size=10, n_pairs=2, throughput_batches=1, transfer_val_size=2,
                                       transfer_test_size=4, scratch_width=16, scratch_test_size=8,
-                                      scratch_batch_size=8, depth_archs=("resnet18", "resnet152"), scratch_depth=56)
+                                      scratch_batch_size=8, depth_archs=("resnet18", "resnet152"),
+                                      scratch_depths=(20, 56))
 FIGURES = ["baseline_curves", "baseline_confusion", "residual_curves", "residual_gradnorms", "features_tsne",
            "features_umap", "features_tsne_vs_umap", "features_separability", "features_confused_pairs",
            "transfer_curves", "transfer_compute", "depth_comparison", "scratch_shortcuts_curves"]
@@ -135,7 +136,9 @@ def test_every_experiment_at_full_size_through_the_default_loading_code(torch_ho
     # calibrated BatchNorm: the scratch arms start near chance's loss ln(100) = 4.6, not at ~1e8
     for arm in ("scratch_head", "scratch_layer4", "scratch_full"):
         assert m["transfer"][arm]["final_train_loss"] < 50, (arm, m["transfer"][arm]["final_train_loss"])
-    assert m["scratch_shortcuts"]["residual"]["params"] == m["scratch_shortcuts"]["plain"]["params"] == 853_018
+    nets = m["scratch_shortcuts"]["nets"]  # He et al. 2016, Table 6: ResNet-20 0.27 M, ResNet-56 0.85 M
+    assert nets["resnet56"]["params"] == nets["plain56"]["params"] == 853_018
+    assert nets["resnet20"]["params"] == nets["plain20"]["params"] == 269_722
     assert set(m["features"]["embedding"]) == {"tsne", "umap"}
 
 

@@ -487,7 +487,7 @@ def test_scratch_training_uses_training_autocast_and_the_grad_scaler(tmp_path, a
     Task1.main(["--smoke", "--precision", "fp16", "--experiments", "scratch_shortcuts", "--scratch-train-size", "32",
                 "--scratch-epochs", "1", "--out", str(tmp_path)],
                recipe=dataclasses.replace(Task1.SMOKE_RECIPE, scratch_test_size=8, scratch_batch_size=16))
-    assert amp_spy == {"train": 4, "scaled": 4}  # two networks x 2 steps of 16
+    assert amp_spy == {"train": 8, "scaled": 8}  # four networks (ResNet and plain at depths 8 and 14) x 2 steps of 16
 
 
 def test_out_of_memory_names_the_batch_flag_of_the_step_that_ran_out(tmp_path, capsys, monkeypatch):
@@ -604,6 +604,49 @@ def test_scratch_images_pad_greyscale_to_cifar_shape():
     assert torch.equal(Task1.scratch_images(cifar), cifar)
 
 
+def test_scratch_shortcuts_gives_every_network_the_same_minibatches_and_each_pair_the_same_weights(
+        tmp_path, monkeypatch):
+    """He et al.'s Fig. 6 comparison: ResNet and plain at every depth of scratch_depths see the same augmented
+    minibatches (one generator seeded by --seed alone), and at each depth both start from the same weights."""
+    batches, start = {}, {}
+    real_train, real_pre = Task1.train_from_scratch, Task1.preprocess
+
+    def train(model, data, mean, std, args, r, device, desc):
+        start[desc], batches[desc] = copy.deepcopy(model.state_dict()), []
+        return real_train(model, data, mean, std, args, r, device, desc)
+
+    def pre(x, size, augment=False, *rest, **kw):
+        out = real_pre(x, size, augment, *rest, **kw)
+        if augment:  # a training minibatch (the test images are not augmented)
+            batches[list(batches)[-1]].append(out.clone())
+        return out
+
+    monkeypatch.setattr(Task1, "train_from_scratch", train)
+    monkeypatch.setattr(Task1, "preprocess", pre)
+    Task1.main(["--smoke", "--experiments", "scratch_shortcuts", "--scratch-train-size", "48", "--scratch-epochs", "2",
+                "--out", str(tmp_path)], recipe=dataclasses.replace(Task1.SMOKE_RECIPE, scratch_test_size=8,
+                                                                   scratch_batch_size=16, scratch_depths=(8, 14)))
+    assert list(batches) == ["ResNet-8", "plain-8", "ResNet-14", "plain-14"]
+    first = batches["ResNet-8"]
+    assert len(first) == 6 and not torch.equal(first[0], first[3])  # 2 epochs x 3 steps; epochs reshuffle
+    for desc, seen in batches.items():
+        assert len(seen) == 6 and all(torch.equal(a, b) for a, b in zip(seen, first)), desc
+    for depth in (8, 14):
+        a, b = start[f"ResNet-{depth}"], start[f"plain-{depth}"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scratch_metrics_read_the_loss_at_10_25_50_100_percent_of_the_budget():
+    """100 steps of loss 0, 1, ..., 99 (two epochs of 50): windows of 10 steps have means 4.5, 14.5, ...,
+    94.5; the loss at a fraction of the budget is the first window ending at or after that step."""
+    h = {"step_loss": [float(i) for i in range(100)], "step_acc": [i / 100 for i in range(100)], "test_acc": [0.3, 0.5],
+         "diverged_at_step": None, "seconds": 1.0, "steps_per_epoch": 50, "total_steps": 100}
+    m = Task1.scratch_metrics(h, 7, target_acc=0.8)
+    assert [m[f"train_loss_at_{p}pct"] for p in (10, 25, 50, 100)] == [4.5, 24.5, 44.5, 94.5]
+    assert m["final_train_loss"] == 74.5 and m["test_acc"] == 0.5 and m["params"] == 7
+    assert m["steps_to_target_acc"] == 90  # the window of steps 81-90 has mean accuracy 0.845 (71-80: 0.745)
+
+
 def test_windowed_curve_and_steps_to_target():
     ends, means = Task1.windowed([1, 2, 3, 4, 5, 6, 7], 3)
     assert ends == [3, 6, 7] and means == [2.0, 5.0, 7.0]
@@ -635,24 +678,27 @@ def test_knn_accuracy_and_trustworthiness_on_constructed_points():
 
 def test_recipe_keeps_the_defaults_and_smoke_sizes_the_flags_had():
     """Every recipe field had a flag with this default (and this --smoke value) before
-    issue 23 (depth_archs and scratch_depth too); a recipe change must be deliberate, and it is recorded in metrics.json."""
+    issue 23 (depth_archs and scratch_depths too: issue 20 added ResNet/plain-20 beside 56); a recipe change must be deliberate, and it is recorded in metrics.json."""
     assert dataclasses.asdict(Task1.RECIPE) == {
         "val_size": 5000, "lr": 1e-3, "weight_decay": 1e-4, "bn_calib_size": 2000, "grad_batch": 32,
         "probe_train_size": 5000, "n_pairs": 5, "throughput_batches": 10, "transfer_val_size": 1000,
         "transfer_test_size": 0, "transfer_lr": 1e-3, "backbone_lr_mult": 0.1, "transfer_scratch_lr": 1e-3,
         "transfer_weight_decay": 1e-4,
-        "depth_archs": ("resnet18", "resnet152"), "scratch_depth": 56, "scratch_width": 16, "scratch_test_size": 0, "scratch_batch_size": 128, "scratch_lr": 0.1,
+        "depth_archs": ("resnet18", "resnet152"), "scratch_depths": (20, 56), "scratch_width": 16, "scratch_test_size": 0, "scratch_batch_size": 128, "scratch_lr": 0.1,
         "scratch_warmup": 0.05, "scratch_momentum": 0.9, "scratch_weight_decay": 1e-4, "scratch_augment": True,
         "scratch_target_acc": 0.8}
     changed = {k: v for k, v in dataclasses.asdict(Task1.SMOKE_RECIPE).items() if getattr(Task1.RECIPE, k) != v}
     assert changed == {"val_size": 60, "bn_calib_size": 128, "grad_batch": 16, "probe_train_size": 150,
                        "throughput_batches": 1, "transfer_val_size": 20, "transfer_test_size": 64,
                        "scratch_test_size": 128, "scratch_batch_size": 32, "depth_archs": ("resnet18", "resnet34"),
-                       "scratch_depth": 8}
+                       "scratch_depths": (8, 14)}
     with pytest.raises(dataclasses.FrozenInstanceError):
         Task1.RECIPE.lr = 0.1
     with pytest.raises(ValueError, match="6n"):                     # He et al.'s CIFAR ResNets have 6n+2 layers
-        dataclasses.replace(Task1.RECIPE, scratch_depth=21)
+        dataclasses.replace(Task1.RECIPE, scratch_depths=(20, 21))
+    for bad in ((20,), (56, 20), (20, 20), (2, 8)):                # two or more increasing depths, each 6n+2 >= 8
+        with pytest.raises(ValueError, match="scratch_depths"):
+            dataclasses.replace(Task1.RECIPE, scratch_depths=bad)
     with pytest.raises(ValueError, match="unknown ResNet resnet19"):
         dataclasses.replace(Task1.RECIPE, depth_archs=("resnet19", "resnet152"))
 
@@ -745,16 +791,26 @@ def test_smoke_run_writes_every_figure_and_metric(smoke_run):
     assert_in_range(m, "features/embedding/tsne/seconds", 0, 1e4)
     assert list(m["features"]["embedding"]) == ["tsne"]  # smoke keeps t-SNE only
     sc = m["scratch_shortcuts"]
-    assert sc["depth"] == 8 and sc["dataset"] == "cifar10" and sc["train_images"] == 256
+    assert sc["depths"] == [8, 14] and sc["dataset"] == "cifar10" and sc["train_images"] == 256
     assert sc["steps"] == 2 * 8  # 2 epochs of 256 / 32 minibatches
-    for arm in ("residual", "plain"):
-        assert sc[arm]["params"] == 75_290  # one block per stage, widths 16/32/64 (counted in the model test)
-        for k in ("train_loss_at_10pct", "train_loss_at_25pct", "train_loss_at_50pct", "final_train_loss"):
-            assert_in_range(sc, f"{arm}/{k}", 0, 10)
+    assert list(sc["nets"]) == ["resnet8", "plain8", "resnet14", "plain14"]
+    for name, net in sc["nets"].items():
+        # widths 16/32/64, one (depth 8: 75,290 parameters) or two (depth 14) blocks per stage
+        depth = int(name.removeprefix("resnet").removeprefix("plain"))
+        assert net["params"] == cifar_resnet_params((depth - 2) // 6) == {8: 75_290, 14: 172_506}[depth]
+        for k in ("train_loss_at_10pct", "train_loss_at_25pct", "train_loss_at_50pct", "train_loss_at_100pct",
+                  "final_train_loss"):
+            assert_in_range(sc, f"nets/{name}/{k}", 0, 10)
         for k in ("final_train_acc", "test_acc"):
-            assert_in_range(sc, f"{arm}/{k}", 0, 1)
-        assert sc[arm]["diverged_at_step"] is None
-        assert len(sc[arm]["history"]["test_acc"]) == 2 and sc[arm]["history"]["step"][-1] == 16
+            assert_in_range(sc, f"nets/{name}/{k}", 0, 1)
+        assert net["diverged_at_step"] is None
+        assert len(net["history"]["test_acc"]) == 2 and net["history"]["step"][-1] == 16
+    for arm in ("plain", "resnet"):  # deepest minus shallowest
+        n = sc["nets"]
+        assert sc[f"{arm}_deeper_minus_shallower_final_train_loss"] == pytest.approx(
+            n[f"{arm}14"]["final_train_loss"] - n[f"{arm}8"]["final_train_loss"])
+        assert sc[f"{arm}_deeper_minus_shallower_test_acc"] == pytest.approx(
+            n[f"{arm}14"]["test_acc"] - n[f"{arm}8"]["test_acc"])
     assert_in_range(sc, "plain_minus_residual_final_train_loss", -10, 10)
     assert (smoke_run / "summary.md").exists()
     assert doc["recipe"] == harness.jsonable(dataclasses.asdict(Task1.SMOKE_RECIPE))  # recorded beside the flags
