@@ -20,7 +20,7 @@ Weights are random (speed does not depend on their values), so nothing is downlo
    defaults (torch.utils.flop_counter on meta tensors: convolutions and matmuls, a
    multiply-add = 2 FLOPs; BatchNorm, ReLU and adds are not counted) and turns them into
    an ESTIMATED GPU time at an assumed sustained throughput (--tflops for ResNet-152/18
-   at 224 px, --tflops-small for the CIFAR ResNet-56 at 32 px). CPU-side work (t-SNE,
+   at 224 px, --tflops-small for the CIFAR ResNets at 32 px). CPU-side work (t-SNE,
    UMAP, logistic-regression probes) is not included. Seconds on CPU:
     python benchmarks/bench_resnet.py --flops
 """
@@ -94,9 +94,9 @@ def flop_estimates(tflops: float, tflops_small: float) -> dict:
             train[strategy] = forward_flops(model, x, train=True)
         grad = forward_flops(torchvision.models.get_model(a.arch, weights=None, num_classes=10), x, train=True)
         small_fwd = {arch: forward_flops(m, x) for arch, m in small.items()}
-        cifar = architecture.CifarResNet(r.scratch_depth, r.scratch_width)
         xc = torch.empty(1, 3, 32, 32)
-        cifar_train, cifar_fwd = forward_flops(cifar, xc, train=True), forward_flops(cifar, xc)
+        cifar = {d: architecture.CifarResNet(d, r.scratch_width) for d in r.scratch_depths}
+        cifar_train, cifar_fwd = ({d: forward_flops(m, xc, train=t) for d, m in cifar.items()} for t in (True, False))
     tput = (r.throughput_batches + 1) * a.eval_batch_size
     flops = {
         "baseline": (n_train + n_test) * fwd,
@@ -106,15 +106,16 @@ def flop_estimates(tflops: float, tflops_small: float) -> dict:
                         for st in Task1.TRANSFER_STRATEGIES) * 2 + 3 * min(r.bn_calib_size, t_train) * fwd,
         "depth": sum((n_train + n_test) * f + tput * f for f in small_fwd.values()) + tput * fwd,
     }
-    small_flops = {"scratch_shortcuts": 2 * a.scratch_epochs * (n_train * cifar_train + n_test * cifar_fwd)}
+    small_flops = {"scratch_shortcuts": 2 * a.scratch_epochs * sum(n_train * cifar_train[d] + n_test * cifar_fwd[d]
+                                                                   for d in r.scratch_depths)}
     rows = {}
     for name, f in {**flops, **small_flops}.items():
         rate = (tflops_small if name in small_flops else tflops) * 1e12
         rows[name] = {"tflop": f / 1e12, "est_seconds": f / rate}
     per_image = {f"{a.arch}_fwd_gflop": fwd / 1e9, **{f"{k}_fwd_gflop": v / 1e9 for k, v in small_fwd.items()},
                  **{f"{a.arch}_train_{k}_gflop": v / 1e9 for k, v in train.items()},
-                 f"cifar_resnet{r.scratch_depth}_train_gflop": cifar_train / 1e9,
-                 f"cifar_resnet{r.scratch_depth}_fwd_gflop": cifar_fwd / 1e9}
+                 **{f"cifar_resnet{d}_train_gflop": cifar_train[d] / 1e9 for d in r.scratch_depths},
+                 **{f"cifar_resnet{d}_fwd_gflop": cifar_fwd[d] / 1e9 for d in r.scratch_depths}}
     return {"per_image": per_image, "experiments": rows}
 
 
