@@ -5,6 +5,8 @@ import sys
 
 from tqdm import tqdm
 
+from .threads import refit
+
 PROGRESS_EVERY_S = 30.0  # off a terminal, one plain progress line this often
 
 
@@ -38,7 +40,9 @@ class _PlainProgress(tqdm):
 def progress(iterable=None, desc: str = "", total: int | None = None, **kwargs) -> tqdm:
     """The progress bar of every long loop: tqdm on a terminal, plain periodic lines
     elsewhere (a 90 s feature extraction redirected to a file still shows progress).
-    Same interface as tqdm (iterate it, or `update`/`set_postfix` with `total`)."""
+    Same interface as tqdm (iterate it, or `update`/`set_postfix` with `total`). A long loop
+    is where a run re-checks how many CPU threads the machine has free (threads.refit)."""
+    refit()
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kwargs)
     return _PlainProgress(iterable, desc=desc, total=total, file=sys.stdout, ascii=True, ncols=100,

@@ -20,6 +20,7 @@ import torch
 from .errors import Diverged, UserError
 from .report import SMOKE_NOTE as SMOKE_BANNER
 from .report import figures_by_experiment, report_page, write_report
+from . import threads
 from .threads import fit_and_say, threads_restored
 from .store import as_arrays, fmt, jsonable, load_plot_data, save_plot_data, write_atomic
 
@@ -218,7 +219,8 @@ class Results:
         with threads_restored():
             for name in self.args.experiments:
                 print(f"\n=== {self.task}: {name} ===", flush=True)
-                self.env.setdefault("cpu_threads", {})[name] = fit_and_say(self.args.smoke)  # others may have started
+                fit_and_say(self.args.smoke)       # others may have started or stopped meanwhile
+                first = len(threads.said) - 1      # threads.said[-1]: the count now
                 t0 = time.perf_counter()
                 try:
                     result = experiments[name]()
@@ -233,6 +235,8 @@ class Results:
                 if "error" not in metrics:
                     _plot(self.report, name, metrics, arrays, {"config": self.config, "recipe": self.recipe}, self.out)
                 metrics["seconds"] = round(time.perf_counter() - t0, 3)
+                used = threads.said[first:]  # the counts this experiment ran with, in order
+                self.env.setdefault("cpu_threads", {})[name] = used[0] if len(set(used)) == 1 else used
                 self.record(name, metrics)
         if getattr(self.args, "print_metrics", False):
             self.print_metrics()

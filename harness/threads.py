@@ -1,9 +1,10 @@
 """CPU threads: how many a run's pieces use (torch's intra-op pool and the BLAS/OpenMP
 pools under numpy and scikit-learn).
 
-The policy (benchmarks/bench_threads.py measured it; README "CPU threads"): before each
-experiment, `fit_to_machine` gives torch and the BLAS pools one thread per core that no
-other process is using right now, at least one; a smoke run uses one thread. torch's
+The policy (benchmarks/bench_threads.py measured it; README "CPU threads"): at the start, before
+each experiment and at most every REFIT_S seconds within one, `fit_to_machine` gives torch
+and the BLAS pools one thread per core that other processes left free, at least one; a smoke
+run uses one thread. torch's
 default, a thread per core whatever else runs, is fastest on an idle machine at real
 sizes but collapses when another job holds the cores: its OpenMP threads spin-wait for
 each other (measured on 2 cores, another job holding both: Task 1's smoke 224 s instead
@@ -16,26 +17,43 @@ import time
 
 import torch
 
-# How long `busy_cores` watches /proc/stat, s: long enough to average over a scheduler's
-# time slices (a few ms), short enough not to be noticed before an experiment.
+# How long `busy_cores` watches /proc/stat when it has no earlier reading, s: long enough to
+# average over a scheduler's time slices (a few ms), short enough not to be noticed.
 SAMPLE_S = 0.25
 # Other processes' use of a core below this counts as idle (a shell, an editor, a browser).
 IDLE_BELOW = 0.3
+# Within an experiment the count is chosen again at most this often (at the start of a
+# progress bar: an epoch, a training run), from the machine's use since the last choice.
+REFIT_S = 30.0
+
+_last: tuple[int, int, float, float] | None = None  # /proc/stat busy and total jiffies, own CPU s, wall s
+
+
+def _reading() -> tuple[int, int, float, float]:
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, *rest = map(int, f.readline().split()[1:9])
+    busy = user + nice + system + sum(rest)
+    return busy, busy + idle + iowait, time.process_time(), time.monotonic()
 
 
 def busy_cores(sample_s: float = SAMPLE_S) -> float | None:
-    """How many cores other processes kept busy over the last `sample_s` seconds (this
-    process sleeps meanwhile), from /proc/stat's jiffy counters; None where there is no
+    """How many cores other processes kept busy since the last call (this process's own CPU
+    time, all its threads, taken off), or over `sample_s` seconds of sleep when there is no
+    reading at least that old; from /proc/stat's jiffy counters. None where there is no
     /proc (macOS, Windows)."""
-    def jiffies() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            user, nice, system, idle, iowait, *rest = map(int, f.readline().split()[1:9])
-        return user + nice + system + sum(rest), user + nice + system + idle + iowait + sum(rest)
+    global _last
     try:
-        (b0, t0), _, (b1, t1) = jiffies(), time.sleep(sample_s), jiffies()
+        now = _reading()
+        if _last is None or now[3] - _last[3] < sample_s:
+            before, _ = _reading(), time.sleep(sample_s)
+            now = _reading()
+        else:
+            before = _last
     except (OSError, ValueError):
         return None
-    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+    _last = now
+    every = (now[0] - before[0]) / max(now[1] - before[1], 1) * (os.cpu_count() or 1)
+    return max(0.0, every - (now[2] - before[2]) / max(now[3] - before[3], 1e-9))
 
 
 def fit_to_machine(smoke: bool) -> tuple[int, str]:
@@ -59,16 +77,25 @@ def fit_to_machine(smoke: bool) -> tuple[int, str]:
     return n, why
 
 
-_said: list[int] = []  # the thread count last printed
+said: list[int] = []  # every thread count printed, in order
+_fitted: dict = {}      # the last fit_and_say: {"smoke": bool, "at": monotonic seconds}
 
 
 def fit_and_say(smoke: bool) -> int:
     """fit_to_machine, printing the thread count when it differs from the last printed."""
     n, why = fit_to_machine(smoke)
-    if _said[-1:] != [n]:
+    _fitted.update(smoke=smoke, at=time.monotonic())
+    if said[-1:] != [n]:
         print(f"CPU threads: {n} ({why}; OMP_NUM_THREADS=N to choose)", flush=True)
-        _said.append(n)
+        said.append(n)
     return n
+
+
+def refit() -> None:
+    """Within a run (not --smoke), choose the count again if REFIT_S have passed: a job that
+    started or ended meanwhile is seen (called as each progress bar starts)."""
+    if _fitted.get("smoke") is False and time.monotonic() - _fitted["at"] >= REFIT_S:
+        fit_and_say(False)
 
 
 @contextlib.contextmanager

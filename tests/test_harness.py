@@ -555,17 +555,46 @@ def test_busy_cores_sees_another_process_spinning():
 
     from harness import threads
 
+    threads._last = None
     idle = threads.busy_cores(0.3)
     spinner = mp.get_context("spawn").Process(target=_spin, daemon=True)
     spinner.start()
     try:
         time.sleep(1.0)                                                    # let it start spinning
+        threads._last = None                                               # a fresh 0.5 s sample
         busy = threads.busy_cores(0.5)
     finally:
         spinner.terminate()
     # >= 0.5: the spinner holds a core, or shares one with whatever else runs (on a loaded
     # machine `idle` is already near every core, so no difference is asserted)
     assert 0 <= idle <= os.cpu_count() + 0.1 and busy >= 0.5, (idle, busy)
+
+
+def test_busy_cores_takes_this_processs_own_cpu_off_and_a_run_refits_within_experiments(monkeypatch, capsys):
+    """Between two readings, every core's busy share minus this process's CPU time per wall
+    second; within a (non-smoke) run, a progress bar after REFIT_S re-chooses the count."""
+    from harness import threads
+
+    readings = iter([(150, 200, 10.5, 101.0)])                            # 2 cores: 1.5 busy, 0.5 ours
+    monkeypatch.setattr(threads, "_reading", lambda: next(readings))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "_last", (0, 0, 10.0, 100.0))
+    assert threads.busy_cores() == pytest.approx(1.0)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.2)
+    threads.fit_and_say(False)
+    assert torch.get_num_threads() == 1
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)                # the other job ended
+    harness.progress(range(2), desc="x").close()                           # too soon: no re-check
+    assert torch.get_num_threads() == 1
+    threads._fitted["at"] -= threads.REFIT_S
+    harness.progress(range(2), desc="x").close()
+    assert torch.get_num_threads() == 2 and "CPU threads: 2" in capsys.readouterr().out
+    threads.fit_and_say(True)                                              # smoke: never re-checked
+    threads._fitted["at"] -= threads.REFIT_S
+    harness.progress(range(2), desc="x").close()
+    assert torch.get_num_threads() == 1
 
 
 def _spin():
