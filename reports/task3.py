@@ -81,7 +81,7 @@ def plot_eval_curves(a: dict, runs: list[str], path: Path, title: str, real: boo
                      keys=("coverage", "kl_uniform", "fd_mnist_classifier", "diversity")):
     """Quick evaluations over training, one curve per run (x: "epoch" or "iteration");
     dashed line = real images measured the same way."""
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False, layout="constrained")
     for ax, k in zip(axes[0], keys):
         common.line_plot(ax, {r: (a[f"{r}_{x}"], a[f"{r}_{k}"]) for r in runs}, EVAL_LABELS.get(k, k), x,
                          EVAL_LABELS.get(k, k))
