@@ -107,8 +107,10 @@ def main(argv=None) -> None:
                 print(f"(load average over the last minute: {os.getloadavg()[0]:.2f})")
             try:
                 for name, cmd in jobs.items():
-                    med = {s: statistics.median(timed(cmd, env, args.timeout) for _ in range(args.repeats))
-                           for s, env in SETTINGS.items()}
+                    # Round robin (all settings once, then again): this VM's speed drifts by up to 2x over
+                    # minutes, which consecutive repeats of one setting would mistake for the setting's.
+                    runs = [[timed(cmd, env, args.timeout) for env in SETTINGS.values()] for _ in range(args.repeats)]
+                    med = {s: statistics.median(r[i] for r in runs) for i, s in enumerate(SETTINGS)}
                     cells = "".join(f"{'>' + format(args.timeout, 'g') if v == float('inf') else format(v, '.1f'):>9}"
                                     for v in med.values())
                     ratios = "".join(f"{'' if float('inf') in (med[s], med['all']) else format(med[s] / med['all'], '.2f'):>12}"

@@ -362,6 +362,14 @@ def test_task3_dynamics_both_ways():
     e = answer(R3, "3.2", {"baseline": {"final": t3_final(acc_fake=0.01), "real_images": real, "loss_curves": curves,
                                            "classifier_test_acc": 0.99}})["finding"]
     assert e.startswith("the dynamics are one-sided: D accepts almost every fake (D's accuracy on fakes 1.0%")
+    # the real digits' baseline: D ahead at 93.8% on fakes with G's gradient alive, 8 of 10 digits
+    for acc, coverage, state, varied in ((0.938, 8, "D ahead without saturating", "partly varied"),
+                                         (0.2, 6, "G ahead: D accepts most fakes", "partly varied"),
+                                         (0.5, 5, "balanced", "not varied")):
+        e = answer(R3, "3.2", {"baseline": {"final": t3_final(acc_fake=acc, coverage=coverage, confidence=0.5),
+                                               "real_images": real, "loss_curves": curves,
+                                               "classifier_test_acc": 0.99}})["finding"]
+        assert e.startswith(f"the dynamics are {state}") and f"not clearly recognisable and {varied}:" in e, e
 
 
 def t3_reference(fd_ref):
