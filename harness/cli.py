@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from . import threads
 from .threads import fit_and_say
 
 
@@ -184,8 +185,9 @@ def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None
         check_writable(args.out)
     except UserError as e:
         parser.error(str(e))
-    if not args.replot:
-        fit_and_say(args.smoke)  # CPU threads for the data and models built before the experiments
+    if not args.replot:  # CPU threads for the data and models built before the experiments
+        threads.said.clear()  # a new run says its count (a smoke run after its banner, at the first experiment)
+        threads.fit_to_machine(True) if args.smoke else fit_and_say(False)
     return args
 
 
