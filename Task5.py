@@ -24,8 +24,7 @@ mean over pixels) + KL, is (SSE + 784 KL) / 784: beta = 784, variance 392.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
+import dataclasses, functools  # noqa: E401
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -532,8 +531,7 @@ def reconstruct(model: VAE, test: dict, x_test: torch.Tensor, n: int = 16) -> tu
     x = x_test[:n]
     x_hat = model.decode(model.encode(x)[0])
     sse = float((x_hat - x).pow(2).flatten(1).sum(1).mean())
-    print(f"reconstruct: {len(x)} test images from their posterior means, SSE {sse:.2f} per image "
-          f"(RMSE {math.sqrt(sse / 784):.3f} per pixel); whole test set (z ~ q(z|x)) {test['recon']:.2f}")
+    print(f"reconstruct: SSE {sse:.2f} per image on the {len(x)} shown (from E[z|x]); test set {test['recon']:.2f}")
     return {"test_recon_per_image": test["recon"], "shown_sse_per_image": sse,
             "shown_rmse_per_pixel": math.sqrt(sse / 784)}, {"images": torch.cat([x, x_hat])}
 
@@ -587,8 +585,7 @@ def collapse(healthy: tuple[VAE, dict], literal: tuple[VAE, dict], ev_h: dict, e
     n_above = lambda beta: int((pcs > beta / 2).sum())  # noqa: E731
     return {"healthy": {k: ev_h[k] for k in keep}, "literal": {k: ev_l[k] for k in keep},
             "recon_rmse_to_mean_image": {"healthy": dist(rec_h), "literal": dist(rec_l), "inputs": dist(x)},
-            "mean_image_sse": mean_sse,
-            "top_pc_variance": float(pcs[0]),
+            "mean_image_sse": mean_sse, "top_pc_variance": float(pcs[0]),
             "pcs_above_decoder_variance": {"beta_1": n_above(1.0), "beta_784": n_above(784.0)},
             "literal_beta_equivalent": 784,
             "literal_loss_note": (
@@ -774,8 +771,7 @@ def likelihood(model: VAE, x_test: torch.Tensor, K: int, n_images: int, recon: s
     n = len(x)
     iwae = {k: v / n for k, v in sums.items()}
     elbo /= n
-    print(f"likelihood ({n} test images, nats per image): ELBO {elbo:.2f}, IWAE with k = {K} {iwae[K]:.2f} "
-          f"(gap {iwae[K] - elbo:.2f})")
+    print(f"likelihood, {n} test images: ELBO {elbo:.2f}, IWAE (k = {K}) {iwae[K]:.2f} nats per image")
     return {"elbo": elbo, "iwae": iwae[K], "iwae_minus_elbo": iwae[K] - elbo,
             "iwae_by_k": {str(k): v for k, v in iwae.items()}, "k": K, "n_images": n}
 

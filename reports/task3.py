@@ -261,15 +261,14 @@ def _ok(m: dict) -> bool:
 
 def _answer_dynamics(E: dict):
     b = E["baseline"]
-    f, real, c = b["final"], b["real_images"], b["loss_curves"]
-    acc_fake = f["last_epoch_d_acc_fake"]
+    f, real, c, acc_fake = b["final"], b["real_images"], b["loss_curves"], b["final"]["last_epoch_d_acc_fake"]
     state = ("one-sided: D rejects almost every fake" if acc_fake >= 0.95 else
              "D ahead without saturating: it rejects most fakes, G still gets a gradient" if acc_fake >= 0.75 else
              "one-sided: D accepts almost every fake" if acc_fake <= 0.05 else
              "G ahead: D accepts most fakes" if acc_fake <= 0.25 else "balanced: neither network wins")
     recognisable = "recognisable" if f["confidence"] >= 0.9 * real["confidence"] else "not clearly recognisable"
-    varied = ("varied" if f["coverage"] >= real["coverage"] - 1 else
-              "partly varied" if f["coverage"] >= real["coverage"] - 4 else "not varied")
+    gap = real["coverage"] - f["coverage"]
+    varied = "varied" if gap <= 1 else "partly varied" if gap <= 4 else "not varied"
     finding = (f"the dynamics are {state} (D's accuracy on fakes {pct(acc_fake)} and D(G(z)) "
                f"{f['last_epoch_d_fake']:.2f} over the last epoch; D loss {c['d_loss'][0]:.2f} -> "
                f"{c['d_loss'][-1]:.2f}, G loss {c['g_loss'][0]:.2f} -> {c['g_loss'][-1]:.2f}); the samples are "
