@@ -996,8 +996,8 @@ def main(argv: list[str] | None = None, recipe: Recipe | None = None) -> dict:
     r = recipe or (SMOKE_RECIPE if args.smoke else RECIPE)
     with harness.user_errors(parser.prog, batch_flag="--eval-batch-size (transfer: --transfer-batch-size; "
                                                      "with --augment: --batch-size)"):
-        if args.replot:
-            return harness.replot(report, args.out)
+        if args.replot or len(args.seeds) > 1:  # figures only (no model, no data), or one run per seed
+            return harness.redirect(report, args, argv, lambda a: main(a, recipe))
         # Check everything a user can get wrong before anything is loaded or written.
         selected = resolve_blocks(args.arch, args.ablate_blocks)
         if "features" in args.experiments and args.embed != "tsne" and importlib.util.find_spec("umap") is None:

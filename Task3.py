@@ -797,8 +797,8 @@ def main(argv=None, recipe: Recipe | None = None) -> dict:
     parser = build_parser()
     args = harness.parse_args(parser, argv, smoke=SMOKE, check=check_args)
     with harness.user_errors(parser.prog, batch_flag="--batch-size"):
-        if args.replot:
-            return harness.replot(report, args.out)
+        if args.replot or len(args.seeds) > 1:  # figures only (no model, no data), or one run per seed
+            return harness.redirect(report, args, argv, lambda a: main(a, recipe))
         rc = recipe or (SMOKE_RECIPE if args.smoke else Recipe())
         device = common.pick_device(args.device, args.precision)
         common.seed_everything(args.seed)

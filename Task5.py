@@ -822,8 +822,8 @@ def main(argv=None) -> dict:
     parser = build_parser()
     args = harness.parse_args(parser, argv, smoke=SMOKE, check=check_args)
     with harness.user_errors(parser.prog, batch_flag="--batch-size"):
-        if args.replot:  # figures only, from metrics.json and cache/plot/: no model, no data
-            return harness.replot(report, args.out)
+        if args.replot or len(args.seeds) > 1:  # figures only (no model, no data), or one run per seed
+            return harness.redirect(report, args, argv, main)
         r, device = SMOKE_RECIPE if args.smoke else Recipe(), common.pick_device(args.device, args.precision)
         common.seed_everything(args.seed)
         data = load_data(args, device)

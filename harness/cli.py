@@ -154,7 +154,9 @@ def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
                    help="datasets in torchvision's layout; downloaded here if missing")
     g.add_argument("--out", default=f"outputs/{task}", metavar="DIR",
                    help="figures, metrics.json, summary.md and cache/ go here")
-    g.add_argument("--seed", type=any_int, default=0, help="seeds python, numpy and torch")
+    g.add_argument("--seed", "--seeds", dest="seeds", type=BoundedList(any_int), default=[0], metavar="S[,S]",
+                   help="seeds python, numpy and torch; a list (0,1,2) runs every experiment once per seed into "
+                        "OUT/seed-S/ and reports each number's mean +- sd and how many seeds agree with each finding")
     g.add_argument("--experiments", default=experiments, type=experiment_list, metavar="A,B",
                    help=f"comma-separated subset of: {', '.join(experiments)} (default: all)")
     g.add_argument("--fresh", action="store_true", help="ignore cached weights/features and recompute")
@@ -174,6 +176,7 @@ def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None
     and `--out` must be a place we can write to: a failure is one line, exit 2,
     before anything runs. Then the run's CPU threads are chosen (harness/threads.py)."""
     args = parser.parse_args(argv)
+    args.seed = args.seeds[0]  # the run's seed (a --seeds run gives each seed its own run: harness/seeds.py)
     if args.smoke:
         given = _explicit_flags(parser, argv)
         for k, v in (smoke or {}).items():

@@ -98,6 +98,12 @@ def _runs(root: Path, run: str | None) -> list[tuple[int, str, dict]]:
     return runs
 
 
+def _seeds(config: dict) -> str:
+    """'seed 0', or 'seeds 0, 1, 2' for a --seeds run (harness/seeds.py)."""
+    many = config.get("seeds")
+    return f"seeds {', '.join(map(str, many))}" if isinstance(many, list) else f"seed {config.get('seed')}"
+
+
 def _section(root: Path, name: str, doc: dict) -> list[str]:
     """One task run: title, run line, settings, findings, then every figure in run order."""
     env, cfg, q = doc.get("env", {}), doc.get("config", {}), html.escape(name)
@@ -105,8 +111,8 @@ def _section(root: Path, name: str, doc: dict) -> list[str]:
     body = [f'<section id="{q}"><h2>{html.escape(TASK_TITLES[doc["task"]])}'
             + (f" <small>({q})</small>" if name != doc["task"] else "") + (" <small>[smoke]</small>" if smoke else "")
             + "</h2>",
-            f"<p class=meta>run {html.escape(str(env.get('date', '?')))} &middot; seed "
-            f"{html.escape(str(cfg.get('seed')))} &middot; data {html.escape(str(env.get('data')))} &middot; device "
+            f"<p class=meta>run {html.escape(str(env.get('date', '?')))} &middot; "
+            f"{html.escape(_seeds(cfg))} &middot; data {html.escape(str(env.get('data')))} &middot; device "
             f"{html.escape(str(env.get('device')))} &middot; torch {html.escape(str(env.get('torch')))} &middot; "
             f"commit {html.escape(str(env.get('git_commit')))} &middot; <a href=\"{q}/summary.md\">summary.md</a> "
             f"&middot; <a href=\"{q}/metrics.json\">metrics.json</a></p>",

@@ -3,6 +3,7 @@ every experiment), summary.md, the arrays each figure is drawn from, the finding
 (the assignment's questions answered from the metrics), and --replot."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -103,6 +104,44 @@ _RUN_ONLY = {"experiments", "fresh", "device", "out", "replot"}
 
 
 _figure_note = ""  # the note of the figures being drawn (figure_note)
+# Set while harness.seeds runs one seed of a multi-seed run (seed_run): that run writes no report page
+# (the merged run does), and with keep_finished an experiment it already recorded is not rerun.
+_seed_run = {"on": False, "keep_finished": False}
+
+
+@contextlib.contextmanager
+def seed_run(keep_finished: bool):
+    """While one seed of `--seeds` runs (harness/seeds.py)."""
+    saved = dict(_seed_run)
+    _seed_run.update(on=True, keep_finished=keep_finished)
+    try:
+        yield
+    finally:
+        _seed_run.update(saved)
+
+
+def same_settings(old: dict, config: dict, recipe: dict) -> bool:
+    """Whether a metrics.json (`old`) was written with these flags and recipe (flags that change only what
+    runs, not what a result means, aside)."""
+    return {k: v for k, v in old.get("config", {}).items() if k not in _RUN_ONLY} == \
+        {k: v for k, v in config.items() if k not in _RUN_ONLY} and old.get("recipe", {}) == recipe
+
+
+def set_aside(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Move an existing metrics.json written with other settings (`keep(old)` false, or unreadable) to
+    metrics.previous.json, so a run with new settings never mixes its results with the old ones."""
+    try:
+        old = json.loads(path.read_text())
+        if isinstance(old, dict) and keep(old):
+            return
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        pass
+    try:
+        os.replace(path, path.with_name("metrics.previous.json"))
+    except OSError as e:
+        raise UserError(f"could not move {path} aside ({e.strerror}); choose another --out") from None
 
 
 def figure_note() -> str:
@@ -111,14 +150,14 @@ def figure_note() -> str:
     return _figure_note
 
 
-def _plot(report: ModuleType, name: str, metrics: dict, arrays: dict, doc: dict, out: Path) -> None:
+def _plot(report: ModuleType, name: str, metrics: dict, arrays: dict, doc: dict, out: Path, note: str = "") -> None:
     """Draw `name`'s figures with report.plot_<name>(metrics, arrays, cfg, out), if any;
     cfg holds the run's flags as attributes, its recipe as cfg.recipe (a dict) and
-    cfg.smoke."""
+    cfg.smoke. `note`: a line below each figure (a smoke run's is added here)."""
     global _figure_note
     fn = getattr(report, f"plot_{name}", None)
     config = doc.get("config", {})
-    _figure_note = f"{SMOKE_BANNER}." if config.get("smoke") else ""
+    _figure_note = note or (f"{SMOKE_BANNER}." if config.get("smoke") else "")
     try:
         if fn is not None:
             fn(metrics, arrays, SimpleNamespace(**config, recipe=doc.get("recipe", {})), out)
@@ -140,7 +179,8 @@ class Results:
                             f"run it without --replot")
         self.report, self.task, self.args, self.out = report, report.TASK, args, Path(args.out)
         self.script = f"{self.task.capitalize()}.py"
-        self.config = jsonable(dict(vars(args)))
+        self.config = jsonable({k: v for k, v in vars(args).items()  # one seed: `seed` says it all
+                                if k != "seeds" or len(v) > 1})
         # The constants a task keeps out of its flags (its config dataclass), recorded beside them.
         self.recipe = jsonable(dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else recipe or {})
         self.env = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
@@ -152,9 +192,7 @@ class Results:
         if path.exists():
             try:
                 old = json.loads(path.read_text())
-                same = {k: v for k, v in old.get("config", {}).items() if k not in _RUN_ONLY} == \
-                       {k: v for k, v in self.config.items() if k not in _RUN_ONLY} and \
-                    old.get("recipe", {}) == self.recipe
+                same = same_settings(old, self.config, self.recipe)
             except (json.JSONDecodeError, AttributeError):
                 old, same = {}, False
             if same:
@@ -164,10 +202,7 @@ class Results:
 
     def record(self, name: str, metrics: dict) -> None:
         if self._previous is not None:  # keep the other settings' results, once
-            try:
-                os.replace(self._previous, self.out / "metrics.previous.json")
-            except OSError as e:
-                raise UserError(f"could not move {self._previous} aside ({e.strerror}); choose another --out") from None
+            set_aside(self._previous, lambda old: False)
             self._previous = None
         self.experiments[name] = jsonable(metrics)
         self.findings = findings = answer_questions(self.script, getattr(self.report, "QUESTIONS", []),
@@ -175,11 +210,15 @@ class Results:
         for f in findings:  # a rule may name optional figures (e.g. one per --embed method): keep those written
             if "figures" in f:
                 f["figures"] = [p for p in f["figures"] if (self.out / p).exists()]
+            if "finding" in f:  # issue 21: a reader should know a comparison rests on one draw
+                f["finding"] += (f" (One seed, {self.config.get('seed')}: `--seeds 0,1,2` tells whether other "
+                                 "seeds agree.)")
         doc = {"task": self.task, "config": self.config, **({"recipe": self.recipe} if self.recipe else {}),
                "env": self.env, "experiments": self.experiments, "findings": findings}
         write_atomic(self.out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
         write_atomic(self.out / "summary.md", self._summary(findings))
-        write_report(self.out.parent, self.out.name)
+        if not _seed_run["on"]:  # one seed of --seeds: the merged run writes the page
+            write_report(self.out.parent, self.out.name)
 
     def _summary(self, findings: list[dict]) -> str:
         figures = figures_by_experiment(self.out, list(self.experiments))
@@ -218,6 +257,10 @@ class Results:
             print(SMOKE_BANNER, flush=True)
         with threads_restored():
             for name in self.args.experiments:
+                if _seed_run["keep_finished"] and "error" not in self.experiments.get(name, {"error": 0}):
+                    print(f"\n{self.task}: {name} already finished for seed {self.args.seed} in {self.out} "
+                          f"(--fresh reruns it)", flush=True)
+                    continue
                 print(f"\n=== {self.task}: {name} ===", flush=True)
                 fit_and_say(self.args.smoke)       # others may have started or stopped meanwhile
                 first = len(threads.said) - 1      # threads.said[-1]: the count now
@@ -258,7 +301,8 @@ class Results:
         for f in getattr(self, "findings", []):
             print(f"  {f['ref']} {f['ask']}: {f.get('finding', f.get('todo'))}")
         print(f"\nsummary: {self.out / 'summary.md'} (every metric: metrics.json, or --print-metrics)")
-        print(f"report page: {report_page(self.out)}")
+        if not _seed_run["on"]:
+            print(f"report page: {report_page(self.out)}")
         if self.args.smoke:
             print(SMOKE_BANNER, flush=True)
 
@@ -281,6 +325,9 @@ def replot(report: ModuleType, out: str | Path) -> dict:
     try:
         doc = json.loads((out / "metrics.json").read_text())
         recorded = doc["experiments"]
+        if "per_seed" in doc:  # a --seeds run: each seed's figures, then the merged ones
+            from . import seeds
+            return seeds.replot(report, out, doc)
     except FileNotFoundError:
         raise UserError(f"--replot: no {out / 'metrics.json'}; run the experiments first") from None
     except (json.JSONDecodeError, KeyError, TypeError):

@@ -204,3 +204,47 @@ def assert_replot_needs_plot_data(task, run_dir: Path, tmp_path: Path, capsys, e
     shutil.copytree(run_dir, out)
     (out / "cache" / "plot" / f"{experiment}.npz").unlink()
     assert_bad_input_in_process(task.main, ["--replot"], capsys, expect=f"{experiment}.npz is missing", out=out)
+
+
+def check_two_seed_smoke(task, smoke_out: Path, tmp_path: Path) -> dict:
+    """Issue 21: `TaskN.py --smoke --seeds 0,1`. Seed 0 is the module's finished smoke run, copied into
+    OUT/seed-0 (so it is reused, not rerun: only seed 1 trains); then every seed's metrics, the merged
+    metrics.json (per_seed, spread, findings with seed agreement), every figure of the first seed at the
+    top, a _seeds figure wherever a number a finding reads differs between the seeds, summary.md and the
+    report page. Returns the merged metrics.json."""
+    from harness import seeds
+
+    out = tmp_path / task.__name__.lower()
+    shutil.copytree(smoke_out, out / "seed-0")
+    before = json.loads((out / "seed-0" / "metrics.json").read_text())["experiments"]
+    task.main(["--smoke", "--seeds", "0,1", "--out", str(out)])
+    one = {s: json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)}
+    assert one[0]["experiments"] == before, "seed 0 had finished: it must be reused, not rerun"
+    assert list(one[1]["experiments"]) == list(before) and one[1]["config"]["seed"] == 1
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["seeds"] == [0, 1] and doc["config"]["seeds"] == [0, 1] and set(doc["per_seed"]) == {"0", "1"}
+    assert list(doc["experiments"]) == list(before)
+    for name, spread in doc["spread"].items():
+        assert spread, name
+        for key, s in spread.items():
+            # n 1: a key only one seed has (Task 1's most-confused class pairs differ between seeds)
+            assert s["n"] in (1, 2) and s["min"] <= s["mean"] <= s["max"] and s["sd"] >= 0, (name, key, s)
+        assert any(s["n"] == 2 for s in spread.values()), name
+    answered = [f for f in doc["findings"] if "finding" in f]
+    # A rule that formats an int (a count of digits, an epoch) must still answer from the means (8.5 digits).
+    assert [f["ref"] for f in answered] == [f["ref"] for f in one[0]["findings"] if "finding" in f]
+    assert answered and all("(seeds 0, 1: " in f["finding"] and " of 2 reach this finding" in f["finding"]
+                            for f in answered)
+    for png in sorted((out / "seed-0").glob("*.png")):  # the first seed's figures, drawn at the top
+        assert_png_ok(out / png.name)
+    drawn = 0
+    for name, paths in doc["reads"].items():
+        values = [[seeds._at(doc["per_seed"][s].get(name, {}), p) for s in ("0", "1")] for p in paths]
+        if any(a != b and isinstance(a, (int, float)) for a, b in values):
+            assert_png_ok(out / f"{name}_seeds.png")
+            drawn += 1
+    assert drawn, "no number a finding reads differs between two seeds: the _seeds figures went untested"
+    assert "| metric | mean \u00b1 sd | min | max | n | seed 0 | seed 1 |" in (out / "summary.md").read_text()
+    page = (tmp_path / "index.html").read_text()
+    assert f'id="{out.name}"' in page and 'id="seed-1"' not in page
+    return doc

@@ -17,9 +17,8 @@ import torch
 
 import Task2
 from reports import task2 as report
-from conftest import (assert_bad_input, assert_figures_readable, assert_bad_input_in_process, assert_in_range, assert_png_ok,
-                      assert_replot_redraws,
-                      load_metrics)
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_figures_readable, assert_in_range,
+                      assert_png_ok, assert_replot_redraws, check_two_seed_smoke, load_metrics)
 
 
 @pytest.fixture(scope="module")
@@ -562,3 +561,8 @@ def test_smoke_answers_every_assignment_question(smoke_out):
     from test_findings import assert_findings
 
     assert_findings(smoke_out, report)
+
+
+def test_smoke_with_two_seeds(smoke_out, tmp_path):
+    """Issue 21: --seeds 0,1 writes each seed's run, the merged metrics and every figure (conftest)."""
+    check_two_seed_smoke(Task2, smoke_out, tmp_path)

@@ -18,8 +18,8 @@ import harness
 import Task3
 from architecture import (DigitClassifier, Discriminator, Generator, MinibatchStdDev, ReferenceDiscriminator,
                           ReferenceGenerator)
-from conftest import (assert_bad_input, assert_figures_readable, assert_bad_input_in_process, assert_in_range, assert_png_ok,
-                      assert_replot_needs_plot_data, assert_replot_redraws,
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_figures_readable, assert_in_range,
+                      assert_png_ok, assert_replot_needs_plot_data, assert_replot_redraws, check_two_seed_smoke,
                       load_metrics)
 from reports import task3 as report
 
@@ -692,3 +692,8 @@ def test_gaussian_stats_compute_float64_on_the_cpu():
     feats = torch.randn(50, 4)
     mu, cov = Task3.gaussian_stats(feats)
     assert mu.dtype == np.float64 and np.allclose(cov, np.cov(feats.double().numpy(), rowvar=False))
+
+
+def test_smoke_with_two_seeds(smoke_out, tmp_path):
+    """Issue 21: --seeds 0,1 writes each seed's run, the merged metrics and every figure (conftest)."""
+    check_two_seed_smoke(Task3, smoke_out, tmp_path)

@@ -17,8 +17,8 @@ import torch
 import harness
 import Task4
 from reports import task4 as report
-from conftest import (assert_bad_input, assert_figures_readable, assert_bad_input_in_process, assert_in_range, assert_png_ok,
-                      assert_replot_needs_plot_data, assert_replot_redraws,
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_figures_readable, assert_in_range,
+                      assert_png_ok, assert_replot_needs_plot_data, assert_replot_redraws, check_two_seed_smoke,
                       load_metrics)
 
 # ----------------------------------------------------------------------------
@@ -492,3 +492,8 @@ def test_smoke_answers_every_assignment_question(smoke_run):
     from test_findings import assert_findings
 
     assert_findings(smoke_run, report)
+
+
+def test_smoke_with_two_seeds(smoke_run, tmp_path):
+    """Issue 21: --seeds 0,1 writes each seed's run, the merged metrics and every figure (conftest)."""
+    check_two_seed_smoke(Task4, smoke_run, tmp_path)

@@ -15,8 +15,9 @@ import harness
 import Task5
 from architecture import VAE
 from reports import task5 as report
-from conftest import (assert_bad_input, assert_figures_readable, assert_bad_input_in_process, assert_in_range, assert_png_ok,
-                      assert_replot_needs_plot_data, assert_replot_redraws, load_metrics)
+from conftest import (assert_bad_input, assert_bad_input_in_process, assert_figures_readable, assert_in_range,
+                      assert_png_ok, assert_replot_needs_plot_data, assert_replot_redraws, check_two_seed_smoke,
+                      load_metrics)
 
 # ----------------------------------------------------------------------------
 # Architecture
@@ -667,3 +668,8 @@ def test_smoke_answers_every_assignment_question(smoke_out):
     from test_findings import assert_findings
 
     assert_findings(smoke_out, report)
+
+
+def test_smoke_with_two_seeds(smoke_out, tmp_path):
+    """Issue 21: --seeds 0,1 writes each seed's run, the merged metrics and every figure (conftest)."""
+    check_two_seed_smoke(Task5, smoke_out, tmp_path)

@@ -1,0 +1,413 @@
+"""--seeds 0,1,2: one run per seed, then what the seeds say together (issue 21).
+
+Each seed's run is the single-seed command a user could type, `--seed S --out OUT/seed-S`:
+its own figures, metrics.json, summary.md and cache/, so adding a seed later reuses the
+finished ones (an experiment a seed already recorded with the same settings is kept, not
+rerun; --fresh reruns everything). Then OUT/ gets the merged view:
+
+    metrics.json   experiments: each metric's mean over the seeds (what the findings read);
+                   per_seed: every seed's experiments as its run recorded them;
+                   spread: {experiment: {metric path: {mean, sd, min, max, n}}} for each number
+    findings       the rule of each question applied to the mean, plus how many seeds reach
+                   the same finding on their own numbers (see `agree`) and the spread of
+                   every number the rule read
+    <exp>_seeds.png  each seed's value of those numbers (dots) with mean +- sd, per experiment
+    <exp>_*.png    the first seed's figures, marked as such below the picture
+    summary.md     tables of mean +- sd (min - max, n) and each seed's value
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import numpy as np
+
+from . import results
+from .report import SMOKE_NOTE, figures_by_experiment, report_page, write_report
+from .store import atomic_path, fmt, load_plot_data, write_atomic
+
+MAX_PANELS = 12           # a seeds figure shows at most this many metrics (4 x 3 panels); all are in metrics.json
+SEED_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def seed_dir(out: str | Path, seed: int) -> Path:
+    return Path(out) / f"seed-{seed}"
+
+
+# ----------------------------------------------------------------------------
+# Numbers over seeds
+# ----------------------------------------------------------------------------
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _round(x: float, digits: int = 4) -> float:
+    """x to `digits` significant digits (a mean of 8, 8 and 9 digits reads 8.333, not 8.333333333333334)."""
+    return x if x == 0 or not math.isfinite(x) else round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def mean_of(values: list):
+    """One metric over the seeds that recorded it. Numbers: the mean (an int when the seeds gave ints and
+    their mean is whole: 7 digits, not 7.0); None (undefined) when more than half the seeds left it undefined, else the mean of the others.
+    Lists of equal length: element by element. Booleans: the majority (ties: the first seed). Anything else
+    (names, strings): the first seed's value."""
+    defined = [v for v in values if v is not None]
+    if len(defined) * 2 < len(values) or not defined:
+        return None
+    if all(_is_number(v) for v in defined):
+        mean = _round(float(np.mean(defined)))
+        return int(mean) if all(isinstance(v, int) for v in defined) and mean == int(mean) else mean
+    if all(isinstance(v, bool) for v in defined):
+        return sum(defined) * 2 > len(defined) or (sum(defined) * 2 == len(defined) and defined[0])
+    if all(isinstance(v, list) for v in defined) and len({len(v) for v in defined}) == 1:
+        return [mean_of([v[i] for v in defined]) for i in range(len(defined[0]))]
+    if all(isinstance(v, dict) for v in defined):
+        keys = list(dict.fromkeys(k for v in defined for k in v))
+        return {k: mean_of([v.get(k) for v in defined]) for k in keys}
+    return defined[0]
+
+
+def spread_of(per_seed: list[dict], prefix: str = "") -> dict[str, dict]:
+    """{metric path: {mean, sd, min, max, n}} for every number in the seeds' metrics dicts (sd: the sample
+    standard deviation, ddof 1; 0 with one seed). Paths as in summary.md: "arms/collapse/coverage"."""
+    out: dict[str, dict] = {}
+    keys = list(dict.fromkeys(k for m in per_seed for k in m))
+    for k in keys:
+        values = [m.get(k) for m in per_seed]
+        if all(isinstance(v, dict) or v is None for v in values) and any(isinstance(v, dict) for v in values):
+            out.update(spread_of([v or {} for v in values], f"{prefix}{k}/"))
+        elif k != "seconds" and any(_is_number(v) for v in values):
+            x = np.array([v for v in values if _is_number(v)], dtype=float)
+            out[f"{prefix}{k}"] = {"mean": _round(float(x.mean())),
+                                   "sd": _round(float(x.std(ddof=1))) if len(x) > 1 else 0.0,
+                                   "min": _round(float(x.min())), "max": _round(float(x.max())), "n": len(x)}
+    return out
+
+
+class _Reads(dict):
+    """A metrics dict that remembers the path of every value a question's rule read from it, so the
+    findings can show the spread of exactly the numbers they rest on."""
+
+    def __init__(self, d: dict, path: tuple = (), seen: list | None = None):
+        super().__init__(d)
+        self._path, self._seen = path, seen if seen is not None else []
+
+    def _wrap(self, k, v):
+        if isinstance(v, dict):
+            return _Reads(v, self._path + (k,), self._seen)
+        if (self._path + (k,)) not in self._seen:
+            self._seen.append(self._path + (k,))
+        return v
+
+    def __getitem__(self, k):
+        return self._wrap(k, super().__getitem__(k))
+
+    def get(self, k, default=None):
+        return self[k] if k in self else default
+
+    def items(self):
+        return [(k, self[k]) for k in self]
+
+    def values(self):
+        return [self[k] for k in self]
+
+
+_NUMBER = re.compile(r"[-+\u2212]?\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?")  # 1,558  -0.5  1.2e+03
+
+
+def wording(finding: str) -> str:
+    """A finding with its numbers taken out: two seeds agree when their rules chose the same words
+    (direction, ranking, verdict), whatever the numbers. "8 of 10 digits: varied" -> "# of # digits: varied"."""
+    return _NUMBER.sub("#", finding)
+
+
+def agree(mean_finding: str, seed_findings: dict[int, str | None]) -> str:
+    """The sentence a multi-seed finding ends with: how many seeds reach it on their own numbers, and
+    what the first one that does not says."""
+    same = [s for s, f in seed_findings.items() if f is not None and wording(f) == wording(mean_finding)]
+    text = f" (seeds {', '.join(map(str, seed_findings))}: {len(same)} of {len(seed_findings)} reach this finding on " \
+           f"their own numbers"
+    other = next(((s, f) for s, f in seed_findings.items() if s not in same), None)
+    if other is not None:
+        text += f"; seed {other[0]} instead: " + (f"\u00ab{other[1]}\u00bb" if other[1] else "not answered")
+    return text + ")"
+
+
+def merge(report: ModuleType, seeds: list[int], docs: dict[int, dict], config: dict) -> dict:
+    """The metrics.json of a multi-seed run from its seeds' metrics.json (see the module docstring)."""
+    first = docs[seeds[0]]
+    names = list(dict.fromkeys(n for s in seeds for n in docs[s].get("experiments", {})))
+    experiments, spread, per_seed = {}, {}, {str(s): docs[s].get("experiments", {}) for s in seeds}
+    for name in names:
+        ok = [docs[s]["experiments"][name] for s in seeds
+              if name in docs[s].get("experiments", {}) and "error" not in docs[s]["experiments"][name]]
+        if not ok:
+            experiments[name] = next(docs[s]["experiments"][name] for s in seeds if name in docs[s]["experiments"])
+            continue
+        m = mean_of([{k: v for k, v in e.items() if k != "seconds"} for e in ok])
+        m["seconds"] = round(sum(e.get("seconds", 0) for e in ok), 3)
+        experiments[name], spread[name] = m, spread_of(ok)
+    questions = getattr(report, "QUESTIONS", [])
+    script = f"{first['task'].capitalize()}.py"
+    findings = results.answer_questions(script, questions, experiments)
+    by_seed = {s: results.answer_questions(script, questions, docs[s].get("experiments", {})) for s in seeds}
+    read_by_question = _reads_per_question(questions, experiments)
+    reads = list(dict.fromkeys(p for ps in read_by_question for p in ps))
+    for i, f in enumerate(findings):
+        if "finding" not in f:
+            continue
+        f["finding"] += agree(f["finding"], {s: by_seed[s][i].get("finding") for s in seeds})
+        f["evidence"] += _spread_lines(read_by_question[i], spread)
+    return {"task": first["task"], "config": config, **({"recipe": first["recipe"]} if "recipe" in first else {}),
+            "env": {**first.get("env", {}), "seeds_from": [f"seed-{s}/metrics.json" for s in seeds]},
+            "seeds": seeds, "experiments": experiments, "findings": findings, "spread": spread,
+            "reads": {n: [p.split("/", 1)[1] for p in reads if p.split("/")[0] == n] for n in spread},
+            "per_seed": per_seed}
+
+
+def _reads_per_question(questions: list, experiments: dict) -> list[list[str]]:
+    """For each question, the metric paths ("experiment/a/b") its rule read."""
+    out = []
+    for q in questions:
+        seen: list[tuple] = []
+        try:
+            if all(n in experiments for n in q.needs):
+                q.answer(_Reads(experiments, seen=seen))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            pass
+        out.append(["/".join(map(str, p)) for p in seen if len(p) > 1])
+    return out
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _spread_lines(paths: list[str], spread: dict) -> list[str]:
+    """Evidence for a finding over seeds: each number its rule read, mean +- sd (min-max) where the seeds
+    differ, once for those that are the same in every seed."""
+    found = [(p, spread[p.split("/")[0]][p.split("/", 1)[1]]) for p in paths
+             if p.split("/")[0] in spread and p.split("/", 1)[1] in spread[p.split("/")[0]]]
+    vary = [f"{p} {_g(s['mean'])} \u00b1 {_g(s['sd'])} ({_g(s['min'])}-{_g(s['max'])})"
+            for p, s in found if s["min"] != s["max"]]
+    same = [f"{p} {_g(s['mean'])}" for p, s in found if s["min"] == s["max"]]
+    n = max((s["n"] for _, s in found), default=0)
+    return ([f"over {n} seeds, mean \u00b1 sd (min-max): " + "; ".join(vary)] if vary else []) + \
+        ([f"the same in all {n} seeds: " + "; ".join(same)] if same else [])
+
+
+# ----------------------------------------------------------------------------
+# Figures and summary
+# ----------------------------------------------------------------------------
+
+def seeds_figure(task: str, name: str, doc: dict):
+    """Each seed's value (a dot, one colour per seed) and mean +- sd (a bar) of the numbers the findings
+    read from `name`, one panel per metric (the last part of its path), its arms along x; metrics that
+    are equal in every seed are left out. None when nothing is left to show."""
+    import matplotlib.pyplot as plt
+
+    seeds, per_seed = doc["seeds"], doc["per_seed"]
+    groups: dict[str, list[str]] = {}
+    reads = doc.get("reads", {}).get(name, [])
+    order = list(dict.fromkeys(p.rsplit("/", 1)[0] for p in reads))  # arms in the order the rules read them
+    for path in sorted(reads, key=lambda p: order.index(p.rsplit("/", 1)[0])):
+        vals = [_at(per_seed[str(s)].get(name, {}), path) for s in seeds]
+        if all(_is_number(v) for v in vals if v is not None) and any(_is_number(v) for v in vals):
+            groups.setdefault(path.rsplit("/", 1)[-1], []).append(path)
+    groups = {k: ps for k, ps in groups.items()
+              if len({_at(per_seed[str(s)].get(name, {}), p) for s in seeds for p in [ps[0]]}) > 1 or
+              any(len({_at(per_seed[str(s)].get(name, {}), p) for s in seeds}) > 1 for p in ps)}
+    if not groups:
+        return None
+    shown = list(groups.items())[:MAX_PANELS]
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax, (metric, paths) in zip(axes.flat, shown):
+        labels = [p.rsplit("/", 1)[0] if "/" in p else name for p in paths]
+        common = _common_prefix(labels)
+        for x, p in enumerate(paths):
+            v = np.array([np.nan if (u := _at(per_seed[str(s)].get(name, {}), p)) is None else u for s in seeds],
+                         dtype=float)
+            for j, s in enumerate(seeds):
+                ax.plot(x + 0.08 * (j - (len(seeds) - 1) / 2), v[j], "o", ms=5,
+                        color=SEED_COLOURS[j % len(SEED_COLOURS)], label=f"seed {s}" if x == 0 else None)
+            if np.isfinite(v).sum() > 1:
+                ax.errorbar(x + 0.3, np.nanmean(v), yerr=np.nanstd(v, ddof=1), fmt="_", color="black", ms=12,
+                            capsize=3, label="mean \u00b1 sd" if x == 0 else None)
+        ax.set_xticks(range(len(paths)), [(lab[len(common):] or lab).replace("/", " ")[:22] for lab in labels],
+                      rotation=30 if len(paths) > 2 else 0, ha="right" if len(paths) > 2 else "center", fontsize=7)
+        ax.set_xlim(-0.5, len(paths) - 0.3)
+        ax.set_title(metric[:30], fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    handles, labs = axes.flat[0].get_legend_handles_labels()  # right of the first row (constrained layout)
+    axes[0, -1].legend(handles, labs, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
+    more = f"; {len(groups) - MAX_PANELS} more in metrics.json (spread)" if len(groups) > MAX_PANELS else ""
+    title = f"{task} {name}: each of {len(seeds)} seeds ({', '.join(map(str, seeds))}) for the numbers the findings " \
+            f"read{more}"
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 72 / 5.5)), fontsize=10)  # 10 pt: ~5.5 pt a letter
+    return fig
+
+
+def _at(d: dict, path: str):
+    for part in path.split("/"):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _common_prefix(labels: list[str]) -> str:
+    """The shared leading path parts ("arms/"), so tick labels name only what differs."""
+    if len(labels) < 2:
+        return ""
+    parts = [lab.split("/") for lab in labels]
+    n = 0
+    while all(len(p) > n + 1 for p in parts) and len({p[n] for p in parts}) == 1:
+        n += 1
+    return "/".join(parts[0][:n]) + "/" if n else ""
+
+
+def save(fig, path: Path, note: str = "") -> None:
+    """Save at 150 dpi, atomically, with `note` (a smoke run's warning) as a line below the panels."""
+    import matplotlib.pyplot as plt
+
+    try:
+        if note:
+            fig.supxlabel(textwrap.fill(note, int(fig.get_figwidth() * 72 / 4.8)), fontsize=8, color="#b00000")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, format="png")
+    finally:
+        plt.close(fig)
+
+
+def summary(doc: dict, out: Path) -> str:
+    """summary.md of a multi-seed run: findings with seed agreement, then per experiment every number's
+    mean +- sd (min - max, n) and each seed's value, and its figures."""
+    seeds, smoke = doc["seeds"], doc["env"].get("data") == "smoke"
+    lines = [f"# {doc['task']}: summary over seeds {', '.join(map(str, seeds))}", ""]
+    lines += [f"**{SMOKE_NOTE}.**", ""] if smoke else []
+    lines += [f"Each seed's run: " + ", ".join(f"[seed-{s}/summary.md](seed-{s}/summary.md)" for s in seeds)
+              + ". Figures without `_seeds` in their name are the first seed's.", "",
+              "config: " + ", ".join(f"`{k}={v}`" for k, v in doc["config"].items()), ""]
+    lines += ["## Findings: the rule applied to the mean over seeds, and how many seeds agree", ""]
+    for f in doc["findings"]:
+        lines += [f"### {f['ref']}. {f['ask']}", ""]
+        if "todo" in f:
+            lines += [f"_{f['todo']}_", ""]
+            continue
+        lines += [f"**Finding.** {f['finding']}", ""] + [f"- {ev}" for ev in f["evidence"]]
+        lines += [f"- figure: [{p}]({p})" for p in f["figures"]] + [""]
+    figures = figures_by_experiment(out, list(doc["experiments"]))
+    for name, m in doc["experiments"].items():
+        lines += [f"## {name}", ""]
+        if name not in doc["spread"]:
+            lines += [f"_{m.get('error', 'no seed finished')}_", ""]
+            continue
+        lines += ["| metric | mean \u00b1 sd | min | max | n | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(seeds)]
+        for path, s in doc["spread"][name].items():
+            each = [_at(doc["per_seed"][str(x)].get(name, {}), path) for x in seeds]
+            lines.append(f"| {path} | {fmt(s['mean'])} \u00b1 {fmt(s['sd'])} | {fmt(s['min'])} | {fmt(s['max'])} | "
+                         f"{s['n']} | " + " | ".join(fmt(v) for v in each) + " |")
+        lines += ["", f"seconds, all seeds: {m.get('seconds')}", ""] + [f"![{p}]({p})" for p in figures.get(name, [])]
+        lines += [""]
+    return "\n".join(lines)
+
+
+def draw(report: ModuleType, out: Path, doc: dict) -> None:
+    """The merged run's figures: each experiment's figures from the first seed (metrics and arrays as its
+    run recorded them), marked below as that seed's, and its seeds figure."""
+    first, seeds = seed_dir(out, doc["seeds"][0]), doc["seeds"]
+    first_doc = json.loads((first / "metrics.json").read_text())
+    smoke = f"{SMOKE_NOTE}. " if doc["env"].get("data") == "smoke" else ""
+    note = (f"{smoke}Seed {seeds[0]}, the first of seeds {', '.join(map(str, seeds))}: each seed's figures are in "
+            f"seed-S/; the spread over seeds is in the _seeds figures and summary.md.")
+    for name, metrics in doc["per_seed"][str(seeds[0])].items():
+        if "error" not in metrics and hasattr(report, f"plot_{name}"):
+            m = {k: v for k, v in metrics.items() if k != "seconds"}
+            results._plot(report, name, m, load_plot_data(first, name), first_doc, out, note=note)
+        if (fig := seeds_figure(doc["task"], name, doc)) is not None:
+            save(fig, out / f"{name}_seeds.png", smoke.rstrip())
+
+
+# ----------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------
+
+def _projection(out: Path, seeds: list[int], experiments: list[str]) -> str:
+    """Seconds the seeds still to run will take, from a finished seed's record of these experiments."""
+    todo, per_seed = [], None
+    for s in seeds:
+        try:
+            ex = json.loads((seed_dir(out, s) / "metrics.json").read_text()).get("experiments", {})
+        except (OSError, ValueError):
+            ex = {}
+        if all(n in ex and "error" not in ex[n] for n in experiments):
+            per_seed = per_seed or sum(ex[n].get("seconds", 0) for n in experiments)
+        else:
+            todo.append(s)
+    if not todo:
+        return "every seed has finished these experiments: merging"
+    if per_seed is None:
+        return f"{len(todo)} seeds to run; the time is projected once the first one finishes"
+    return (f"{len(todo)} seeds to run, about {per_seed * len(todo) / 60:.1f} min "
+            f"({per_seed / 60:.1f} min per seed, as a finished seed took)")
+
+
+def run_seeds(report: ModuleType, args, argv: list[str] | None, main: Callable[[list[str]], dict]) -> dict:
+    """`--seeds a,b,...`: main(argv + ["--seed", S, "--out", OUT/seed-S]) for each seed, then the merged
+    metrics.json, summary.md, figures and report page in OUT (module docstring). Returns the merged
+    experiments."""
+    out, seeds = Path(args.out), list(args.seeds)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    print(f"seeds {', '.join(map(str, seeds))}: one run per seed into {out}/seed-S/ (each the command with "
+          f"--seed S --out {out}/seed-S); {_projection(out, seeds, args.experiments)}", flush=True)
+    for i, s in enumerate(seeds):
+        print(f"\n##### {report.TASK}: seed {s} ({i + 1} of {len(seeds)}) #####", flush=True)
+        t0 = time.perf_counter()
+        with results.seed_run(keep_finished=not args.fresh):
+            main(argv + ["--seed", str(s), "--out", str(seed_dir(out, s))])
+        if i + 1 < len(seeds):
+            left = (time.perf_counter() - t0) * (len(seeds) - i - 1)
+            print(f"seed {s} took {(time.perf_counter() - t0) / 60:.1f} min; the other {len(seeds) - i - 1} "
+                  f"about {left / 60:.1f} min more if they run as long", flush=True)
+    docs = {s: json.loads((seed_dir(out, s) / "metrics.json").read_text()) for s in seeds}
+    config = {**docs[seeds[0]]["config"], "seed": seeds[0], "seeds": seeds, "out": str(args.out)}
+    doc = merge(report, seeds, docs, config)
+    results.set_aside(out / "metrics.json", lambda old: old.get("seeds") == seeds and
+                      results.same_settings(old, doc["config"], doc.get("recipe", {})))
+    draw(report, out, doc)
+    write_atomic(out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    write_atomic(out / "summary.md", summary(doc, out))
+    write_report(out.parent, out.name)
+    print(f"\nfindings over seeds {', '.join(map(str, seeds))}" + (f" ({SMOKE_NOTE})" if args.smoke else "") + ":")
+    for f in doc["findings"]:
+        print(f"  {f['ref']} {f['ask']}: {f.get('finding', f.get('todo'))}")
+    print(f"\nsummary: {out / 'summary.md'} (each seed: {out}/seed-S/)\nreport page: {report_page(out)}", flush=True)
+    return doc["experiments"]
+
+
+def replot(report: ModuleType, out: Path, doc: dict) -> dict:
+    """--replot of a multi-seed run: every seed's figures, then the merged ones."""
+    for s in doc["seeds"]:
+        results.replot(report, seed_dir(out, s))
+    draw(report, out, doc)
+    return doc["experiments"]
+
+
+def redirect(report: ModuleType, args, argv: list[str] | None, main: Callable[[list[str]], dict]) -> dict:
+    """A task's main hands over here when this process computes nothing itself: --replot redraws the
+    figures of --out, --seeds a,b,... runs `main` once per seed (run_seeds)."""
+    return results.replot(report, args.out) if args.replot else run_seeds(report, args, argv, main)
