@@ -327,7 +327,10 @@ def replot(report: ModuleType, out: str | Path) -> dict:
         recorded = doc["experiments"]
         if "per_seed" in doc:  # a --seeds run: each seed's figures, then the merged ones
             from . import seeds
-            return seeds.replot(report, out, doc)
+            for s in doc["seeds"]:
+                replot(report, seeds.seed_dir(out, s))
+            seeds.draw(report, out, doc)
+            return recorded
     except FileNotFoundError:
         raise UserError(f"--replot: no {out / 'metrics.json'}; run the experiments first") from None
     except (json.JSONDecodeError, KeyError, TypeError):

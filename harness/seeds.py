@@ -1,16 +1,15 @@
 """--seeds 0,1,2: one run per seed, then what the seeds say together (issue 21).
 
-Each seed's run is the single-seed command a user could type, `--seed S --out OUT/seed-S`:
-its own figures, metrics.json, summary.md and cache/, so adding a seed later reuses the
-finished ones (an experiment a seed already recorded with the same settings is kept, not
-rerun; --fresh reruns everything). Then OUT/ gets the merged view:
+Each seed's run is the single-seed command `--seed S --out OUT/seed-S`, with its own figures,
+metrics.json, summary.md and cache/; adding a seed later reuses the finished ones (an experiment
+a seed recorded with the same settings is kept; --fresh reruns everything). Then in OUT/:
 
     metrics.json   experiments: each metric's mean over the seeds (what the findings read);
                    per_seed: every seed's experiments as its run recorded them;
                    spread: {experiment: {metric path: {mean, sd, min, max, n}}} for each number
-    findings       the rule of each question applied to the mean, plus how many seeds reach
-                   the same finding on their own numbers (see `agree`) and the spread of
-                   every number the rule read
+    findings       each question's finding as most seeds reach it (one seed's sentence, its
+                   numbers consistent), how many seeds reach it and what the others found
+                   (`agree`), and the mean +- sd of every number the rule read
     <exp>_seeds.png  each seed's value of those numbers (dots) with mean +- sd, per experiment
     <exp>_*.png    the first seed's figures, marked as such below the picture
     summary.md     tables of mean +- sd (min - max, n) and each seed's value
@@ -55,10 +54,10 @@ def _round(x: float, digits: int = 4) -> float:
 
 
 def mean_of(values: list):
-    """One metric over the seeds that recorded it. Numbers: the mean (an int when the seeds gave ints and
-    their mean is whole: 7 digits, not 7.0); None (undefined) when more than half the seeds left it undefined, else the mean of the others.
-    Lists of equal length: element by element. Booleans: the majority (ties: the first seed). Anything else
-    (names, strings): the first seed's value."""
+    """One metric over the seeds that recorded it. Numbers: the mean (an int when the seeds gave ints and it
+    is whole: 7 digits, not 7.0); None when more than half the seeds left it undefined, else the others' mean.
+    Equal-length lists: element by element. Booleans: the majority (ties: the first seed). Anything else
+    (names): the first seed's."""
     defined = [v for v in values if v is not None]
     if len(defined) * 2 < len(values) or not defined:
         return None
@@ -129,16 +128,26 @@ def wording(finding: str) -> str:
     return _NUMBER.sub("#", finding)
 
 
-def agree(mean_finding: str, seed_findings: dict[int, str | None]) -> str:
-    """The sentence a multi-seed finding ends with: how many seeds reach it on their own numbers, and
-    what the first one that does not says."""
-    same = [s for s, f in seed_findings.items() if f is not None and wording(f) == wording(mean_finding)]
-    text = f" (seeds {', '.join(map(str, seed_findings))}: {len(same)} of {len(seed_findings)} reach this finding on " \
-           f"their own numbers"
-    other = next(((s, f) for s, f in seed_findings.items() if s not in same), None)
-    if other is not None:
-        text += f"; seed {other[0]} instead: " + (f"\u00ab{other[1]}\u00bb" if other[1] else "not answered")
-    return text + ")"
+def agree(seed_findings: dict[int, str | None]) -> tuple[int | None, str]:
+    """Group the seeds by the words of their findings (numbers aside). Returns the seed that speaks for the
+    largest group (ties: the earliest seed's group), whose finding a multi-seed run states with its own,
+    consistent numbers, and the words that follow it: how many seeds reach it and what the others found.
+    (None, "") when no seed answered."""
+    groups: dict[str, list[int]] = {}
+    for s, f in seed_findings.items():
+        if f is not None:
+            groups.setdefault(wording(f), []).append(s)
+    if not groups:
+        return None, ""
+    main = max(groups.values(), key=len)  # the first of the largest: the earliest seed's on a tie
+    n = len(seed_findings)
+    text = f" (seed {main[0]}'s numbers; {len(main)} of {n} seeds reach this finding on their own numbers"
+    text += f": seed{'s' if len(main) > 1 else ''} {', '.join(map(str, main))}" if len(main) < n else ""
+    for others in (g for g in groups.values() if g is not main):
+        text += f"; seed{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} instead: " \
+                f"\u00ab{seed_findings[others[0]]}\u00bb"
+    silent = [str(s) for s, f in seed_findings.items() if f is None]
+    return main[0], text + (f"; not answered in seed {', '.join(silent)}" if silent else "") + ")"
 
 
 def merge(report: ModuleType, seeds: list[int], docs: dict[int, dict], config: dict) -> dict:
@@ -155,40 +164,32 @@ def merge(report: ModuleType, seeds: list[int], docs: dict[int, dict], config: d
         m = mean_of([{k: v for k, v in e.items() if k != "seconds"} for e in ok])
         m["seconds"] = round(sum(e.get("seconds", 0) for e in ok), 3)
         experiments[name], spread[name] = m, spread_of(ok)
-    questions = getattr(report, "QUESTIONS", [])
-    script = f"{first['task'].capitalize()}.py"
-    findings = results.answer_questions(script, questions, experiments)
-    by_seed = {s: results.answer_questions(script, questions, docs[s].get("experiments", {})) for s in seeds}
-    read_by_question = _reads_per_question(questions, experiments)
-    reads = list(dict.fromkeys(p for ps in read_by_question for p in ps))
-    for i, f in enumerate(findings):
-        if "finding" not in f:
-            continue
-        f["finding"] += agree(f["finding"], {s: by_seed[s][i].get("finding") for s in seeds})
-        f["evidence"] += _spread_lines(read_by_question[i], spread)
+    questions, script = getattr(report, "QUESTIONS", []), f"{first['task'].capitalize()}.py"
+    by_seed = {s: results.answer_questions(script, questions, per_seed[str(s)]) for s in seeds}
+    findings, reads = [], []
+    for i, q in enumerate(questions):
+        speaker, text = agree({s: by_seed[s][i].get("finding") for s in seeds})
+        f = dict(by_seed[seeds[0] if speaker is None else speaker][i])
+        if speaker is not None:
+            read = _reads(q, per_seed[str(speaker)])
+            f.update(finding=f["finding"] + text, evidence=f["evidence"] + _spread_lines(read, spread))
+            reads += read
+        findings.append(f)
     return {"task": first["task"], "config": config, **({"recipe": first["recipe"]} if "recipe" in first else {}),
             "env": {**first.get("env", {}), "seeds_from": [f"seed-{s}/metrics.json" for s in seeds]},
             "seeds": seeds, "experiments": experiments, "findings": findings, "spread": spread,
-            "reads": {n: [p.split("/", 1)[1] for p in reads if p.split("/")[0] == n] for n in spread},
-            "per_seed": per_seed}
+            "reads": {n: list(dict.fromkeys(p.split("/", 1)[1] for p in reads if p.split("/")[0] == n))
+                      for n in spread}, "per_seed": per_seed}
 
 
-def _reads_per_question(questions: list, experiments: dict) -> list[list[str]]:
-    """For each question, the metric paths ("experiment/a/b") its rule read."""
-    out = []
-    for q in questions:
-        seen: list[tuple] = []
-        try:
-            if all(n in experiments for n in q.needs):
-                q.answer(_Reads(experiments, seen=seen))
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            pass
-        out.append(["/".join(map(str, p)) for p in seen if len(p) > 1])
-    return out
-
-
-def _g(x: float) -> str:
-    return f"{x:.3g}"
+def _reads(question, experiments: dict) -> list[str]:
+    """The metric paths ("experiment/a/b") the question's rule reads from these experiments."""
+    seen: list[tuple] = []
+    try:
+        question.answer(_Reads(experiments, seen=seen))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        pass
+    return ["/".join(map(str, p)) for p in seen if len(p) > 1]
 
 
 def _spread_lines(paths: list[str], spread: dict) -> list[str]:
@@ -196,9 +197,9 @@ def _spread_lines(paths: list[str], spread: dict) -> list[str]:
     differ, once for those that are the same in every seed."""
     found = [(p, spread[p.split("/")[0]][p.split("/", 1)[1]]) for p in paths
              if p.split("/")[0] in spread and p.split("/", 1)[1] in spread[p.split("/")[0]]]
-    vary = [f"{p} {_g(s['mean'])} \u00b1 {_g(s['sd'])} ({_g(s['min'])}-{_g(s['max'])})"
+    vary = [f"{p} {s['mean']:.3g} \u00b1 {s['sd']:.3g} ({s['min']:.3g}-{s['max']:.3g})"
             for p, s in found if s["min"] != s["max"]]
-    same = [f"{p} {_g(s['mean'])}" for p, s in found if s["min"] == s["max"]]
+    same = [f"{p} {s['mean']:.3g}" for p, s in found if s["min"] == s["max"]]
     n = max((s["n"] for _, s in found), default=0)
     return ([f"over {n} seeds, mean \u00b1 sd (min-max): " + "; ".join(vary)] if vary else []) + \
         ([f"the same in all {n} seeds: " + "; ".join(same)] if same else [])
@@ -214,17 +215,14 @@ def seeds_figure(task: str, name: str, doc: dict):
     are equal in every seed are left out. None when nothing is left to show."""
     import matplotlib.pyplot as plt
 
-    seeds, per_seed = doc["seeds"], doc["per_seed"]
+    seeds = doc["seeds"]
+    value = {p: [_at(doc["per_seed"][str(s)].get(name, {}), p) for s in seeds] for p in doc["reads"].get(name, [])}
+    order = list(dict.fromkeys(p.rsplit("/", 1)[0] for p in value))  # arms in the order the rules read them
     groups: dict[str, list[str]] = {}
-    reads = doc.get("reads", {}).get(name, [])
-    order = list(dict.fromkeys(p.rsplit("/", 1)[0] for p in reads))  # arms in the order the rules read them
-    for path in sorted(reads, key=lambda p: order.index(p.rsplit("/", 1)[0])):
-        vals = [_at(per_seed[str(s)].get(name, {}), path) for s in seeds]
-        if all(_is_number(v) for v in vals if v is not None) and any(_is_number(v) for v in vals):
+    for path in sorted(value, key=lambda p: order.index(p.rsplit("/", 1)[0])):
+        if all(_is_number(v) for v in value[path] if v is not None) and any(_is_number(v) for v in value[path]):
             groups.setdefault(path.rsplit("/", 1)[-1], []).append(path)
-    groups = {k: ps for k, ps in groups.items()
-              if len({_at(per_seed[str(s)].get(name, {}), p) for s in seeds for p in [ps[0]]}) > 1 or
-              any(len({_at(per_seed[str(s)].get(name, {}), p) for s in seeds}) > 1 for p in ps)}
+    groups = {k: ps for k, ps in groups.items() if any(len(set(value[p])) > 1 for p in ps)}  # something differs
     if not groups:
         return None
     shown = list(groups.items())[:MAX_PANELS]
@@ -236,8 +234,7 @@ def seeds_figure(task: str, name: str, doc: dict):
         labels = [p.rsplit("/", 1)[0] if "/" in p else name for p in paths]
         common = _common_prefix(labels)
         for x, p in enumerate(paths):
-            v = np.array([np.nan if (u := _at(per_seed[str(s)].get(name, {}), p)) is None else u for s in seeds],
-                         dtype=float)
+            v = np.array([np.nan if u is None else u for u in value[p]], dtype=float)
             for j, s in enumerate(seeds):
                 ax.plot(x + 0.08 * (j - (len(seeds) - 1) / 2), v[j], "o", ms=5,
                         color=SEED_COLOURS[j % len(SEED_COLOURS)], label=f"seed {s}" if x == 0 else None)
@@ -261,6 +258,7 @@ def seeds_figure(task: str, name: str, doc: dict):
 
 
 def _at(d: dict, path: str):
+    """d["a"]["b"] for path "a/b"; None where it is missing."""
     for part in path.split("/"):
         if not isinstance(d, dict) or part not in d:
             return None
@@ -296,12 +294,12 @@ def summary(doc: dict, out: Path) -> str:
     """summary.md of a multi-seed run: findings with seed agreement, then per experiment every number's
     mean +- sd (min - max, n) and each seed's value, and its figures."""
     seeds, smoke = doc["seeds"], doc["env"].get("data") == "smoke"
-    lines = [f"# {doc['task']}: summary over seeds {', '.join(map(str, seeds))}", ""]
-    lines += [f"**{SMOKE_NOTE}.**", ""] if smoke else []
-    lines += [f"Each seed's run: " + ", ".join(f"[seed-{s}/summary.md](seed-{s}/summary.md)" for s in seeds)
-              + ". Figures without `_seeds` in their name are the first seed's.", "",
-              "config: " + ", ".join(f"`{k}={v}`" for k, v in doc["config"].items()), ""]
-    lines += ["## Findings: the rule applied to the mean over seeds, and how many seeds agree", ""]
+    lines = [f"# {doc['task']}: summary over seeds {', '.join(map(str, seeds))}", ""] + \
+        ([f"**{SMOKE_NOTE}.**", ""] if smoke else []) + \
+        ["Each seed's run: " + ", ".join(f"[seed-{s}/summary.md](seed-{s}/summary.md)" for s in seeds)
+         + ". Figures without `_seeds` in their name are the first seed's.", "",
+         "config: " + ", ".join(f"`{k}={v}`" for k, v in doc["config"].items()), "",
+         "## Findings: what most seeds find (one seed's numbers), how many seeds agree, the spread", ""]
     for f in doc["findings"]:
         lines += [f"### {f['ref']}. {f['ask']}", ""]
         if "todo" in f:
@@ -321,8 +319,8 @@ def summary(doc: dict, out: Path) -> str:
             each = [_at(doc["per_seed"][str(x)].get(name, {}), path) for x in seeds]
             lines.append(f"| {path} | {fmt(s['mean'])} \u00b1 {fmt(s['sd'])} | {fmt(s['min'])} | {fmt(s['max'])} | "
                          f"{s['n']} | " + " | ".join(fmt(v) for v in each) + " |")
-        lines += ["", f"seconds, all seeds: {m.get('seconds')}", ""] + [f"![{p}]({p})" for p in figures.get(name, [])]
-        lines += [""]
+        lines += ["", f"seconds, all seeds: {m.get('seconds')}", ""]
+        lines += [f"![{p}]({p})" for p in figures.get(name, [])] + [""]
     return "\n".join(lines)
 
 
@@ -396,14 +394,6 @@ def run_seeds(report: ModuleType, args, argv: list[str] | None, main: Callable[[
     for f in doc["findings"]:
         print(f"  {f['ref']} {f['ask']}: {f.get('finding', f.get('todo'))}")
     print(f"\nsummary: {out / 'summary.md'} (each seed: {out}/seed-S/)\nreport page: {report_page(out)}", flush=True)
-    return doc["experiments"]
-
-
-def replot(report: ModuleType, out: Path, doc: dict) -> dict:
-    """--replot of a multi-seed run: every seed's figures, then the merged ones."""
-    for s in doc["seeds"]:
-        results.replot(report, seed_dir(out, s))
-    draw(report, out, doc)
     return doc["experiments"]
 
 

@@ -105,7 +105,7 @@ def test_the_sweep_notices_a_flag_without_a_range():
     p.add_argument("--name", default="x")
     p.add_argument("--fractions", type=harness.BoundedList(harness.unit_float), default=[0.5])
     assert unranged_numeric_flags(p) == ["--plain-int", "--hand-made"]
-    assert [f[0] for f in numeric_flags(p)] == ["--seed", "--ranged", "--fractions"]
+    assert [f[0] for f in numeric_flags(p)] == ["--seeds", "--ranged", "--fractions"]
 
 
 @pytest.mark.parametrize("task", TASKS)

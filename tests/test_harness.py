@@ -328,7 +328,8 @@ def test_the_report_page_shows_each_run_and_says_how_to_run_the_others(tmp_path)
     common.save_figure(fig, out / "probe_curves.png")
     res.record("probe", {"cls_acc": 0.91, "mean_acc": 0.87, "seconds": 1.0})
     doc = json.loads((out / "metrics.json").read_text())
-    assert doc["findings"][0]["finding"] == "CLS wins by 4.0 points"
+    assert doc["findings"][0]["finding"] == ("CLS wins by 4.0 points (One seed, 0: `--seeds 0,1,2` tells whether "
+                                             "other seeds agree.)")
     summary = (out / "summary.md").read_text()
     assert summary.index("**Finding.** CLS wins by 4.0 points") < summary.index("## probe")
     page = _parse_page(tmp_path / "index.html")

@@ -65,9 +65,9 @@ def _merge_task3(covs: list[int]) -> dict:
 def test_task3_finding_states_seed_agreement_when_seeds_agree():
     doc = _merge_task3([9, 8, 9])
     f = next(f for f in doc["findings"] if f["ref"] == "3.5")
-    assert f["finding"].startswith("the provoked setting covers 3 of 10 digits (KL from uniform 1.500); "
-                                   "more_d_steps restores diversity best: 8.667 digits")
-    assert f["finding"].endswith("(seeds 0, 1, 2: 3 of 3 reach this finding on their own numbers)")
+    assert f["finding"] == ("the provoked setting covers 3 of 10 digits (KL from uniform 1.500); more_d_steps "
+                            "restores diversity best: 9 digits, KL 0.500, diversity 9.000 (seed 0's numbers; 3 of 3 "
+                            "seeds reach this finding on their own numbers)")
     assert doc["spread"]["mode_collapse"]["arms/more_d_steps/coverage"] == \
         {"mean": 8.667, "sd": 0.5774, "min": 8.0, "max": 9.0, "n": 3}
     ev = " ".join(f["evidence"])
@@ -78,15 +78,17 @@ def test_task3_finding_states_seed_agreement_when_seeds_agree():
 def test_task3_finding_states_seed_agreement_when_seeds_split():
     doc = _merge_task3([9, 9, 3])                 # seed 2: normal_lr (5 digits) beats more_d_steps (3)
     f = next(f for f in doc["findings"] if f["ref"] == "3.5")
-    assert "more_d_steps restores diversity best: 7 digits" in f["finding"]  # an int when the mean is whole
-    assert "(seeds 0, 1, 2: 2 of 3 reach this finding on their own numbers; seed 2 instead: " \
+    assert doc["experiments"]["mode_collapse"]["arms"]["more_d_steps"]["coverage"] == 7  # a whole mean: an int
+    assert "more_d_steps restores diversity best: 9 digits" in f["finding"]
+    assert "(seed 0's numbers; 2 of 3 seeds reach this finding on their own numbers: seeds 0, 1; seed 2 instead: " \
            "\u00abthe provoked setting covers 3 of 10 digits (KL from uniform 1.500); normal_lr restores" in \
            f["finding"]
     assert doc["per_seed"]["2"]["mode_collapse"]["arms"]["more_d_steps"]["coverage"] == 3
 
 
-def test_a_finding_no_seed_reaches_says_so():
-    """Two cures that each win one seed can both lose on the mean to a steady third: 0 of 2 seeds."""
+def test_seeds_that_all_differ_are_each_shown():
+    """Two cures that each win one seed (and would both lose on the mean to a steady third): 1 of 2 seeds
+    each, the first seed's finding stated, the other's quoted."""
     docs = {}
     for s, (more, mbstd) in enumerate([(9, 0), (0, 9)]):
         m = t3_collapse(more)
@@ -94,9 +96,10 @@ def test_a_finding_no_seed_reaches_says_so():
         m["arms"]["normal_lr"]["coverage"] = 6
         docs[s] = {"task": "task3", "config": {"seed": s}, "env": {}, "experiments": {"mode_collapse": m}}
     f = next(f for f in seeds.merge(R3, [0, 1], docs, {"seeds": [0, 1]})["findings"] if f["ref"] == "3.5")
-    assert "normal_lr restores diversity best: 6 digits" in f["finding"]
-    assert "0 of 2 reach this finding" in f["finding"] and "seed 0 instead: \u00abthe provoked setting covers 3 of " \
-           "10 digits (KL from uniform 1.500); more_d_steps restores diversity best: 9 digits" in f["finding"]
+    assert "more_d_steps restores diversity best: 9 digits" in f["finding"]
+    assert "(seed 0's numbers; 1 of 2 seeds reach this finding on their own numbers: seed 0; seed 1 instead: " \
+           "\u00abthe provoked setting covers 3 of 10 digits (KL from uniform 1.500); minibatch_std restores " \
+           "diversity best: 9 digits" in f["finding"]
 
 
 # ----------------------------------------------------------------------------
@@ -162,8 +165,11 @@ def test_a_multi_seed_run_merges_reuses_finished_seeds_and_replots(tmp_path, cap
         assert one["findings"][0]["finding"].endswith(f"(One seed, {s}: `--seeds 0,1,2` tells whether other "
                                                       "seeds agree.)")
         assert_png_ok(out / f"seed-{s}" / "probe_curve.png")
-    assert doc["findings"][0]["finding"] == ("the cure helps: 0.680 vs 0.510 (seeds 0, 1: 2 of 2 reach this "
-                                             "finding on their own numbers)")
+    assert doc["findings"][0]["finding"] == ("the cure helps: 0.700 vs 0.500 (seed 0's numbers; 2 of 2 seeds reach "
+                                             "this finding on their own numbers)")
+    assert doc["findings"][0]["evidence"] == [
+        "n 100", "over 2 seeds, mean \u00b1 sd (min-max): probe/arms/cure/acc 0.68 \u00b1 0.0283 (0.66-0.7); "
+        "probe/arms/plain/acc 0.51 \u00b1 0.0141 (0.5-0.52)", "the same in all 2 seeds: probe/n 100"]
     assert_png_ok(out / "probe_curve.png") and assert_png_ok(out / "probe_seeds.png")
     summary = (out / "summary.md").read_text()
     assert "| arms/cure/acc | 0.68 \u00b1 0.02828 | 0.66 | 0.7 | 2 | 0.7 | 0.66 |" in summary
@@ -179,7 +185,7 @@ def test_a_multi_seed_run_merges_reuses_finished_seeds_and_replots(tmp_path, cap
     assert "about 0.0 min" in printed and "already finished for seed 0" in printed
     doc = json.loads((out / "metrics.json").read_text())
     f = doc["findings"][0]["finding"]
-    assert f.startswith("the cure helps: 0.637 vs 0.540") and "2 of 3 reach this finding" in f
+    assert f.startswith("the cure helps: 0.700 vs 0.500") and "2 of 3 seeds reach this finding" in f
     assert "seed 2 instead: \u00abthe cure does not help: 0.550 vs 0.600\u00bb" in f
     assert doc["spread"]["probe"]["arms/cure/acc"]["n"] == 3
 
