@@ -33,16 +33,11 @@ from .report import SMOKE_NOTE, figures_by_experiment, report_page, write_report
 from .store import atomic_path, fmt, load_plot_data, write_atomic
 
 MAX_PANELS = 12           # a seeds figure shows at most this many metrics (4 x 3 panels); all are in metrics.json
-SEED_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
 def seed_dir(out: str | Path, seed: int) -> Path:
     return Path(out) / f"seed-{seed}"
 
-
-# ----------------------------------------------------------------------------
-# Numbers over seeds
-# ----------------------------------------------------------------------------
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -237,11 +232,14 @@ def seeds_figure(task: str, name: str, doc: dict):
             v = np.array([np.nan if u is None else u for u in value[p]], dtype=float)
             for j, s in enumerate(seeds):
                 ax.plot(x + 0.08 * (j - (len(seeds) - 1) / 2), v[j], "o", ms=5,
-                        color=SEED_COLOURS[j % len(SEED_COLOURS)], label=f"seed {s}" if x == 0 else None)
+                        color=f"C{j % 10}", label=f"seed {s}" if x == 0 else None)
             if np.isfinite(v).sum() > 1:
                 ax.errorbar(x + 0.3, np.nanmean(v), yerr=np.nanstd(v, ddof=1), fmt="_", color="black", ms=12,
                             capsize=3, label="mean \u00b1 sd" if x == 0 else None)
-        ax.set_xticks(range(len(paths)), [(lab[len(common):] or lab).replace("/", " ")[:22] for lab in labels],
+        shown_values = np.array([v for p in paths for v in value[p] if v is not None], dtype=float)
+        if shown_values.min() > 0 and shown_values.max() > 1e3 * shown_values.min():  # gradients: 1e-5 .. 10
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(paths)), [(lab[len(common):] or lab).replace("/", " ")[:28] for lab in labels],
                       rotation=30 if len(paths) > 2 else 0, ha="right" if len(paths) > 2 else "center", fontsize=7)
         ax.set_xlim(-0.5, len(paths) - 0.3)
         ax.set_title(metric[:30], fontsize=9)
@@ -350,7 +348,7 @@ def _projection(out: Path, seeds: list[int], experiments: list[str]) -> str:
     for s in seeds:
         try:
             ex = json.loads((seed_dir(out, s) / "metrics.json").read_text()).get("experiments", {})
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # none yet, or unreadable: that seed runs
             ex = {}
         if all(n in ex and "error" not in ex[n] for n in experiments):
             per_seed = per_seed or sum(ex[n].get("seconds", 0) for n in experiments)
@@ -398,6 +396,5 @@ def run_seeds(report: ModuleType, args, argv: list[str] | None, main: Callable[[
 
 
 def redirect(report: ModuleType, args, argv: list[str] | None, main: Callable[[list[str]], dict]) -> dict:
-    """A task's main hands over here when this process computes nothing itself: --replot redraws the
-    figures of --out, --seeds a,b,... runs `main` once per seed (run_seeds)."""
+    """Where a task's main hands over: --replot redraws the figures of --out; --seeds a,b runs main per seed."""
     return results.replot(report, args.out) if args.replot else run_seeds(report, args, argv, main)
