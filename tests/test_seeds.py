@@ -141,12 +141,27 @@ def _main(argv=None):
 
     def probe():
         CALLS.append(args.seed)
+        if args.seed == 99:
+            raise harness.UserError("seed 99 cannot be had")
         acc = ACC.get(args.seed, ACC[0])
         curve = np.random.default_rng(args.seed).random(5)
         return {"arms": {k: {"acc": v} for k, v in acc.items()}, "n": 100, "best": max(acc, key=acc.get)}, \
             {"curve": curve}
 
-    return harness.run(REPORT, args, torch.device("cpu"), {"probe": probe})
+    with harness.user_errors("Task9.py"):
+        return harness.run(REPORT, args, torch.device("cpu"), {"probe": probe})
+
+
+def test_a_seed_that_fails_is_one_line_and_exit_2_keeping_the_others(tmp_path, capsys):
+    out = tmp_path / "task9"
+    _main(["--seeds", "0,1", "--out", str(out)])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _main(["--seeds", "0,1,99", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err == ["Task9.py: error: seed 99 cannot be had"]
+    assert all(p.read_bytes() == b for p, b in before.items())  # nothing written before is lost or changed
 
 
 def test_a_multi_seed_run_merges_reuses_finished_seeds_and_replots(tmp_path, capsys, monkeypatch):
