@@ -307,6 +307,40 @@ class Results:
             print(SMOKE_BANNER, flush=True)
 
 
+def seeds_summary(doc: dict, out: Path) -> str:
+    """summary.md of a multi-seed run: findings with seed agreement, then per experiment every number's
+    mean +- sd (min - max, n) and each seed's value, and its figures."""
+    seeds, smoke = doc["seeds"], doc["env"].get("data") == "smoke"
+    lines = [f"# {doc['task']}: summary over seeds {', '.join(map(str, seeds))}", ""] + \
+        ([f"**{SMOKE_BANNER}.**", ""] if smoke else []) + \
+        ["Each seed's run: " + ", ".join(f"[seed-{s}/summary.md](seed-{s}/summary.md)" for s in seeds)
+         + ". Figures without `_seeds` in their name are the first seed's.", "",
+         "config: " + ", ".join(f"`{k}={v}`" for k, v in doc["config"].items()), "",
+         "## Findings: what most seeds find (one seed's numbers), how many seeds agree, the spread", ""]
+    for f in doc["findings"]:
+        lines += [f"### {f['ref']}. {f['ask']}", ""]
+        if "todo" in f:
+            lines += [f"_{f['todo']}_", ""]
+            continue
+        lines += [f"**Finding.** {f['finding']}", ""] + [f"- {ev}" for ev in f["evidence"]]
+        lines += [f"- figure: [{p}]({p})" for p in f["figures"]] + [""]
+    figures = figures_by_experiment(out, list(doc["experiments"]))
+    for name, m in doc["experiments"].items():
+        lines += [f"## {name}", ""]
+        if name not in doc["spread"]:
+            lines += [f"_{m.get('error', 'no seed finished')}_", ""]
+            continue
+        lines += ["| metric | mean \u00b1 sd | min | max | n | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(seeds)]
+        for path, s in doc["spread"][name].items():
+            each = [flatten(doc["per_seed"][str(x)].get(name, {})).get(path) for x in seeds]
+            lines.append(f"| {path} | {fmt(s['mean'])} \u00b1 {fmt(s['sd'])} | {fmt(s['min'])} | {fmt(s['max'])} | "
+                         f"{s['n']} | " + " | ".join(fmt(v) for v in each) + " |")
+        lines += ["", f"seconds, all seeds: {m.get('seconds')}", ""]
+        lines += [f"![{p}]({p})" for p in figures.get(name, [])] + [""]
+    return "\n".join(lines)
+
+
 def run(report: ModuleType, args, device: torch.device,
         experiments: dict[str, Callable[[], dict | tuple[dict, dict]]], recipe=None) -> dict:
     """Run the chosen experiments of `args` (see Results.run); returns the recorded ones.

@@ -29,8 +29,8 @@ from typing import Callable
 import numpy as np
 
 from . import results
-from .report import SMOKE_NOTE, figures_by_experiment, report_page, write_report
-from .store import atomic_path, fmt, load_plot_data, write_atomic
+from .report import SMOKE_NOTE, report_page, write_report
+from .store import atomic_path, load_plot_data, write_atomic
 
 MAX_PANELS = 12           # a seeds figure shows at most this many metrics (4 x 3 panels); all are in metrics.json
 
@@ -138,11 +138,24 @@ def agree(seed_findings: dict[int, str | None]) -> tuple[int | None, str]:
     n = len(seed_findings)
     text = f" (seed {main[0]}'s numbers; {len(main)} of {n} seeds reach this finding on their own numbers"
     text += f": seed{'s' if len(main) > 1 else ''} {', '.join(map(str, main))}" if len(main) < n else ""
-    for others in (g for g in groups.values() if g is not main):
+    said = {wording(c) for c in _clauses(seed_findings[main[0]])}
+    for others in (g for g in groups.values() if g is not main):  # only the parts that read differently
+        differ = [c for c in _clauses(seed_findings[others[0]]) if wording(c) not in said]
         text += f"; seed{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} instead: " \
-                f"\u00ab{seed_findings[others[0]]}\u00bb"
+                f"\u00ab{'; '.join(differ)}\u00bb"
     silent = [str(s) for s, f in seed_findings.items() if f is None]
     return main[0], text + (f"; not answered in seed {', '.join(silent)}" if silent else "") + ")"
+
+
+def _clauses(finding: str) -> list[str]:
+    """A finding's parts: split at "; " outside brackets ("a (b; c); d" -> ["a (b; c)", "d"])."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(finding):
+        depth += (ch in "([\u00ab") - (ch in ")]\u00bb")
+        if depth == 0 and finding.startswith("; ", i):
+            parts.append(finding[start:i])
+            start = i + 2
+    return parts + [finding[start:]]
 
 
 def merge(report: ModuleType, seeds: list[int], docs: dict[int, dict], config: dict) -> dict:
@@ -167,7 +180,7 @@ def merge(report: ModuleType, seeds: list[int], docs: dict[int, dict], config: d
         f = dict(by_seed[seeds[0] if speaker is None else speaker][i])
         if speaker is not None:
             read = _reads(q, per_seed[str(speaker)])
-            f.update(finding=f["finding"] + text, evidence=f["evidence"] + _spread_lines(read, spread))
+            f.update(finding=f["finding"] + text, evidence=f["evidence"] + _spread_lines(read, spread, len(seeds)))
             reads += read
         findings.append(f)
     return {"task": first["task"], "config": config, **({"recipe": first["recipe"]} if "recipe" in first else {}),
@@ -187,15 +200,15 @@ def _reads(question, experiments: dict) -> list[str]:
     return ["/".join(map(str, p)) for p in seen if len(p) > 1]
 
 
-def _spread_lines(paths: list[str], spread: dict) -> list[str]:
-    """Evidence for a finding over seeds: each number its rule read, mean +- sd (min-max) where the seeds
-    differ, once for those that are the same in every seed."""
+def _spread_lines(paths: list[str], spread: dict, n: int) -> list[str]:
+    """Evidence for a finding over n seeds: each number its rule read, mean +- sd (min-max) where the seeds
+    differ (and how many defined it, where some did not), once for those that are the same in every seed."""
     found = [(p, spread[p.split("/")[0]][p.split("/", 1)[1]]) for p in paths
              if p.split("/")[0] in spread and p.split("/", 1)[1] in spread[p.split("/")[0]]]
-    vary = [f"{p} {s['mean']:.3g} \u00b1 {s['sd']:.3g} ({s['min']:.3g}-{s['max']:.3g})"
-            for p, s in found if s["min"] != s["max"]]
-    same = [f"{p} {s['mean']:.3g}" for p, s in found if s["min"] == s["max"]]
-    n = max((s["n"] for _, s in found), default=0)
+    same = [f"{p} {s['mean']:.3g}" for p, s in found if s["min"] == s["max"] and s["n"] == n]
+    vary = [f"{p} {s['mean']:.3g} \u00b1 {s['sd']:.3g} ({s['min']:.3g}-{s['max']:.3g}"
+            + (f"; defined in {s['n']} of {n} seeds)" if s["n"] < n else ")")
+            for p, s in found if s["min"] != s["max"] or s["n"] < n]
     return ([f"over {n} seeds, mean \u00b1 sd (min-max): " + "; ".join(vary)] if vary else []) + \
         ([f"the same in all {n} seeds: " + "; ".join(same)] if same else [])
 
@@ -288,40 +301,6 @@ def save(fig, path: Path, note: str = "") -> None:
         plt.close(fig)
 
 
-def summary(doc: dict, out: Path) -> str:
-    """summary.md of a multi-seed run: findings with seed agreement, then per experiment every number's
-    mean +- sd (min - max, n) and each seed's value, and its figures."""
-    seeds, smoke = doc["seeds"], doc["env"].get("data") == "smoke"
-    lines = [f"# {doc['task']}: summary over seeds {', '.join(map(str, seeds))}", ""] + \
-        ([f"**{SMOKE_NOTE}.**", ""] if smoke else []) + \
-        ["Each seed's run: " + ", ".join(f"[seed-{s}/summary.md](seed-{s}/summary.md)" for s in seeds)
-         + ". Figures without `_seeds` in their name are the first seed's.", "",
-         "config: " + ", ".join(f"`{k}={v}`" for k, v in doc["config"].items()), "",
-         "## Findings: what most seeds find (one seed's numbers), how many seeds agree, the spread", ""]
-    for f in doc["findings"]:
-        lines += [f"### {f['ref']}. {f['ask']}", ""]
-        if "todo" in f:
-            lines += [f"_{f['todo']}_", ""]
-            continue
-        lines += [f"**Finding.** {f['finding']}", ""] + [f"- {ev}" for ev in f["evidence"]]
-        lines += [f"- figure: [{p}]({p})" for p in f["figures"]] + [""]
-    figures = figures_by_experiment(out, list(doc["experiments"]))
-    for name, m in doc["experiments"].items():
-        lines += [f"## {name}", ""]
-        if name not in doc["spread"]:
-            lines += [f"_{m.get('error', 'no seed finished')}_", ""]
-            continue
-        lines += ["| metric | mean \u00b1 sd | min | max | n | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-                  "|---|---|---|---|---|" + "---|" * len(seeds)]
-        for path, s in doc["spread"][name].items():
-            each = [_at(doc["per_seed"][str(x)].get(name, {}), path) for x in seeds]
-            lines.append(f"| {path} | {fmt(s['mean'])} \u00b1 {fmt(s['sd'])} | {fmt(s['min'])} | {fmt(s['max'])} | "
-                         f"{s['n']} | " + " | ".join(fmt(v) for v in each) + " |")
-        lines += ["", f"seconds, all seeds: {m.get('seconds')}", ""]
-        lines += [f"![{p}]({p})" for p in figures.get(name, [])] + [""]
-    return "\n".join(lines)
-
-
 def draw(report: ModuleType, out: Path, doc: dict) -> None:
     """The merged run's figures: each experiment's figures from the first seed (metrics and arrays as its
     run recorded them), marked below as that seed's, and its seeds figure."""
@@ -386,7 +365,7 @@ def run_seeds(report: ModuleType, args, argv: list[str] | None, main: Callable[[
                       results.same_settings(old, doc["config"], doc.get("recipe", {})))
     draw(report, out, doc)
     write_atomic(out / "metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    write_atomic(out / "summary.md", summary(doc, out))
+    write_atomic(out / "summary.md", results.seeds_summary(doc, out))
     write_report(out.parent, out.name)
     print(f"\nfindings over seeds {', '.join(map(str, seeds))}" + (f" ({SMOKE_NOTE})" if args.smoke else "") + ":")
     for f in doc["findings"]:
