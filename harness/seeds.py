@@ -22,6 +22,7 @@ import re
 import sys
 import textwrap
 import time
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -184,7 +185,8 @@ def merge(report: ModuleType, seeds: list[int], docs: dict[int, dict], config: d
             reads += read
         findings.append(f)
     return {"task": first["task"], "config": config, **({"recipe": first["recipe"]} if "recipe" in first else {}),
-            "env": {**first.get("env", {}), "seeds_from": [f"seed-{s}/metrics.json" for s in seeds]},
+            "env": {**first.get("env", {}), "git_commit": results.git_commit(), "date": datetime.now().isoformat(
+                timespec="seconds"), "seeds_env": {str(s): docs[s].get("env", {}) for s in seeds}},
             "seeds": seeds, "experiments": experiments, "findings": findings, "spread": spread,
             "reads": {n: list(dict.fromkeys(p.split("/", 1)[1] for p in reads if p.split("/")[0] == n))
                       for n in spread}, "per_seed": per_seed}
@@ -205,8 +207,9 @@ def _spread_lines(paths: list[str], spread: dict, n: int) -> list[str]:
     differ (and how many defined it, where some did not), once for those that are the same in every seed."""
     found = [(p, spread[p.split("/")[0]][p.split("/", 1)[1]]) for p in paths
              if p.split("/")[0] in spread and p.split("/", 1)[1] in spread[p.split("/")[0]]]
-    same = [f"{p} {s['mean']:.3g}" for p, s in found if s["min"] == s["max"] and s["n"] == n]
-    vary = [f"{p} {s['mean']:.3g} \u00b1 {s['sd']:.3g} ({s['min']:.3g}-{s['max']:.3g}"
+    g = lambda x: str(int(x)) if float(x).is_integer() and abs(x) < 1e7 else f"{x:.3g}"  # noqa: E731  6300, 0.0417
+    same = [f"{p} {g(s['mean'])}" for p, s in found if s["min"] == s["max"] and s["n"] == n]
+    vary = [f"{p} {g(s['mean'])} \u00b1 {g(s['sd'])} ({g(s['min'])}-{g(s['max'])}"
             + (f"; defined in {s['n']} of {n} seeds)" if s["n"] < n else ")")
             for p, s in found if s["min"] != s["max"] or s["n"] < n]
     return ([f"over {n} seeds, mean \u00b1 sd (min-max): " + "; ".join(vary)] if vary else []) + \
