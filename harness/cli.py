@@ -127,6 +127,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+class _Seeds(argparse.Action):
+    """--seed/--seeds: args.seeds is the list, args.seed its first (a --seeds run gives each seed its own run
+    with --seed S: harness/seeds.py)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.seeds, namespace.seed = values, values[0]
+
+
 def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
     """The flags every task has. `task` is e.g. "task5"; `doc` the module docstring
     (its first paragraph becomes the description, the rest the epilog)."""
@@ -155,10 +163,12 @@ def make_parser(task: str, doc: str, experiments: list[str]) -> Parser:
     g.add_argument("--out", default=f"outputs/{task}", metavar="DIR",
                    help="figures, metrics.json, summary.md and cache/ go here")
     g.add_argument("--seed", "--seeds", dest="seeds", type=BoundedList(any_int), default=[0], metavar="S[,S]",
+                   action=_Seeds,
                    help="seeds python, numpy and torch; a list (0,1,2) runs every experiment once per seed into "
                         "OUT/seed-S/ and reports each number's mean +- sd and how many seeds agree with each finding")
     g.add_argument("--experiments", default=experiments, type=experiment_list, metavar="A,B",
                    help=f"comma-separated subset of: {', '.join(experiments)} (default: all)")
+    p.set_defaults(seed=0)  # args.seed: the run's seed, the first of --seeds (_Seeds)
     g.add_argument("--fresh", action="store_true", help="ignore cached weights/features and recompute")
     g.add_argument("--print-metrics", action="store_true",
                    help="end with every metric of the run on the console (metrics.json always has them)")
@@ -176,7 +186,6 @@ def parse_args(parser: Parser, argv: list[str] | None, smoke: dict | None = None
     and `--out` must be a place we can write to: a failure is one line, exit 2,
     before anything runs. Then the run's CPU threads are chosen (harness/threads.py)."""
     args = parser.parse_args(argv)
-    args.seed = args.seeds[0]  # the run's seed (a --seeds run gives each seed its own run: harness/seeds.py)
     if args.smoke:
         given = _explicit_flags(parser, argv)
         for k, v in (smoke or {}).items():
