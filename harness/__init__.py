@@ -6,7 +6,8 @@
               (smoke overrides, combination checks, a writable --out)
     results   run (the experiment loop: metrics.json, summary.md, figure arrays,
               findings), replot, Question, pct
-    seeds     run_seeds (--seeds 0,1,2: a run per seed, then mean +- sd and seed agreement),
+    seeds     run_seeds (--seeds 0,1,2: a run per seed, then mean +- sd and seed agreement;
+              seeds_plot draws the figure that shows every seed),
               redirect (where a task's main hands over for --replot and --seeds)
     store     Cache (cached results keyed by settings and code), atomic writes
     report    write_report (outputs/index.html)

@@ -10,7 +10,7 @@ a seed recorded with the same settings is kept; --fresh reruns everything). Then
     findings       each question's finding as most seeds reach it (one seed's sentence, its
                    numbers consistent), how many seeds reach it and what the others found
                    (`agree`), and the mean +- sd of every number the rule read
-    <exp>_seeds.png  each seed's value of those numbers (dots) with mean +- sd, per experiment
+    <exp>_seeds.png  each seed's value of those numbers (dots) with mean +- sd (seeds_plot.py)
     <exp>_*.png    the first seed's figures, marked as such below the picture
     summary.md     tables of mean +- sd (min - max, n) and each seed's value
 """
@@ -20,7 +20,6 @@ import json
 import math
 import re
 import sys
-import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -31,17 +30,13 @@ import numpy as np
 
 from . import results
 from .report import SMOKE_NOTE, report_page, write_report
-from .store import atomic_path, load_plot_data, write_atomic
+from .seeds_plot import _is_number, _short_list, save, seeds_figure
+from .store import load_plot_data, write_atomic
 
-MAX_PANELS = 12           # a seeds figure shows at most this many metrics (4 x 3 panels); all are in metrics.json
 
 
 def seed_dir(out: str | Path, seed: int) -> Path:
     return Path(out) / f"seed-{seed}"
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _round(x: float, digits: int = 4) -> float:
@@ -79,6 +74,8 @@ def spread_of(per_seed: list[dict], prefix: str = "") -> dict[str, dict]:
         values = [m.get(k) for m in per_seed]
         if all(isinstance(v, dict) or v is None for v in values) and any(isinstance(v, dict) for v in values):
             out.update(spread_of([v or {} for v in values], f"{prefix}{k}/"))
+        elif all(_short_list(v) for v in values if v is not None) and len({len(v) for v in values if v}) == 1:
+            out.update(spread_of([dict(enumerate(v or [])) for v in values], f"{prefix}{k}/"))
         elif k != "seconds" and any(_is_number(v) for v in values):
             x = np.array([v for v in values if _is_number(v)], dtype=float)
             out[f"{prefix}{k}"] = {"mean": _round(float(x.mean())),
@@ -205,8 +202,8 @@ def _reads(question, experiments: dict) -> list[str]:
 def _spread_lines(paths: list[str], spread: dict, n: int) -> list[str]:
     """Evidence for a finding over n seeds: each number its rule read, mean +- sd (min-max) where the seeds
     differ (and how many defined it, where some did not), once for those that are the same in every seed."""
-    found = [(p, spread[p.split("/")[0]][p.split("/", 1)[1]]) for p in paths
-             if p.split("/")[0] in spread and p.split("/", 1)[1] in spread[p.split("/")[0]]]
+    found = [(f"{e}/{k}", v) for e, _, rest in (p.partition("/") for p in paths)
+             for k, v in spread.get(e, {}).items() if k == rest or k.rsplit("/", 1)[0] == rest]  # lists: elements
     g = lambda x: str(int(x)) if float(x).is_integer() and abs(x) < 1e7 else f"{x:.3g}"  # noqa: E731  6300, 0.0417
     same = [f"{p} {g(s['mean'])}" for p, s in found if s["min"] == s["max"] and s["n"] == n]
     vary = [f"{p} {g(s['mean'])} \u00b1 {g(s['sd'])} ({g(s['min'])}-{g(s['max'])}"
@@ -217,92 +214,8 @@ def _spread_lines(paths: list[str], spread: dict, n: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------
-# Figures and summary
+# Figures (harness/seeds_plot.py draws the one that shows every seed)
 # ----------------------------------------------------------------------------
-
-def seeds_figure(task: str, name: str, doc: dict):
-    """Each seed's value (a dot, one colour per seed) and mean +- sd (a bar) of the numbers the findings
-    read from `name`, one panel per metric (the last part of its path), its arms along x; metrics that
-    are equal in every seed are left out. None when nothing is left to show."""
-    import matplotlib.pyplot as plt
-
-    seeds = doc["seeds"]
-    value = {p: [_at(doc["per_seed"][str(s)].get(name, {}), p) for s in seeds] for p in doc["reads"].get(name, [])}
-    order = list(dict.fromkeys(p.rsplit("/", 1)[0] for p in value))  # arms in the order the rules read them
-    groups: dict[str, list[str]] = {}
-    for path in sorted(value, key=lambda p: order.index(p.rsplit("/", 1)[0])):
-        if all(_is_number(v) for v in value[path] if v is not None) and any(_is_number(v) for v in value[path]):
-            groups.setdefault(path.rsplit("/", 1)[-1], []).append(path)
-    groups = {k: ps for k, ps in groups.items() if any(len(set(value[p])) > 1 for p in ps)}  # something differs
-    if not groups:
-        return None
-    shown = list(groups.items())[:MAX_PANELS]
-    cols = min(4, len(shown))
-    rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.6), squeeze=False,
-                             layout="constrained")
-    for ax, (metric, paths) in zip(axes.flat, shown):
-        labels = [p.rsplit("/", 1)[0] if "/" in p else name for p in paths]
-        common = _common_prefix(labels)
-        for x, p in enumerate(paths):
-            v = np.array([np.nan if u is None else u for u in value[p]], dtype=float)
-            for j, s in enumerate(seeds):
-                ax.plot(x + 0.08 * (j - (len(seeds) - 1) / 2), v[j], "o", ms=5,
-                        color=f"C{j % 10}", label=f"seed {s}" if x == 0 else None)
-            if np.isfinite(v).sum() > 1:
-                ax.errorbar(x + 0.3, np.nanmean(v), yerr=np.nanstd(v, ddof=1), fmt="_", color="black", ms=12,
-                            capsize=3, label="mean \u00b1 sd" if x == 0 else None)
-        shown_values = np.array([v for p in paths for v in value[p] if v is not None], dtype=float)
-        if shown_values.min() > 0 and shown_values.max() > 1e3 * shown_values.min():  # gradients: 1e-5 .. 10
-            ax.set_yscale("log")
-        ax.set_xticks(range(len(paths)), [(lab[len(common):] or lab).replace("/", " ")[:28] for lab in labels],
-                      rotation=30 if len(paths) > 2 else 0, ha="right" if len(paths) > 2 else "center", fontsize=7)
-        ax.set_xlim(-0.5, len(paths) - 0.3)
-        ax.set_title(metric[:30], fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
-    for ax in axes.flat[len(shown):]:
-        ax.set_visible(False)
-    handles, labs = axes.flat[0].get_legend_handles_labels()  # right of the first row (constrained layout)
-    axes[0, -1].legend(handles, labs, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
-    more = f"; {len(groups) - MAX_PANELS} more in metrics.json (spread)" if len(groups) > MAX_PANELS else ""
-    title = f"{task} {name}: each of {len(seeds)} seeds ({', '.join(map(str, seeds))}) for the numbers the findings " \
-            f"read{more}"
-    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 72 / 5.5)), fontsize=10)  # 10 pt: ~5.5 pt a letter
-    return fig
-
-
-def _at(d: dict, path: str):
-    """d["a"]["b"] for path "a/b"; None where it is missing."""
-    for part in path.split("/"):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-def _common_prefix(labels: list[str]) -> str:
-    """The shared leading path parts ("arms/"), so tick labels name only what differs."""
-    if len(labels) < 2:
-        return ""
-    parts = [lab.split("/") for lab in labels]
-    n = 0
-    while all(len(p) > n + 1 for p in parts) and len({p[n] for p in parts}) == 1:
-        n += 1
-    return "/".join(parts[0][:n]) + "/" if n else ""
-
-
-def save(fig, path: Path, note: str = "") -> None:
-    """Save at 150 dpi, atomically, with `note` (a smoke run's warning) as a line below the panels."""
-    import matplotlib.pyplot as plt
-
-    try:
-        if note:
-            fig.supxlabel(textwrap.fill(note, int(fig.get_figwidth() * 72 / 4.8)), fontsize=8, color="#b00000")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150, format="png")
-    finally:
-        plt.close(fig)
-
 
 def draw(report: ModuleType, out: Path, doc: dict) -> None:
     """The merged run's figures: each experiment's figures from the first seed (metrics and arrays as its

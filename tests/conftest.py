@@ -212,7 +212,7 @@ def check_two_seed_smoke(task, smoke_out: Path, tmp_path: Path) -> dict:
     metrics.json (per_seed, spread, findings with seed agreement), every figure of the first seed at the
     top, a _seeds figure wherever a number a finding reads differs between the seeds, summary.md and the
     report page. Returns the merged metrics.json."""
-    from harness import seeds
+    from harness.seeds_plot import _at
 
     out = tmp_path / task.__name__.lower()
     shutil.copytree(smoke_out, out / "seed-0")
@@ -238,7 +238,7 @@ def check_two_seed_smoke(task, smoke_out: Path, tmp_path: Path) -> dict:
         assert_png_ok(out / png.name)
     drawn = 0
     for name, paths in doc["reads"].items():
-        values = [[seeds._at(doc["per_seed"][s].get(name, {}), p) for s in ("0", "1")] for p in paths]
+        values = [[_at(doc["per_seed"][s].get(name, {}), p) for s in ("0", "1")] for p in paths]
         if any(a != b and isinstance(a, (int, float)) for a, b in values):
             assert_png_ok(out / f"{name}_seeds.png")
             drawn += 1

@@ -22,7 +22,7 @@ import harness  # noqa: E402
 from conftest import assert_png_ok  # noqa: E402
 from figure_check import figure_problems  # noqa: E402
 from harness import seeds  # noqa: E402
-from test_findings import R3, t3_collapse  # noqa: E402
+from test_findings import R3, R5, t3_collapse  # noqa: E402
 
 
 def test_mean_of_known_answers():
@@ -257,3 +257,25 @@ def test_seed_flags(capsys):
         harness.parse_args(parser, ["--seeds", "0,x"])
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
     assert math.isclose(seeds.mean_of([0.1, 0.2]), 0.15)
+
+
+def test_short_lists_get_a_spread_per_element_and_a_panel_with_their_axis():
+    """collapse_sweep's active units per beta: a list per method, its positions the betas beside it."""
+    def sweep(plain):
+        return {"betas": [1.0, 10.0, 784.0], "plain": {"active_units": plain}, "free_bits": {"active_units": [20, 20, 19]},
+                "sigma": {"active_units": 20}, "linear_optimum_active_units": [20, 12, 0], "train_images": 2000,
+                "val_images": 500, "epochs": 5, "curve": list(range(40))}
+    docs = {s: {"task": "task5", "config": {}, "env": {}, "experiments": {"collapse_sweep": sweep(p)}}
+            for s, p in enumerate([[20, 16, 0], [20, 14, 0]])}
+    doc = seeds.merge(R5, [0, 1], docs, {"seeds": [0, 1]})
+    sp = doc["spread"]["collapse_sweep"]
+    assert sp["plain/active_units/1"] == {"mean": 15.0, "sd": 1.414, "min": 14.0, "max": 16.0, "n": 2}
+    assert "curve/0" not in sp                      # longer than MAX_LIST: a curve, not a per-setting list
+    f = next(f for f in doc["findings"] if f["ask"] == "Collapse against the KL weight beta")
+    assert any("collapse_sweep/plain/active_units/1 15 \u00b1 1.41 (14-16)" in e for e in f["evidence"])
+    fig = seeds.seeds_figure("task5", "collapse_sweep", doc)
+    panel = next(ax for ax in fig.axes if ax.get_title() == "plain active_units")
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["beta 1", "beta 10", "beta 784"]
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["plain active_units"]  # the rest are equal
+    assert figure_problems(fig) == []
+    plt.close("all")
