@@ -66,7 +66,7 @@ def seeds_figure(task: str, name: str, doc: dict):
         ax.set_xticks(range(len(points)), [(lab[len(common):] or lab).replace("/", " ")[:28] for lab in labels],
                       rotation=30 if len(points) > 2 else 0, ha="right" if len(points) > 2 else "center", fontsize=7)
         ax.set_xlim(-0.5, len(points) - 0.3)
-        ax.set_title(metric[:30], fontsize=9)
+        ax.set_title(textwrap.fill(metric.replace("_", " "), 34), fontsize=9)  # whole names: two may share 30 letters
         ax.tick_params(axis="y", labelsize=7)
     for ax in axes.flat[len(shown):]:
         ax.set_visible(False)

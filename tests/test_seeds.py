@@ -274,8 +274,8 @@ def test_short_lists_get_a_spread_per_element_and_a_panel_with_their_axis():
     f = next(f for f in doc["findings"] if f["ask"] == "Collapse against the KL weight beta")
     assert any("collapse_sweep/plain/active_units/1 15 \u00b1 1.41 (14-16)" in e for e in f["evidence"])
     fig = seeds.seeds_figure("task5", "collapse_sweep", doc)
-    panel = next(ax for ax in fig.axes if ax.get_title() == "plain active_units")
+    panel = next(ax for ax in fig.axes if ax.get_title() == "plain active units")
     assert [t.get_text() for t in panel.get_xticklabels()] == ["beta 1", "beta 10", "beta 784"]
-    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["plain active_units"]  # the rest are equal
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["plain active units"]  # the rest are equal
     assert figure_problems(fig) == []
     plt.close("all")
