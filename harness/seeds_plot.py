@@ -29,7 +29,8 @@ def seeds_figure(task: str, name: str, doc: dict):
     import matplotlib.pyplot as plt
 
     seeds, ex = doc["seeds"], [doc["per_seed"][str(s)].get(name, {}) for s in doc["seeds"]]
-    value = {p: [_at(e, p) for e in ex] for p in doc["reads"].get(name, [])}
+    value = {p: [_at(e, p) for e in ex] for p in doc["reads"].get(name, [])
+             if not p.endswith("seconds")}  # timings are not results
     order = list(dict.fromkeys(p.rsplit("/", 1)[0] for p in value))  # arms in the order the rules read them
     groups: dict[str, list[tuple[str, list]]] = {}  # panel title -> [(x label, each seed's value)]
     for path in sorted(value, key=lambda p: order.index(p.rsplit("/", 1)[0])):
