@@ -58,12 +58,29 @@ def atomic_path(path: str | Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001  sorted below; anything else propagates unchanged
+        if _interrupted(e):  # Ctrl-C inside zipfile (np.savez, torch.save): their cleanup raised over it
+            raise KeyboardInterrupt from None
+        if not isinstance(e, OSError):
+            raise
         raise UserError(f"could not write {path} ({e.strerror or e}); free some disk space or choose another "
                         "--out (finished experiments are kept)") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _interrupted(e: BaseException | None) -> bool:
+    """Whether Ctrl-C broke off this write: zipfile, under np.savez_compressed and torch.save, closes its
+    archive while a KeyboardInterrupt unwinds and raises its own error ("Can't close the ZIP file while there
+    is an open writing handle"), which hides the interrupt; it is still in the exception's context chain."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__context__
+    return False
 
 
 def write_atomic(path: Path, text: str) -> None:

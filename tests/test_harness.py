@@ -272,6 +272,24 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temp_file(tmp_path, mon
     assert path.read_text() == "old\n" and _no_temp_files(tmp_path) == []
 
 
+def test_ctrl_c_inside_a_zip_write_is_still_an_interrupt(tmp_path, monkeypatch):
+    """np.savez_compressed (and torch.save) write a zip: Ctrl-C while an array is written made zipfile's
+    cleanup raise "Can't close the ZIP file while there is an open writing handle" over the interrupt, so a
+    run stopped with a traceback and exit 1 instead of one line and 130 (seen in test_interrupts)."""
+    import zipfile
+
+    def interrupted(*a, **k):  # where the real interrupt landed: while zipfile opened the array's entry
+        raise KeyboardInterrupt
+    monkeypatch.setattr(zipfile, "_get_compressor", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.save_plot_data(tmp_path, "probe", {"x": np.zeros(3)})
+    monkeypatch.undo()
+    assert _no_temp_files(tmp_path / "cache" / "plot") == []
+    with pytest.raises(harness.UserError):  # a real write error still names the way out
+        with harness.atomic_path(tmp_path / "y"):
+            raise OSError(28, "No space left on device")
+
+
 def _question():
     def answer(m):
         a, b = m["probe"]["cls_acc"], m["probe"]["mean_acc"]
