@@ -15,7 +15,6 @@ import hashlib
 import math
 import platform
 import random
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; nothing is shown on screen
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness import Cache, Diverged, UserError, atomic_path, few_threads, figure_note, progress  # noqa: E402
+from harness import Cache, Diverged, UserError, few_threads, figure_note, progress, save_png  # noqa: E402
 
 # ----------------------------------------------------------------------------
 # Device, precision, seeding
@@ -263,23 +262,9 @@ def make_shapes(n: int, n_classes: int, size: int, seed: int = 0) -> tuple[torch
 
 
 def save_figure(fig, path: str | Path) -> Path:
-    """Save at 150 dpi, atomically, and close; a smoke PNG gets figure_note() in a strip below it, on no text."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-            if (note := figure_note()) and path.suffix == ".png":
-                image = plt.imread(tmp, format="png")                    # [H, W, 4] floats in [0, 1]
-                lines = textwrap.wrap(note, int(image.shape[1] / 150 * 72 / 4.8))  # 8 pt text: ~4.8 pt a character
-                strip = plt.figure(figsize=((image.shape[1] + 1) / 150, 0.06 + 0.16 * len(lines)), dpi=150)
-                strip.text(0.5, 0.5, "\n".join(lines), ha="center", va="center", fontsize=8, color="#b00000")
-                strip.canvas.draw()
-                below = np.asarray(strip.canvas.buffer_rgba())[:, :image.shape[1]] / 255.0
-                plt.close(strip)
-                plt.imsave(tmp, np.concatenate([image, below]), format="png")
-    finally:
-        plt.close(fig)
-    return path
+    """Save at 150 dpi, atomically, and close; a smoke PNG gets figure_note() in a strip below it, on no text
+    (harness.save_png, which the seeds figures use too)."""
+    return save_png(fig, path, figure_note())
 
 
 def to_display(images: torch.Tensor | np.ndarray) -> np.ndarray:

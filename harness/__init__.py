@@ -21,11 +21,11 @@ from .console import progress
 from .report import TASK_TITLES, write_report
 from .results import Question, Results, figure_note, flatten, pct, pts, replot, run
 from .seeds import redirect, run_seeds
-from .store import Cache, atomic_path, fmt, jsonable, save_torch, write_atomic
+from .store import Cache, atomic_path, fmt, jsonable, save_png, save_torch, write_atomic
 from .threads import few_threads, fit_to_machine
 
 __all__ = ["Bounded", "BoundedList", "Parser", "any_int", "make_parser", "non_negative_float", "non_negative_int",
            "parse_args", "positive_float", "positive_int", "require", "unit_float", "Diverged", "UserError",
            "user_errors", "progress", "TASK_TITLES", "write_report", "Question", "Results", "figure_note", "flatten",
            "pct", "pts", "replot", "run", "run_seeds", "redirect", "Cache", "atomic_path", "fmt", "jsonable",
-           "save_torch", "write_atomic", "few_threads", "fit_to_machine"]
+           "save_png", "save_torch", "write_atomic", "few_threads", "fit_to_machine"]

@@ -232,14 +232,7 @@ class Results:
             lines += ["## Findings: the assignment's questions, answered from this run", "",
                       f"_Every number below comes from this run: seed {self.config.get('seed')}, "
                       f"{self.env['data']} data (all settings in the config line above)._", ""]
-            for f in findings:
-                lines += [f"### {f['ref']}. {f['ask']}", ""]
-                if "todo" in f:
-                    lines += [f"_{f['todo']}_", ""]
-                    continue
-                lines += [f"**Finding.** {f['finding']}", ""]
-                lines += [f"- {ev}" for ev in f["evidence"]]
-                lines += [f"- figure: [{p}]({p})" for p in f["figures"]] + [""]
+            lines += findings_md(findings)
         for name, m in self.experiments.items():
             lines += [f"## {name}", "", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {fmt(v)} |" for k, v in flatten(m).items()]
@@ -307,6 +300,20 @@ class Results:
             print(SMOKE_BANNER, flush=True)
 
 
+def findings_md(findings: list[dict]) -> list[str]:
+    """summary.md's lines for the findings: a heading per question, the finding (or what is missing),
+    its evidence and figures."""
+    lines = []
+    for f in findings:
+        lines += [f"### {f['ref']}. {f['ask']}", ""]
+        if "todo" in f:
+            lines += [f"_{f['todo']}_", ""]
+            continue
+        lines += [f"**Finding.** {f['finding']}", ""] + [f"- {ev}" for ev in f["evidence"]]
+        lines += [f"- figure: [{p}]({p})" for p in f["figures"]] + [""]
+    return lines
+
+
 def seeds_summary(doc: dict, out: Path) -> str:
     """summary.md of a multi-seed run: findings with seed agreement, then per experiment every number's
     mean +- sd (min - max, n) and each seed's value, and its figures."""
@@ -317,13 +324,7 @@ def seeds_summary(doc: dict, out: Path) -> str:
          + ". Figures without `_seeds` in their name are the first seed's.", "",
          "config: " + ", ".join(f"`{k}={v}`" for k, v in doc["config"].items()), "",
          "## Findings: what most seeds find (one seed's numbers), how many seeds agree, the spread", ""]
-    for f in doc["findings"]:
-        lines += [f"### {f['ref']}. {f['ask']}", ""]
-        if "todo" in f:
-            lines += [f"_{f['todo']}_", ""]
-            continue
-        lines += [f"**Finding.** {f['finding']}", ""] + [f"- {ev}" for ev in f["evidence"]]
-        lines += [f"- figure: [{p}]({p})" for p in f["figures"]] + [""]
+    lines += findings_md(doc["findings"])
     figures = figures_by_experiment(out, list(doc["experiments"]))
     for name, m in doc["experiments"].items():
         lines += [f"## {name}", ""]

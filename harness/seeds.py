@@ -30,8 +30,8 @@ import numpy as np
 
 from . import results
 from .report import SMOKE_NOTE, report_page, write_report
-from .seeds_plot import _is_number, _short_list, save, seeds_figure
-from .store import load_plot_data, write_atomic
+from .seeds_plot import _is_number, _short_list, seeds_figure
+from .store import load_plot_data, save_png, write_atomic
 
 
 
@@ -230,7 +230,7 @@ def draw(report: ModuleType, out: Path, doc: dict) -> None:
             m = {k: v for k, v in metrics.items() if k != "seconds"}
             results._plot(report, name, m, load_plot_data(first, name), first_doc, out, note=note)
         if (fig := seeds_figure(doc["task"], name, doc)) is not None:
-            save(fig, out / f"{name}_seeds.png", smoke.rstrip())
+            save_png(fig, out / f"{name}_seeds.png", smoke.rstrip())
 
 
 # ----------------------------------------------------------------------------

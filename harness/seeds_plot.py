@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 import textwrap
-from pathlib import Path
 
 import numpy as np
 
-from .store import atomic_path
 
 MAX_PANELS = 12  # a seeds figure shows at most this many metrics (4 x 3 panels); all are in metrics.json
 MAX_LIST = 12    # a list of at most this many numbers (one per beta, per stage) gets a spread per element
@@ -113,16 +111,3 @@ def _common_prefix(labels: list[str]) -> str:
     while all(len(p) > n + 1 for p in parts) and len({p[n] for p in parts}) == 1:
         n += 1
     return "/".join(parts[0][:n]) + "/" if n else ""
-
-
-def save(fig, path: Path, note: str = "") -> None:
-    """Save at 150 dpi, atomically, with `note` (a smoke run's warning) as a line below the panels."""
-    import matplotlib.pyplot as plt
-
-    try:
-        if note:
-            fig.supxlabel(textwrap.fill(note, int(fig.get_figwidth() * 72 / 4.8)), fontsize=8, color="#b00000")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150, format="png")
-    finally:
-        plt.close(fig)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -87,6 +88,29 @@ def write_atomic(path: Path, text: str) -> None:
     """Write text to `path` atomically (see atomic_path)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def save_png(fig, path: str | Path, note: str = "") -> Path:
+    """Save a matplotlib figure at 150 dpi, atomically, and close it; `note` (what a smoke run or a
+    multi-seed run says of its figures) goes in a strip below the picture, on no text."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+            if note and path.suffix == ".png":
+                image = plt.imread(tmp, format="png")                    # [H, W, 4] floats in [0, 1]
+                lines = textwrap.wrap(note, int(image.shape[1] / 150 * 72 / 4.8))  # 8 pt text: ~4.8 pt a character
+                strip = plt.figure(figsize=((image.shape[1] + 1) / 150, 0.06 + 0.16 * len(lines)), dpi=150)
+                strip.text(0.5, 0.5, "\n".join(lines), ha="center", va="center", fontsize=8, color="#b00000")
+                strip.canvas.draw()
+                below = np.asarray(strip.canvas.buffer_rgba())[:, :image.shape[1]] / 255.0
+                plt.close(strip)
+                plt.imsave(tmp, np.concatenate([image, below]), format="png")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def save_torch(path: Path, obj) -> None:

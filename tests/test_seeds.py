@@ -239,7 +239,7 @@ def test_the_seeds_figure_shows_every_seed_and_reads_cleanly(tmp_path):
     assert len(dots) == 3 * 7                    # a dot per seed and arm
     y = sorted(float(d.get_ydata()[0]) for d in dots if abs(d.get_xdata()[0] - labels.index("more_d_steps")) < 0.2)
     assert y == [3.0, 8.0, 9.0]
-    seeds.save(fig, tmp_path / "x_seeds.png", note="smoke")
+    harness.save_png(fig, tmp_path / "x_seeds.png", note="smoke")
     assert_png_ok(tmp_path / "x_seeds.png")
     # Numbers equal in every seed are not drawn: nothing varies, no figure.
     same = seeds.merge(R3, [0, 1], {0: docs[0], 1: docs[0]}, {"seed": 0, "seeds": [0, 1]})
